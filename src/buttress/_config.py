@@ -1,0 +1,115 @@
+"""Validation of configuration values and environment variables.
+
+Every bad value is a ``ValueError`` (or ``TypeError`` for a wrong type) that names the field or the
+environment variable and repeats the value it got.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
+
+Seconds = float | int | timedelta
+
+
+def seconds(
+    field: str, value: object, *, allow_zero: bool = True, allow_inf: bool = False
+) -> float:
+    """``value`` as float seconds; accepts int, float and ``timedelta``."""
+    if isinstance(value, timedelta):
+        result = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{field} must be seconds (a number or timedelta), got {value!r}")
+    else:
+        result = float(value)
+    if math.isnan(result):
+        raise ValueError(f"{field} must be a number of seconds, got NaN")
+    if math.isinf(result) and not allow_inf:
+        raise ValueError(f"{field} must be finite, got {value!r}")
+    if result < 0 or (result == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{field} must be {bound}, got {value!r}")
+    return result
+
+
+def optional_seconds(field: str, value: object, *, allow_zero: bool = True) -> float | None:
+    return None if value is None else seconds(field, value, allow_zero=allow_zero)
+
+
+def integer(field: str, value: object, *, minimum: int = 0) -> int:
+    """``value`` as an int no smaller than ``minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{field} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def number(
+    field: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> float:
+    """``value`` as a finite float within bounds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{field} must be a number, got {value!r}")
+    result = float(value)
+    if math.isnan(result) or math.isinf(result):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    if minimum is not None and (result < minimum or (exclusive_minimum and result == minimum)):
+        op = ">" if exclusive_minimum else ">="
+        raise ValueError(f"{field} must be {op} {minimum}, got {value!r}")
+    if maximum is not None and result > maximum:
+        raise ValueError(f"{field} must be <= {maximum}, got {value!r}")
+    return result
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    """The float in environment variable ``name``, or ``default`` when it is unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+    if math.isnan(value) or math.isinf(value) or value < minimum:
+        raise ValueError(
+            f"environment variable {name} must be a finite number >= {minimum}, got {raw!r}"
+        )
+    return value
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """The integer in environment variable ``name``, or ``default`` when it is unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"environment variable {name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    raw = os.environ.get(name, "").strip()
+    return raw or default
+
+
+def callable_name(fn: object) -> str:
+    """A readable name for a function, for logs and default policy names."""
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    module = getattr(fn, "__module__", None)
+    if qualname is None:
+        return repr(fn)
+    return f"{module}.{qualname}" if module else str(qualname)

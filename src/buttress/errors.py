@@ -1,0 +1,69 @@
+"""The exceptions buttress raises.
+
+Rejections (a call that buttress refused to make) share :class:`RejectedError`, which carries
+``retry_after``: the number of seconds after which the same call may be admitted, or ``None`` when
+unknown. A retry policy never retries a rejection sooner than that.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BulkheadFull",
+    "ButtressError",
+    "CircuitOpenError",
+    "OperationTimeout",
+    "RateLimitExceeded",
+    "RejectedError",
+]
+
+
+class ButtressError(Exception):
+    """Base class of every exception buttress raises on its own account."""
+
+
+class RejectedError(ButtressError):
+    """A call was refused before it ran.
+
+    Attributes:
+        retry_after: seconds until the call may be admitted again, or ``None`` when unknown.
+        name: the name of the policy that refused it.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, name: str = "") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.name = name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), self.retry_after, self.name))
+
+
+def _rebuild(
+    cls: type[RejectedError], message: str, retry_after: float | None, name: str
+) -> RejectedError:
+    return cls(message, retry_after=retry_after, name=name)
+
+
+class CircuitOpenError(RejectedError):
+    """The circuit breaker is open (or its half-open probes are all taken)."""
+
+
+class BulkheadFull(RejectedError):
+    """The bulkhead has no free slot within the allowed wait."""
+
+
+class RateLimitExceeded(RejectedError):
+    """The rate limit refused the request; ``retry_after`` says when it would be admitted."""
+
+
+class OperationTimeout(ButtressError, TimeoutError):
+    """The operation did not finish within its time budget.
+
+    Attributes:
+        timeout: the budget in seconds that applied (the earliest enclosing deadline).
+    """
+
+    def __init__(self, message: str, *, timeout: float | None = None, name: str = "") -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.name = name

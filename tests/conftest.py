@@ -1,0 +1,51 @@
+"""Shared test helpers.
+
+``mode`` parametrises a test over the sync and the async path; ``run(mode, fn, ...)`` calls a
+decorated function (``def`` or ``async def``) and returns its result either way, so one test body
+checks both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from buttress.testing import FakeClock
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run(result: Any) -> Any:
+    """Resolve what a guarded call returned: await it if it is a coroutine."""
+    if inspect.isawaitable(result):
+
+        async def _await() -> Any:
+            return await result
+
+        return asyncio.run(_await())
+    return result
+
+
+def make(mode: str, body: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain function with ``body``'s behaviour, as ``def`` or ``async def`` by ``mode``."""
+    if mode == "sync":
+        return body
+
+    async def abody(*args: Any, **kwargs: Any) -> Any:
+        return body(*args, **kwargs)
+
+    abody.__name__ = getattr(body, "__name__", "abody")
+    return abody
+
+
+@pytest.fixture
+def clock() -> Iterator[FakeClock]:
+    with FakeClock() as fake:
+        yield fake
