@@ -1,4 +1,7 @@
-"""buttress: resilience for Python services."""
+"""buttress: resilience for Python services.
+
+Every public name is exported here, and only here.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +16,74 @@ from .errors import (
     RejectedError,
 )
 from .events import add_hook, remove_hook
+from .machines.backoff import (
+    Backoff,
+    ExponentialBackoff,
+    FibonacciBackoff,
+    FixedDelay,
+    LinearBackoff,
+)
+from .policies.bulkhead import Bulkhead, bulkhead
+from .policies.circuit import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitState,
+    circuit_breaker,
+    circuit_breakers,
+    get_circuit_breaker,
+)
+from .policies.fallback import Fallback, FallbackStrategy, fallback
+from .policies.pipeline import Pipeline
+from .policies.retry import Retry, RetryStrategy, retry
+from .policies.timeout import (
+    DEFAULT_TIMEOUTS,
+    OperationType,
+    Timeout,
+    abandoned_calls,
+    deadline,
+    timeout,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_TIMEOUTS",
+    "Backoff",
+    "Bulkhead",
     "BulkheadFull",
     "ButtressError",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
     "CircuitOpenError",
+    "CircuitState",
     "Clock",
+    "ExponentialBackoff",
+    "Fallback",
+    "FallbackStrategy",
+    "FibonacciBackoff",
+    "FixedDelay",
+    "LinearBackoff",
     "OperationTimeout",
+    "OperationType",
+    "Pipeline",
     "RateLimitExceeded",
     "RejectedError",
+    "Retry",
+    "RetryStrategy",
     "SystemClock",
+    "Timeout",
+    "abandoned_calls",
     "add_hook",
+    "bulkhead",
+    "circuit_breaker",
+    "circuit_breakers",
+    "deadline",
+    "fallback",
+    "get_circuit_breaker",
     "get_clock",
     "remaining",
     "remove_hook",
+    "retry",
     "set_clock",
+    "timeout",
 ]

@@ -1,0 +1,267 @@
+"""Bulkhead: a limit on how many calls run at once.
+
+Theory of operation
+-------------------
+At most ``max_concurrent`` calls are inside at once, counted across threads and asyncio tasks
+alike (one bulkhead may guard both). A call over the limit waits up to ``max_wait`` seconds, first
+come first served; a slot freed by a finishing call is handed directly to the oldest waiter, so a
+newcomer can never overtake someone already waiting. Past ``max_wait`` the call is refused with
+:class:`buttress.BulkheadFull` (``retry_after`` is ``None``: how long a slot takes to free up is
+not known).
+
+The limit can change at run time (:meth:`Bulkhead.set_limit`): raising it admits waiters at once;
+lowering it never interrupts running calls, new ones wait until the count falls under it.
+
+Waiting uses the real clock (``threading`` and ``asyncio`` primitives); with ``max_wait=0`` (the
+default) nothing waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from .. import events as _events
+from .._config import integer, seconds
+from ..clock import get_clock
+from ..errors import BulkheadFull
+
+__all__ = ["Bulkhead", "bulkhead"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class _Waiter:
+    __slots__ = ("admitted", "event", "future", "loop")
+
+    def __init__(self) -> None:
+        self.admitted = False
+        self.event: threading.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+        elif self.loop is not None and self.future is not None:
+            future = self.future
+
+            def resolve() -> None:
+                if not future.done():
+                    future.set_result(None)
+
+            self.loop.call_soon_threadsafe(resolve)
+
+
+class Bulkhead:
+    """A concurrency limit; use as a decorator, ``with``/``async with``, or ``call``/``acall``.
+
+    Args:
+        max_concurrent: calls allowed inside at once (>= 1).
+        max_wait: seconds a call may wait for a slot (default 0: refuse at once).
+        name: name in events, logs and errors.
+
+    Raises:
+        ValueError: a bad setting, naming it.
+    """
+
+    def __init__(self, max_concurrent: int = 10, max_wait: float = 0.0, *, name: str = "") -> None:
+        self._limit = integer("max_concurrent", max_concurrent, minimum=1)
+        self.max_wait = seconds("max_wait", max_wait)
+        self.name = name or f"bulkhead-{id(self):x}"
+        self._lock = threading.Lock()
+        self._active = 0
+        self._waiters: deque[_Waiter] = deque()
+
+    @property
+    def max_concurrent(self) -> int:
+        return self._limit
+
+    @property
+    def active(self) -> int:
+        """Calls inside now."""
+        return self._active
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot now."""
+        return len(self._waiters)
+
+    def __repr__(self) -> str:
+        return (
+            f"Bulkhead(name={self.name!r}, max_concurrent={self._limit}, active={self._active}, "
+            f"waiting={len(self._waiters)})"
+        )
+
+    def set_limit(self, max_concurrent: int) -> None:
+        """Change the limit now; waiters are admitted if it grew."""
+        limit = integer("max_concurrent", max_concurrent, minimum=1)
+        with self._lock:
+            self._limit = limit
+            woken = self._hand_over()
+        for waiter in woken:
+            waiter.wake()
+
+    def _hand_over(self) -> list[_Waiter]:
+        """Give free slots to the oldest waiters (lock held)."""
+        woken = []
+        while self._waiters and self._active < self._limit:
+            waiter = self._waiters.popleft()
+            waiter.admitted = True
+            self._active += 1
+            woken.append(waiter)
+        return woken
+
+    def _try_enter(self) -> _Waiter | None:
+        """Take a slot at once (None), or queue a waiter (lock held by caller)."""
+        if self._active < self._limit and not self._waiters:
+            self._active += 1
+            return None
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _reject(self) -> BulkheadFull:
+        _events.emit(
+            _events.CallRejected(
+                policy="bulkhead", name=self.name, at=get_clock().now(), reason="bulkhead_full"
+            )
+        )
+        return BulkheadFull(
+            f"bulkhead {self.name!r} is full ({self._limit} calls running)", name=self.name
+        )
+
+    def _abandon(self, waiter: _Waiter) -> bool:
+        """A waiter gives up; True if it got a slot meanwhile (and so must use it)."""
+        with self._lock:
+            if waiter.admitted:
+                return True
+            self._waiters.remove(waiter)
+            return False
+
+    def acquire(self) -> None:
+        """Take a slot, waiting up to ``max_wait``; raises :class:`BulkheadFull`."""
+        with self._lock:
+            if self._active < self._limit and not self._waiters:
+                self._active += 1
+                return
+            if self.max_wait <= 0:
+                raise self._reject()
+            waiter = self._try_enter()
+            assert waiter is not None
+            waiter.event = threading.Event()
+        if waiter.event.wait(self.max_wait) or self._abandon(waiter):
+            return
+        raise self._reject()
+
+    async def aacquire(self) -> None:
+        """Async twin of :meth:`acquire`: waits without blocking the event loop."""
+        with self._lock:
+            if self._active < self._limit and not self._waiters:
+                self._active += 1
+                return
+            if self.max_wait <= 0:
+                raise self._reject()
+            waiter = self._try_enter()
+            assert waiter is not None
+            waiter.loop = asyncio.get_running_loop()
+            waiter.future = waiter.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), self.max_wait)
+            return
+        except TimeoutError:
+            if self._abandon(waiter):
+                return
+            raise self._reject() from None
+        except BaseException:
+            if self._abandon(waiter):
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._active -= 1
+            woken = self._hand_over()
+        for waiter in woken:
+            waiter.wake()
+
+    def __call__(self, fn: F) -> F:
+        """Decorate ``fn`` (``def`` or ``async def``)."""
+        if not callable(fn):
+            raise TypeError(f"a bulkhead decorates a callable, got {fn!r}")
+        acquire, release = self.acquire, self.release
+        if inspect.iscoroutinefunction(fn):
+            aacquire = self.aacquire
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                await aacquire()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    release()
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            acquire()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                release()
+
+        return cast(F, wrapper)
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Call the sync ``fn(*args, **kwargs)`` inside the bulkhead."""
+        self.acquire()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.release()
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Await the async ``fn(*args, **kwargs)`` inside the bulkhead."""
+        await self.aacquire()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self.release()
+
+    def __enter__(self) -> Bulkhead:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Bulkhead:
+        await self.aacquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def bulkhead(max_concurrent: int = 10, max_wait: float = 0.0, *, name: str = "") -> Bulkhead:
+    """Decorator: ``@bulkhead(max_concurrent=5)``; see :class:`Bulkhead`."""
+    return Bulkhead(max_concurrent, max_wait, name=name)
