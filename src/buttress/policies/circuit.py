@@ -522,11 +522,31 @@ class CircuitBreaker:
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Call the sync ``fn(*args, **kwargs)`` through the breaker."""
-        return cast(T, self._call_general(fn, args, kwargs))
+        shared = self._shared
+        if shared.machine.state is not _CLOSED or not shared.simple or _events.HOOKS:
+            return cast(T, self._call_general(fn, args, kwargs))
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as error:
+            self._fail(error)
+            raise
+        if shared.machine.failures:
+            self._succeed()
+        return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await the async ``fn(*args, **kwargs)`` through the breaker."""
-        return cast(T, await self._acall_general(fn, args, kwargs))
+        shared = self._shared
+        if shared.machine.state is not _CLOSED or not shared.simple or _events.HOOKS:
+            return cast(T, await self._acall_general(fn, args, kwargs))
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as error:
+            self._fail(error)
+            raise
+        if shared.machine.failures:
+            self._succeed()
+        return result
 
     # -- context manager -------------------------------------------------------------------------
 
