@@ -47,7 +47,6 @@ from .policies.timeout import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_TIMEOUTS",
     "Backoff",
     "Bulkhead",
     "BulkheadFull",
@@ -57,6 +56,7 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "Clock",
+    "DEFAULT_TIMEOUTS",
     "ExponentialBackoff",
     "Fallback",
     "FallbackStrategy",
