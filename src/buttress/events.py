@@ -220,6 +220,9 @@ Hook = Callable[[Event], None]
 #: Installed hooks. Policies test its truth to decide whether to build per-call events.
 HOOKS: list[Hook] = []
 _log = logging.getLogger("buttress.events")
+# A library logs, the application decides where logs go: without a handler configured, say nothing
+# (instead of Python's last-resort handler printing warnings to stderr).
+logging.getLogger("buttress").addHandler(logging.NullHandler())
 _loggers: dict[str, logging.Logger] = {}
 
 

@@ -1,0 +1,31 @@
+"""The demo command runs end to end (shortened) and reports what the policies did."""
+
+from __future__ import annotations
+
+import pytest
+
+from buttress.cli import main
+
+
+def test_demo_runs_and_summarises(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--duration", "3", "--concurrency", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "summary" in out
+    assert "rejected by the breaker" in out
+    assert "closed -> open" in out  # the outage tripped the breaker
+    assert "answered" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--failure-rate", "1.5"],
+        ["demo", "--duration", "-1"],
+        ["demo", "--concurrency", "0"],
+        [],
+    ],
+)
+def test_demo_rejects_bad_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
