@@ -5,6 +5,8 @@ Every public name is exported here, and only here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._deadline import remaining
 from .clock import Clock, SystemClock, get_clock, set_clock
 from .errors import (
@@ -46,6 +48,17 @@ from .policies.timeout import (
 
 __version__ = "0.1.0"
 
+
+def enable_prometheus(registry: Any = None, namespace: str = "buttress") -> Any:
+    """Keep Prometheus metrics of every buttress event (needs the ``prometheus`` extra).
+
+    See :func:`buttress.instrumentation.prometheus.enable_prometheus`.
+    """
+    from .instrumentation.prometheus import enable_prometheus as enable
+
+    return enable(registry, namespace)
+
+
 __all__ = [
     "Backoff",
     "Bulkhead",
@@ -78,6 +91,7 @@ __all__ = [
     "circuit_breaker",
     "circuit_breakers",
     "deadline",
+    "enable_prometheus",
     "fallback",
     "get_circuit_breaker",
     "get_clock",

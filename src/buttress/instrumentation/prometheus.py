@@ -1,0 +1,188 @@
+"""Prometheus metrics from buttress events.
+
+:func:`enable_prometheus` installs an event hook that keeps these metrics (names under the
+``namespace``, ``buttress`` by default), labelled by the policy's configured name — never by
+per-call data such as keys or tenants, so cardinality stays bounded:
+
+* ``circuit_breaker_state{name}``: 0 closed, 1 open, 2 half-open
+* ``circuit_breaker_calls_total{name,status}``: success, failure, ignored, rejected
+* ``circuit_breaker_state_transitions_total{name,from_state,to_state}``
+* ``circuit_breaker_call_duration_seconds{name}``: histogram
+* ``circuit_breaker_failure_rate{name}``: read from the registered breakers when scraped
+* ``retry_attempts_total{name}`` (retries scheduled), ``retry_exhausted_total{name,reason}``
+* ``timeouts_total{name}``, ``fallbacks_total{name,strategy}``
+* ``rejections_total{policy,name,reason}``
+
+Per-call metrics (calls, durations) cost an event per call while the hook is installed; without
+it buttress builds no per-call events at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .. import events as _events
+
+__all__ = ["PrometheusMetrics", "enable_prometheus"]
+
+_ENABLED: dict[tuple[int, str], PrometheusMetrics] = {}
+_LOCK = threading.Lock()
+
+
+def _client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "Prometheus metrics need prometheus-client: pip install 'buttress[prometheus]'"
+        ) from exc
+    return prometheus_client
+
+
+class PrometheusMetrics:
+    """The metrics and the hook that feeds them; made by :func:`enable_prometheus`."""
+
+    def __init__(self, registry: Any, namespace: str) -> None:
+        prom = _client()
+        self.registry = registry
+        self.namespace = namespace
+        ns = namespace
+        r = registry
+        self.breaker_state = prom.Gauge(
+            "circuit_breaker_state",
+            "Circuit breaker state (0=closed, 1=open, 2=half_open)",
+            ["name"],
+            namespace=ns,
+            registry=r,
+        )
+        self.breaker_calls = prom.Counter(
+            "circuit_breaker_calls_total",
+            "Calls through a circuit breaker by status",
+            ["name", "status"],
+            namespace=ns,
+            registry=r,
+        )
+        self.breaker_transitions = prom.Counter(
+            "circuit_breaker_state_transitions_total",
+            "Circuit breaker state transitions",
+            ["name", "from_state", "to_state"],
+            namespace=ns,
+            registry=r,
+        )
+        self.breaker_duration = prom.Histogram(
+            "circuit_breaker_call_duration_seconds",
+            "Duration of calls through a circuit breaker",
+            ["name"],
+            namespace=ns,
+            registry=r,
+        )
+        self.retry_attempts = prom.Counter(
+            "retry_attempts_total", "Retries scheduled", ["name"], namespace=ns, registry=r
+        )
+        self.retry_exhausted = prom.Counter(
+            "retry_exhausted_total",
+            "Retry policies that gave up, by reason",
+            ["name", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.timeouts = prom.Counter(
+            "timeouts_total", "Calls that ran out of time", ["name"], namespace=ns, registry=r
+        )
+        self.fallbacks = prom.Counter(
+            "fallbacks_total",
+            "Fallbacks used, by strategy",
+            ["name", "strategy"],
+            namespace=ns,
+            registry=r,
+        )
+        self.rejections = prom.Counter(
+            "rejections_total",
+            "Calls refused before running",
+            ["policy", "name", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        registry.register(_FailureRateCollector(f"{ns}_circuit_breaker_failure_rate"))
+
+    def hook(self, event: _events.Event) -> None:
+        """The event hook (installed by :func:`enable_prometheus`)."""
+        name = event.name
+        if isinstance(event, _events.CallCompleted):
+            if event.policy == "circuit":
+                self.breaker_calls.labels(name, event.outcome).inc()
+                self.breaker_duration.labels(name).observe(event.duration)
+        elif isinstance(event, _events.CircuitStateChanged):
+            old, new = (
+                getattr(event.old, "value", event.old),
+                getattr(event.new, "value", event.new),
+            )
+            self.breaker_transitions.labels(name, str(old), str(new)).inc()
+            self.breaker_state.labels(name).set(getattr(event.new, "code", 0))
+        elif isinstance(event, _events.CallRejected):
+            self.rejections.labels(event.policy, name, event.reason).inc()
+            if event.policy == "circuit":
+                self.breaker_calls.labels(name, "rejected").inc()
+        elif isinstance(event, _events.RetryScheduled):
+            self.retry_attempts.labels(name).inc()
+        elif isinstance(event, _events.GaveUp):
+            self.retry_exhausted.labels(name, event.reason).inc()
+        elif isinstance(event, _events.TimedOut):
+            self.timeouts.labels(name).inc()
+        elif isinstance(event, _events.FallbackUsed):
+            self.fallbacks.labels(name, event.strategy).inc()
+
+    def disable(self) -> None:
+        """Stop updating the metrics (they stay registered)."""
+        _events.remove_hook(self.hook)
+        with _LOCK:
+            for key, value in list(_ENABLED.items()):
+                if value is self:
+                    del _ENABLED[key]
+
+
+class _FailureRateCollector:
+    """Reads each registered breaker's failure rate at scrape time."""
+
+    def __init__(self, metric_name: str) -> None:
+        self.metric_name = metric_name
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from ..policies.circuit import circuit_breakers
+
+        family = GaugeMetricFamily(
+            self.metric_name, "Current failure rate of each circuit breaker", labels=["name"]
+        )
+        for name, breaker in sorted(circuit_breakers().items()):
+            family.add_metric([name], breaker.failure_rate)
+        yield family
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+
+def enable_prometheus(registry: Any = None, namespace: str = "buttress") -> PrometheusMetrics:
+    """Keep Prometheus metrics of every buttress event from now on.
+
+    Args:
+        registry: a ``prometheus_client.CollectorRegistry`` (default: the global ``REGISTRY``).
+        namespace: the metric name prefix (default ``buttress``).
+
+    Returns:
+        The metrics object; calling again with the same registry and namespace returns it.
+    """
+    prom = _client()
+    registry = prom.REGISTRY if registry is None else registry
+    if not isinstance(namespace, str) or not namespace.replace("_", "").isalnum():
+        raise ValueError(f"namespace must be letters, digits and underscores, got {namespace!r}")
+    key = (id(registry), namespace)
+    with _LOCK:
+        metrics = _ENABLED.get(key)
+        if metrics is None:
+            metrics = _ENABLED[key] = PrometheusMetrics(registry, namespace)
+            _events.add_hook(metrics.hook)
+    return metrics
