@@ -105,6 +105,25 @@ def test_fallback_section() -> None:
     assert get_suppliers() == []
 
 
+# --- section 4: rate limiting ---------------------------------------------------------------------
+
+
+def test_rate_limiting_section(clock: FakeClock) -> None:
+    from buttress import RateLimitConfig, RateLimiter, RateLimitExceeded
+
+    limiter = RateLimiter()
+    limiter.configure("factor_api", RateLimitConfig(requests_per_second=10.0, burst_size=20))
+
+    # Check rate limit
+    limiter.check_limit("factor_api")
+
+    for _ in range(19):
+        limiter.check_limit("factor_api")
+    with pytest.raises(RateLimitExceeded) as info:
+        limiter.check_limit("factor_api")
+    assert info.value.retry_after == pytest.approx(0.1)
+
+
 # --- section 5: circuit breaker -------------------------------------------------------------------
 
 
@@ -189,6 +208,39 @@ def test_integration_llm_provider(clock: FakeClock) -> None:
     with pytest.raises(ConnectionError):  # nothing cached: retried twice, then the error
         generate_llm_response("new prompt")
     assert len(clock.sleeps) == 2
+
+
+# --- integration example 3: ERP connector with rate limiting -------------------------------------
+
+
+def test_integration_erp_connector(clock: FakeClock) -> None:
+    from buttress import (
+        FallbackStrategy,
+        OperationType,
+        RateLimitConfig,
+        fallback,
+        get_rate_limiter,
+        retry,
+        timeout,
+    )
+
+    erp_api = FlakyService()
+
+    limiter = get_rate_limiter()
+    limiter.configure("erp_api", RateLimitConfig(requests_per_second=5.0, burst_size=10))
+
+    @retry(max_retries=5, base_delay=2.0)
+    @timeout(operation_type=OperationType.ERP_API_CALL)
+    @fallback(strategy=FallbackStrategy.CACHED)
+    def fetch_procurement_data(supplier_id: str):  # type: ignore[no-untyped-def]
+        limiter.check_limit("erp_api")
+        return erp_api.fetch(supplier_id)
+
+    results = [fetch_procurement_data(f"s{i}") for i in range(12)]
+    assert results == [f"ok:s{i}" for i in range(12)]
+    # the burst of 10 went through at once; the 11th and 12th waited for the limiter's retry_after
+    assert erp_api.calls == 12
+    assert clock.now() >= 0.2 - 1e-9
 
 
 # --- fallback protocols document: circuit breaker and retry ---------------------------------------

@@ -36,6 +36,15 @@ from .policies.circuit import (
 )
 from .policies.fallback import Fallback, FallbackStrategy, fallback
 from .policies.pipeline import Pipeline
+from .policies.ratelimit import (
+    RateLimit,
+    RateLimitAlgorithm,
+    RateLimitConfig,
+    RateLimiter,
+    UnknownRateLimit,
+    get_rate_limiter,
+    rate_limit,
+)
 from .policies.retry import Retry, RetryStrategy, retry
 from .policies.timeout import (
     DEFAULT_TIMEOUTS,
@@ -79,12 +88,17 @@ __all__ = [
     "OperationTimeout",
     "OperationType",
     "Pipeline",
+    "RateLimit",
+    "RateLimitAlgorithm",
+    "RateLimitConfig",
     "RateLimitExceeded",
+    "RateLimiter",
     "RejectedError",
     "Retry",
     "RetryStrategy",
     "SystemClock",
     "Timeout",
+    "UnknownRateLimit",
     "abandoned_calls",
     "add_hook",
     "bulkhead",
@@ -95,6 +109,8 @@ __all__ = [
     "fallback",
     "get_circuit_breaker",
     "get_clock",
+    "get_rate_limiter",
+    "rate_limit",
     "remaining",
     "remove_hook",
     "retry",

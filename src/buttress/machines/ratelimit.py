@@ -1,0 +1,124 @@
+"""Rate-limit algorithms as pure reservations over a tiny state.
+
+Every algorithm answers one question: *when may a request of ``cost`` units, arriving at ``now``,
+be admitted?* ``reserve(state, now, cost, max_wait, p)`` returns ``(new_state, wait)`` when the
+request is admitted after waiting ``wait`` seconds (``0`` for at once) and no more than
+``max_wait``, or ``(None, retry_after)`` when it is refused: the state is then unchanged, and
+``retry_after`` is how long until it would be admitted without waiting. A non-waiting check is
+``max_wait=0``. Because an admitted reservation updates the state at once, requests that arrive
+later are given later slots: waiting callers are served first come, first served, with no polling.
+
+States are short lists of floats (JSON-able), times on the caller's clock:
+
+* TOKEN_BUCKET, as GCRA: ``[tat]``, the theoretical arrival time. Emission interval
+  ``T = 1/rate``, burst tolerance ``tau = burst * T``. Admits while ``tat + cost*T - now <= tau``.
+  In any interval of length ``w`` it admits at most ``burst + rate * w``.
+* LEAKY_BUCKET (shaping): ``[tat]`` as well, but without burst tolerance: requests leave the bucket
+  exactly ``T`` apart. A non-waiting check admits only when the next slot is now; a waiting
+  acquire queues for its slot, up to ``burst`` requests deep. Output is smooth: at most
+  ``1 + rate * w`` in any interval ``w``.
+* FIXED_WINDOW: ``[window_start, count]``, windows aligned to multiples of ``window``; at most
+  ``limit`` per window (twice that can fall in a short span across a boundary: that is the
+  algorithm).
+* SLIDING_WINDOW (exact): ``[t1, t2, ...]``, the last ``limit`` admission times. Admits at ``t``
+  only if fewer than ``limit`` admissions fall in ``(t - window, t]``: never more than ``limit``
+  in ANY interval of length ``window``. State is bounded by ``limit`` entries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["Params", "RateLimitAlgorithm", "idle", "reserve"]
+
+EPSILON = 1e-9
+
+
+class RateLimitAlgorithm(Enum):
+    """The rate-limiting algorithms (see :mod:`buttress.machines.ratelimit`)."""
+
+    TOKEN_BUCKET = "token_bucket"
+    LEAKY_BUCKET = "leaky_bucket"
+    FIXED_WINDOW = "fixed_window"
+    SLIDING_WINDOW = "sliding_window"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Derived numbers an algorithm needs."""
+
+    algorithm: RateLimitAlgorithm
+    interval: float  # seconds per request (1 / rate)
+    burst: int
+    window: float
+    limit: int  # requests per window
+
+    @property
+    def tau(self) -> float:
+        return self.burst * self.interval
+
+
+def reserve(
+    state: list[float] | None, now: float, cost: int, max_wait: float, p: Params
+) -> tuple[list[float] | None, float]:
+    """Admit ``cost`` units at ``now`` waiting at most ``max_wait``; see the module docstring."""
+    algorithm = p.algorithm
+    if algorithm is RateLimitAlgorithm.TOKEN_BUCKET:
+        tat = state[0] if state and state[0] > now else now
+        new_tat = tat + cost * p.interval
+        wait = new_tat - p.tau - now
+        if wait <= max_wait + EPSILON:
+            return [new_tat], max(0.0, wait)
+        return None, wait
+    if algorithm is RateLimitAlgorithm.LEAKY_BUCKET:
+        slot = state[0] if state and state[0] > now else now
+        wait = slot - now
+        queue_room = p.burst * p.interval
+        if wait <= min(max_wait, queue_room) + EPSILON:
+            return [slot + cost * p.interval], max(0.0, wait)
+        return None, wait
+    if algorithm is RateLimitAlgorithm.FIXED_WINDOW:
+        return _fixed(state, now, cost, max_wait, p)
+    return _sliding(state, now, cost, max_wait, p)
+
+
+def _fixed(
+    state: list[float] | None, now: float, cost: int, max_wait: float, p: Params
+) -> tuple[list[float] | None, float]:
+    current = math.floor(now / p.window) * p.window
+    start, count = (state[0], state[1]) if state else (current, 0.0)
+    if start < current:
+        start, count = current, 0.0
+    if count + cost > p.limit:
+        start, count = start + p.window, 0.0
+    wait = max(0.0, start - now)
+    if wait <= max_wait + EPSILON:
+        return [start, count + cost], wait
+    return None, wait
+
+
+def _sliding(
+    state: list[float] | None, now: float, cost: int, max_wait: float, p: Params
+) -> tuple[list[float] | None, float]:
+    log = [t for t in state if t > now - p.window] if state else []
+    slot = max(now, log[-1]) if log else now
+    need = p.limit - cost + 1  # the admission `need` places back must have left the window
+    if need <= len(log):
+        slot = max(slot, log[-need] + p.window)
+    wait = slot - now
+    if wait <= max_wait + EPSILON:
+        log.extend([slot] * cost)
+        return log[-p.limit :], max(0.0, wait)
+    return None, wait
+
+
+def idle(state: list[float], now: float, p: Params) -> bool:
+    """Whether ``state`` says nothing a fresh state would not (so the key can be forgotten)."""
+    algorithm = p.algorithm
+    if algorithm in (RateLimitAlgorithm.TOKEN_BUCKET, RateLimitAlgorithm.LEAKY_BUCKET):
+        return state[0] <= now
+    if algorithm is RateLimitAlgorithm.FIXED_WINDOW:
+        return state[0] + p.window <= now
+    return not state or state[-1] <= now - p.window

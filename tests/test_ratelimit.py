@@ -1,0 +1,304 @@
+"""Rate limiter: the four algorithms, per-key state, waiting, server hints, the decorator."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buttress import (
+    RateLimitAlgorithm,
+    RateLimitConfig,
+    RateLimiter,
+    RateLimitExceeded,
+    RejectedError,
+    Retry,
+    UnknownRateLimit,
+    get_rate_limiter,
+    rate_limit,
+)
+from buttress.machines.ratelimit import reserve
+from buttress.testing import FakeClock
+from conftest import make, run
+
+ALGORITHMS = list(RateLimitAlgorithm)
+
+
+def limiter_with(algorithm: RateLimitAlgorithm, rate: float = 10, burst: int = 5) -> RateLimiter:
+    limiter = RateLimiter()
+    limiter.configure(
+        "api", RateLimitConfig(requests_per_second=rate, burst_size=burst, algorithm=algorithm)
+    )
+    return limiter
+
+
+def admitted(limiter: RateLimiter, key: str | None = None) -> bool:
+    try:
+        limiter.check_limit("api", key)
+    except RateLimitExceeded:
+        return False
+    return True
+
+
+def test_token_bucket_burst_then_rate(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=10, burst=5)
+    assert [admitted(limiter) for _ in range(6)] == [True] * 5 + [False]
+    with pytest.raises(RateLimitExceeded) as info:
+        limiter.check_limit("api")
+    assert isinstance(info.value, RejectedError)
+    assert info.value.retry_after == pytest.approx(0.1)
+    clock.advance(0.1)
+    assert admitted(limiter)
+    assert not admitted(limiter)
+
+
+def test_leaky_bucket_spaces_requests(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.LEAKY_BUCKET, rate=10, burst=5)
+    assert admitted(limiter)
+    assert not admitted(limiter)  # no burst: the next slot is 0.1 s away
+    clock.advance(0.1)
+    assert admitted(limiter)
+
+
+def test_fixed_window_resets_on_the_boundary(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.FIXED_WINDOW, rate=3)
+    clock.advance(0.5)
+    assert [admitted(limiter) for _ in range(4)] == [True, True, True, False]
+    with pytest.raises(RateLimitExceeded) as info:
+        limiter.check_limit("api")
+    assert info.value.retry_after == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert admitted(limiter)
+
+
+def test_sliding_window_is_exact(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.SLIDING_WINDOW, rate=3)
+    for _ in range(3):
+        assert admitted(limiter)
+        clock.advance(0.3)
+    assert not admitted(limiter)  # 3 admissions within the last 1 s
+    clock.advance(0.1)  # the first admission (t=0) has left the window
+    assert admitted(limiter)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_keys_are_independent(algorithm: RateLimitAlgorithm, clock: FakeClock) -> None:
+    limiter = limiter_with(algorithm, rate=1, burst=1)
+    assert admitted(limiter, "tenant-a")
+    assert not admitted(limiter, "tenant-a")
+    assert admitted(limiter, "tenant-b")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_idle_keys_are_evicted(algorithm: RateLimitAlgorithm, clock: FakeClock) -> None:
+    limiter = limiter_with(algorithm, rate=100, burst=1)
+    for i in range(5000):
+        limiter.check_limit("api", f"k{i}")
+        clock.advance(0.01)
+    assert limiter.keys("api") < 2100  # swept as the key count doubled
+
+
+def test_unconfigured_name_is_a_clear_error() -> None:
+    limiter = RateLimiter()
+    limiter.configure("known", RateLimitConfig(requests_per_second=1))
+    with pytest.raises(
+        UnknownRateLimit, match=r"'missing' is not configured \(configured: known\)"
+    ):
+        limiter.check_limit("missing")
+    with pytest.raises(KeyError):
+        limiter.check_limit("missing")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({"requests_per_second": 0}, "requests_per_second must be > 0"),
+        ({"requests_per_second": float("inf")}, "finite"),
+        ({"requests_per_second": 1, "burst_size": 0}, "burst_size must be >= 1"),
+        ({"requests_per_second": 1, "algorithm": "magic"}, "algorithm must be"),
+        ({"requests_per_second": 1, "window_seconds": 0}, "window_seconds must be > 0"),
+        ({"requests_per_second": 1, "max_wait": -1}, "max_wait must be >= 0"),
+    ],
+)
+def test_invalid_configuration(kwargs: dict[str, object], text: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=text):
+        RateLimitConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_algorithm_by_name() -> None:
+    config = RateLimitConfig(requests_per_second=1, algorithm="sliding_window")  # type: ignore[arg-type]
+    assert config.algorithm is RateLimitAlgorithm.SLIDING_WINDOW
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_acquire_waits_for_its_slot(algorithm: RateLimitAlgorithm, clock: FakeClock) -> None:
+    limiter = limiter_with(algorithm, rate=2, burst=1)
+    waits = [limiter.acquire("api") for _ in range(4)]
+    assert waits[0] == 0
+    assert clock.now() == pytest.approx(1.5 if algorithm.name.endswith("BUCKET") else 1.0)
+    assert all(w >= 0 for w in waits)
+
+
+def test_acquire_refuses_past_max_wait(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=1, burst=1)
+    limiter.acquire("api")
+    with pytest.raises(RateLimitExceeded):
+        limiter.acquire("api", max_wait=0.5)
+    assert clock.now() == 0  # refused without waiting
+    assert limiter.acquire("api", max_wait=1.0) == pytest.approx(1.0)
+
+
+def test_waiters_are_first_come_first_served_in_tasks(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=10, burst=1)
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await limiter.aacquire("api")
+        order.append(i)
+
+    async def main() -> None:
+        await asyncio.gather(*(waiter(i) for i in range(20)))
+
+    asyncio.run(main())
+    assert order == list(range(20))
+
+
+def test_waiters_are_first_come_first_served_in_threads() -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=200, burst=1)
+    slots: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    arrivals = threading.Semaphore(0)
+
+    def waiter(i: int) -> None:
+        # A reservation is taken on arrival: record the promised wait with the arrival order.
+        with lock:
+            wait = limiter._reserve("api", None, 1, None)[1]
+            slots.append((wait, i))
+        arrivals.release()
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    waits_in_arrival_order = [w for w, _ in slots]
+    assert waits_in_arrival_order == sorted(waits_in_arrival_order)
+
+
+def test_block_and_set_remaining(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=10, burst=10)
+    limiter.block("api", "k", seconds=2.0)
+    with pytest.raises(RateLimitExceeded) as info:
+        limiter.check_limit("api", "k")
+    assert info.value.retry_after == pytest.approx(2.0)
+    assert admitted(limiter, "other")
+    clock.advance(2.0)
+    assert admitted(limiter, "k")
+    limiter.set_remaining("api", "q", remaining=2, reset_after=30)
+    assert [admitted(limiter, "q") for _ in range(3)] == [True, True, False]
+    limiter.set_remaining("api", "z", remaining=0, reset_after=5)
+    assert not admitted(limiter, "z")
+    clock.advance(5)
+    assert admitted(limiter, "z")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS[2:])
+def test_set_remaining_for_windows(algorithm: RateLimitAlgorithm, clock: FakeClock) -> None:
+    limiter = limiter_with(algorithm, rate=10)
+    limiter.set_remaining("api", remaining=1, reset_after=1)
+    assert [admitted(limiter) for _ in range(2)] == [True, False]
+
+
+def test_decorator_sync_and_async(mode: str, clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=1, burst=2)
+    fn = rate_limit("api", limiter=limiter, key=lambda tenant: tenant)(
+        make(mode, lambda tenant: tenant)
+    )
+    assert run(fn("a")) == "a"
+    assert run(fn("a")) == "a"
+    with pytest.raises(RateLimitExceeded):
+        run(fn("a"))
+    assert run(fn("b")) == "b"
+    waiting = rate_limit("api", limiter=limiter, wait=True)(make(mode, lambda: "ok"))
+    run(waiting())
+    run(waiting())
+    assert run(waiting()) == "ok"
+    assert clock.now() == pytest.approx(1.0)
+
+
+def test_retry_waits_for_the_limiters_retry_after(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=2, burst=1)
+    policy = Retry(max_retries=3, base_delay=0.01, jitter=False)
+    for _ in range(3):
+        policy.call(limiter.check_limit, "api")
+    assert clock.sleeps == [pytest.approx(0.5), pytest.approx(0.5)]
+
+
+def test_process_wide_limiter() -> None:
+    assert get_rate_limiter() is get_rate_limiter()
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+arrivals = st.lists(st.floats(min_value=0, max_value=0.5, allow_nan=False), min_size=1, max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    algorithm=st.sampled_from(ALGORITHMS),
+    rate=st.sampled_from([1.0, 3.0, 10.0]),
+    burst=st.integers(min_value=1, max_value=6),
+    gaps=arrivals,
+    window=st.sampled_from([0.5, 1.0, 2.0]),
+)
+def test_no_window_ever_over_admits(
+    algorithm: RateLimitAlgorithm, rate: float, burst: int, gaps: list[float], window: float
+) -> None:
+    config = RateLimitConfig(requests_per_second=rate, burst_size=burst, algorithm=algorithm)
+    params = config.params()
+    state = None
+    now = 0.0
+    admitted_at: list[float] = []
+    for gap in gaps:
+        now += gap
+        new_state, _ = reserve(state, now, 1, 0.0, params)
+        if new_state is not None:
+            state = new_state
+            admitted_at.append(now)
+    for start in admitted_at:
+        inside = sum(1 for t in admitted_at if start <= t < start + window)
+        if algorithm is RateLimitAlgorithm.TOKEN_BUCKET:
+            bound = burst + rate * window
+        elif algorithm is RateLimitAlgorithm.LEAKY_BUCKET:
+            bound = 1 + rate * window
+        elif algorithm is RateLimitAlgorithm.SLIDING_WINDOW:
+            bound = params.limit * -(-window // params.window)  # limit per started window
+        else:
+            bound = params.limit * (-(-window // params.window) + 1)
+        assert inside <= bound + 1e-9
+    if algorithm is RateLimitAlgorithm.SLIDING_WINDOW:
+        for start in admitted_at:  # exact: never more than the limit in ANY window
+            assert sum(1 for t in admitted_at if start <= t < start + params.window) <= params.limit
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    algorithm=st.sampled_from(ALGORITHMS),
+    rate=st.sampled_from([1.0, 2.0, 5.0, 10.0]),
+    slack=st.floats(min_value=1.0, max_value=3.0),
+    offset=st.floats(min_value=0, max_value=10),
+    count=st.integers(min_value=1, max_value=60),
+)
+def test_steady_stream_at_or_below_the_rate_is_never_rejected(
+    algorithm: RateLimitAlgorithm, rate: float, slack: float, offset: float, count: int
+) -> None:
+    params = RateLimitConfig(requests_per_second=rate, algorithm=algorithm).params()
+    state = None
+    gap = slack / rate
+    for i in range(count):
+        new_state, retry_after = reserve(state, offset + i * gap, 1, 0.0, params)
+        assert new_state is not None, f"request {i} refused, retry_after={retry_after}"
+        state = new_state
