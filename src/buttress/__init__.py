@@ -35,6 +35,12 @@ from .policies.circuit import (
     get_circuit_breaker,
 )
 from .policies.fallback import Fallback, FallbackStrategy, fallback
+from .policies.httpheaders import (
+    RateLimitInfo,
+    parse_retry_after,
+    raise_for_rate_limit,
+    rate_limit_info,
+)
 from .policies.pipeline import Pipeline
 from .policies.ratelimit import (
     RateLimit,
@@ -92,6 +98,7 @@ __all__ = [
     "RateLimitAlgorithm",
     "RateLimitConfig",
     "RateLimitExceeded",
+    "RateLimitInfo",
     "RateLimiter",
     "RejectedError",
     "Retry",
@@ -110,7 +117,10 @@ __all__ = [
     "get_circuit_breaker",
     "get_clock",
     "get_rate_limiter",
+    "parse_retry_after",
+    "raise_for_rate_limit",
     "rate_limit",
+    "rate_limit_info",
     "remaining",
     "remove_hook",
     "retry",
