@@ -60,6 +60,7 @@ from .policies.timeout import (
     deadline,
     timeout,
 )
+from .presets import OperationProfile, preset
 
 __version__ = "0.1.0"
 
@@ -91,6 +92,7 @@ __all__ = [
     "FibonacciBackoff",
     "FixedDelay",
     "LinearBackoff",
+    "OperationProfile",
     "OperationTimeout",
     "OperationType",
     "Pipeline",
@@ -118,6 +120,7 @@ __all__ = [
     "get_clock",
     "get_rate_limiter",
     "parse_retry_after",
+    "preset",
     "raise_for_rate_limit",
     "rate_limit",
     "rate_limit_info",
