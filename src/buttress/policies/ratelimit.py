@@ -27,6 +27,7 @@ import functools
 import inspect
 import math
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -128,7 +129,7 @@ class _Limit:
         self.config = config
         self.params = config.params()
         self.lock = threading.Lock()
-        self.states: dict[str | None, list[float]] = {}
+        self.states: dict[str | None, list[float] | deque[float]] = {}
         self.blocked: dict[str | None, float] = {}
         self.next_sweep = 1024
         # The token bucket's single-unit decision is inlined in check_limit (the hot path).
