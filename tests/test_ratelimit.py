@@ -63,15 +63,29 @@ def test_leaky_bucket_spaces_requests(clock: FakeClock) -> None:
     assert admitted(limiter)
 
 
-def test_fixed_window_resets_on_the_boundary(clock: FakeClock) -> None:
+def test_fixed_window_opens_with_the_first_request(clock: FakeClock) -> None:
     limiter = limiter_with(RateLimitAlgorithm.FIXED_WINDOW, rate=3)
-    clock.advance(0.5)
+    clock.advance(0.5)  # the window opens here, not at a multiple of its length
     assert [admitted(limiter) for _ in range(4)] == [True, True, True, False]
     with pytest.raises(RateLimitExceeded) as info:
         limiter.check_limit("api")
-    assert info.value.retry_after == pytest.approx(0.5)
+    assert info.value.retry_after == pytest.approx(1.0)
     clock.advance(0.5)
-    assert admitted(limiter)
+    assert not admitted(limiter)
+    clock.advance(0.5)  # the next window opens the moment the full one closes
+    assert [admitted(limiter) for _ in range(4)] == [True, True, True, False]
+    clock.advance(5.0)  # after a pause, the next request opens a fresh window
+    assert [admitted(limiter) for _ in range(4)] == [True, True, True, False]
+
+
+def test_a_run_of_whole_windows_admits_whole_windows(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.FIXED_WINDOW, rate=10)
+    clock.advance(0.37)
+    admissions = 0
+    for _ in range(300):  # 3 s in steps of 10 ms, starting mid-way through a second
+        admissions += admitted(limiter)
+        clock.advance(0.01)
+    assert admissions == 30
 
 
 def test_sliding_window_is_exact(clock: FakeClock) -> None:

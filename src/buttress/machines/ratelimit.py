@@ -17,9 +17,10 @@ States are short lists of floats (JSON-able), times on the caller's clock:
   exactly ``T`` apart. A non-waiting check admits only when the next slot is now; a waiting
   acquire queues for its slot, up to ``burst`` requests deep. Output is smooth: at most
   ``1 + rate * w`` in any interval ``w``.
-* FIXED_WINDOW: ``[window_start, count]``, windows aligned to multiples of ``window``; at most
-  ``limit`` per window (twice that can fall in a short span across a boundary: that is the
-  algorithm).
+* FIXED_WINDOW: ``[window_start, count]``. A window opens with the first request after the
+  previous one has closed (so a run of ``n`` windows' length admits ``n * limit``, wherever it
+  starts), and a full window's successor opens exactly when it closes. At most ``limit`` per
+  window; twice that can fall in a short span across a boundary: that is the algorithm.
 * SLIDING_WINDOW (exact): ``[t1, t2, ...]``, the last ``limit`` admission times (a deque in
   memory). Admits at ``t`` only if fewer than ``limit`` admissions fall in ``(t - window, t]``:
   never more than ``limit`` in ANY interval of length ``window``. State is bounded by ``limit``
@@ -29,7 +30,6 @@ States are short lists of floats (JSON-able), times on the caller's clock:
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -94,10 +94,10 @@ def reserve(
 def _fixed(
     state: list[float] | deque[float] | None, now: float, cost: int, max_wait: float, p: Params
 ) -> tuple[list[float] | None, float]:
-    current = math.floor(now / p.window) * p.window
-    start, count = (state[0], state[1]) if state else (current, 0.0)
-    if start < current:
-        start, count = current, 0.0
+    if state and now < state[0] + p.window:
+        start, count = state[0], state[1]
+    else:
+        start, count = now, 0.0
     if count + cost > p.limit:
         start, count = start + p.window, 0.0
     wait = max(0.0, start - now)

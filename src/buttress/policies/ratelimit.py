@@ -329,10 +329,11 @@ class RateLimiter:
                 if state is None or state[0] < floor:
                     limit.states[key] = [floor]
             elif params.algorithm is RateLimitAlgorithm.FIXED_WINDOW:
-                start = math.floor(now / params.window) * params.window
-                used = max(0, params.limit - remaining)
-                if state is None or state[0] < start or state[1] < used:
-                    limit.states[key] = [start, float(used)]
+                used = float(max(0, params.limit - remaining))
+                if state is None or state[0] + params.window <= now:
+                    limit.states[key] = [now, used]
+                elif state[1] < used:
+                    state[1] = used
             else:
                 used = max(0, params.limit - remaining)
                 log = [t for t in (state or []) if t > now - params.window]
