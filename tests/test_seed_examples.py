@@ -150,15 +150,66 @@ def test_circuit_breaker_section(clock: FakeClock) -> None:
     assert cb.state == CircuitState.CLOSED
 
 
+# --- resilience patterns, section 6: graceful degradation ----------------------------------------
+
+
+@pytest.fixture
+def process_manager(clock: FakeClock) -> Any:
+    """The process-wide degradation manager the examples use, reset around the test."""
+    from buttress import get_degradation_manager
+
+    manager = get_degradation_manager()
+    manager.reset()
+    yield manager
+    manager.reset()
+
+
+def test_graceful_degradation_section(clock: FakeClock, process_manager: Any) -> None:
+    from buttress import DegradationTier, degradation_handler, get_degradation_manager
+
+    performed: list[str] = []
+
+    def perform_operation() -> str:
+        performed.append("op")
+        return "done"
+
+    # Update service health
+    manager = get_degradation_manager()
+    manager.update_health("factor_api", healthy=True, response_time_ms=150)
+    manager.update_health("llm_api", healthy=False, error="Timeout")
+
+    # Check current tier
+    tier = manager.get_current_tier()
+
+    # Protect operations
+    @degradation_handler(min_tier=DegradationTier.TIER_2_CORE, fallback_value=None)
+    def requires_core_functionality():  # type: ignore[no-untyped-def]
+        return perform_operation()
+
+    assert tier == DegradationTier.TIER_2_CORE
+    assert requires_core_functionality() == "done"
+    manager.update_health("database", healthy=False, error="connection refused")
+    assert manager.get_current_tier() == DegradationTier.TIER_4_MAINTENANCE
+    assert requires_core_functionality() is None
+    assert performed == ["op"]
+    manager.update_health("database", healthy=True)
+    manager.update_health("llm_api", healthy=True)
+    assert manager.get_current_tier() == DegradationTier.TIER_4_MAINTENANCE  # dwell first
+    clock.advance(manager.min_dwell)
+    assert manager.get_current_tier() == DegradationTier.TIER_1_FULL
+
+
 # --- integration example 1: calculator agent with full resilience --------------------------------
 
 
-def test_integration_calculator_agent(clock: FakeClock) -> None:
+def test_integration_calculator_agent(clock: FakeClock, process_manager: Any) -> None:
     from buttress import (
         CircuitBreaker,
         CircuitBreakerConfig,
+        DegradationTier,
         FallbackStrategy,
         OperationType,
+        degradation_handler,
         fallback,
         retry,
         timeout,
@@ -173,6 +224,7 @@ def test_integration_calculator_agent(clock: FakeClock) -> None:
         @retry(max_retries=3, base_delay=1.0)
         @timeout(operation_type=OperationType.EXTERNAL_API)
         @fallback(strategy=FallbackStrategy.CACHED)
+        @degradation_handler(min_tier=DegradationTier.TIER_2_CORE)
         def get_emission_factor(self, category: str):  # type: ignore[no-untyped-def]
             return self.circuit.call(self._fetch_from_api, category)
 
@@ -186,19 +238,36 @@ def test_integration_calculator_agent(clock: FakeClock) -> None:
     assert agent.get_emission_factor("steel") == "ok:steel"
     # a second agent shares the named breaker's state
     assert ResilientCalculatorAgent().circuit.state == agent.circuit.state
+    calls = api.calls
+    process_manager.update_health("llm_api", healthy=False)  # tier 2: core features still run
+    assert agent.get_emission_factor("steel") == "ok:steel"
+    assert api.calls > calls
+    calls = api.calls
+    process_manager.update_health("factor_api", healthy=False)  # tier 3: not even tried
+    assert agent.get_emission_factor("glass") is None
+    assert api.calls == calls
 
 
 # --- integration example 2: LLM provider with timeout + fallback ----------------------------------
 
 
-def test_integration_llm_provider(clock: FakeClock) -> None:
-    from buttress import FallbackStrategy, OperationType, fallback, retry, timeout
+def test_integration_llm_provider(clock: FakeClock, process_manager: Any) -> None:
+    from buttress import (
+        DegradationTier,
+        FallbackStrategy,
+        OperationType,
+        degradation_handler,
+        fallback,
+        retry,
+        timeout,
+    )
 
     llm_api = FlakyService()
 
     @retry(max_retries=2, base_delay=2.0)
     @timeout(operation_type=OperationType.LLM_INFERENCE)
     @fallback(strategy=FallbackStrategy.CACHED)
+    @degradation_handler(min_tier=DegradationTier.TIER_1_FULL, fallback_value="[LLM unavailable]")
     def generate_llm_response(prompt: str):  # type: ignore[no-untyped-def]
         return llm_api.generate(prompt)
 
@@ -208,6 +277,10 @@ def test_integration_llm_provider(clock: FakeClock) -> None:
     with pytest.raises(ConnectionError):  # nothing cached: retried twice, then the error
         generate_llm_response("new prompt")
     assert len(clock.sleeps) == 2
+    calls = llm_api.calls
+    process_manager.update_health("llm_api", healthy=False, error="Timeout")  # tier 2
+    assert generate_llm_response("another") == "[LLM unavailable]"
+    assert llm_api.calls == calls
 
 
 # --- integration example 3: ERP connector with rate limiting -------------------------------------

@@ -9,6 +9,14 @@ from typing import Any
 
 from ._deadline import remaining
 from .clock import Clock, SystemClock, get_clock, set_clock
+from .degradation import (
+    DegradationManager,
+    DegradationTier,
+    ServiceCategory,
+    ServiceHealth,
+    degradation_handler,
+    get_degradation_manager,
+)
 from .errors import (
     BulkheadFull,
     ButtressError,
@@ -16,6 +24,7 @@ from .errors import (
     OperationTimeout,
     RateLimitExceeded,
     RejectedError,
+    ServiceDegraded,
 )
 from .events import add_hook, remove_hook
 from .machines.backoff import (
@@ -86,6 +95,8 @@ __all__ = [
     "CircuitState",
     "Clock",
     "DEFAULT_TIMEOUTS",
+    "DegradationManager",
+    "DegradationTier",
     "ExponentialBackoff",
     "Fallback",
     "FallbackStrategy",
@@ -105,6 +116,9 @@ __all__ = [
     "RejectedError",
     "Retry",
     "RetryStrategy",
+    "ServiceCategory",
+    "ServiceDegraded",
+    "ServiceHealth",
     "SystemClock",
     "Timeout",
     "UnknownRateLimit",
@@ -114,10 +128,12 @@ __all__ = [
     "circuit_breaker",
     "circuit_breakers",
     "deadline",
+    "degradation_handler",
     "enable_prometheus",
     "fallback",
     "get_circuit_breaker",
     "get_clock",
+    "get_degradation_manager",
     "get_rate_limiter",
     "parse_retry_after",
     "preset",

@@ -14,6 +14,7 @@ __all__ = [
     "OperationTimeout",
     "RateLimitExceeded",
     "RejectedError",
+    "ServiceDegraded",
 ]
 
 
@@ -54,6 +55,13 @@ class BulkheadFull(RejectedError):
 
 class RateLimitExceeded(RejectedError):
     """The rate limit refused the request; ``retry_after`` says when it would be admitted."""
+
+
+class ServiceDegraded(RejectedError):
+    """A degradation handler refused a call: the service's tier is worse than the call needs.
+
+    ``retry_after`` is ``None``: when the tier recovers depends on the dependencies.
+    """
 
 
 class OperationTimeout(ButtressError, TimeoutError):

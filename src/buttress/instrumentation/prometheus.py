@@ -12,6 +12,9 @@ per-call data such as keys or tenants, so cardinality stays bounded:
 * ``retry_attempts_total{name}`` (retries scheduled), ``retry_exhausted_total{name,reason}``
 * ``timeouts_total{name}``, ``fallbacks_total{name,strategy}``
 * ``rejections_total{policy,name,reason}``
+* ``degradation_tier{name}``: the current tier (1-4) of each degradation manager
+* ``degradation_tier_changes_total{name,from_tier,to_tier}``
+* ``service_health{name,service}``: 1 healthy, 0 unhealthy, read from the managers when scraped
 
 Per-call metrics (calls, durations) cost an event per call while the hook is installed; without
 it buttress builds no per-call events at all.
@@ -105,7 +108,15 @@ class PrometheusMetrics:
             namespace=ns,
             registry=r,
         )
+        self.tier_changes = prom.Counter(
+            "degradation_tier_changes_total",
+            "Degradation tier changes",
+            ["name", "from_tier", "to_tier"],
+            namespace=ns,
+            registry=r,
+        )
         registry.register(_FailureRateCollector(f"{ns}_circuit_breaker_failure_rate"))
+        registry.register(_DegradationCollector(ns))
 
     def hook(self, event: _events.Event) -> None:
         """The event hook (installed by :func:`enable_prometheus`)."""
@@ -133,6 +144,10 @@ class PrometheusMetrics:
             self.timeouts.labels(name).inc()
         elif isinstance(event, _events.FallbackUsed):
             self.fallbacks.labels(name, event.strategy).inc()
+        elif isinstance(event, _events.TierChanged):
+            old = getattr(event.old, "value", event.old)
+            new = getattr(event.new, "value", event.new)
+            self.tier_changes.labels(name, str(old), str(new)).inc()
 
     def disable(self) -> None:
         """Stop updating the metrics (they stay registered)."""
@@ -160,6 +175,39 @@ class _FailureRateCollector:
         for name, breaker in sorted(circuit_breakers().items()):
             family.add_metric([name], breaker.failure_rate)
         yield family
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+
+class _DegradationCollector:
+    """Reads the tier and service health of every degradation manager at scrape time."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from ..degradation import managers
+
+        tier = GaugeMetricFamily(
+            f"{self.namespace}_degradation_tier",
+            "Current degradation tier (1 full, 2 core, 3 read-only, 4 maintenance)",
+            labels=["name"],
+        )
+        health = GaugeMetricFamily(
+            f"{self.namespace}_service_health",
+            "Last reported health of each service (1 healthy, 0 unhealthy)",
+            labels=["name", "service"],
+        )
+        for manager in managers():
+            snapshot = manager.snapshot()
+            tier.add_metric([manager.name], int(snapshot["tier"]))
+            for service, report in snapshot["services"].items():
+                health.add_metric([manager.name, service], 1.0 if report.healthy else 0.0)
+        yield tier
+        yield health
 
     def describe(self) -> Iterator[Any]:
         return iter(())
