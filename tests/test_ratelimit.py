@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 
 import pytest
@@ -276,12 +277,15 @@ def test_no_window_ever_over_admits(
     state = None
     now = 0.0
     admitted_at: list[float] = []
+    window_of: list[float] = []
     for gap in gaps:
         now += gap
         new_state, _ = reserve(state, now, 1, 0.0, params)
         if new_state is not None:
             state = new_state
             admitted_at.append(now)
+            if algorithm is RateLimitAlgorithm.FIXED_WINDOW:
+                window_of.append(new_state[0])
     for start in admitted_at:
         inside = sum(1 for t in admitted_at if start <= t < start + window)
         if algorithm is RateLimitAlgorithm.TOKEN_BUCKET:
@@ -293,6 +297,13 @@ def test_no_window_ever_over_admits(
         else:
             bound = params.limit * (-(-window // params.window) + 1)
         assert inside <= bound + 1e-9
+    if algorithm is RateLimitAlgorithm.FIXED_WINDOW:
+        # the windows the state opened: at least a window's length apart, at most the limit each
+        assert state is not None
+        starts = sorted(set(window_of))
+        assert all(b - a >= params.window - 1e-9 for a, b in itertools.pairwise(starts))
+        for w in starts:
+            assert sum(1 for x in window_of if x == w) <= params.limit
     if algorithm is RateLimitAlgorithm.SLIDING_WINDOW:
         for start in admitted_at:  # exact: never more than the limit in ANY window
             assert sum(1 for t in admitted_at if start <= t < start + params.window) <= params.limit
