@@ -146,15 +146,108 @@ def async_admitters() -> dict[str, Callable[[], Awaitable[bool]]]:
     return out
 
 
-def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+def redis_sync_admitters(port: int) -> dict[str, Callable[[], bool]]:
+    url = f"redis://127.0.0.1:{port}/0"
+    out: dict[str, Callable[[], bool]] = {}
+    for algorithm in RateLimitAlgorithm:
+        limiter = RateLimiter(storage=url)
+        name = f"api-{algorithm.value}"
+        limiter.configure(
+            name, RateLimitConfig(requests_per_second=RATE, burst_size=1, algorithm=algorithm)
+        )
+
+        def admit(limiter: RateLimiter = limiter, name: str = name) -> bool:
+            try:
+                limiter.check_limit(name)
+            except RateLimitExceeded:
+                return False
+            return True
+
+        out[f"buttress {algorithm.name} (Redis)"] = admit
+    for algorithm in (RateLimitAlgorithm.TOKEN_BUCKET, RateLimitAlgorithm.LEAKY_BUCKET):
+        limiter = RateLimiter(storage=url)
+        name = f"api-acquire-{algorithm.value}"
+        config = RateLimitConfig(
+            requests_per_second=RATE, burst_size=1, algorithm=algorithm, max_wait=0.05
+        )
+        limiter.configure(name, config)
+
+        def wait_for_slot(limiter: RateLimiter = limiter, name: str = name) -> bool:
+            try:
+                limiter.acquire(name)
+            except RateLimitExceeded:
+                return False
+            return True
+
+        out[f"buttress {algorithm.name} acquire (Redis)"] = wait_for_slot
+    from limits import RateLimitItemPerSecond, storage, strategies
+
+    item = RateLimitItemPerSecond(RATE)
+    for cls in (
+        strategies.FixedWindowRateLimiter,
+        strategies.MovingWindowRateLimiter,
+        strategies.SlidingWindowCounterRateLimiter,
+    ):
+        strategy = cls(storage.RedisStorage(url))
+        out[f"limits {cls.__name__} (Redis)"] = lambda s=strategy, k=cls.__name__: bool(
+            s.hit(item, k)
+        )
+    import redis
+    from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
+
+    bucket = RedisBucket.init(
+        [Rate(1, int(Duration.SECOND) // RATE)], redis.Redis(port=port), "pyrate-accuracy"
+    )
+    pyrate = Limiter(bucket)
+    out["pyrate-limiter RedisBucket"] = lambda: bool(pyrate.try_acquire("k", blocking=False))
+    return out
+
+
+def redis_async_admitters(port: int) -> dict[str, Callable[[], Awaitable[bool]]]:
+    url = f"redis://127.0.0.1:{port}/0"
+    out: dict[str, Callable[[], Awaitable[bool]]] = {}
+    for algorithm in RateLimitAlgorithm:
+        limiter = RateLimiter(storage=url)
+        name = f"api-async-{algorithm.value}"
+        limiter.configure(
+            name, RateLimitConfig(requests_per_second=RATE, burst_size=1, algorithm=algorithm)
+        )
+
+        async def admit(limiter: RateLimiter = limiter, name: str = name) -> bool:
+            try:
+                await limiter.acheck_limit(name)
+            except RateLimitExceeded:
+                return False
+            return True
+
+        out[f"buttress {algorithm.name} (Redis)"] = admit
+    for algorithm in (RateLimitAlgorithm.TOKEN_BUCKET, RateLimitAlgorithm.LEAKY_BUCKET):
+        limiter = RateLimiter(storage=url)
+        name = f"api-async-acquire-{algorithm.value}"
+        config = RateLimitConfig(
+            requests_per_second=RATE, burst_size=1, algorithm=algorithm, max_wait=0.05
+        )
+        limiter.configure(name, config)
+
+        async def wait_for_slot(limiter: RateLimiter = limiter, name: str = name) -> bool:
+            try:
+                await limiter.aacquire(name)
+            except RateLimitExceeded:
+                return False
+            return True
+
+        out[f"buttress {algorithm.name} acquire (Redis)"] = wait_for_slot
+    return out
+
+
+def table(
+    sync: dict[str, Callable[[], bool]],
+    asyncs: dict[str, Callable[[], Awaitable[bool]]],
+    seconds: float,
+) -> None:
     ideal = RATE * seconds
-    print(f"{RATE} requests/s for {seconds:.0f} s; ideal {ideal:.0f} (+1 burst for buckets)")
-    print()
     print("| limiter | 8 threads: admitted | max in 1 s | 200 tasks: admitted | max in 1 s |")
     print("|---|---|---|---|---|")
-    sync = sync_admitters()
-    asyncs = async_admitters()
     for name in dict.fromkeys([*sync, *asyncs]):
         cells = []
         if name in sync:
@@ -168,6 +261,21 @@ def main() -> None:
         else:
             cells += ["—", "—"]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "--redis" else 3.0
+    print(
+        f"{RATE} requests/s for {seconds:.0f} s; ideal {RATE * seconds:.0f} (+1 burst for buckets)"
+    )
+    print()
+    if "--redis" in sys.argv:
+        from bench_redis import redis_server
+
+        with redis_server() as port:
+            table(redis_sync_admitters(port), redis_async_admitters(port), seconds)
+        return
+    table(sync_admitters(), async_admitters(), seconds)
 
 
 if __name__ == "__main__":

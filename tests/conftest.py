@@ -49,3 +49,25 @@ def make(mode: str, body: Callable[..., Any]) -> Callable[..., Any]:
 def clock() -> Iterator[FakeClock]:
     with FakeClock() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def redis_port() -> Iterator[int]:
+    """The port of a redis-server started for this test session (127.0.0.1, no persistence).
+
+    Skips when none can be started, unless ``BUTTRESS_REQUIRE_REDIS=1`` (then it fails).
+    """
+    import os
+
+    from redis_server import RedisUnavailable, start
+
+    try:
+        server = start()
+    except RedisUnavailable as exc:
+        if os.environ.get("BUTTRESS_REQUIRE_REDIS") == "1":
+            pytest.fail(f"BUTTRESS_REQUIRE_REDIS=1 but no Redis server: {exc}")
+        pytest.skip(f"no Redis server: {exc}")
+    try:
+        yield server.port
+    finally:
+        server.stop()

@@ -291,7 +291,8 @@ def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"window_type": "sliding"}, "window_type must be"),
         ({"half_open_max_calls": 0}, "half_open_max_calls must be >= 1"),
         ({"slow_call_duration": 1.0}, "go together"),
-        ({"storage": "redis://127.0.0.1"}, "only in-memory"),
+        ({"storage": "memory://", "failure_rate_threshold": 0.5}, "windows are kept in memory"),
+        ({"fail_mode": "sideways"}, "fail_mode must be one of local, open, closed"),
         ({"name": ""}, "name must be a non-empty string"),
     ],
 )

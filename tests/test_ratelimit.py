@@ -327,3 +327,14 @@ def test_steady_stream_at_or_below_the_rate_is_never_rejected(
         new_state, retry_after = reserve(state, offset + i * gap, 1, 0.0, params)
         assert new_state is not None, f"request {i} refused, retry_after={retry_after}"
         state = new_state
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_cost_over_the_capacity_is_refused_by_name(
+    algorithm: RateLimitAlgorithm, clock: FakeClock
+) -> None:
+    limiter = limiter_with(algorithm, rate=3, burst=3)
+    with pytest.raises(ValueError, match=r"cost 4 exceeds the (burst|limit per window) of rate"):
+        limiter.check_limit("api", cost=4)
+    with pytest.raises(ValueError, match="cost 4 exceeds"):
+        limiter.acquire("api", cost=4)

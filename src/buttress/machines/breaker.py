@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 __all__ = ["Admission", "BreakerMachine", "BreakerSettings", "CircuitState", "Transition"]
 
@@ -264,3 +265,62 @@ class BreakerMachine:
 
     def probes_in_flight(self) -> int:
         return len(self._probe_starts)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """The state as JSON-able data (consecutive-failure breakers; windows are not kept)."""
+        return {
+            "v": STATE_VERSION,
+            "state": self.state.value,
+            "generation": self.generation,
+            "failures": self.failures,
+            "opened_at": self.opened_at,
+            "probe_successes": self.probe_successes,
+            "probes": {str(ticket): start for ticket, start in self._probe_starts.items()},
+            "tickets": self._tickets,
+        }
+
+    @classmethod
+    def from_state(cls, settings: BreakerSettings, data: object) -> BreakerMachine:
+        """A machine holding ``data`` (from :meth:`to_state`); ``ValueError`` names a bad field."""
+        machine = cls(settings)
+        if data is None:
+            return machine
+        if not isinstance(data, dict):
+            raise ValueError(f"breaker state must be an object, got {data!r}")
+        if data.get("v") != STATE_VERSION:
+            raise ValueError(f"breaker state version {data.get('v')!r} is not {STATE_VERSION}")
+        try:
+            machine.state = CircuitState(data["state"])
+            machine.generation = _int(data, "generation")
+            machine.failures = _int(data, "failures")
+            machine.opened_at = _float(data, "opened_at")
+            machine.probe_successes = _int(data, "probe_successes")
+            machine._tickets = _int(data, "tickets")
+            probes = data["probes"]
+            if not isinstance(probes, dict):
+                raise ValueError(f"probes must be an object, got {probes!r}")
+            machine._probe_starts = {int(t): _float(probes, t) for t in probes}
+        except KeyError as exc:
+            raise ValueError(f"breaker state lacks {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"breaker state is malformed: {exc}") from None
+        return machine
+
+
+STATE_VERSION = 1
+
+
+def _int(data: dict[str, Any], field: str) -> int:
+    value = data[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _float(data: dict[str, Any], field: str) -> float:
+    value = data[field]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValueError(f"{field} must be a number, got {value!r}")
+    return float(value)

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Params", "RateLimitAlgorithm", "idle", "reserve"]
+__all__ = ["Params", "RateLimitAlgorithm", "idle", "reserve", "spent"]
 
 EPSILON = 1e-9
 
@@ -131,6 +131,16 @@ def _sliding(
             log.popleft()
         return log, max(0.0, wait)
     return None, wait
+
+
+def spent(now: float, p: Params) -> list[float] | deque[float]:
+    """A state that has just used everything it may: the most cautious starting point."""
+    algorithm = p.algorithm
+    if algorithm in (RateLimitAlgorithm.TOKEN_BUCKET, RateLimitAlgorithm.LEAKY_BUCKET):
+        return [now + p.tau]
+    if algorithm is RateLimitAlgorithm.FIXED_WINDOW:
+        return [now, float(p.limit)]
+    return deque([now] * p.limit)
 
 
 def idle(state: list[float] | deque[float], now: float, p: Params) -> bool:

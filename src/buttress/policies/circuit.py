@@ -31,11 +31,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from time import time as _wall
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
 from .._config import env_float, env_int, integer, number, optional_seconds, seconds
+from ..backends import BreakerReply, open_storage
 from ..clock import Clock, get_clock
 from ..errors import CircuitOpenError
 from ..machines.breaker import (
@@ -45,6 +47,7 @@ from ..machines.breaker import (
     CircuitState,
     Transition,
 )
+from ._storeguard import StoreGuard, check_fail_mode, store_faults, store_time
 
 __all__ = [
     "CircuitBreaker",
@@ -108,7 +111,14 @@ class CircuitBreakerConfig:
         probe_timeout: a probe running longer counts as failed (default: none).
         excluded_exceptions: exceptions that do not count at all.
         failure_exceptions: exceptions that count as failures (default ``Exception``).
-        storage: reserved for shared state backends; only ``None`` (in memory) is accepted.
+        storage: where the state lives, shared by every process using the same store and name:
+            ``None`` (``BUTTRESS_STORAGE_URL``, else memory), ``"memory://"``,
+            ``"sqlite:///state.db"``, ``"redis://host:6379/0"``, a redis client or a store (see
+            :mod:`buttress.backends`). A stored breaker counts consecutive failures (windows
+            stay in memory) and its probes hold leases that expire after ``probe_timeout``
+            (default: the recovery time), so a crashed prober cannot wedge it.
+        fail_mode: with a store, what to do while it is unreachable: ``"local"`` (default:
+            this process's own breaker), ``"open"`` (admit every call) or ``"closed"`` (reject).
     """
 
     name: str | None = None
@@ -128,6 +138,7 @@ class CircuitBreakerConfig:
     excluded_exceptions: ExcTypes = ()
     failure_exceptions: ExcTypes = (Exception,)
     storage: object = field(default=None, compare=False)
+    fail_mode: str = "local"
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)
@@ -185,9 +196,13 @@ class CircuitBreakerConfig:
         )
         put("excluded_exceptions", _types("excluded_exceptions", self.excluded_exceptions))
         put("failure_exceptions", _types("failure_exceptions", self.failure_exceptions))
-        if self.storage is not None:
+        check_fail_mode(self.fail_mode)
+        if self.storage is not None and (
+            self.failure_rate_threshold is not None or self.slow_call_duration is not None
+        ):
             raise ValueError(
-                f"storage={self.storage!r}: only in-memory breakers (storage=None) are available"
+                f"storage={self.storage!r}: a stored breaker counts consecutive failures; "
+                "failure-rate and slow-call windows are kept in memory only (use storage=None)"
             )
 
     def settings(self) -> BreakerSettings:
@@ -209,7 +224,7 @@ class CircuitBreakerConfig:
 class _Shared:
     """One breaker's state, shared by every CircuitBreaker object with its name."""
 
-    __slots__ = ("clock", "config", "listeners", "lock", "machine", "simple")
+    __slots__ = ("clock", "config", "guard", "listeners", "lock", "machine", "seen", "simple")
 
     def __init__(self, config: CircuitBreakerConfig, clock: Clock | None) -> None:
         self.config = config
@@ -217,8 +232,24 @@ class _Shared:
         self.lock = threading.Lock()
         self.listeners: list[Callable[[_events.CircuitStateChanged], None]] = []
         self.clock = clock
-        # The fast path applies when nothing but consecutive failures is counted.
-        self.simple = not self.machine.settings.windowed and config.slow_call_duration is None
+        self.guard: StoreGuard | None = None
+        windowed = self.machine.settings.windowed or config.slow_call_duration is not None
+        # BUTTRESS_STORAGE_URL applies to breakers that can be stored; explicit storage= with a
+        # window was refused by the config.
+        if config.storage is not None or not windowed:
+            store = open_storage(config.storage)
+            if store is not None:
+                owner = f"circuit breaker {config.name or 'unnamed'!r}"
+                self.guard = StoreGuard(store, owner, config.fail_mode, 1.0)
+        self.seen = CircuitState.CLOSED  # the stored state as this process last saw it
+        # The fast path applies when nothing but consecutive failures is counted in memory.
+        self.simple = not windowed and self.guard is None
+
+
+class _StoredAdmission(Admission):
+    """An admission the store granted (its outcome is reported to the store)."""
+
+    __slots__ = ()
 
 
 _REGISTRY: dict[str, _Shared] = {}
@@ -290,19 +321,34 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitState:
         """The current state; an OPEN breaker past its recovery time reads as HALF_OPEN."""
-        machine = self._shared.machine
-        state = machine.state
-        if (
-            state is CircuitState.OPEN
-            and self._now() >= machine.opened_at + machine.settings.recovery
-        ):
+        reply = self._stored("read")
+        if reply is not None:
+            state, opened_at = reply.state, reply.opened_at
+            now = self._store_now()
+        else:
+            machine = self._shared.machine
+            state, opened_at, now = machine.state, machine.opened_at, self._now()
+        if state is CircuitState.OPEN and now >= opened_at + self._shared.machine.settings.recovery:
             return CircuitState.HALF_OPEN
         return state
 
     @property
     def failure_count(self) -> int:
         """Consecutive failures counted in CLOSED state."""
-        return self._shared.machine.failures
+        reply = self._stored("read")
+        return reply.failures if reply is not None else self._shared.machine.failures
+
+    @property
+    def storage(self) -> str:
+        """Where the state lives (``memory://`` or the store's URL)."""
+        guard = self._shared.guard
+        return "memory://" if guard is None else str(getattr(guard.store, "url", guard.store))
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the store is unreachable and this process decides on its own."""
+        guard = self._shared.guard
+        return guard is not None and guard.degraded
 
     @property
     def failure_rate(self) -> float:
@@ -314,9 +360,121 @@ class CircuitBreaker:
     def retry_after(self) -> float:
         """Seconds until an OPEN breaker will admit a probe (0 otherwise)."""
         machine = self._shared.machine
+        reply = self._stored("read")
+        if reply is not None:
+            if reply.state is not CircuitState.OPEN:
+                return 0.0
+            return max(0.0, reply.opened_at + machine.settings.recovery - self._store_now())
         if machine.state is not CircuitState.OPEN:
             return 0.0
         return max(0.0, machine.opened_at + machine.settings.recovery - self._now())
+
+    # -- the store -------------------------------------------------------------------------------
+
+    def _store_now(self) -> float:
+        now = store_time(self._shared.clock)
+        return _wall() if now is None else now
+
+    def _stored(self, op: str, **kw: Any) -> BreakerReply | None:
+        """One step on the store; ``None`` without a store or while it is unreachable."""
+        shared = self._shared
+        guard = shared.guard
+        if guard is None:
+            return None
+        local_now = self._now()
+        if not guard.should_try(local_now):
+            return None
+        try:
+            reply: BreakerReply = guard.store.breaker_step(
+                self.name, shared.machine.settings, op, store_time(shared.clock), **kw
+            )
+        except store_faults() as error:
+            guard.failed(error, local_now)
+            return None
+        guard.answered()
+        self._observe(reply, local_now)
+        return reply
+
+    async def _astored(self, op: str, **kw: Any) -> BreakerReply | None:
+        shared = self._shared
+        guard = shared.guard
+        if guard is None:
+            return None
+        local_now = self._now()
+        if not guard.should_try(local_now):
+            return None
+        store = guard.store
+        step = getattr(store, "abreaker_step", None)
+        try:
+            settings, now = shared.machine.settings, store_time(shared.clock)
+            if step is not None:
+                reply: BreakerReply = await step(self.name, settings, op, now, **kw)
+            else:
+                reply = store.breaker_step(self.name, settings, op, now, **kw)
+        except store_faults() as error:
+            guard.failed(error, local_now)
+            return None
+        guard.answered()
+        self._observe(reply, local_now)
+        return reply
+
+    def _observe(self, reply: BreakerReply, now: float) -> None:
+        """Announce what the step changed, or what another process changed since last seen."""
+        shared = self._shared
+        with shared.lock:
+            seen, shared.seen = shared.seen, reply.state
+        if reply.transition is not None:
+            old, new, reason = reply.transition
+            if old is not seen:
+                self._announce(Transition(seen, old, "changed by another process"), now)
+            self._announce(Transition(old, new, reason), now)
+        elif reply.state is not seen:
+            self._announce(Transition(seen, reply.state, "changed by another process"), now)
+
+    def _from_reply(self, reply: BreakerReply | None, now: float) -> Admission:
+        if reply is not None:
+            if reply.allowed:
+                return _StoredAdmission(True, reply.probe, reply.ticket)
+            return Admission(False, retry_after=reply.retry_after)
+        mode = self._shared.config.fail_mode
+        if mode == "open":
+            return Admission(True, generation=-1)  # counted nowhere
+        if mode == "closed":
+            return Admission(False, retry_after=1.0)
+        shared = self._shared
+        with shared.lock:
+            admission, transition = shared.machine.acquire(now)
+        self._announce(transition, now)
+        return admission
+
+    def _refuse(self, admission: Admission, now: float) -> CircuitOpenError:
+        _events.emit(
+            _events.CallRejected(
+                policy="circuit",
+                name=self.name,
+                at=now,
+                reason="circuit_open",
+                retry_after=admission.retry_after,
+            )
+        )
+        return CircuitOpenError(
+            f"circuit breaker {self.name!r} is open; retry after {admission.retry_after:.3f}s",
+            retry_after=admission.retry_after,
+            name=self.name,
+        )
+
+    def _settle_stored(self, admission: Admission, failed: bool | None) -> dict[str, Any] | None:
+        """The store step that settles ``admission`` (``None``: settle locally instead)."""
+        if not isinstance(admission, _StoredAdmission):
+            return None
+        if failed is None:
+            return {"op": "release", "probe": admission.probe, "ticket": admission.generation}
+        return {
+            "op": "record",
+            "probe": admission.probe,
+            "ticket": admission.generation,
+            "failed": failed,
+        }
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
@@ -358,6 +516,9 @@ class CircuitBreaker:
         now = self._now()
         with self._shared.lock:
             transition = self._shared.machine.force(state, now, reason)
+        if self._shared.guard is not None:
+            self._stored("force", target=state, reason=reason)
+            return
         self._announce(transition, now)
 
     def open(self) -> None:
@@ -376,6 +537,13 @@ class CircuitBreaker:
 
     def _admit(self) -> tuple[Admission, float]:
         shared = self._shared
+        if shared.guard is not None:
+            reply = self._stored("acquire")
+            now = self._now()
+            admission = self._from_reply(reply, now)
+            if not admission.allowed:
+                raise self._refuse(admission, now)
+            return admission, now
         now = self._now()
         with shared.lock:
             admission, transition = shared.machine.acquire(now)
@@ -398,11 +566,39 @@ class CircuitBreaker:
             )
         return admission, now
 
+    def _outcome(self, error: BaseException | None) -> bool | None:
+        """``True`` failed, ``False`` succeeded, ``None`` does not count."""
+        config = self._shared.config
+        if error is not None and (
+            isinstance(error, config.excluded_exceptions)
+            or not isinstance(error, config.failure_exceptions)
+        ):
+            return None
+        return error is not None
+
+    def _completed(self, failed: bool | None, began: float, now: float) -> None:
+        if _events.HOOKS:
+            outcome = "ignored" if failed is None else "failure" if failed else "success"
+            _events.emit(
+                _events.CallCompleted(
+                    policy="circuit", name=self.name, at=now, outcome=outcome, duration=now - began
+                )
+            )
+
     def _settle(self, admission: Admission, began: float, error: BaseException | None) -> None:
         shared = self._shared
         config = shared.config
         now = self._now()
         duration = now - began
+        if shared.guard is not None and admission.generation != -1:
+            failed = self._outcome(error)
+            step = self._settle_stored(admission, failed)
+            if step is not None:
+                self._stored(step.pop("op"), **step)
+            else:
+                self._settle_local(admission, failed, now)
+            self._completed(failed, began, now)
+            return
         if error is not None and (
             isinstance(error, config.excluded_exceptions)
             or not isinstance(error, config.failure_exceptions)
@@ -424,6 +620,37 @@ class CircuitBreaker:
                     policy="circuit", name=self.name, at=now, outcome=outcome, duration=duration
                 )
             )
+
+    def _settle_local(self, admission: Admission, failed: bool | None, now: float) -> None:
+        shared = self._shared
+        with shared.lock:
+            if failed is None:
+                shared.machine.release(admission)
+                transition = None
+            else:
+                transition = shared.machine.record(admission, now, failed=failed)
+        self._announce(transition, now)
+
+    async def _aadmit(self) -> tuple[Admission, float]:
+        reply = await self._astored("acquire")
+        now = self._now()
+        admission = self._from_reply(reply, now)
+        if not admission.allowed:
+            raise self._refuse(admission, now)
+        return admission, now
+
+    async def _asettle(
+        self, admission: Admission, began: float, error: BaseException | None
+    ) -> None:
+        now = self._now()
+        failed = self._outcome(error)
+        if admission.generation != -1:
+            step = self._settle_stored(admission, failed)
+            if step is not None:
+                await self._astored(step.pop("op"), **step)
+            else:
+                self._settle_local(admission, failed, now)
+        self._completed(failed, began, now)
 
     def _fail(self, error: BaseException) -> None:
         """Fast-path failure in CLOSED state (consecutive counting)."""
@@ -454,15 +681,23 @@ class CircuitBreaker:
             self._settle(admission, began, error)
             raise
         except BaseException:
-            with self._shared.lock:
-                self._shared.machine.release(admission)
+            self._release(admission)
             raise
         self._settle(admission, began, None)
         return result
 
+    def _release(self, admission: Admission) -> None:
+        if isinstance(admission, _StoredAdmission):
+            self._stored("release", probe=admission.probe, ticket=admission.generation)
+            return
+        with self._shared.lock:
+            self._shared.machine.release(admission)
+
     async def _acall_general(
         self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
     ) -> Any:
+        if self._shared.guard is not None:
+            return await self._acall_stored(fn, args, kwargs)
         admission, began = self._admit()
         try:
             result = await fn(*args, **kwargs)
@@ -474,6 +709,19 @@ class CircuitBreaker:
                 self._shared.machine.release(admission)
             raise
         self._settle(admission, began, None)
+        return result
+
+    async def _acall_stored(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+        admission, began = await self._aadmit()
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as error:
+            await self._asettle(admission, began, error)
+            raise
+        except BaseException:
+            self._release(admission)  # cancelled: give the probe slot back at once
+            raise
+        await self._asettle(admission, began, None)
         return result
 
     # -- decoration and calls -------------------------------------------------------------------
@@ -565,8 +813,7 @@ class CircuitBreaker:
         admission, began = stack[-1]
         self._tickets.set(stack[:-1])
         if exc is not None and not isinstance(exc, Exception):
-            with self._shared.lock:
-                self._shared.machine.release(admission)
+            self._release(admission)
             return
         self._settle(admission, began, exc)
 

@@ -35,9 +35,11 @@ from typing import Any, TypeVar, cast
 from .. import events as _events
 from .._config import integer, number, optional_seconds
 from .._config import seconds as to_seconds
+from ..backends import open_storage
 from ..clock import Clock, get_clock
 from ..errors import RateLimitExceeded
-from ..machines.ratelimit import EPSILON, Params, RateLimitAlgorithm, idle, reserve
+from ..machines.ratelimit import EPSILON, Params, RateLimitAlgorithm, idle, reserve, spent
+from ._storeguard import StoreGuard, check_fail_mode, store_faults, store_time
 
 __all__ = [
     "RateLimit",
@@ -115,10 +117,13 @@ class _Limit:
         "blocked",
         "config",
         "interval",
+        "local",
         "lock",
         "name",
         "next_sweep",
+        "outage",
         "params",
+        "seed",
         "states",
         "tau",
         "token",
@@ -136,6 +141,21 @@ class _Limit:
         self.token = self.params.algorithm is _TOKEN
         self.interval = self.params.interval
         self.tau = self.params.tau
+        self.local: _Limit | None = None  # this process's share, during a store outage
+        self.outage = 0  # which outage ``local`` belongs to
+        self.seed: float | None = None  # keys first seen start spent at this time (outages)
+
+    def check_cost(self, cost: int) -> None:
+        """Refuse a cost this limit could never admit at once, naming both."""
+        integer("cost", cost, minimum=1)
+        params = self.params
+        capacity = params.burst if params.algorithm in (_TOKEN, _LEAKY) else params.limit
+        if cost > capacity:
+            what = "burst" if params.algorithm in (_TOKEN, _LEAKY) else "limit per window"
+            raise ValueError(
+                f"cost {cost} exceeds the {what} of rate limit {self.name!r} ({capacity}); "
+                "such a request could never be admitted"
+            )
 
     def decide(self, key: str | None, now: float, cost: int, max_wait: float) -> tuple[bool, float]:
         """(admitted, wait or retry_after); call with the lock held."""
@@ -146,7 +166,10 @@ class _Limit:
                     return False, until - now
                 del self.blocked[key]
         states = self.states
-        new_state, wait = reserve(states.get(key), now, cost, max_wait, self.params)
+        state = states.get(key)
+        if state is None and self.seed is not None:
+            state = spent(self.seed, self.params)
+        new_state, wait = reserve(state, now, cost, max_wait, self.params)
         if new_state is None:
             return False, wait
         states[key] = new_state
@@ -166,11 +189,65 @@ class RateLimiter:
 
     Args:
         clock: the clock to use (default: the process default at the time of use).
+        storage: where the state lives: ``None`` (``BUTTRESS_STORAGE_URL``, else memory),
+            ``"memory://"``, ``"sqlite:///state.db"``, ``"redis://host:6379/0"``, a redis client
+            or a store (see :mod:`buttress.backends`). Resolved at first use.
+        fail_mode: with a shared store, what to do while it is unreachable: ``"local"``
+            (default: decide on local state with ``local_share`` of each limit), ``"open"``
+            (admit) or ``"closed"`` (refuse).
+        local_share: the fraction of each limit one process may use on local state during a
+            store outage (e.g. ``0.25`` with four processes sharing the limit; default 1).
+        retry_interval: seconds between attempts to reach the store during an outage.
     """
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        storage: object = None,
+        fail_mode: str = "local",
+        local_share: float = 1.0,
+        retry_interval: float = 1.0,
+    ) -> None:
         self._limits: dict[str, _Limit] = {}
         self._clock = clock
+        self._storage = storage
+        self._fail_mode = check_fail_mode(fail_mode)
+        self._local_share = number(
+            "local_share", local_share, minimum=0.0, maximum=1.0, exclusive_minimum=True
+        )
+        self._retry_interval = to_seconds("retry_interval", retry_interval, allow_zero=False)
+        # _UNRESOLVED until first use, then None (memory) or the guard of the shared store.
+        self._guard: StoreGuard | object | None = _UNRESOLVED
+        self._guard_lock = threading.Lock()
+
+    def _store_guard(self) -> StoreGuard | None:
+        guard = self._guard
+        if guard is _UNRESOLVED:
+            with self._guard_lock:
+                if self._guard is _UNRESOLVED:
+                    store = open_storage(self._storage)
+                    self._guard = (
+                        None
+                        if store is None
+                        else StoreGuard(
+                            store, "rate limiter", self._fail_mode, self._retry_interval
+                        )
+                    )
+                guard = self._guard
+        return cast("StoreGuard | None", guard)
+
+    @property
+    def storage(self) -> str:
+        """Where the state lives (``memory://`` or the store's URL)."""
+        guard = self._store_guard()
+        return "memory://" if guard is None else str(getattr(guard.store, "url", guard.store))
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the shared store is unreachable and decisions are being made without it."""
+        guard = self._store_guard()
+        return guard is not None and guard.degraded
 
     def configure(self, name: str, config: RateLimitConfig) -> None:
         """Set (or replace) the limit called ``name``; replacing forgets its keys' state."""
@@ -226,6 +303,12 @@ class RateLimiter:
         limit = self._limits.get(name)
         if limit is None:
             limit = self._limit(name)
+        if self._guard is not None:
+            guard = self._store_guard()
+            if guard is not None:
+                limit.check_cost(cost)
+                self._stored_decision(guard, limit, key, cost, 0.0)
+                return
         now = (self._clock or get_clock()).now()
         if cost == 1 and limit.token:
             # GCRA for one unit, in place: the same arithmetic as machines.ratelimit.reserve.
@@ -240,7 +323,7 @@ class RateLimiter:
                 else:
                     admitted, wait = limit.decide(key, now, 1, 0.0)
         else:
-            integer("cost", cost, minimum=1)
+            limit.check_cost(cost)
             with limit.lock:
                 admitted, wait = limit.decide(key, now, cost, 0.0)
         if not admitted:
@@ -253,18 +336,123 @@ class RateLimiter:
             )
 
     async def acheck_limit(self, name: str, key: str | None = None, cost: int = 1) -> None:
-        """Async twin of :meth:`check_limit` (it never waits, so it never suspends)."""
+        """Async twin of :meth:`check_limit` (in memory it never suspends)."""
+        if self._guard is not None:
+            guard = self._store_guard()
+            if guard is not None:
+                limit = self._limit(name)
+                limit.check_cost(cost)
+                await self._astored_decision(guard, limit, key, cost, 0.0)
+                return
         self.check_limit(name, key, cost)
+
+    # -- shared stores ---------------------------------------------------------------------------
+
+    def _local_decision(
+        self,
+        guard: StoreGuard,
+        limit: _Limit,
+        key: str | None,
+        cost: int,
+        max_wait: float,
+        now: float,
+    ) -> tuple[bool, float]:
+        """A decision on this process's share of the limit (during a store outage).
+
+        Each outage starts afresh with every key's share *spent* as of its start: what the store
+        admitted just before is unknown, so the local share never adds a burst on top of it.
+        """
+        if self._fail_mode == "open":
+            return True, 0.0
+        if self._fail_mode == "closed":
+            return False, self._retry_interval
+        local = limit.local
+        if local is None or limit.outage != guard.outages:
+            local = self._local_share_of(limit, guard.outages, now)
+        with local.lock:
+            return local.decide(key, now, cost, max_wait)
+
+    def _local_share_of(self, limit: _Limit, outage: int, now: float) -> _Limit:
+        with limit.lock:
+            if limit.local is not None and limit.outage == outage:
+                return limit.local
+            config = limit.config
+            share = self._local_share
+            params = config.params()
+            scaled = RateLimitConfig(
+                requests_per_second=config.requests_per_second * share,
+                burst_size=max(1, math.floor(params.burst * share)),
+                algorithm=config.algorithm,
+                window_seconds=config.window_seconds,
+                max_wait=config.max_wait,
+            )
+            local = _Limit(limit.name, scaled)
+            local.seed = now
+            limit.local, limit.outage = local, outage
+            return local
+
+    def _finish(
+        self, limit: _Limit, key: str | None, now: float, admitted: bool, wait: float
+    ) -> float:
+        if not admitted:
+            raise self._reject(limit, key, now, wait)
+        return wait
+
+    def _stored_decision(
+        self, guard: StoreGuard, limit: _Limit, key: str | None, cost: int, max_wait: float
+    ) -> float:
+        clock = self._clock or get_clock()
+        now = clock.now()
+        if guard.should_try(now):
+            try:
+                admitted, wait = guard.store.reserve(
+                    limit.name, key, limit.params, cost, max_wait, store_time(clock)
+                )
+            except store_faults() as error:
+                guard.failed(error, now)
+            else:
+                guard.answered()
+                return self._finish(limit, key, now, admitted, wait)
+        admitted, wait = self._local_decision(guard, limit, key, cost, max_wait, now)
+        return self._finish(limit, key, now, admitted, wait)
+
+    async def _astored_decision(
+        self, guard: StoreGuard, limit: _Limit, key: str | None, cost: int, max_wait: float
+    ) -> float:
+        clock = self._clock or get_clock()
+        now = clock.now()
+        if guard.should_try(now):
+            store = guard.store
+            try:
+                areserve = getattr(store, "areserve", None)
+                if areserve is not None:
+                    admitted, wait = await areserve(
+                        limit.name, key, limit.params, cost, max_wait, store_time(clock)
+                    )
+                else:
+                    admitted, wait = store.reserve(
+                        limit.name, key, limit.params, cost, max_wait, store_time(clock)
+                    )
+            except store_faults() as error:
+                guard.failed(error, now)
+            else:
+                guard.answered()
+                return self._finish(limit, key, now, admitted, wait)
+        admitted, wait = self._local_decision(guard, limit, key, cost, max_wait, now)
+        return self._finish(limit, key, now, admitted, wait)
 
     def _reserve(
         self, name: str, key: str | None, cost: int, max_wait: float | None
     ) -> tuple[Clock, float]:
         limit = self._limit(name)
-        integer("cost", cost, minimum=1)
+        limit.check_cost(cost)
         if max_wait is None:
             max_wait = limit.config.max_wait
         longest = math.inf if max_wait is None else to_seconds("max_wait", max_wait)
         clock = self._clock or get_clock()
+        guard = self._store_guard()
+        if guard is not None:
+            return clock, self._stored_decision(guard, limit, key, cost, longest)
         now = clock.now()
         with limit.lock:
             admitted, wait = limit.decide(key, now, cost, longest)
@@ -290,6 +478,18 @@ class RateLimiter:
         self, name: str, key: str | None = None, cost: int = 1, max_wait: float | None = None
     ) -> float:
         """Async twin of :meth:`acquire`."""
+        guard = self._store_guard()
+        if guard is not None:
+            limit = self._limit(name)
+            limit.check_cost(cost)
+            if max_wait is None:
+                max_wait = limit.config.max_wait
+            longest = math.inf if max_wait is None else to_seconds("max_wait", max_wait)
+            clock = self._clock or get_clock()
+            wait = await self._astored_decision(guard, limit, key, cost, longest)
+            if wait > 0:
+                await clock.asleep(wait)
+            return wait
         clock, wait = self._reserve(name, key, cost, max_wait)
         if wait > 0:
             await clock.asleep(wait)
@@ -299,7 +499,16 @@ class RateLimiter:
         """Refuse ``key`` of ``name`` for the next ``seconds`` (a server said "come back")."""
         limit = self._limit(name)
         duration = to_seconds("seconds", seconds)
-        now = (self._clock or get_clock()).now()
+        clock = self._clock or get_clock()
+        now = clock.now()
+        guard = self._store_guard()
+        if guard is not None and guard.should_try(now):
+            try:
+                guard.store.block(name, key, duration, store_time(clock))
+            except store_faults() as error:
+                guard.failed(error, now)
+            else:
+                guard.answered()
         with limit.lock:
             until = now + duration
             if until > limit.blocked.get(key, -math.inf):
@@ -320,8 +529,22 @@ class RateLimiter:
             self.block(name, key, seconds=reset)
             return
         limit = self._limit(name)
-        now = (self._clock or get_clock()).now()
+        clock = self._clock or get_clock()
+        now = clock.now()
         params = limit.params
+        guard = self._store_guard()
+        if guard is not None and guard.should_try(now):
+            # A shared store has no "lower the remaining" step: spend what the server says is
+            # gone instead (stricter when the key had already spent some, never looser).
+            capacity = params.burst if params.algorithm in (_TOKEN, _LEAKY) else params.limit
+            spent = min(capacity, capacity - remaining)
+            if spent > 0:
+                try:
+                    guard.store.reserve(name, key, params, spent, math.inf, store_time(clock))
+                except store_faults() as error:
+                    guard.failed(error, now)
+                else:
+                    guard.answered()
         with limit.lock:
             state = limit.states.get(key)
             if params.algorithm in (RateLimitAlgorithm.TOKEN_BUCKET, _LEAKY):
@@ -345,12 +568,16 @@ class RateLimiter:
     def reset(self, name: str, key: str | None = None) -> None:
         """Forget the state (and any block) of ``key`` of ``name``."""
         limit = self._limit(name)
+        guard = self._store_guard()
+        if guard is not None:
+            guard.store.reset(name, key)
         with limit.lock:
             limit.states.pop(key, None)
             limit.blocked.pop(key, None)
 
 
 _LEAKY = RateLimitAlgorithm.LEAKY_BUCKET
+_UNRESOLVED = object()
 _GLOBAL = RateLimiter()
 
 

@@ -1,0 +1,212 @@
+"""Rate-limit decisions through Redis: buttress's store beside limits and pyrate-limiter.
+
+Run: ``python benchmarks/bench_redis.py`` (needs ``redis-server`` on PATH; it starts its own on
+127.0.0.1 with no persistence). One thread, one connection per implementation, every decision
+admitted (rates far above what one thread can ask for), except the rows marked "full", where the
+log is full and most decisions are refused. The floor is one round trip: ``EVALSHA`` of a script
+that only returns 1.
+
+Commands per decision are counted separately (``MONITOR``, which slows the server, so not while
+timing): what the client sends (round trips) and what the server runs, including the commands a
+Lua script issues.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from _timing import ns_per_call
+from buttress.backends.redis import RedisRateLimitStore
+from buttress.machines.ratelimit import Params, RateLimitAlgorithm
+
+HUGE = 10**9
+
+
+class Factory:
+    def __init__(self, make: Callable[[], Callable[[], Any]]) -> None:
+        self.make = make
+
+
+COUNTED = 300  # decisions per MONITOR count
+ROUNDS = 3
+
+
+@contextmanager
+def redis_server() -> Iterator[int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("bench_redis needs redis-server on PATH")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with tempfile.TemporaryDirectory() as workdir:
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", workdir]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(port=port)
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise SystemExit("redis-server did not start") from None
+                    time.sleep(0.02)
+            client.close()
+            yield port
+        finally:
+            process.terminate()
+            process.wait(timeout=5)
+
+
+def count_commands(port: int, decide: Callable[[], Any]) -> tuple[float, float]:
+    """(client commands, server commands) per decision over COUNTED decisions, via MONITOR."""
+    control = redis.Redis(port=port)
+    stopper = redis.Redis(port=port)
+    stopper.ping()  # connected (and introduced) before the count starts
+    ready = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def watch() -> None:
+        with control.monitor() as monitor:
+            ready.set()
+            for event in monitor.listen():
+                if event["command"] == "ECHO bench-stop":
+                    return
+                seen.append(event)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    ready.wait(5)
+    time.sleep(0.05)
+    for _ in range(COUNTED):
+        decide()
+    stopper.echo("bench-stop")
+    watcher.join(10)
+    control.close()
+    stopper.close()
+    client = sum(1 for event in seen if event["client_type"] != "lua")
+    return client / COUNTED, len(seen) / COUNTED
+
+
+def implementations(port: int) -> list[tuple[str, Callable[[], Any] | Factory]]:
+    """(name, decide) pairs; a ``Factory`` makes its ``decide`` when it is measured."""
+    out: list[tuple[str, Callable[[], Any] | Factory]] = []
+    conn = redis.Redis(port=port)
+    floor_sha = conn.script_load("return 1")
+    out.append(("floor: EVALSHA of `return 1`", lambda: conn.evalsha(floor_sha, 0)))
+
+    store = RedisRateLimitStore(redis.Redis(port=port))
+    settings = {
+        RateLimitAlgorithm.TOKEN_BUCKET: Params(RateLimitAlgorithm.TOKEN_BUCKET, 1e-9, HUGE, 1, 1),
+        RateLimitAlgorithm.LEAKY_BUCKET: Params(RateLimitAlgorithm.LEAKY_BUCKET, 1e-12, 1, 1, 1),
+        RateLimitAlgorithm.FIXED_WINDOW: Params(RateLimitAlgorithm.FIXED_WINDOW, 1, 1, 1.0, HUGE),
+        RateLimitAlgorithm.SLIDING_WINDOW: Params(
+            RateLimitAlgorithm.SLIDING_WINDOW, 1, 1, 1.0, 10**6
+        ),
+    }
+    for algorithm, params in settings.items():
+        out.append(
+            (
+                f"buttress {algorithm.name}",
+                lambda p=params: store.reserve("bench", "k", p, 1, 0.0),
+            )
+        )
+    full = Params(RateLimitAlgorithm.SLIDING_WINDOW, 1, 1, 60.0, 1000)
+    out.append(
+        (
+            "buttress SLIDING_WINDOW, full (1000 in the log)",
+            lambda: store.reserve("bench", "full", full, 1, 0.0),
+        )
+    )
+
+    from limits import RateLimitItemPerMinute, RateLimitItemPerSecond, storage, strategies
+
+    limits_storage = storage.RedisStorage(f"redis://127.0.0.1:{port}")
+    item = RateLimitItemPerSecond(HUGE)
+    moving_item = RateLimitItemPerSecond(10**6)
+    for cls, hit_item in (
+        (strategies.FixedWindowRateLimiter, item),
+        (strategies.SlidingWindowCounterRateLimiter, item),
+        (strategies.MovingWindowRateLimiter, moving_item),
+    ):
+        strategy = cls(limits_storage)
+        out.append(
+            (f"limits {cls.__name__}", lambda s=strategy, i=hit_item: s.hit(i, "bench", "k"))
+        )
+    moving = strategies.MovingWindowRateLimiter(limits_storage)
+    small = RateLimitItemPerMinute(1000)
+    out.append(
+        (
+            "limits MovingWindowRateLimiter, full (1000 in the log)",
+            lambda: moving.hit(small, "bench", "full"),
+        )
+    )
+
+    def pyrate() -> Callable[[], Any]:
+        # Built only when measured: its limiter runs a background leak task on Redis that
+        # would be counted against the other implementations.
+        from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
+
+        bucket = RedisBucket.init([Rate(HUGE, Duration.SECOND)], redis.Redis(port=port), "pyrate")
+        limiter = Limiter(bucket)
+        return lambda: limiter.try_acquire("k", blocking=False)
+
+    out.append(("pyrate-limiter RedisBucket", Factory(pyrate)))
+    return out
+
+
+def main() -> None:
+    with redis_server() as port:
+        impls = implementations(port)
+        counts: list[tuple[float, float]] = []
+        deciders: list[Callable[[], Any]] = []
+        for _, entry in impls:
+            decide = entry.make() if isinstance(entry, Factory) else entry
+            for _ in range(1100):  # warm up: scripts loaded, the "full" logs filled
+                decide()
+            counts.append(count_commands(port, decide))
+            deciders.append(decide)
+        # Rounds interleave the implementations, so a slow spell of the machine does not land on
+        # one of them alone; each figure is the median over all its timed runs.
+        runs: list[list[float]] = [[] for _ in impls]
+        for _ in range(ROUNDS):
+            for decide, times in zip(deciders, runs, strict=True):
+                times.append(ns_per_call(decide, repeats=3))
+        timings = [statistics.median(times) for times in runs]
+        version = redis.Redis(port=port).info("server")["redis_version"]
+    floor = timings[0]
+    print(f"### Redis rate-limit decisions, one thread (redis-server {version}, 127.0.0.1)")
+    print()
+    print(
+        "| implementation | µs/decision | decisions/s | x floor "
+        "| round trips/decision | server commands/decision |"
+    )
+    print("|---|---|---|---|---|---|")
+    for (name, _), ns, (sent, ran) in zip(impls, timings, counts, strict=True):
+        print(
+            f"| {name} | {ns / 1000:,.1f} | {1e9 / ns:,.0f} | {ns / floor:.2f} "
+            f"| {_figure(sent)} | {_figure(ran)} |"
+        )
+
+
+def _figure(x: float) -> str:
+    return f"{x:.0f}" if math.isclose(x, round(x), abs_tol=0.005) else f"{x:.2f}"
+
+
+if __name__ == "__main__":
+    main()

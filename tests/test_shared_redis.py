@@ -1,0 +1,308 @@
+"""Several processes sharing limits and breakers through a real redis-server, and Redis faults.
+
+Worker processes are started with ``spawn`` (a fresh interpreter each, like separate pods). The
+fault tests run their own redis-server so they can stop, restart and pause it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+redis = pytest.importorskip("redis")
+
+from buttress import (  # noqa: E402
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    RateLimitConfig,
+    RateLimiter,
+    RateLimitExceeded,
+    deadline,
+)
+from redis_server import RedisUnavailable, free_port  # noqa: E402
+
+CTX = multiprocessing.get_context("spawn")
+T0 = 1_750_000_000.0
+
+
+def _url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
+
+
+# --- a shared rate limit ------------------------------------------------------------------------
+
+
+def _hammer_limit(url: str, name: str, barrier: Any, seconds: float, out: Any) -> None:
+    limiter = RateLimiter(storage=url)
+    limiter.configure(name, RateLimitConfig(requests_per_second=50, burst_size=50))
+    limiter.configure("warm-up", RateLimitConfig(requests_per_second=1))
+    limiter.check_limit("warm-up", key=str(os.getpid()))  # connect and load the script first
+    barrier.wait()
+    end = time.time() + seconds
+    spans: list[tuple[float, float]] = []
+    errors = 0
+    while (before := time.time()) < end:
+        try:
+            limiter.check_limit(name)
+        except RateLimitExceeded:
+            time.sleep(0.001)
+            continue
+        except Exception:
+            errors += 1
+            continue
+        spans.append((before, time.time()))
+    out.put((spans, errors))
+
+
+def _certainly_inside(spans: list[tuple[float, float]], window: float) -> int:
+    best = 0
+    for start_, _ in spans:
+        best = max(best, sum(1 for s, e in spans if s >= start_ and e < start_ + window))
+    return best
+
+
+def test_four_processes_share_one_limit(redis_port: int) -> None:
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    barrier = CTX.Barrier(4)
+    out = CTX.Queue()
+    workers = [
+        CTX.Process(target=_hammer_limit, args=(_url(redis_port), name, barrier, 1.0, out))
+        for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    spans = [span for part, _ in results for span in part]
+    assert sum(errors for _, errors in results) == 0
+    # burst 50 + 50/s: in the first second after the first admission, 100 within 2%; and never
+    # more than 100 in any 1-s window
+    first = min(before for before, _ in spans)
+    in_first_second = sum(1 for _, after in spans if after < first + 1.0)
+    assert 98 <= in_first_second <= 100
+    assert _certainly_inside(spans, 1.0) <= 100
+
+
+# --- a shared breaker ---------------------------------------------------------------------------
+
+
+def _breaker_worker(url: str, name: str, role: str, tripped: Any, out: Any) -> None:
+    from buttress.testing import FakeClock
+
+    with FakeClock(wall_start=T0):
+        cb = CircuitBreaker(name=name, fail_max=3, timeout_duration=30, storage=url)
+        if role == "tripper":
+            for _ in range(3):
+                with contextlib.suppress(ZeroDivisionError):
+                    cb.call(lambda: 1 / 0)
+            tripped.set()
+            out.put(("tripper", cb.state.value))
+            return
+        tripped.wait(timeout=30)
+        try:
+            cb.call(lambda: "ran")
+            out.put((role, "ran"))
+        except CircuitOpenError as exc:
+            out.put((role, f"rejected {exc.retry_after:.0f}"))
+
+
+def test_a_breaker_tripped_in_one_process_rejects_in_all(redis_port: int) -> None:
+    name = f"erp-{uuid.uuid4().hex[:8]}"
+    tripped = CTX.Event()
+    out = CTX.Queue()
+    roles = ["tripper", "a", "b", "c"]
+    workers = [
+        CTX.Process(target=_breaker_worker, args=(_url(redis_port), name, r, tripped, out))
+        for r in roles
+    ]
+    for w in workers:
+        w.start()
+    answers = dict(out.get(timeout=60) for _ in workers)
+    for w in workers:
+        w.join(timeout=30)
+    rejected = "rejected 30"
+    assert answers == {"tripper": "open", "a": rejected, "b": rejected, "c": rejected}
+
+
+def _probe_worker(url: str, name: str, barrier: Any, out: Any) -> None:
+    import threading
+
+    from buttress.testing import FakeClock
+
+    ran: list[int] = []
+    rejected: list[int] = []
+
+    with FakeClock(wall_start=T0 + 60):  # frozen after the recovery time: every call may probe
+        cb = CircuitBreaker(name=name, fail_max=1, timeout_duration=30, storage=url)
+        barrier.wait()
+
+        def attempt() -> None:
+            try:
+                cb.call(lambda: ran.append(1) or time.sleep(0.3))
+            except CircuitOpenError:
+                rejected.append(1)
+
+        threads = [threading.Thread(target=attempt) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    out.put((len(ran), len(rejected)))
+
+
+def test_exactly_one_half_open_probe_across_processes(redis_port: int) -> None:
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    from buttress.backends.redis_store import RedisStore
+    from buttress.machines.breaker import BreakerSettings
+
+    client = redis.Redis(port=redis_port)
+    RedisStore(client).breaker_step(
+        name, BreakerSettings(fail_max=1, recovery=30.0), "force", T0, target=CircuitState.OPEN
+    )
+    client.close()
+    barrier = CTX.Barrier(4)
+    out = CTX.Queue()
+    workers = [
+        CTX.Process(target=_probe_worker, args=(_url(redis_port), name, barrier, out))
+        for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    assert sum(ran for ran, _ in results) == 1  # 16 callers in 4 processes, one probe
+    assert sum(rejected for _, rejected in results) == 15
+
+
+# --- Redis faults -------------------------------------------------------------------------------
+
+
+class _Server:
+    """A redis-server this test may stop, restart (same port) and pause."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisUnavailable("no redis-server binary on PATH")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="buttress-redis-fault-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir.name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
+        try:
+            for _ in range(250):  # up to ~5 s
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            raise RedisUnavailable(f"redis-server on port {self.port} did not start")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def fault_server(redis_port: int) -> Iterator[_Server]:  # redis_port: skip/fail like the others
+    server = _Server()
+    server.start()
+    yield server
+    if server.process is not None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+    server.dir.cleanup()
+
+
+def test_redis_stopped_mid_run_is_an_outage_not_an_error(
+    fault_server: _Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = _url(fault_server.port)
+    limiter = RateLimiter(storage=url, local_share=0.25, retry_interval=0.2)
+    limiter.configure("api", RateLimitConfig(requests_per_second=40, burst_size=40))
+    during = 0
+    errors: list[BaseException] = []
+
+    def load(seconds: float) -> int:
+        admitted = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                limiter.check_limit("api")
+                admitted += 1
+            except RateLimitExceeded:
+                time.sleep(0.002)
+            except Exception as exc:  # nothing but the limiter's own refusal may escape
+                errors.append(exc)
+        return admitted
+
+    with caplog.at_level("INFO", logger="buttress.storage"):
+        load(0.3)
+        assert not limiter.degraded
+        fault_server.stop()
+        during = load(1.0)
+        assert limiter.degraded
+        fault_server.start()
+        client = redis.Redis(port=fault_server.port)
+        load(0.5)
+        assert not limiter.degraded
+        assert client.keys("buttress:*")  # the state is back in Redis
+        client.close()
+    assert errors == []
+    # a quarter of the limit, 10/s, starting spent: ~10 over the second of the outage
+    assert 5 <= during <= 12
+    levels = [r.levelname for r in caplog.records if r.name == "buttress.storage"]
+    assert levels == ["WARNING", "INFO"]  # one line per outage, not per call
+
+
+def test_a_paused_redis_does_not_hold_callers_past_their_deadline(fault_server: _Server) -> None:
+    url = _url(fault_server.port)
+    limiter = RateLimiter(storage=url)
+    limiter.configure("api", RateLimitConfig(requests_per_second=100, burst_size=100))
+    cb = CircuitBreaker(name=f"paused-{uuid.uuid4().hex[:6]}", storage=url)
+    limiter.check_limit("api")
+    assert fault_server.process is not None
+    os.kill(fault_server.process.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        with deadline(0.1):  # shorter than the store's 0.5 s socket timeout
+            # decided on local state, which starts cautious (spent): a refusal is a fine answer
+            with contextlib.suppress(RateLimitExceeded):
+                limiter.check_limit("api")
+            assert cb.call(lambda: "ok") == "ok"
+        held = time.monotonic() - began
+        assert held < 0.5  # decided locally: never waited on the paused server
+        assert not limiter.degraded  # and a short deadline is not mistaken for an outage
+        began = time.monotonic()
+        for _ in range(2):  # no deadline: waits at most the socket timeout, once
+            with contextlib.suppress(RateLimitExceeded):
+                limiter.check_limit("api")
+        assert limiter.degraded
+        assert time.monotonic() - began < 1.5
+    finally:
+        os.kill(fault_server.process.pid, signal.SIGCONT)

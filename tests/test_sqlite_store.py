@@ -1,0 +1,286 @@
+"""The SQLite store: durable across restarts, safe across processes, never overwrites a stranger."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from buttress import RateLimitConfig, RateLimiter, RateLimitExceeded
+from buttress.backends import StorageError, open_storage
+from buttress.backends.sqlite import SQLiteStore
+from buttress.machines.breaker import BreakerSettings, CircuitState
+from buttress.machines.ratelimit import Params, RateLimitAlgorithm
+from buttress.testing import FakeClock
+
+T0 = 1_750_000_000.0
+BUCKET = Params(RateLimitAlgorithm.TOKEN_BUCKET, 0.5, 2, 1.0, 2)
+
+
+def test_state_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = SQLiteStore(path)
+    settings = BreakerSettings(fail_max=1, recovery=60.0)
+    gen = first.breaker_step("erp", settings, "acquire", T0).ticket
+    first.breaker_step("erp", settings, "record", T0, ticket=gen, failed=True)
+    assert first.reserve("api", "k", BUCKET, 2, 0.0, T0)[0]
+    first.close()
+
+    again = SQLiteStore(path)  # a new process would do the same
+    still_open = again.breaker_step("erp", settings, "acquire", T0 + 30)
+    assert not still_open.allowed
+    assert still_open.state is CircuitState.OPEN
+    assert still_open.retry_after == pytest.approx(30.0)
+    assert again.breaker_step("erp", settings, "acquire", T0 + 60).probe
+    assert not again.reserve("api", "k", BUCKET, 1, 0.0, T0)[0]  # the bucket is still spent
+
+
+def test_state_is_json_with_a_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    store.reserve("api", None, BUCKET, 1, 0.0, T0)
+    conn = sqlite3.connect(path)
+    (version,) = conn.execute(
+        "SELECT value FROM buttress_meta WHERE name='schema_version'"
+    ).fetchone()
+    (text,) = conn.execute("SELECT state FROM buttress_state").fetchone()
+    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    conn.close()
+    assert version == "1"
+    assert json.loads(text) == {"s": [pytest.approx(T0 + 0.5)], "b": None}
+    assert mode == "wal"
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="not a usable SQLite database"):
+        SQLiteStore(path)
+    assert path.read_bytes() == before
+
+
+def test_someone_elses_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match=r"of something else \(tables: users\)"):
+        SQLiteStore(path)
+    assert path.read_bytes() == before
+
+
+def test_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE buttress_meta SET value = '99' WHERE name = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="schema version '99'"):
+        SQLiteStore(path)
+
+
+def test_a_corrupt_record_is_named_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    store.reserve("api", "k", BUCKET, 1, 0.0, T0)
+    conn = sqlite3.connect(path)
+    conn.execute('UPDATE buttress_state SET state = \'{"s": "oops", "b": null}\'')
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match=r"rate-limit state of 'api' \(key \"k\"\) is malformed"):
+        store.reserve("api", "k", BUCKET, 1, 0.0, T0)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT state FROM buttress_state").fetchone()[0].startswith('{"s": "oops"')
+    conn.close()
+    settings = BreakerSettings(fail_max=1, recovery=1.0)
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO buttress_state VALUES ('breaker', 'erp', '', '{\"v\": 7}', NULL)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="breaker 'erp': breaker state version 7 is not 1"):
+        store.breaker_step("erp", settings, "read", T0)
+
+
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = open_storage("sqlite:///rel.db")
+    assert relative.path == Path("rel.db")
+    absolute = open_storage(f"sqlite:///{tmp_path}/abs.db")
+    assert absolute.path == tmp_path / "abs.db"
+    monkeypatch.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "env.db"))
+    assert open_storage("sqlite://").path == tmp_path / "env.db"
+    assert open_storage("memory://") is None
+    monkeypatch.setenv("BUTTRESS_STORAGE_URL", "sqlite:///from-env.db")
+    assert open_storage(None).path == Path("from-env.db")
+    with pytest.raises(ValueError, match="unknown storage"):
+        open_storage("postgres://x")
+    with pytest.raises(ValueError, match="names a local file"):
+        open_storage("sqlite://remotehost/x.db")
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage("sqlite:///no/such/dir/x.db")
+    with pytest.raises(TypeError, match="storage must be a URL"):
+        open_storage(42)
+
+
+def test_limiters_in_two_processes_share_one_limit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    code = textwrap.dedent(
+        f"""
+        from buttress import RateLimiter, RateLimitConfig, RateLimitExceeded
+        from buttress.testing import FakeClock
+        with FakeClock():
+            limiter = RateLimiter(storage={url!r})
+            limiter.configure("api", RateLimitConfig(requests_per_second=1, burst_size=50))
+            admitted = 0
+            for _ in range(40):
+                try:
+                    limiter.check_limit("api")
+                    admitted += 1
+                except RateLimitExceeded:
+                    pass
+            print(admitted)
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    counts = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert sum(counts) == 50  # a fake clock that stands still: the burst, exactly, across all four
+
+
+def _write_forever(path: str) -> None:
+    store = SQLiteStore(path)
+    settings = BreakerSettings(fail_max=3, recovery=1.0)
+    i = 0
+    while True:
+        i += 1
+        store.reserve("api", f"k{i % 100}", BUCKET, 1, 0.0, T0 + i)
+        store.breaker_step("erp", settings, "force", T0 + i, target=CircuitState.OPEN)
+        store.breaker_step("erp", settings, "force", T0 + i, target=CircuitState.CLOSED)
+
+
+def test_sigkill_mid_write_leaves_a_sound_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    SQLiteStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    wal = Path(path + "-wal")
+    for round_ in range(3):
+        writer = ctx.Process(target=_write_forever, args=(path,))
+        writer.start()
+        deadline = time.monotonic() + 10  # until the writer is busy writing (bounded)
+        while not (wal.exists() and wal.stat().st_size > 50_000) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer.pid is not None
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join(timeout=10)
+        store = SQLiteStore(path)
+        assert store.integrity_check() == "ok"
+        reply = store.breaker_step("erp", BreakerSettings(fail_max=3, recovery=1.0), "read", T0)
+        assert reply.state in (CircuitState.OPEN, CircuitState.CLOSED)
+        assert store.reserve("api", f"fresh{round_}", BUCKET, 1, 0.0, T0)[0]
+        store.close()
+
+
+def test_rate_limiter_over_sqlite(tmp_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{tmp_path}/limits.db"
+    one, two = RateLimiter(storage=url), RateLimiter(storage=url)
+    for limiter in (one, two):
+        limiter.configure("api", RateLimitConfig(requests_per_second=2, burst_size=2))
+    one.check_limit("api", key="t")
+    two.check_limit("api", key="t")
+    with pytest.raises(RateLimitExceeded) as info:
+        one.check_limit("api", key="t")
+    assert info.value.retry_after == pytest.approx(0.5)
+    assert two.acquire("api", key="t") == pytest.approx(0.5)  # waits for its reserved slot
+    assert one.storage == url.replace("sqlite:///", "sqlite:///", 1)
+    assert not one.degraded
+
+
+@pytest.mark.parametrize("fail_mode", ["local", "open", "closed"])
+def test_a_locked_store_is_an_outage_not_an_error(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, fail_mode: str
+) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, busy_timeout=0.05)
+    limiter = RateLimiter(storage=store, fail_mode=fail_mode, local_share=0.5, retry_interval=1.0)
+    limiter.configure("api", RateLimitConfig(requests_per_second=10, burst_size=10))
+    limiter.check_limit("api")  # the store answers
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    admitted = 0
+    refusals: list[float | None] = []
+    with caplog.at_level("INFO", logger="buttress.storage"):
+        for _ in range(20):  # 2 s of calls, 0.1 s apart
+            try:
+                limiter.check_limit("api")
+                admitted += 1
+            except RateLimitExceeded as exc:
+                refusals.append(exc.retry_after)
+            clock.advance(0.1)
+        assert limiter.degraded
+        holder.execute("ROLLBACK")
+        holder.close()
+        clock.advance(1.0)  # a retry interval later the store is tried again, and answers
+        limiter.check_limit("api", key="after")
+        assert not limiter.degraded
+    # local: half the limit (5/s), starting spent (what the store admitted is unknown): one
+    # admission every 0.2 s from 0.2 s on
+    assert admitted == {"local": 9, "open": 20, "closed": 0}[fail_mode]
+    if fail_mode == "closed":
+        assert refusals == [1.0] * 20
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in messages] == ["WARNING", "INFO"]  # one line per outage
+    assert "unavailable" in messages[0][1]
+    assert "answers again" in messages[1][1]
+
+
+def test_a_breaker_tripped_in_one_process_rejects_in_another(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    from buttress import CircuitBreaker, CircuitOpenError
+
+    url = f"sqlite:///{tmp_path}/breakers.db"
+    name = f"erp-{tmp_path.name}"
+    cb = CircuitBreaker(name=name, fail_max=2, timeout_duration=10, storage=url)
+    seen: list[tuple[str, str, str]] = []
+    cb.add_listener(lambda e: seen.append((str(e.old), str(e.new), e.reason)))
+    assert cb.call(lambda: "ok") == "ok"
+    code = textwrap.dedent(
+        f"""
+        from buttress import CircuitBreaker
+        from buttress.testing import FakeClock
+        with FakeClock():  # the same wall time as the test's fake clock
+            cb = CircuitBreaker(name={name!r}, fail_max=2, timeout_duration=10, storage={url!r})
+            for _ in range(2):
+                try:
+                    cb.call(lambda: 1 / 0)
+                except ZeroDivisionError:
+                    pass
+            print(cb.state.value)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "open", out.stderr
+    with pytest.raises(CircuitOpenError) as info:
+        cb.call(lambda: "ok")
+    assert info.value.retry_after == pytest.approx(10.0)
+    assert seen == [("closed", "open", "changed by another process")]
+    assert cb.state is CircuitState.OPEN
+    clock.advance(10)
+    assert cb.call(lambda: "probe") == "probe"  # the one probe succeeds and closes it
+    assert cb.state is CircuitState.CLOSED
+    assert seen[-1] == ("half_open", "closed", "half-open probes succeeded")
