@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 STARTUP_SECONDS = 5.0
 
@@ -108,3 +109,21 @@ def start() -> RedisServer:
         server.stop()
         raise
     return server
+
+
+def record_sent_commands(monkeypatch: Any) -> list[str]:
+    """From now on (until ``monkeypatch`` is undone), the name of every command any redis-py
+    connection sends, in order: what the client sent, whichever path it took."""
+    import redis
+
+    sent: list[str] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counting(conn: Any, command: Any, check_health: bool = True) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else command
+        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        sent.append(packed.split(b"\r\n")[2].decode().upper())  # *N, $len, NAME
+        send(conn, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return sent

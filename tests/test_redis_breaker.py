@@ -25,6 +25,7 @@ from buttress.backends.base import (
     shared_settings,
 )
 from buttress.machines.breaker import BreakerMachine, BreakerSettings, CircuitState
+from redis_server import record_sent_commands
 
 redis = pytest.importorskip("redis")
 
@@ -307,15 +308,8 @@ def test_one_redis_command_per_step(
 ) -> None:
     s = BreakerSettings(fail_max=2, recovery=1.0, half_open_max_calls=2)
     store.breaker_step("api", s, "read", T0)  # loads the script
-    sent: list[str] = []
-    execute = client.execute_command
-
-    def counting(*args: Any, **options: Any) -> Any:
-        sent.append(str(args[0]).upper())
-        return execute(*args, **options)
-
     before = calls(client)
-    monkeypatch.setattr(client, "execute_command", counting)
+    sent = record_sent_commands(monkeypatch)
     n = 0
     now = T0
     for i in range(20):

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from buttress.machines.ratelimit import Params, RateLimitAlgorithm, idle, reserve
+from redis_server import record_sent_commands
 
 redis = pytest.importorskip("redis")
 
@@ -162,17 +163,8 @@ def test_one_redis_command_per_decision(
 ) -> None:
     store.reserve("api", "warm", params(SLIDING), 1, 0.0, now=T0)  # loads the script
     store.block("api", "warm", 1.0, now=T0)
-    sent: list[str] = []
-    send = redis.connection.Connection.send_packed_command
-
-    def counting(conn: Any, command: Any, check_health: bool = True) -> None:
-        chunks = command if isinstance(command, list) else [command]
-        first = b"".join(bytes(c) for c in chunks).split(b"\r\n")[2]  # *N, $len, NAME
-        sent.append(first.decode().upper())
-        send(conn, command, check_health)
-
     before = calls(client)
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sent = record_sent_commands(monkeypatch)
     n = 0
     for i in range(40):
         for algorithm in RateLimitAlgorithm:

@@ -25,6 +25,8 @@ from .errors import (
     RateLimitExceeded,
     RejectedError,
     ServiceDegraded,
+    StorageError,
+    StorageUnavailable,
 )
 from .events import add_hook, remove_hook
 from .machines.backoff import (
@@ -119,6 +121,8 @@ __all__ = [
     "ServiceCategory",
     "ServiceDegraded",
     "ServiceHealth",
+    "StorageError",
+    "StorageUnavailable",
     "SystemClock",
     "Timeout",
     "UnknownRateLimit",

@@ -15,6 +15,8 @@ __all__ = [
     "RateLimitExceeded",
     "RejectedError",
     "ServiceDegraded",
+    "StorageError",
+    "StorageUnavailable",
 ]
 
 
@@ -61,6 +63,18 @@ class ServiceDegraded(RejectedError):
     """A degradation handler refused a call: the service's tier is worse than the call needs.
 
     ``retry_after`` is ``None``: when the tier recovers depends on the dependencies.
+    """
+
+
+class StorageError(ButtressError):
+    """A state store is unusable: a foreign or corrupt file, a malformed stored record."""
+
+
+class StorageUnavailable(ButtressError):
+    """A state store did not answer in time (Redis down or slow, a database locked too long).
+
+    Policies treat this as a fault of the store, not of the guarded call: they decide on local
+    state (or fail open / closed, as configured) and never let it reach the caller.
     """
 
 

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import ButtressError
+from ..errors import StorageError, StorageUnavailable
 from ..machines.breaker import Admission, BreakerMachine, BreakerSettings, CircuitState
 from ..machines.ratelimit import Params, idle, reserve
 
@@ -40,18 +40,6 @@ __all__ = [
 ]
 
 BREAKER_OPS = ("acquire", "record", "release", "force", "read")
-
-
-class StorageError(ButtressError):
-    """A store is unusable: a foreign or corrupt file, a malformed record, a bad URL."""
-
-
-class StorageUnavailable(ButtressError):
-    """A store could not be reached in time (Redis down or slow, a database locked too long).
-
-    Policies treat this as a fault of the store, not of the guarded call: they fall back to local
-    state (or fail open / closed, as configured).
-    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..machines.breaker import BreakerSettings, CircuitState
 from .base import BREAKER_OPS, BreakerReply, StorageError, StorageUnavailable, shared_settings
+from .redis import Lane, _check_prefix, _name_part, _require_redis
 
 if TYPE_CHECKING:
     import redis
@@ -69,7 +70,6 @@ __all__ = [
     "RedisBreakerStore",
 ]
 
-_INSTALL = "the Redis backend needs redis-py: pip install 'buttress[redis]'"
 
 DEFAULT_IDLE_TTL = 86_400.0
 """Seconds an idle breaker (closed, no failures) is kept after its last step."""
@@ -300,21 +300,6 @@ return reply
 """Lua for one breaker step: :func:`buttress.backends.base.apply_breaker` on the stored state."""
 
 
-def _require_redis() -> None:
-    try:
-        import redis  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(_INSTALL) from exc
-
-
-def _check_prefix(prefix: object) -> str:
-    if not isinstance(prefix, str) or not prefix:
-        raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
-    if "{" in prefix or "}" in prefix:
-        raise ValueError(f"prefix must not contain '{{' or '}}' (the hash tag), got {prefix!r}")
-    return prefix
-
-
 def _check_idle_ttl(idle_ttl: object) -> str:
     """``idle_ttl`` as the script's argument: whole milliseconds, or '' for no expiry."""
     if idle_ttl is None:
@@ -332,8 +317,7 @@ def _check_idle_ttl(idle_ttl: object) -> str:
 def _key_name(prefix: str, name: str) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"breaker name must be a non-empty string, got {name!r}")
-    escaped = name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-    return f"{prefix}:{{{escaped}}}:breaker"
+    return f"{_name_part(prefix, name)}breaker"
 
 
 def _positive_int(field: str, value: object) -> str:
@@ -473,6 +457,7 @@ class RedisBreakerStore:
         self.server_time = bool(server_time)
         self._idle_ttl = _check_idle_ttl(idle_ttl)
         self._step = client.register_script(BREAKER_SCRIPT)
+        self._lane = Lane(client)
 
     def key_name(self, name: str) -> str:
         """The Redis key holding the state of breaker ``name``."""
@@ -513,7 +498,7 @@ class RedisBreakerStore:
             reason,
         )
         try:
-            raw = self._step(keys=[key], args=args)
+            raw = self._lane.evalsha(self._step, [key], args)
         except Exception as exc:
             translated = _translate(exc, key, name)
             if translated is exc:
