@@ -6,6 +6,7 @@ fault tests run their own redis-server so they can stop, restart and pause it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -194,7 +195,8 @@ def test_exactly_one_half_open_probe_across_processes(redis_port: int) -> None:
 class _Server:
     """A redis-server this test may stop, restart (same port) and pause."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
+        self.extra = list(extra)
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisUnavailable("no redis-server binary on PATH")
@@ -206,15 +208,17 @@ class _Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir.name],
+             "--appendonly", "no", "--dir", self.dir.name, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
         try:
             for _ in range(250):  # up to ~5 s
                 try:
-                    if client.ping():
-                        return
+                    client.ping()
+                    return
+                except redis.AuthenticationError:
+                    return  # it answers (and wants a password)
                 except redis.ConnectionError:
                     time.sleep(0.02)
             raise RedisUnavailable(f"redis-server on port {self.port} did not start")
@@ -306,3 +310,150 @@ def test_a_paused_redis_does_not_hold_callers_past_their_deadline(fault_server: 
         assert time.monotonic() - began < 1.5
     finally:
         os.kill(fault_server.process.pid, signal.SIGCONT)
+
+
+# --- async callers: one pipelined connection per event loop -------------------------------------
+
+
+def test_async_decisions_are_exact_on_one_connection(redis_port: int) -> None:
+    from buttress.testing import FakeClock
+
+    url = _url(redis_port)
+    client = redis.Redis(port=redis_port)
+    name = f"async-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> list[bool]:
+        limiter = RateLimiter(storage=url)
+        limiter.configure(name, RateLimitConfig(requests_per_second=1, burst_size=50))
+
+        async def one() -> bool:
+            try:
+                await limiter.acheck_limit(name)
+            except RateLimitExceeded:
+                return False
+            return True
+
+        before = client.info("clients")["connected_clients"]
+        results = await asyncio.gather(*(one() for _ in range(200)))
+        assert client.info("clients")["connected_clients"] - before == 1
+        return results
+
+    with FakeClock(wall_start=T0):  # time stands still: exactly the burst is admitted
+        results = asyncio.run(main())
+    client.close()
+    assert sum(results) == 50
+
+
+def test_cancelled_callers_do_not_put_the_connection_out_of_step(redis_port: int) -> None:
+    from buttress.testing import FakeClock
+
+    url = _url(redis_port)
+    name = f"cancel-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> tuple[int, list[float]]:
+        limiter = RateLimiter(storage=url)
+        limiter.configure(name, RateLimitConfig(requests_per_second=1, burst_size=10))
+        await limiter.acheck_limit(name, key="warm")  # connected
+        tasks = [asyncio.ensure_future(limiter.acheck_limit(name, key=f"k{i}")) for i in range(40)]
+        await asyncio.sleep(0)  # every command written, no reply read yet
+        for task in tasks[::2]:
+            task.cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        cancelled = sum(isinstance(r, asyncio.CancelledError) for r in done)
+        assert all(r is None for r in done[1::2])  # the others got their own answers
+        waits = []
+        for _ in range(12):  # later calls still read the replies meant for them
+            try:
+                await limiter.acheck_limit(name, key="after")
+            except RateLimitExceeded as exc:
+                waits.append(exc.retry_after)
+        return cancelled, waits
+
+    with FakeClock(wall_start=T0):
+        cancelled, waits = asyncio.run(main())
+    assert cancelled == 20
+    assert waits == [pytest.approx(1.0), pytest.approx(1.0)]  # 10 admitted, then 1/s
+
+
+def test_a_flushed_script_is_loaded_again(redis_port: int) -> None:
+    url = _url(redis_port)
+    name = f"flush-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis(port=redis_port)
+
+    async def main() -> None:
+        limiter = RateLimiter(storage=url)
+        limiter.configure(name, RateLimitConfig(requests_per_second=100))
+        await limiter.acheck_limit(name)
+        client.script_flush()
+        await limiter.acheck_limit(name)
+        assert not limiter.degraded
+
+    asyncio.run(main())
+    limiter = RateLimiter(storage=url)
+    limiter.configure(name, RateLimitConfig(requests_per_second=100))
+    client.script_flush()
+    limiter.check_limit(name)  # the sync path too
+    assert not limiter.degraded
+    client.close()
+
+
+def test_password_and_database_from_the_url() -> None:
+    server = _Server("--requirepass", "s3cret")
+    server.start()
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+
+        async def main() -> None:
+            limiter = RateLimiter(storage=url)
+            limiter.configure("api", RateLimitConfig(requests_per_second=100))
+            await limiter.acheck_limit("api", key="async")
+            assert not limiter.degraded
+
+        asyncio.run(main())
+        limiter = RateLimiter(storage=url)
+        limiter.configure("api", RateLimitConfig(requests_per_second=100))
+        limiter.check_limit("api", key="sync")
+        assert not limiter.degraded
+        client = redis.Redis(port=server.port, password="s3cret", db=3)
+        assert sorted(k.decode() for k in client.keys("*")) == [
+            "buttress:{api}:k:async",
+            "buttress:{api}:k:sync",
+        ]
+        client.close()
+    finally:
+        server.stop()
+        server.dir.cleanup()
+
+
+def test_async_callers_survive_a_paused_redis(fault_server: _Server) -> None:
+    from buttress.testing import FakeClock
+
+    url = _url(fault_server.port)
+    assert fault_server.process is not None
+    pid = fault_server.process.pid
+
+    async def main(clock: FakeClock) -> None:
+        limiter = RateLimiter(storage=url, retry_interval=0.2)
+        limiter.configure("api", RateLimitConfig(requests_per_second=100, burst_size=100))
+        cb = CircuitBreaker(name=f"apaused-{uuid.uuid4().hex[:6]}", storage=url)
+        await limiter.acheck_limit("api")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                with contextlib.suppress(RateLimitExceeded):
+                    await limiter.acheck_limit("api")
+
+            async def ok() -> str:
+                return "ok"
+
+            assert await cb.acall(ok) == "ok"  # the breaker decides locally too
+            assert limiter.degraded
+            assert cb.degraded
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        clock.advance(0.2)  # the retry interval: the store is tried again, and answers
+        await limiter.acheck_limit("api", key="back")
+        assert not limiter.degraded
+
+    with FakeClock(wall_start=T0) as clock:
+        asyncio.run(main(clock))

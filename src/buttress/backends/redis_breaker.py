@@ -484,6 +484,40 @@ class RedisBreakerStore:
             StorageError: the key holds something that is not a breaker state.
             StorageUnavailable: Redis could not be reached or did not answer in time.
         """
+        key, args = self.step_request(
+            name,
+            settings,
+            op,
+            now,
+            probe=probe,
+            ticket=ticket,
+            failed=failed,
+            target=target,
+            reason=reason,
+        )
+        try:
+            raw = self._lane.evalsha(self._step, [key], args)
+        except Exception as exc:
+            translated = _translate(exc, key, name)
+            if translated is exc:
+                raise
+            raise translated from exc
+        return _reply(raw)
+
+    def step_request(
+        self,
+        name: str,
+        settings: BreakerSettings,
+        op: str,
+        now: float | None = None,
+        *,
+        probe: bool = False,
+        ticket: int = 0,
+        failed: bool = False,
+        target: CircuitState | None = None,
+        reason: str = "",
+    ) -> tuple[str, list[str]]:
+        """The key and script arguments of one step (validated)."""
         key = _key_name(self.prefix, name)
         args = _step_args(
             settings,
@@ -497,14 +531,7 @@ class RedisBreakerStore:
             target,
             reason,
         )
-        try:
-            raw = self._lane.evalsha(self._step, [key], args)
-        except Exception as exc:
-            translated = _translate(exc, key, name)
-            if translated is exc:
-                raise
-            raise translated from exc
-        return _reply(raw)
+        return key, args
 
     def reset_breaker(self, name: str) -> None:
         """Forget breaker ``name`` (it starts again closed, as if new)."""

@@ -44,7 +44,7 @@ class RedisStore:
         self.breakers = RedisBreakerStore(client, prefix=prefix)
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
         self.timeout: float | None = kwargs.get("socket_timeout")
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedisStore] = (
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LaneStore] = (
             weakref.WeakKeyDictionary()
         )
         self._async_lock = threading.Lock()
@@ -96,18 +96,22 @@ class RedisStore:
 
     # -- async callers ---------------------------------------------------------------------------
 
-    def _for_loop(self) -> AsyncRedisStore | None:
+    def _for_loop(self) -> _LaneStore | None:
         if self._open_url is None:
             return None
         loop = asyncio.get_running_loop()
         with self._async_lock:
             store = self._async.get(loop)
             if store is None:
-                from .redis import async_from_url
+                from .redis_async import AsyncLane
 
-                timeout = self.timeout if self.timeout is not None else 0.5
-                client = async_from_url(self._open_url, socket_timeout=timeout)
-                store = self._async[loop] = AsyncRedisStore(client, prefix=self.prefix)
+                kwargs = self.client.connection_pool.connection_kwargs
+                lane = AsyncLane(
+                    self._open_url,
+                    connect_timeout=kwargs.get("socket_connect_timeout") or 0.25,
+                    socket_timeout=self.timeout if self.timeout is not None else 0.5,
+                )
+                store = self._async[loop] = _LaneStore(self, lane)
             return store
 
     async def areserve(
@@ -131,6 +135,48 @@ class RedisStore:
         if store is None:
             return self.breaker_step(name, settings, op, now, **kw)
         return await store.abreaker_step(name, settings, op, now, **kw)
+
+
+class _LaneStore:
+    """A :class:`RedisStore`'s scripts, sent on one event loop's pipelined connection."""
+
+    def __init__(self, store: RedisStore, lane: Any) -> None:
+        self.store = store
+        self.lane = lane
+
+    async def areserve(
+        self,
+        name: str,
+        key: str | None,
+        params: Params,
+        cost: int,
+        max_wait: float,
+        now: float | None = None,
+    ) -> tuple[bool, float]:
+        from .redis import _decision, _key_name, _reserve_args
+
+        limits = self.store.limits
+        args = _reserve_args(params, cost, max_wait, now, limits.server_time)
+        redis_key = _key_name(limits.prefix, name, key)
+        return _decision(await self.lane.evalsha(limits._reserve, [redis_key], args))
+
+    async def abreaker_step(
+        self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
+    ) -> BreakerReply:
+        breakers = self.store.breakers
+        key, args = breakers.step_request(name, settings, op, now, **kw)
+        try:
+            raw = await self.lane.evalsha(breakers._step, [key], args)
+        except Exception as exc:
+            from .redis_breaker import _translate
+
+            translated = _translate(exc, key, name)
+            if translated is exc:
+                raise
+            raise translated from exc
+        from .redis_breaker import _reply
+
+        return _reply(raw)
 
 
 class AsyncRedisStore:
