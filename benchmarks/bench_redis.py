@@ -27,7 +27,6 @@ from typing import Any
 
 import redis
 
-from _timing import ns_per_call
 from buttress.backends.redis import RedisRateLimitStore
 from buttress.machines.ratelimit import Params, RateLimitAlgorithm
 
@@ -40,7 +39,7 @@ class Factory:
 
 
 COUNTED = 300  # decisions per MONITOR count
-ROUNDS = 3
+ROUNDS = 15
 
 
 @contextmanager
@@ -101,6 +100,17 @@ def count_commands(port: int, decide: Callable[[], Any]) -> tuple[float, float]:
     stopper.close()
     client = sum(1 for event in seen if event["client_type"] != "lua")
     return client / COUNTED, len(seen) / COUNTED
+
+
+def evalsha_per_decision(port: int, decide: Callable[[], Any]) -> float:
+    """``EVALSHA`` calls per decision, from ``INFO commandstats`` (the server's own count)."""
+    control = redis.Redis(port=port)
+    control.config_resetstat()
+    for _ in range(COUNTED):
+        decide()
+    stats = control.info("commandstats")
+    control.close()
+    return float(stats.get("cmdstat_evalsha", {}).get("calls", 0)) / COUNTED
 
 
 def implementations(port: int) -> list[tuple[str, Callable[[], Any] | Factory]]:
@@ -174,34 +184,52 @@ def main() -> None:
     with redis_server() as port:
         impls = implementations(port)
         counts: list[tuple[float, float]] = []
+        evalshas: list[float] = []
         deciders: list[Callable[[], Any]] = []
         for _, entry in impls:
             decide = entry.make() if isinstance(entry, Factory) else entry
             for _ in range(1100):  # warm up: scripts loaded, the "full" logs filled
                 decide()
             counts.append(count_commands(port, decide))
+            evalshas.append(evalsha_per_decision(port, decide))
             deciders.append(decide)
-        # Rounds interleave the implementations, so a slow spell of the machine does not land on
-        # one of them alone; each figure is the median over all its timed runs.
+        # The round trip on this kind of machine drifts by 2x within minutes, so every
+        # implementation is timed in many short rounds, each between two timings of the floor,
+        # and its figure is the median over rounds of (floor in that round) / (its time).
         runs: list[list[float]] = [[] for _ in impls]
+        ratios: list[list[float]] = [[] for _ in impls]
+        floor_decide = deciders[0]
         for _ in range(ROUNDS):
-            for decide, times in zip(deciders, runs, strict=True):
-                times.append(ns_per_call(decide, repeats=3))
+            for decide, times, rel in zip(deciders, runs, ratios, strict=True):
+                before = _ns(floor_decide)
+                ns = _ns(decide)
+                after = _ns(floor_decide)
+                times.append(ns)
+                rel.append((before + after) / 2 / ns)
         timings = [statistics.median(times) for times in runs]
+        relative = [statistics.median(rel) for rel in ratios]
         version = redis.Redis(port=port).info("server")["redis_version"]
-    floor = timings[0]
     print(f"### Redis rate-limit decisions, one thread (redis-server {version}, 127.0.0.1)")
     print()
     print(
-        "| implementation | µs/decision | decisions/s | x floor "
-        "| round trips/decision | server commands/decision |"
+        "| implementation | µs/decision | decisions/s | decisions/s vs floor "
+        "| round trips/decision | EVALSHA/decision (INFO commandstats) "
+        "| server commands/decision (incl. inside scripts) |"
     )
-    print("|---|---|---|---|---|---|")
-    for (name, _), ns, (sent, ran) in zip(impls, timings, counts, strict=True):
+    print("|---|---|---|---|---|---|---|")
+    rows = zip(impls, timings, relative, counts, evalshas, strict=True)
+    for (name, _), ns, ratio, (sent, ran), evalsha in rows:
         print(
-            f"| {name} | {ns / 1000:,.1f} | {1e9 / ns:,.0f} | {ns / floor:.2f} "
-            f"| {_figure(sent)} | {_figure(ran)} |"
+            f"| {name} | {ns / 1000:,.1f} | {1e9 / ns:,.0f} | {ratio:.2f} "
+            f"| {_figure(sent)} | {_figure(evalsha)} | {_figure(ran)} |"
         )
+
+
+def _ns(decide: Callable[[], Any], calls: int = 300) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        decide()
+    return (time.perf_counter() - start) / calls * 1e9
 
 
 def _figure(x: float) -> str:

@@ -155,7 +155,7 @@ def calls(client: Any) -> dict[str, int]:
 SCRIPT_COMMANDS = {
     "cmdstat_" + name
     for name in ("lindex", "lrange", "llen", "lset", "rpush", "lpush", "ltrim", "del", "pexpire")
-} | {"cmdstat_pttl", "cmdstat_time"}
+} | {"cmdstat_pttl", "cmdstat_time", "cmdstat_get", "cmdstat_set"}
 
 
 def test_one_redis_command_per_decision(
@@ -308,6 +308,20 @@ def test_reconfigured_algorithm_starts_fresh(store: RedisRateLimitStore) -> None
     assert store.reserve("api", "k", Params(FIXED, 1.0, 1, 10.0, 1), 1, 0.0, now=T0)[0]
     assert store.reserve("api", "k", Params(TOKEN, 1.0, 1, 10.0, 1), 1, 0.0, now=T0)[0]
     assert store.reserve("api", "k", Params(SLIDING, 1.0, 1, 10.0, 2), 2, 0.0, now=T0)[0]
+    assert store.reserve("api", "k", Params(TOKEN, 1.0, 1, 10.0, 1), 1, 0.0, now=T0)[0]
+
+
+@pytest.mark.parametrize("algorithm", list(RateLimitAlgorithm))
+def test_a_block_on_a_fresh_key_holds_for_every_algorithm(
+    store: RedisRateLimitStore, algorithm: RateLimitAlgorithm
+) -> None:
+    p = params(algorithm, rate=100.0, burst=100)
+    store.block("api", "fresh", 3.0, now=T0)
+    assert store.reserve("api", "fresh", p, 1, 0.0, now=T0 + 1.0) == (False, pytest.approx(2.0))
+    assert store.reserve("api", "fresh", p, 1, 0.0, now=T0 + 3.0)[0]
+    store.block("api", "fresh", 3.0, now=T0 + 3.0)  # a block on a key with state, too
+    assert store.reserve("api", "fresh", p, 1, 0.0, now=T0 + 4.0) == (False, pytest.approx(2.0))
+    assert store.reserve("api", "fresh", p, 1, 0.0, now=T0 + 6.0)[0]
 
 
 def test_sliding_window_with_a_large_limit_stays_bounded(

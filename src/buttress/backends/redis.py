@@ -10,25 +10,26 @@ serialises threads: a limit never over-admits. The script also applies the per-k
 :meth:`RedisRateLimitStore.block` (a server said "come back later"), as
 ``RateLimiter`` does in memory.
 
-Storage: one Redis key per (name, key), a list::
+Storage: one Redis key per (name, key)::
 
     buttress:{<name>}:          the name's shared state (key=None)
     buttress:{<name>}:k:<key>   the state of <key>
 
-Element 0 is a header: the algorithm's tag (``T`` token bucket, ``L`` leaky bucket, ``F`` fixed
-window, ``S`` sliding window), followed by ``|<until>`` while a block is recorded. The elements
-after it are the machine's state, as decimal strings with full (``%.17g``) precision: ``[tat]``
-for the buckets, ``[window_start, count]`` for the fixed window, and the sliding window's
-admission log, oldest first, at most ``limit`` entries. The buckets and the fixed window read
-header and state with one ``LRANGE`` and write with ``LSET``. A list was chosen over a hash
-because the log needs its ends, not a scan: the script reads the newest entry (``LINDEX -1``)
-and the entry ``limit - cost + 1`` places back, which in a log trimmed to ``limit`` entries is
-within ``cost`` of the head; appending is ``RPUSH`` and trimming ``LTRIM``, so a decision costs
-O(cost) whatever the limit, and one list holds state and block together (one key touched per
-decision). Old log entries are not pruned by time: an entry that has left the window changes no
-decision (the script checks the one entry that matters against the window), and the log never
-holds more than ``limit`` entries. A header with another algorithm's tag (the limit was
-reconfigured) counts as no state.
+The buckets and the fixed window keep a string ``<tag>|<a>|<b>|<until>``: the algorithm's tag
+(``T`` token bucket, ``L`` leaky bucket, ``F`` fixed window), its state as decimal strings with
+full (``%.17g``) precision (``tat`` for the buckets, ``window_start|count`` for the fixed window)
+and the end of a block, if one is recorded. A decision is ``TIME``, ``GET`` and one ``SET ... PX``
+that writes the state and its expiry together: inside a script every write is also replicated, so
+one write instead of two (value, then expiry) is most of what a decision costs the server.
+
+The sliding window keeps a list: element 0 is a header (``S``, or ``S|<until>`` while blocked),
+then the admission times, oldest first, at most ``limit`` of them. The script reads the newest
+entry (``LINDEX -1``) and the entry ``limit - cost + 1`` places back, which in a log trimmed to
+``limit`` entries is within ``cost`` of the head; appending is ``RPUSH`` and trimming ``LTRIM``, so
+a decision costs O(cost) whatever the limit. Old entries are not pruned by time: an entry that has
+left the window changes no decision (the script checks the one entry that matters against the
+window), and the log never holds more than ``limit`` entries. State of another algorithm (the
+limit was reconfigured) counts as no state.
 
 The hash tag ``{<name>}`` puts all keys of a name in one Redis Cluster slot. The name is
 percent-escaped (``%``, ``{``, ``}``) so the tag always ends where the name does, and a user key is
@@ -101,10 +102,10 @@ local function clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function ms(seconds)
-  -- whole milliseconds, rounded up, within what PEXPIRE accepts
+  -- whole milliseconds, rounded up, within what PEXPIRE accepts (an integer: exact as an argument)
   local m = math.ceil(seconds * 1000)
   if m < 1 then m = 1 elseif m > 70368744177664 then m = 70368744177664 end
-  return string.format('%.0f', m)
+  return m
 end
 local function split(header)
   -- header -> algorithm tag, block-until (or nil)
@@ -117,7 +118,7 @@ end
 RESERVE_SCRIPT = (
     _PRELUDE
     + r"""
--- KEYS[1]: the state list.
+-- KEYS[1]: the state.
 -- ARGV: tag, interval, burst, window, limit, cost, max_wait, now ('' = the server's TIME).
 -- Returns {1, wait} when admitted after `wait` seconds, {0, retry_after} when refused.
 local key = KEYS[1]
@@ -131,8 +132,71 @@ local max_wait = num(ARGV[7])
 local now = clock(ARGV[8])
 local EPSILON = 1e-9
 
--- The header, and for the small states the state itself, in one read.
-local head = redis.call('LRANGE', key, 0, tag == 'S' and 0 or 2)
+if tag ~= 'S' then
+  -- The buckets and the fixed window: a string "<tag>|<a>|<b>|<until>", read with one GET and
+  -- written with one SET that also sets the expiry.
+  local raw = redis.pcall('GET', key)
+  local a, b, till = nil, nil, nil
+  if type(raw) == 'string' then
+    local t, x, y, u = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    till = tonumber(u)
+    if t == tag then a, b = tonumber(x), tonumber(y) end
+  end
+  -- (a list here is a sliding window's log: another algorithm's state, which counts as none)
+  if till then
+    if now < till then return {0, fmt(till - now)} end
+  end
+  local function admit(x, y, wait, fresh_at)
+    redis.call('SET', key, tag .. '|' .. x .. '|' .. y .. '|', 'PX', ms(fresh_at - now))
+    if wait <= 0 then return {1, '0'} end
+    return {1, fmt(wait)}
+  end
+  if tag == 'T' or tag == 'L' then
+    local tat = now
+    if a and a > now then tat = a end
+    if tag == 'T' then
+      local new_tat = tat + cost * interval
+      local wait = new_tat - burst * interval - now
+      if wait <= max_wait + EPSILON then
+        return admit(fmt(new_tat), '', wait, new_tat)
+      end
+      return {0, fmt(wait)}
+    end
+    local wait = tat - now
+    if wait <= math.min(max_wait, burst * interval) + EPSILON then
+      local next_slot = tat + cost * interval
+      return admit(fmt(next_slot), '', wait, next_slot)
+    end
+    return {0, fmt(wait)}
+  end
+  -- 'F'
+  local start, count = now, 0
+  if a and b and now < a + window then
+    start, count = a, b
+  end
+  if count + cost > limit then
+    start, count = start + window, 0
+  end
+  local wait = start - now
+  if wait < 0 then wait = 0 end
+  if wait <= max_wait + EPSILON then
+    return admit(fmt(start), fmt(count + cost), wait, start + window)
+  end
+  return {0, fmt(wait)}
+end
+
+-- 'S': the sliding window log, a list: element 0 is the header ("S", or "S|<until>" while a
+-- block is recorded), then the admission times, oldest first, at most `limit` of them.
+local head = redis.pcall('LRANGE', key, 0, 0)
+if head.err then
+  -- a string: another algorithm's state (none for this one), or a block set on a fresh key
+  local till = tonumber(string.match(redis.call('GET', key), '|([^|]*)$'))
+  if till and now < till then
+    return {0, fmt(till - now)}
+  end
+  redis.call('DEL', key)
+  head = {}
+end
 local header = head[1]
 local held = false
 if header then
@@ -142,64 +206,6 @@ if header then
   end
   held = (htag == tag)
 end
-
--- Replace the whole state (fresh key, another algorithm's state, or a block to clear).
-local function put(values)
-  if held and header == tag then
-    for i = 1, #values do redis.call('LSET', key, i, values[i]) end
-  else
-    redis.call('DEL', key)
-    redis.call('RPUSH', key, tag, unpack(values))
-  end
-end
-
-local function admit(wait, fresh_at)
-  redis.call('PEXPIRE', key, ms(fresh_at - now))
-  if wait < 0 then wait = 0 end
-  return {1, fmt(wait)}
-end
-
-if tag == 'T' or tag == 'L' then
-  local tat = now
-  local s = held and head[2] and tonumber(head[2])
-  if s and s > now then tat = s end
-  if tag == 'T' then
-    local new_tat = tat + cost * interval
-    local wait = new_tat - burst * interval - now
-    if wait <= max_wait + EPSILON then
-      put({fmt(new_tat)})
-      return admit(wait, new_tat)
-    end
-    return {0, fmt(wait)}
-  end
-  local wait = tat - now
-  if wait <= math.min(max_wait, burst * interval) + EPSILON then
-    local next_slot = tat + cost * interval
-    put({fmt(next_slot)})
-    return admit(wait, next_slot)
-  end
-  return {0, fmt(wait)}
-end
-
-if tag == 'F' then
-  local start, count = now, 0
-  local s0 = held and head[3] and tonumber(head[2])
-  if s0 and now < s0 + window then
-    start, count = s0, tonumber(head[3])
-  end
-  if count + cost > limit then
-    start, count = start + window, 0
-  end
-  local wait = start - now
-  if wait < 0 then wait = 0 end
-  if wait <= max_wait + EPSILON then
-    put({fmt(start), fmt(count + cost)})
-    return admit(wait, start + window)
-  end
-  return {0, fmt(wait)}
-end
-
--- 'S': the sliding window log (entries 1..n of the list, oldest first, at most `limit`).
 local n = 0
 if held then n = redis.call('LLEN', key) - 1 end
 local slot = now
@@ -239,7 +245,9 @@ if extra > 0 then
   redis.call('LTRIM', key, extra + 1, -1)
   redis.call('LPUSH', key, tag)
 end
-return admit(wait, slot + window)
+redis.call('PEXPIRE', key, ms(slot + window - now))
+if wait <= 0 then return {1, '0'} end
+return {1, fmt(wait)}
 """
 )
 """Lua for one decision: the reservation of :mod:`buttress.machines.ratelimit` plus the block."""
@@ -247,23 +255,33 @@ return admit(wait, slot + window)
 BLOCK_SCRIPT = (
     _PRELUDE
     + r"""
--- KEYS[1]: the state list. ARGV: seconds, now ('' = the server's TIME).
+-- KEYS[1]: the state. ARGV: seconds, now ('' = the server's TIME).
 -- Records "refused until now + seconds" unless a later block is already recorded.
 local key = KEYS[1]
 local seconds = tonumber(ARGV[1])
 local till = clock(ARGV[2]) + seconds
-local header = redis.call('LINDEX', key, 0)
-if header then
-  local tag, old = split(header)
-  if old and till <= old then return 0 end
-  redis.call('LSET', key, 0, tag .. '|' .. fmt(till))
-else
-  redis.call('RPUSH', key, '|' .. fmt(till))
-end
 local keep = ms(seconds)
-if redis.call('PTTL', key) < tonumber(keep) then
-  redis.call('PEXPIRE', key, keep)
+local pttl = redis.call('PTTL', key)
+if pttl > keep then keep = pttl end
+local raw = redis.pcall('GET', key)
+if type(raw) == 'string' then
+  local t, x, y, u = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local old = tonumber(u)
+  if old and till <= old then return 0 end
+  redis.call('SET', key, (t or '') .. '|' .. (x or '') .. '|' .. (y or '') .. '|' .. fmt(till),
+    'PX', keep)
+  return 1
 end
+if raw == false then
+  redis.call('SET', key, '|||' .. fmt(till), 'PX', keep)
+  return 1
+end
+-- a sliding window's log: the block goes into its header
+local header = redis.call('LINDEX', key, 0)
+local tag, old = split(header)
+if old and till <= old then return 0 end
+redis.call('LSET', key, 0, tag .. '|' .. fmt(till))
+redis.call('PEXPIRE', key, keep)
 return 1
 """
 )
