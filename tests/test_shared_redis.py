@@ -457,3 +457,95 @@ def test_async_callers_survive_a_paused_redis(fault_server: _Server) -> None:
 
     with FakeClock(wall_start=T0) as clock:
         asyncio.run(main(clock))
+
+
+# --- clients the application already has ---------------------------------------------------------
+
+
+def test_a_redis_client_can_be_the_storage(redis_port: int) -> None:
+    from buttress.testing import FakeClock
+
+    client = redis.Redis(port=redis_port)
+    name = f"client-{uuid.uuid4().hex[:6]}"
+    with FakeClock(wall_start=T0):
+        limiter = RateLimiter(storage=client)
+        limiter.configure(name, RateLimitConfig(requests_per_second=1, burst_size=2))
+        limiter.check_limit(name)
+        limiter.check_limit(name)
+        with pytest.raises(RateLimitExceeded):
+            limiter.check_limit(name)
+        cb = CircuitBreaker(name=name, fail_max=1, storage=client)
+        with pytest.raises(ZeroDivisionError):
+            cb.call(lambda: 1 / 0)
+        assert cb.state is CircuitState.OPEN
+    assert limiter.storage == f"redis://localhost:{redis_port}/0"
+    assert client.exists(f"buttress:{{{name}}}:breaker")
+    client.close()
+
+
+def test_an_asyncio_client_serves_async_callers_and_refuses_sync_ones(redis_port: int) -> None:
+    import redis.asyncio
+
+    name = f"aclient-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> None:
+        client = redis.asyncio.Redis(port=redis_port)
+        limiter = RateLimiter(storage=client)
+        limiter.configure(name, RateLimitConfig(requests_per_second=1, burst_size=1))
+        await limiter.acheck_limit(name)
+        with pytest.raises(RateLimitExceeded):
+            await limiter.acheck_limit(name)
+        with pytest.raises(TypeError, match=r"wraps a redis\.asyncio client"):
+            limiter.check_limit(name)
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+# --- a prober killed with SIGKILL ----------------------------------------------------------------
+
+_PROBER = """
+import sys, time
+from buttress import CircuitBreaker
+from buttress.testing import FakeClock
+with FakeClock(wall_start={start!r}):
+    cb = CircuitBreaker(name={name!r}, fail_max=1, timeout_duration=30, storage={url!r})
+    def hang():
+        print("probing", flush=True)
+        time.sleep(60)
+    cb.call(hang)
+"""
+
+
+def test_a_prober_killed_mid_probe_does_not_wedge_the_breaker(redis_port: int) -> None:
+    import sys
+
+    from buttress.backends.redis_store import RedisStore
+    from buttress.machines.breaker import BreakerSettings
+    from buttress.testing import FakeClock
+
+    url = _url(redis_port)
+    name = f"killed-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis(port=redis_port)
+    RedisStore(client).breaker_step(
+        name, BreakerSettings(fail_max=1, recovery=30.0), "force", T0, target=CircuitState.OPEN
+    )
+    code = _PROBER.format(start=T0 + 30, name=name, url=url)
+    prober = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert prober.stdout is not None
+        assert prober.stdout.readline().strip() == "probing"  # it holds the one probe lease
+    finally:
+        prober.kill()  # SIGKILL: it never reports
+        prober.wait(timeout=10)
+    with FakeClock(wall_start=T0 + 30) as clock:
+        cb = CircuitBreaker(name=name, fail_max=1, timeout_duration=30, storage=url)
+        with pytest.raises(CircuitOpenError):
+            cb.call(lambda: "second prober")  # the lease is still held
+        clock.advance(30)  # the lease (the recovery time) runs out: the dead probe failed
+        with pytest.raises(CircuitOpenError):
+            cb.call(lambda: "too early")
+        clock.advance(30)  # and after another recovery time, a new probe runs
+        assert cb.call(lambda: "recovered") == "recovered"
+        assert cb.state is CircuitState.CLOSED
+    client.close()
