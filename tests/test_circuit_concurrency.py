@@ -161,7 +161,7 @@ class BreakerModel(RuleBasedStateMachine):
 
     def _model_admit(self) -> bool:
         if self.state is CircuitState.OPEN:
-            if self.clock.now() - self.opened_at < 10:
+            if self.clock.now() < self.opened_at + 10:  # (not now - opened_at: float rounding)
                 return False
             self.state = CircuitState.HALF_OPEN
         return True

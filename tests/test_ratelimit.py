@@ -181,7 +181,8 @@ def test_waiters_are_first_come_first_served_in_tasks(clock: FakeClock) -> None:
     assert order == list(range(20))
 
 
-def test_waiters_are_first_come_first_served_in_threads() -> None:
+def test_waiters_are_first_come_first_served_in_threads(clock: FakeClock) -> None:
+    # time stands still: each arrival is promised the next slot, 5 ms after the previous one
     limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=200, burst=1)
     slots: list[tuple[float, int]] = []
     lock = threading.Lock()
@@ -200,7 +201,7 @@ def test_waiters_are_first_come_first_served_in_threads() -> None:
     for t in threads:
         t.join(5)
     waits_in_arrival_order = [w for w, _ in slots]
-    assert waits_in_arrival_order == sorted(waits_in_arrival_order)
+    assert waits_in_arrival_order == [pytest.approx(0.005 * n) for n in range(20)]
 
 
 def test_block_and_set_remaining(clock: FakeClock) -> None:

@@ -284,3 +284,39 @@ def test_a_breaker_tripped_in_one_process_rejects_in_another(
     assert cb.call(lambda: "probe") == "probe"  # the one probe succeeds and closes it
     assert cb.state is CircuitState.CLOSED
     assert seen[-1] == ("half_open", "closed", "half-open probes succeeded")
+
+
+def test_idle_states_are_swept_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import buttress.backends.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "SWEEP_EVERY", 10)
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    for i in range(9):  # one-off keys, each fresh again a second later
+        store.reserve("api", f"once-{i}", BUCKET, 1, 0.0, T0)
+    store.block("api", "blocked", 100.0, T0)  # kept until its block ends
+    store.reserve("api", "drained", BUCKET, 2, 0.0, T0)  # fresh again at T0 + 1
+    store.block("api", "drained", 0.1, T0)  # a short block does not shorten that
+    conn = sqlite3.connect(path)
+    count = "SELECT count(*) FROM buttress_state"
+    assert conn.execute(count).fetchone()[0] == 11
+    store.reserve("api", "late", BUCKET, 1, 0.0, T0 + 0.5)  # the 10th admission: a sweep
+    assert conn.execute(count).fetchone()[0] == 12  # nothing idle yet at T0 + 0.5
+    for i in range(10):
+        store.reserve("api", f"later-{i}", BUCKET, 1, 0.0, T0 + 2)
+    keys = {k for (k,) in conn.execute("SELECT key FROM buttress_state")}
+    conn.close()
+    assert '"blocked"' in keys
+    assert not any(k.startswith('"once-') for k in keys)
+    assert '"drained"' not in keys  # idle at T0 + 1, swept at T0 + 2
+
+
+def test_one_name_cannot_be_stored_in_two_places(tmp_path: Path) -> None:
+    from buttress import CircuitBreaker
+
+    name = f"twice-{tmp_path.name}"
+    CircuitBreaker(name=name)
+    with pytest.raises(ValueError, match=r"already registered .*storage='sqlite:.*' vs None"):
+        CircuitBreaker(name=name, storage=f"sqlite:///{tmp_path}/b.db")

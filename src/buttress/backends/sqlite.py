@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from ..machines.breaker import BreakerMachine, BreakerSettings, CircuitState
-from ..machines.ratelimit import Params, idle, reserve
+from ..machines.ratelimit import Params, fresh_at, reserve
 from .base import BreakerReply, StorageError, StorageUnavailable, apply_breaker, shared_settings
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 SCHEMA_VERSION = 1
+SWEEP_EVERY = 1000  # admitted decisions between sweeps of idle rate-limit states
 _TABLES = {"buttress_meta", "buttress_state"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buttress_meta (
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS buttress_state (
     expires REAL,
     PRIMARY KEY (kind, name, key)
 );
+CREATE INDEX IF NOT EXISTS buttress_state_expires ON buttress_state (kind, expires);
 """
 
 
@@ -82,6 +84,7 @@ class SQLiteStore:
         self.busy_timeout = float(busy_timeout)
         self.url = f"sqlite:///{self.path}"
         self._local = threading.local()
+        self._decisions = 0
         self._check_and_create()
 
     def __repr__(self) -> str:
@@ -227,7 +230,15 @@ class SQLiteStore:
             new_state, wait = reserve(state, now, cost, max_wait, params)
             if new_state is None:
                 return False, wait
-            self._save(conn, "ratelimit", name, k, {"s": list(new_state), "b": until})
+            expires = fresh_at(new_state, params)
+            self._save(conn, "ratelimit", name, k, {"s": list(new_state), "b": until}, expires)
+            self._decisions += 1
+            if self._decisions % SWEEP_EVERY == 0:
+                # States that say nothing a fresh one would not are dropped, so one-off keys do
+                # not pile up in the file.
+                conn.execute(
+                    "DELETE FROM buttress_state WHERE kind = 'ratelimit' AND expires < ?", (now,)
+                )
             return True, wait
 
     async def areserve(
@@ -249,7 +260,14 @@ class SQLiteStore:
         with self._transaction() as conn:
             state, until = _rate_record(self._load(conn, "ratelimit", name, k), self.path, name, k)
             until = max(until or 0.0, now + seconds)
-            self._save(conn, "ratelimit", name, k, {"s": list(state or ()), "b": until})
+            row = conn.execute(
+                "SELECT expires FROM buttress_state WHERE kind = 'ratelimit' AND name = ? "
+                "AND key = ?",
+                (name, k),
+            ).fetchone()
+            expires = until if row is None or row[0] is None else max(until, row[0])
+            record = {"s": list(state or ()), "b": until}
+            self._save(conn, "ratelimit", name, k, record, expires)
 
     def reset(self, name: str, key: str | None = None) -> None:
         """Forget the state and any block of ``key`` of ``name``."""
@@ -258,28 +276,6 @@ class SQLiteStore:
                 "DELETE FROM buttress_state WHERE kind = 'ratelimit' AND name = ? AND key = ?",
                 (name, _key(key)),
             )
-
-    def sweep(self, params_by_name: dict[str, Params], now: float | None = None) -> int:
-        """Delete rate-limit states that are idle at ``now``; returns how many went."""
-        now = time.time() if now is None else now
-        gone = 0
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT name, key, state FROM buttress_state WHERE kind = 'ratelimit'"
-            ).fetchall()
-            for name, key, text in rows:
-                params = params_by_name.get(name)
-                if params is None:
-                    continue
-                state, until = _rate_record(json.loads(text), self.path, name, key)
-                if (until is None or until <= now) and (not state or idle(state, now, params)):
-                    conn.execute(
-                        "DELETE FROM buttress_state WHERE kind = 'ratelimit' AND name = ? "
-                        "AND key = ?",
-                        (name, key),
-                    )
-                    gone += 1
-        return gone
 
     # -- circuit breakers ------------------------------------------------------------------------
 

@@ -30,11 +30,12 @@ States are short lists of floats (JSON-able), times on the caller's clock:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Params", "RateLimitAlgorithm", "idle", "reserve", "spent"]
+__all__ = ["Params", "RateLimitAlgorithm", "fresh_at", "idle", "reserve", "spent"]
 
 EPSILON = 1e-9
 
@@ -141,6 +142,16 @@ def spent(now: float, p: Params) -> list[float] | deque[float]:
     if algorithm is RateLimitAlgorithm.FIXED_WINDOW:
         return [now, float(p.limit)]
     return deque([now] * p.limit)
+
+
+def fresh_at(state: list[float] | deque[float], p: Params) -> float:
+    """When ``state`` will say nothing a fresh state would not (``idle`` from then on)."""
+    algorithm = p.algorithm
+    if algorithm in (RateLimitAlgorithm.TOKEN_BUCKET, RateLimitAlgorithm.LEAKY_BUCKET):
+        return state[0]
+    if algorithm is RateLimitAlgorithm.FIXED_WINDOW:
+        return state[0] + p.window
+    return state[-1] + p.window if state else -math.inf
 
 
 def idle(state: list[float] | deque[float], now: float, p: Params) -> bool:

@@ -29,7 +29,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from time import time as _wall
 from types import TracebackType
@@ -137,7 +137,7 @@ class CircuitBreakerConfig:
     probe_timeout: float | None = None
     excluded_exceptions: ExcTypes = ()
     failure_exceptions: ExcTypes = (Exception,)
-    storage: object = field(default=None, compare=False)
+    storage: object = None
     fail_mode: str = "local"
 
     def __post_init__(self) -> None:

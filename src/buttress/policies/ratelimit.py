@@ -267,7 +267,7 @@ class RateLimiter:
         return sorted(self._limits)
 
     def keys(self, name: str) -> int:
-        """How many keys of ``name`` hold state now."""
+        """How many keys of ``name`` hold state in this process's memory (not in a store)."""
         return len(self._limit(name).states)
 
     def _limit(self, name: str) -> _Limit:
