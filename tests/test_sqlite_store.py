@@ -320,3 +320,37 @@ def test_one_name_cannot_be_stored_in_two_places(tmp_path: Path) -> None:
     CircuitBreaker(name=name)
     with pytest.raises(ValueError, match=r"already registered .*storage='sqlite:.*' vs None"):
         CircuitBreaker(name=name, storage=f"sqlite:///{tmp_path}/b.db")
+
+
+def test_a_bad_storage_is_an_error_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown storage"):
+        RateLimiter(storage="mongodb://localhost")
+    with pytest.raises(StorageError, match="does not exist"):
+        RateLimiter(storage=f"sqlite:///{tmp_path}/missing/dir/state.db")
+    with pytest.raises(ValueError, match="fail_mode must be one of"):
+        RateLimiter(fail_mode="maybe")
+    with pytest.raises(ValueError, match="local_share must be"):
+        RateLimiter(local_share=0)
+
+
+def test_a_stored_breaker_as_an_async_context_manager(tmp_path: Path, clock: FakeClock) -> None:
+    import asyncio
+
+    from buttress import CircuitBreaker, CircuitOpenError
+
+    cb = CircuitBreaker(
+        name=f"actx-{tmp_path.name}", fail_max=1, storage=f"sqlite:///{tmp_path}/b.db"
+    )
+
+    async def main() -> None:
+        async with cb:
+            pass
+        with pytest.raises(ZeroDivisionError):
+            async with cb:
+                1 / 0  # noqa: B018
+        with pytest.raises(CircuitOpenError):
+            async with cb:
+                pass
+
+    asyncio.run(main())
+    assert cb.state is CircuitState.OPEN

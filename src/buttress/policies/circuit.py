@@ -818,7 +818,11 @@ class CircuitBreaker:
         self._settle(admission, began, exc)
 
     async def __aenter__(self) -> CircuitBreaker:
-        return self.__enter__()
+        if self._shared.guard is None:
+            return self.__enter__()
+        ticket = await self._aadmit()
+        self._tickets.set((*self._tickets.get(), ticket))
+        return self
 
     async def __aexit__(
         self,
@@ -826,7 +830,16 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        if self._shared.guard is None:
+            self.__exit__(exc_type, exc, tb)
+            return
+        stack = self._tickets.get()
+        admission, began = stack[-1]
+        self._tickets.set(stack[:-1])
+        if exc is not None and not isinstance(exc, Exception):
+            self._release(admission)
+            return
+        await self._asettle(admission, began, exc)
 
 
 def get_circuit_breaker(name: str, **options: Any) -> CircuitBreaker:

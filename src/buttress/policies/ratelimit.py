@@ -191,7 +191,8 @@ class RateLimiter:
         clock: the clock to use (default: the process default at the time of use).
         storage: where the state lives: ``None`` (``BUTTRESS_STORAGE_URL``, else memory),
             ``"memory://"``, ``"sqlite:///state.db"``, ``"redis://host:6379/0"``, a redis client
-            or a store (see :mod:`buttress.backends`). Resolved at first use.
+            or a store (see :mod:`buttress.backends`). ``BUTTRESS_STORAGE_URL`` is read at first
+            use.
         fail_mode: with a shared store, what to do while it is unreachable: ``"local"``
             (default: decide on local state with ``local_share`` of each limit), ``"open"``
             (admit) or ``"closed"`` (refuse).
@@ -217,9 +218,12 @@ class RateLimiter:
             "local_share", local_share, minimum=0.0, maximum=1.0, exclusive_minimum=True
         )
         self._retry_interval = to_seconds("retry_interval", retry_interval, allow_zero=False)
-        # _UNRESOLVED until first use, then None (memory) or the guard of the shared store.
+        # None (memory) or the guard of the shared store; the process default (storage=None, from
+        # BUTTRESS_STORAGE_URL) is resolved at first use, so the environment is read then.
         self._guard: StoreGuard | object | None = _UNRESOLVED
         self._guard_lock = threading.Lock()
+        if storage is not None:
+            self._store_guard()  # a bad URL or file is an error here, not at the first call
 
     def _store_guard(self) -> StoreGuard | None:
         guard = self._guard
