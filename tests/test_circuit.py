@@ -291,8 +291,12 @@ def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"window_type": "sliding"}, "window_type must be"),
         ({"half_open_max_calls": 0}, "half_open_max_calls must be >= 1"),
         ({"slow_call_duration": 1.0}, "go together"),
-        ({"storage": "memory://", "failure_rate_threshold": 0.5}, "windows are kept in memory"),
+        (
+            {"name": "w", "storage": "memory://", "failure_rate_threshold": 0.5},
+            "windows are kept in memory",
+        ),
         ({"fail_mode": "sideways"}, "fail_mode must be one of local, open, closed"),
+        ({"storage": "memory://"}, "needs a name: the name is what processes share"),
         ({"name": ""}, "name must be a non-empty string"),
     ],
 )

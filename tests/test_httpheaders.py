@@ -202,3 +202,14 @@ def test_header_parsing_never_raises(headers: dict[str, str], status: int) -> No
     info = rate_limit_info(FakeResponse(status, headers), now=time.time())
     for value in (info.retry_after, info.reset_after):
         assert value is None or (math.isfinite(value) and value >= 0)
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "\u0663", "\uff11\uff12", "3\u00b2"])
+def test_digits_that_are_not_ascii_are_garbage(digits: str) -> None:
+    assert parse_retry_after(digits) is None
+    info = rate_limit_info(
+        FakeResponse(200, {"X-RateLimit-Remaining": digits, "X-RateLimit-Reset": digits}),
+        now=NOW,
+    )
+    assert info.remaining is None
+    assert info.reset_after is None

@@ -237,10 +237,11 @@ def test_ttl_is_the_time_until_the_state_is_idle(
         assert store.reserve("api", "k", p, cost, math.inf, now=now)[0]
     ttl = client.pttl(store.key_name("api", "k")) / 1000
     assert ttl > 0
-    # The key outlives its state's relevance by at most the rounding to whole milliseconds
-    # (and the real time this test takes), and never expires while the state still matters.
+    # The key never expires while the state still matters, and outlives its relevance by no
+    # more than the rounding to whole milliseconds; PTTL counts down in real time meanwhile, so
+    # the second bound allows for the time between the write and the PTTL (a busy machine).
     assert not idle(state, now + ttl - 0.05, p)
-    assert idle(state, now + ttl + 0.002, p)
+    assert idle(state, now + ttl + 0.25, p)
 
 
 def test_block_keeps_the_key_until_it_ends(client: Any, store: RedisRateLimitStore) -> None:

@@ -583,7 +583,7 @@ def _check_url(url: object) -> str:
     if port == 0:
         raise ValueError(f"malformed Redis URL {shown!r}: port 0")
     db = parts.path.lstrip("/")
-    if db and not db.isdigit():
+    if db and not (db.isascii() and db.isdigit()):
         raise ValueError(f"malformed Redis URL {shown!r}: the database {db!r} is not a number")
     return url
 

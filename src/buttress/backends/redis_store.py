@@ -103,6 +103,9 @@ class RedisStore:
         with self._async_lock:
             store = self._async.get(loop)
             if store is None:
+                # a lane's reader task holds on to its loop: forget the lanes of closed loops
+                for old in [old for old in self._async if old.is_closed()]:
+                    del self._async[old]
                 from .redis_async import AsyncLane
 
                 kwargs = self.client.connection_pool.connection_kwargs

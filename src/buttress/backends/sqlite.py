@@ -171,10 +171,13 @@ class SQLiteStore:
             raise StorageUnavailable(f"{self.path}: {exc}") from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StorageUnavailable(f"{self.path}: {exc}") from exc
             raise
-        conn.execute("COMMIT")
 
     def _load(self, conn: sqlite3.Connection, kind: str, name: str, key: str) -> Any:
         row = conn.execute(

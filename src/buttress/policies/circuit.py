@@ -197,6 +197,10 @@ class CircuitBreakerConfig:
         put("excluded_exceptions", _types("excluded_exceptions", self.excluded_exceptions))
         put("failure_exceptions", _types("failure_exceptions", self.failure_exceptions))
         check_fail_mode(self.fail_mode)
+        if self.storage is not None and self.name is None:
+            raise ValueError(
+                f"storage={self.storage!r} needs a name: the name is what processes share"
+            )
         if self.storage is not None and (
             self.failure_rate_threshold is not None or self.slow_call_duration is not None
         ):
@@ -234,9 +238,9 @@ class _Shared:
         self.clock = clock
         self.guard: StoreGuard | None = None
         windowed = self.machine.settings.windowed or config.slow_call_duration is not None
-        # BUTTRESS_STORAGE_URL applies to breakers that can be stored; explicit storage= with a
-        # window was refused by the config.
-        if config.storage is not None or not windowed:
+        # BUTTRESS_STORAGE_URL applies to named breakers that can be stored; explicit storage=
+        # without a name or with a window was refused by the config.
+        if config.storage is not None or (config.name is not None and not windowed):
             store = open_storage(config.storage)
             if store is not None:
                 owner = f"circuit breaker {config.name or 'unnamed'!r}"

@@ -45,7 +45,7 @@ _log = logging.getLogger("buttress.http")
 
 #: Longest wait buttress accepts from a server (one day); larger values are treated as garbage.
 MAX_RETRY_AFTER = 86_400.0
-_DELTA = re.compile(r"\d+(\.\d+)?")
+_DELTA = re.compile(r"[0-9]+(\.[0-9]+)?")
 _EPOCH_THRESHOLD = 1e9
 
 
@@ -111,7 +111,7 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         return None
     return int(text)
 
