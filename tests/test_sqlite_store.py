@@ -232,6 +232,8 @@ def test_a_locked_store_is_an_outage_not_an_error(
                 refusals.append(exc.retry_after)
             clock.advance(0.1)
         assert limiter.degraded
+        limiter.reset("api", key="x")  # not an error during the outage either
+        limiter.block("api", key="x", seconds=1.0)
         holder.execute("ROLLBACK")
         holder.close()
         clock.advance(1.0)  # a retry interval later the store is tried again, and answers

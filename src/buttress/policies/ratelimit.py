@@ -574,7 +574,13 @@ class RateLimiter:
         limit = self._limit(name)
         guard = self._store_guard()
         if guard is not None:
-            guard.store.reset(name, key)
+            now = (self._clock or get_clock()).now()
+            try:
+                guard.store.reset(name, key)
+            except store_faults() as error:
+                guard.failed(error, now)  # the stored state stays; the local one goes
+            else:
+                guard.answered()
         with limit.lock:
             limit.states.pop(key, None)
             limit.blocked.pop(key, None)
