@@ -14,6 +14,8 @@ def test_demo_runs_and_summarises(capsys: pytest.CaptureFixture[str]) -> None:
     assert "rejected by the breaker" in out
     assert "closed -> open" in out  # the outage tripped the breaker
     assert "answered" in out
+    assert "TIER_1_FULL -> TIER_3_READ_ONLY (factor_api unhealthy)" in out  # the tier followed
+    assert "over the rate limit" in out
 
 
 @pytest.mark.parametrize(

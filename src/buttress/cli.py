@@ -2,8 +2,10 @@
 
 The demo needs no services: the dependency is a local coroutine that goes through five phases
 (healthy, flaky, slow, outage, recovery). Requests pass through, outermost first, a fallback
-(cached answer, else a default), a retry (that does not retry an open breaker), a circuit breaker,
-and a timeout. Progress is printed once a second and a summary at the end.
+(cached answer, else a default), a retry (that does not retry an open breaker), a rate limit (that
+waits a little for a slot), a circuit breaker, and a timeout. The breaker's state feeds a
+degradation manager, whose tier follows the dependency's health (with a dwell before recovering).
+Progress is printed once a second and a summary at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .degradation import DegradationManager
 from .errors import CircuitOpenError
 from .events import (
     CallRejected,
@@ -25,13 +28,16 @@ from .events import (
     Event,
     FallbackUsed,
     RetryScheduled,
+    TierChanged,
     TimedOut,
     add_hook,
     remove_hook,
 )
+from .machines.breaker import CircuitState
 from .policies.circuit import CircuitBreaker, CircuitBreakerConfig
 from .policies.fallback import Fallback, FallbackStrategy
 from .policies.pipeline import Pipeline
+from .policies.ratelimit import RateLimit, RateLimitConfig, RateLimiter
 from .policies.retry import Retry
 from .policies.timeout import Timeout
 
@@ -45,6 +51,7 @@ PHASES = (
 )
 TIMEOUT = 0.15
 LATENCY = 0.01
+RATE = 250.0  # requests per second the dependency's quota allows
 
 
 class DependencyDown(ConnectionError):
@@ -92,6 +99,7 @@ class Tally:
     failed: int = 0
     events: Counter[str] = field(default_factory=Counter)
     transitions: list[str] = field(default_factory=list)
+    tiers: list[str] = field(default_factory=list)
     fallbacks: Counter[str] = field(default_factory=Counter)
 
     def hook(self, event: Event) -> None:
@@ -103,8 +111,13 @@ class Tally:
             self.fallbacks[event.strategy] += 1
         elif isinstance(event, CallRejected) and event.policy == "circuit":
             self.events["rejected"] += 1
+        elif isinstance(event, CallRejected) and event.policy == "ratelimit":
+            self.events["throttled"] += 1
         elif isinstance(event, CircuitStateChanged):
             self.transitions.append(f"{event.old} -> {event.new} ({event.reason})")
+        elif isinstance(event, TierChanged):
+            old, new = getattr(event.old, "name", event.old), getattr(event.new, "name", event.new)
+            self.tiers.append(f"{old} -> {new} ({event.reason})")
 
 
 async def run_demo(duration: float, failure_rate: float, concurrency: int, seed: int) -> Tally:
@@ -121,6 +134,17 @@ async def run_demo(duration: float, failure_rate: float, concurrency: int, seed:
             minimum_calls=10,
         )
     )
+    limiter = RateLimiter()
+    limiter.configure("demo.api", RateLimitConfig(requests_per_second=RATE, burst_size=25))
+    manager = DegradationManager(min_dwell=max(0.5, duration / 12), name="demo")
+    manager.register_service("factor_api")
+
+    def health(event: CircuitStateChanged) -> None:
+        healthy = event.new is CircuitState.CLOSED
+        error = None if healthy else event.reason
+        manager.update_health("factor_api", healthy=healthy, error=error)
+
+    breaker.add_listener(health)
     guarded = Pipeline(
         Fallback(
             strategy=[FallbackStrategy.CACHED, FallbackStrategy.DEFAULT],
@@ -134,6 +158,7 @@ async def run_demo(duration: float, failure_rate: float, concurrency: int, seed:
             fail_fast_on=CircuitOpenError,
             name="demo.retry",
         ),
+        RateLimit("demo.api", limiter=limiter, wait=True, max_wait=0.02),
         breaker,
         Timeout(timeout_seconds=TIMEOUT, name="demo.timeout"),
     )(dependency.fetch)
@@ -161,7 +186,8 @@ async def run_demo(duration: float, failure_rate: float, concurrency: int, seed:
             print(
                 f"[{time.monotonic() - start:5.1f}s] phase={phase:<8} requests={tally.requests:<5}"
                 f" answered={tally.answered:<5} retries={tally.events['retries']:<4}"
-                f" fallbacks={sum(tally.fallbacks.values()):<4} breaker={breaker.state.value}",
+                f" fallbacks={sum(tally.fallbacks.values()):<4} breaker={breaker.state.value:<9}"
+                f" tier={manager.get_current_tier().name}",
                 flush=True,
             )
 
@@ -189,11 +215,15 @@ def summary(tally: Tally, duration: float) -> str:
         "  fallbacks used           "
         + (", ".join(f"{k.lower()} {v}" for k, v in sorted(tally.fallbacks.items())) or "none"),
         f"  rejected by the breaker  {rejected}",
+        f"  over the rate limit      {tally.events['throttled']} "
+        f"(waited up to 20 ms for a slot first; then retried after the limiter's retry_after)",
         f"  time saved failing fast  ~{rejected * TIMEOUT:.1f}s of waiting on a dead dependency "
         f"({rejected} calls x {TIMEOUT:.2f}s timeout)",
         "  breaker transitions",
     ]
     lines += [f"    {t}" for t in tally.transitions] or ["    none"]
+    lines.append("  degradation tiers (the breaker's state as the dependency's health)")
+    lines += [f"    {t}" for t in tally.tiers] or ["    none"]
     return "\n".join(lines)
 
 
@@ -239,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"buttress demo: {args.concurrency} clients for {args.duration:.0f}s against a local "
         f"dependency (phases: {', '.join(p[0] for p in PHASES)})"
     )
-    print("policies, outermost first: fallback(cached, default) > retry > breaker > timeout")
+    print(
+        "policies, outermost first: fallback(cached, default) > retry > rate limit > breaker"
+        " > timeout"
+    )
     tally = asyncio.run(run_demo(args.duration, args.failure_rate, args.concurrency, args.seed))
     print(summary(tally, args.duration))
     return 0
