@@ -356,3 +356,20 @@ def test_a_stored_breaker_as_an_async_context_manager(tmp_path: Path, clock: Fak
 
     asyncio.run(main())
     assert cb.state is CircuitState.OPEN
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.db")
+    assert store.reserve("api", "parent", BUCKET, 1, 0.0, T0)[0]  # the parent has a connection
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_reserve_in_child, args=(store,))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert not store.reserve("api", "child", BUCKET, 2, 0.0, T0)[0]  # the child's write landed
+
+
+def _reserve_in_child(store: SQLiteStore) -> None:
+    ok = store.reserve("api", "child", BUCKET, 1, 0.0, T0)[0]
+    assert store.integrity_check() == "ok"
+    sys.exit(0 if ok else 1)

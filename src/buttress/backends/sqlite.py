@@ -100,9 +100,11 @@ class SQLiteStore:
         return conn
 
     def _conn(self) -> sqlite3.Connection:
+        # One connection per thread, and never one inherited across a fork (SQLite forbids it).
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._local.pid != os.getpid():
             conn = self._local.conn = self._connect()
+            self._local.pid = os.getpid()
         return conn
 
     def close(self) -> None:
