@@ -89,11 +89,11 @@ def test_four_processes_share_one_limit(redis_port: int) -> None:
         w.join(timeout=30)
     spans = [span for part, _ in results for span in part]
     assert sum(errors for _, errors in results) == 0
-    # burst 50 + 50/s: in the first second after the first admission, 100 within 2%; and never
-    # more than 100 in any 1-s window
+    # burst 50 + 50/s: about 100 decided in the first second (within 2%), and never more than
+    # 100 certainly inside any 1-s window
     first = min(before for before, _ in spans)
-    in_first_second = sum(1 for _, after in spans if after < first + 1.0)
-    assert 98 <= in_first_second <= 100
+    in_first_second = sum(1 for before, _ in spans if before < first + 1.0)
+    assert 98 <= in_first_second <= 101  # (the 101st slot falls exactly on the second)
     assert _certainly_inside(spans, 1.0) <= 100
 
 
