@@ -448,7 +448,43 @@ def _decision(reply: Any) -> tuple[bool, float]:
     return bool(int(admitted)), float(wait)
 
 
-class RedisRateLimitStore:
+class _LimitScripts:
+    """What the sync and async stores share: settings, key names and the scripts' arguments."""
+
+    def __init__(self, client: Any, *, prefix: str = "buttress", server_time: bool = True) -> None:
+        _require_redis()
+        self.client = client
+        self.prefix = _check_prefix(prefix)
+        self.server_time = bool(server_time)
+        self._reserve = client.register_script(RESERVE_SCRIPT)
+        self._block = client.register_script(BLOCK_SCRIPT)
+
+    def key_name(self, name: str, key: str | None = None) -> str:
+        """The Redis key holding the state of ``key`` of limit ``name``."""
+        return _key_name(self.prefix, name, key)
+
+    def reserve_request(
+        self,
+        name: str,
+        key: str | None,
+        params: Params,
+        cost: int,
+        max_wait: float,
+        now: float | None = None,
+    ) -> tuple[str, list[str]]:
+        """The key and script arguments of one decision (validated)."""
+        return _key_name(self.prefix, name, key), _reserve_args(
+            params, cost, max_wait, now, self.server_time
+        )
+
+    def block_request(
+        self, name: str, key: str | None, seconds: float, now: float | None = None
+    ) -> tuple[str, list[str]]:
+        """The key and script arguments of one block (validated)."""
+        return _key_name(self.prefix, name, key), _block_args(seconds, now, self.server_time)
+
+
+class RedisRateLimitStore(_LimitScripts):
     """Rate-limit state in Redis: one atomic script call per decision.
 
     Args:
@@ -461,17 +497,8 @@ class RedisRateLimitStore:
     def __init__(
         self, client: redis.Redis, *, prefix: str = "buttress", server_time: bool = True
     ) -> None:
-        _require_redis()
-        self.client = client
-        self.prefix = _check_prefix(prefix)
-        self.server_time = bool(server_time)
-        self._reserve = client.register_script(RESERVE_SCRIPT)
-        self._block = client.register_script(BLOCK_SCRIPT)
+        super().__init__(client, prefix=prefix, server_time=server_time)
         self._lane = Lane(client)
-
-    def key_name(self, name: str, key: str | None = None) -> str:
-        """The Redis key holding the state of ``key`` of limit ``name``."""
-        return _key_name(self.prefix, name, key)
 
     def reserve(
         self,
@@ -487,21 +514,20 @@ class RedisRateLimitStore:
         The arithmetic is :func:`buttress.machines.ratelimit.reserve`'s (``max_wait=0`` for a
         check that never waits; ``math.inf`` to wait as long as needed), after any block.
         """
-        redis_key = _key_name(self.prefix, name, key)
-        args = _reserve_args(params, cost, max_wait, now, self.server_time)
+        redis_key, args = self.reserve_request(name, key, params, cost, max_wait, now)
         return _decision(self._lane.evalsha(self._reserve, [redis_key], args))
 
     def block(self, name: str, key: str | None, seconds: float, now: float | None = None) -> None:
         """Refuse ``key`` of ``name`` for the next ``seconds`` (a later block already set wins)."""
-        redis_key = _key_name(self.prefix, name, key)
-        self._lane.evalsha(self._block, [redis_key], _block_args(seconds, now, self.server_time))
+        redis_key, args = self.block_request(name, key, seconds, now)
+        self._lane.evalsha(self._block, [redis_key], args)
 
     def reset(self, name: str, key: str | None = None) -> None:
         """Forget the state and any block of ``key`` of ``name``."""
         self.client.delete(_key_name(self.prefix, name, key))
 
 
-class AsyncRedisRateLimitStore:
+class AsyncRedisRateLimitStore(_LimitScripts):
     """:class:`RedisRateLimitStore` for asyncio, over a ``redis.asyncio.Redis``."""
 
     def __init__(
@@ -511,16 +537,7 @@ class AsyncRedisRateLimitStore:
         prefix: str = "buttress",
         server_time: bool = True,
     ) -> None:
-        _require_redis()
-        self.client = client
-        self.prefix = _check_prefix(prefix)
-        self.server_time = bool(server_time)
-        self._reserve = client.register_script(RESERVE_SCRIPT)
-        self._block = client.register_script(BLOCK_SCRIPT)
-
-    def key_name(self, name: str, key: str | None = None) -> str:
-        """The Redis key holding the state of ``key`` of limit ``name``."""
-        return _key_name(self.prefix, name, key)
+        super().__init__(client, prefix=prefix, server_time=server_time)
 
     async def reserve(
         self,
@@ -532,16 +549,15 @@ class AsyncRedisRateLimitStore:
         now: float | None = None,
     ) -> tuple[bool, float]:
         """Async twin of :meth:`RedisRateLimitStore.reserve`."""
-        redis_key = _key_name(self.prefix, name, key)
-        args = _reserve_args(params, cost, max_wait, now, self.server_time)
+        redis_key, args = self.reserve_request(name, key, params, cost, max_wait, now)
         return _decision(await self._reserve(keys=[redis_key], args=args))
 
     async def block(
         self, name: str, key: str | None, seconds: float, now: float | None = None
     ) -> None:
         """Async twin of :meth:`RedisRateLimitStore.block`."""
-        redis_key = _key_name(self.prefix, name, key)
-        await self._block(keys=[redis_key], args=_block_args(seconds, now, self.server_time))
+        redis_key, args = self.block_request(name, key, seconds, now)
+        await self._block(keys=[redis_key], args=args)
 
     async def reset(self, name: str, key: str | None = None) -> None:
         """Async twin of :meth:`RedisRateLimitStore.reset`."""

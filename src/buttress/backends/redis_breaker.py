@@ -50,9 +50,11 @@ or closed); bad arguments raise ``ValueError`` or ``TypeError`` naming the argum
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..machines.breaker import BreakerSettings, CircuitState
@@ -431,7 +433,71 @@ def _translate(exc: Exception, key: str, name: str) -> Exception:
     return exc
 
 
-class RedisBreakerStore:
+@contextlib.contextmanager
+def translating(key: str, name: str) -> Iterator[None]:
+    """Raise the store's exception for a redis-py exception raised inside (see _translate)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = _translate(exc, key, name)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+class _BreakerScript:
+    """What the sync and async stores share: settings, key names and the script's arguments."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "buttress",
+        server_time: bool = True,
+        idle_ttl: float | None = DEFAULT_IDLE_TTL,
+    ) -> None:
+        _require_redis()
+        self.client = client
+        self.prefix = _check_prefix(prefix)
+        self.server_time = bool(server_time)
+        self._idle_ttl = _check_idle_ttl(idle_ttl)
+        self._step = client.register_script(BREAKER_SCRIPT)
+
+    def key_name(self, name: str) -> str:
+        """The Redis key holding the state of breaker ``name``."""
+        return _key_name(self.prefix, name)
+
+    def step_request(
+        self,
+        name: str,
+        settings: BreakerSettings,
+        op: str,
+        now: float | None = None,
+        *,
+        probe: bool = False,
+        ticket: int = 0,
+        failed: bool = False,
+        target: CircuitState | None = None,
+        reason: str = "",
+    ) -> tuple[str, list[str]]:
+        """The key and script arguments of one step (validated)."""
+        key = _key_name(self.prefix, name)
+        args = _step_args(
+            settings,
+            op,
+            now,
+            self.server_time,
+            self._idle_ttl,
+            probe,
+            ticket,
+            failed,
+            target,
+            reason,
+        )
+        return key, args
+
+
+class RedisBreakerStore(_BreakerScript):
     """Circuit-breaker state in Redis: one atomic script call per step.
 
     Args:
@@ -451,17 +517,8 @@ class RedisBreakerStore:
         server_time: bool = True,
         idle_ttl: float | None = DEFAULT_IDLE_TTL,
     ) -> None:
-        _require_redis()
-        self.client = client
-        self.prefix = _check_prefix(prefix)
-        self.server_time = bool(server_time)
-        self._idle_ttl = _check_idle_ttl(idle_ttl)
-        self._step = client.register_script(BREAKER_SCRIPT)
+        super().__init__(client, prefix=prefix, server_time=server_time, idle_ttl=idle_ttl)
         self._lane = Lane(client)
-
-    def key_name(self, name: str) -> str:
-        """The Redis key holding the state of breaker ``name``."""
-        return _key_name(self.prefix, name)
 
     def breaker_step(
         self,
@@ -495,50 +552,16 @@ class RedisBreakerStore:
             target=target,
             reason=reason,
         )
-        try:
+        with translating(key, name):
             raw = self._lane.evalsha(self._step, [key], args)
-        except Exception as exc:
-            translated = _translate(exc, key, name)
-            if translated is exc:
-                raise
-            raise translated from exc
         return _reply(raw)
-
-    def step_request(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
-    ) -> tuple[str, list[str]]:
-        """The key and script arguments of one step (validated)."""
-        key = _key_name(self.prefix, name)
-        args = _step_args(
-            settings,
-            op,
-            now,
-            self.server_time,
-            self._idle_ttl,
-            probe,
-            ticket,
-            failed,
-            target,
-            reason,
-        )
-        return key, args
 
     def reset_breaker(self, name: str) -> None:
         """Forget breaker ``name`` (it starts again closed, as if new)."""
         self.client.delete(_key_name(self.prefix, name))
 
 
-class AsyncRedisBreakerStore:
+class AsyncRedisBreakerStore(_BreakerScript):
     """:class:`RedisBreakerStore` for asyncio, over a ``redis.asyncio.Redis``."""
 
     def __init__(
@@ -549,51 +572,15 @@ class AsyncRedisBreakerStore:
         server_time: bool = True,
         idle_ttl: float | None = DEFAULT_IDLE_TTL,
     ) -> None:
-        _require_redis()
-        self.client = client
-        self.prefix = _check_prefix(prefix)
-        self.server_time = bool(server_time)
-        self._idle_ttl = _check_idle_ttl(idle_ttl)
-        self._step = client.register_script(BREAKER_SCRIPT)
-
-    def key_name(self, name: str) -> str:
-        """The Redis key holding the state of breaker ``name``."""
-        return _key_name(self.prefix, name)
+        super().__init__(client, prefix=prefix, server_time=server_time, idle_ttl=idle_ttl)
 
     async def breaker_step(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
+        self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
     ) -> BreakerReply:
-        """Async twin of :meth:`RedisBreakerStore.breaker_step`."""
-        key = _key_name(self.prefix, name)
-        args = _step_args(
-            settings,
-            op,
-            now,
-            self.server_time,
-            self._idle_ttl,
-            probe,
-            ticket,
-            failed,
-            target,
-            reason,
-        )
-        try:
+        """Async twin of :meth:`RedisBreakerStore.breaker_step` (the same keyword arguments)."""
+        key, args = self.step_request(name, settings, op, now, **kw)
+        with translating(key, name):
             raw = await self._step(keys=[key], args=args)
-        except Exception as exc:
-            translated = _translate(exc, key, name)
-            if translated is exc:
-                raise
-            raise translated from exc
         return _reply(raw)
 
     async def reset_breaker(self, name: str) -> None:

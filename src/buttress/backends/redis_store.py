@@ -156,29 +156,21 @@ class _LaneStore:
         max_wait: float,
         now: float | None = None,
     ) -> tuple[bool, float]:
-        from .redis import _decision, _key_name, _reserve_args
+        from .redis import _decision
 
         limits = self.store.limits
-        args = _reserve_args(params, cost, max_wait, now, limits.server_time)
-        redis_key = _key_name(limits.prefix, name, key)
+        redis_key, args = limits.reserve_request(name, key, params, cost, max_wait, now)
         return _decision(await self.lane.evalsha(limits._reserve, [redis_key], args))
 
     async def abreaker_step(
         self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
     ) -> BreakerReply:
+        from .redis_breaker import _reply, translating
+
         breakers = self.store.breakers
         key, args = breakers.step_request(name, settings, op, now, **kw)
-        try:
+        with translating(key, name):
             raw = await self.lane.evalsha(breakers._step, [key], args)
-        except Exception as exc:
-            from .redis_breaker import _translate
-
-            translated = _translate(exc, key, name)
-            if translated is exc:
-                raise
-            raise translated from exc
-        from .redis_breaker import _reply
-
         return _reply(raw)
 
 

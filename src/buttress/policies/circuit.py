@@ -395,11 +395,10 @@ class CircuitBreaker:
         except store_faults() as error:
             guard.failed(error, local_now)
             return None
-        guard.answered()
-        self._observe(reply, local_now)
-        return reply
+        return self._heard(guard, reply, local_now)
 
     async def _astored(self, op: str, **kw: Any) -> BreakerReply | None:
+        """Async twin of :meth:`_stored` (the store's async step when it has one)."""
         shared = self._shared
         guard = shared.guard
         if guard is None:
@@ -409,17 +408,20 @@ class CircuitBreaker:
             return None
         store = guard.store
         step = getattr(store, "abreaker_step", None)
+        ask = (self.name, shared.machine.settings, op, store_time(shared.clock))
         try:
-            settings, now = shared.machine.settings, store_time(shared.clock)
             if step is not None:
-                reply: BreakerReply = await step(self.name, settings, op, now, **kw)
+                reply: BreakerReply = await step(*ask, **kw)
             else:
-                reply = store.breaker_step(self.name, settings, op, now, **kw)
+                reply = store.breaker_step(*ask, **kw)
         except store_faults() as error:
             guard.failed(error, local_now)
             return None
+        return self._heard(guard, reply, local_now)
+
+    def _heard(self, guard: StoreGuard, reply: BreakerReply, now: float) -> BreakerReply:
         guard.answered()
-        self._observe(reply, local_now)
+        self._observe(reply, now)
         return reply
 
     def _observe(self, reply: BreakerReply, now: float) -> None:

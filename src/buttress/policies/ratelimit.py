@@ -407,42 +407,48 @@ class RateLimiter:
     ) -> float:
         clock = self._clock or get_clock()
         now = clock.now()
+        answer = None
         if guard.should_try(now):
             try:
-                admitted, wait = guard.store.reserve(
+                answer = guard.store.reserve(
                     limit.name, key, limit.params, cost, max_wait, store_time(clock)
                 )
             except store_faults() as error:
                 guard.failed(error, now)
-            else:
-                guard.answered()
-                return self._finish(limit, key, now, admitted, wait)
-        admitted, wait = self._local_decision(guard, limit, key, cost, max_wait, now)
-        return self._finish(limit, key, now, admitted, wait)
+        return self._decided(guard, limit, key, cost, max_wait, now, answer)
 
     async def _astored_decision(
         self, guard: StoreGuard, limit: _Limit, key: str | None, cost: int, max_wait: float
     ) -> float:
         clock = self._clock or get_clock()
         now = clock.now()
+        answer = None
         if guard.should_try(now):
             store = guard.store
+            ask = (limit.name, key, limit.params, cost, max_wait, store_time(clock))
             try:
                 areserve = getattr(store, "areserve", None)
-                if areserve is not None:
-                    admitted, wait = await areserve(
-                        limit.name, key, limit.params, cost, max_wait, store_time(clock)
-                    )
-                else:
-                    admitted, wait = store.reserve(
-                        limit.name, key, limit.params, cost, max_wait, store_time(clock)
-                    )
+                answer = await areserve(*ask) if areserve is not None else store.reserve(*ask)
             except store_faults() as error:
                 guard.failed(error, now)
-            else:
-                guard.answered()
-                return self._finish(limit, key, now, admitted, wait)
-        admitted, wait = self._local_decision(guard, limit, key, cost, max_wait, now)
+        return self._decided(guard, limit, key, cost, max_wait, now, answer)
+
+    def _decided(
+        self,
+        guard: StoreGuard,
+        limit: _Limit,
+        key: str | None,
+        cost: int,
+        max_wait: float,
+        now: float,
+        answer: tuple[bool, float] | None,
+    ) -> float:
+        """The store's answer, or (``None``: it did not give one) the local decision."""
+        if answer is None:
+            admitted, wait = self._local_decision(guard, limit, key, cost, max_wait, now)
+        else:
+            guard.answered()
+            admitted, wait = answer
         return self._finish(limit, key, now, admitted, wait)
 
     def _reserve(
