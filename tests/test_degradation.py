@@ -400,3 +400,13 @@ def test_metrics(clock: FakeClock) -> None:
     assert value("service_health", service="llm_api") == 0
     assert value("service_health", service="factor_api") == 1
     assert value("degradation_tier_changes_total", from_tier="1", to_tier="2") == 1
+
+
+def test_managers_publish_their_tier_and_service_health_as_readings(clock: FakeClock) -> None:
+    m = manager(clock, dwell=0.0)
+    m.update_health("llm_api", healthy=False)
+    m.update_health("factor_api", healthy=True)
+    assert (m.name, 2.0) in ev.readings("degradation_tier")
+    health = dict(ev.readings("service_health"))
+    assert health[(m.name, "llm_api")] == 0.0
+    assert health[(m.name, "factor_api")] == 1.0

@@ -40,7 +40,9 @@ the hot path.
 
 Tier changes emit :class:`buttress.events.TierChanged` (logged at WARNING on
 ``buttress.degradation``), call the manager's callbacks, and feed the Prometheus metrics; a
-service turning healthy or unhealthy emits :class:`buttress.events.ServiceHealthChanged`.
+service turning healthy or unhealthy emits :class:`buttress.events.ServiceHealthChanged`. Every
+live manager's tier and service health are published as readings (``degradation_tier``,
+``service_health``: :func:`buttress.events.add_reading`) for metrics to read when scraped.
 
 The health input is deliberately small (name, healthy, response time, error): health checks,
 circuit breakers and resource monitors all report through :meth:`DegradationManager.update_health`.
@@ -546,6 +548,23 @@ def managers() -> list[DegradationManager]:
     """The live managers, one per name (the latest made), sorted by name."""
     live = [(name, ref()) for name, ref in sorted(_MANAGERS.items())]
     return [manager for _, manager in live if manager is not None]
+
+
+def _tier_readings() -> list[tuple[str, float]]:
+    return [(manager.name, float(manager.get_current_tier())) for manager in managers()]
+
+
+def _health_readings() -> list[tuple[tuple[str, str], float]]:
+    return [
+        ((manager.name, service.name), 1.0 if service.healthy else 0.0)
+        for manager in managers()
+        for service in manager.services().values()
+    ]
+
+
+# What metrics read when scraped, published here so that instrumentation never imports this module.
+_events.add_reading("degradation_tier", _tier_readings)
+_events.add_reading("service_health", _health_readings)
 
 
 _DEFAULT: DegradationManager | None = None
