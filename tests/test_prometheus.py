@@ -96,7 +96,12 @@ def test_scraped_gauges_come_from_published_readings() -> None:
         return [("erp", 0.25), ("crm", 1)]
 
     def health() -> list[tuple[tuple[str, str], float]]:
-        return [(("svc", "llm_api"), 0.0), (("svc", "db"), 1.0), (("one label only",), 1.0)]
+        return [
+            (("svc", "llm_api"), 0.0),
+            (("svc", "db"), 1.0),
+            (("one label only",), 1.0),
+            (("svc", "x"), "1"),
+        ]
 
     def tiers() -> list[tuple[str, float]]:
         return [("svc", 2.0)]
@@ -120,7 +125,8 @@ def test_scraped_gauges_come_from_published_readings() -> None:
         assert value("readings_service_health", {"name": "svc", "service": "db"}) == 1.0
         assert value("readings_degradation_tier", {"name": "svc"}) == 2.0
         text = generate_latest(registry).decode()
-        assert "one label only" not in text  # a reading of the wrong shape is skipped
+        assert "one label only" not in text  # readings of the wrong shape are skipped
+        assert 'service="x"' not in text
     finally:
         for kind, provider in providers:
             events.remove_reading(kind, provider)

@@ -211,8 +211,8 @@ def _labelled(kind: str, width: int) -> dict[tuple[str, ...], float]:
     out: dict[tuple[str, ...], float] = {}
     for labels, value in _events.readings(kind):
         values = tuple(map(str, labels)) if isinstance(labels, tuple) else (str(labels),)
-        if len(values) != width:
-            _log.debug("skipped a %s reading labelled %r: %d labels expected", kind, labels, width)
+        if len(values) != width or not isinstance(value, int | float):
+            _log.debug("skipped a malformed %s reading: %r = %r", kind, labels, value)
             continue
         out[values] = float(value)
     return out
