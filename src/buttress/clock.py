@@ -15,7 +15,12 @@ import asyncio
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "get_clock", "set_clock"]
+__all__ = ["Clock", "SystemClock", "get_clock", "monotonic_time", "set_clock", "wall_time"]
+
+#: The system's Unix time and monotonic time: the only raw time reads in buttress; stores stamp
+#: shared state with ``wall_time`` when no test clock is installed.
+wall_time = time.time
+monotonic_time = time.monotonic
 
 
 @runtime_checkable
