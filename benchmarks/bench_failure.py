@@ -3,9 +3,11 @@
 Run: ``python benchmarks/bench_failure.py`` (after ``pip install -e '.[bench]'``). Everything runs
 in this one process, as a service under an outage or overload would: the application's logging is
 configured at WARNING with a real handler (formatting every enabled record and writing it to
-``os.devnull``), and no event hook is installed. Each figure is the median of repeated timed runs,
-printed as ns per refused or failed call and as a ratio to the hand-written floor of its group,
-with the number of log lines written during the row's run (calibration included).
+``os.devnull``), and no event hook is installed. The subjects of a group are timed in turns, 25
+rounds of ~0.08 s each; a row shows the median ns per refused or failed call, the median of its
+per-round ratios to the group's floor, and how many calls it made over how many seconds with how
+many log lines written meanwhile (calibration included): a policy that warns once per interval
+writes a line or two, one that warns per call writes one per call.
 
 The floors: a hand-written guard raising a custom exception that carries ``retry_after`` (what
 every rejection at least costs: raising and catching one exception), and a hand-written loop
@@ -25,10 +27,9 @@ from datetime import timedelta
 from typing import Any
 
 import buttress
-from _timing import REPEATS, TARGET_SECONDS
 from buttress import events
 
-Row = tuple[str, str, float, float, int, int]
+Row = tuple[str, str, float, float, int, int, float]
 
 
 class CountingHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -62,48 +63,64 @@ async def aboom(x: int) -> int:
     raise ConnectionError("down")
 
 
-# --- timing: ns per call, and the calls and log lines of the whole measurement -----------------
+# --- timing: rounds of short runs, each subject beside its floor ------------------------------
+#
+# The machine is shared and its speed drifts between seconds, so the subjects of a group are
+# timed in turns, round after round, and each ratio is the median of the per-round ratios to the
+# floor timed in the same round.
+
+ROUNDS = 25
+RUN_SECONDS = 0.08
+
+Runner = Callable[[Callable[[], Any], int], float]
 
 
-def measure(op: Callable[[], None]) -> tuple[float, int, int]:
-    calls, lines = 0, LOG.lines
+def run_sync(op: Callable[[], None], loops: int) -> float:
+    start = time.perf_counter()
+    for _ in range(loops):
+        op()
+    return time.perf_counter() - start
 
-    def run(loops: int) -> float:
-        nonlocal calls
-        calls += loops
+
+def async_runner(loop: asyncio.AbstractEventLoop) -> Runner:
+    async def timed(op: Callable[[], Awaitable[None]], loops: int) -> float:
         start = time.perf_counter()
         for _ in range(loops):
-            op()
+            await op()
         return time.perf_counter() - start
 
-    loops = 1000
-    while (elapsed := run(loops)) <= 0.05 and loops < 10_000_000:
-        loops *= 4
-    loops = max(1000, int(loops * TARGET_SECONDS / max(elapsed, 1e-9)))
-    ns = statistics.median(run(loops) / loops * 1e9 for _ in range(REPEATS))
-    return ns, calls, LOG.lines - lines
+    return lambda op, loops: loop.run_until_complete(timed(op, loops))
 
 
-def ameasure(op: Callable[[], Awaitable[None]]) -> tuple[float, int, int]:
-    async def main() -> tuple[float, int, int]:
-        calls, lines = 0, LOG.lines
-
-        async def run(loops: int) -> float:
-            nonlocal calls
-            calls += loops
-            start = time.perf_counter()
-            for _ in range(loops):
-                await op()
-            return time.perf_counter() - start
-
-        loops = 1000
-        while (elapsed := await run(loops)) <= 0.05 and loops < 10_000_000:
-            loops *= 4
-        loops = max(1000, int(loops * TARGET_SECONDS / max(elapsed, 1e-9)))
-        ns = statistics.median([await run(loops) / loops * 1e9 for _ in range(REPEATS)])
-        return ns, calls, LOG.lines - lines
-
-    return asyncio.run(main())
+def compare(run: Runner, group: str, subjects: list[tuple[str, Callable[[], Any]]]) -> list[Row]:
+    """Rows for ``subjects``, the first of which is the group's floor."""
+    loops, calls, lines, first, last = [], [], [], [], []
+    for _, op in subjects:
+        begun, written = time.perf_counter(), LOG.lines
+        run(op, 1)  # first-call set-up (imports, caches) is not what is measured
+        n, made = 10, 11
+        while (elapsed := run(op, n)) < RUN_SECONDS / 5:
+            n *= 4
+            made += n
+        loops.append(max(10, int(n * RUN_SECONDS / max(elapsed, 1e-9))))
+        calls.append(made)
+        lines.append(LOG.lines - written)
+        first.append(begun)
+        last.append(begun)
+    ns: list[list[float]] = [[] for _ in subjects]
+    for _ in range(ROUNDS):
+        for i, (_, op) in enumerate(subjects):
+            written = LOG.lines
+            ns[i].append(run(op, loops[i]) / loops[i] * 1e9)
+            calls[i] += loops[i]
+            lines[i] += LOG.lines - written
+            last[i] = time.perf_counter()
+    rows: list[Row] = []
+    for i, (name, _) in enumerate(subjects):
+        ratio = statistics.median(a / b for a, b in zip(ns[i], ns[0], strict=True))
+        span = last[i] - first[i]
+        rows.append((group, name, statistics.median(ns[i]), ratio, calls[i], lines[i], span))
+    return rows
 
 
 def caught(fn: Callable[..., Any], *args: Any) -> Callable[[], None]:
@@ -219,179 +236,110 @@ def buttress_retry(fn: Any) -> Any:
     return buttress.retry(max_attempts=3, base_delay=0, jitter=False)(fn)
 
 
-def sync_rows() -> list[Row]:
+def rejections(sync: bool) -> list[tuple[str, Callable[[], Any]]]:
+    """The rejection group: the floor, buttress's refusals, the peers' open breakers."""
     import circuitbreaker as circuitbreaker_lib
-    import pybreaker
+
+    wrap = caught if sync else acaught
+    fn, failing = (f, boom) if sync else (af, aboom)
+    call = "call" if sync else "acall"
+    subjects: list[tuple[str, Callable[[], Any]]] = [
+        (
+            "hand-written raise/catch with retry_after (floor)",
+            wrap((hand_guard if sync else async_hand_guard)(fn), 1),
+        ),
+        ("buttress @CircuitBreaker, open", wrap(open_breaker()(fn), 1)),
+        (f"buttress cb.{call}(f, x), open", wrap(getattr(open_breaker(), call), fn, 1)),
+        (
+            f"buttress {'' if sync else 'a'}check_limit, exhausted",
+            wrap(
+                getattr(exhausted_limiter(), "check_limit" if sync else "acheck_limit"), "exhausted"
+            ),
+        ),
+        (
+            "buttress @rate_limit, exhausted",
+            wrap(buttress.rate_limit("exhausted", limiter=exhausted_limiter())(fn), 1),
+        ),
+        ("buttress @Bulkhead, full", wrap(full_bulkhead()(fn), 1)),
+        (f"buttress bh.{call}(f, x), full", wrap(getattr(full_bulkhead(), call), fn, 1)),
+    ]
+    tripped = circuitbreaker_lib.CircuitBreaker(failure_threshold=1, recovery_timeout=3600)(failing)
+    if sync:
+        caught(tripped, 1)()  # the failure that opens it
+        import pybreaker
+
+        pb = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
+        pb.open()
+        peers = [
+            ("circuitbreaker, open", caught(tripped, 1)),
+            ("pybreaker, open", caught(pb(f), 1)),
+        ]
+    else:
+        asyncio.run(acaught(tripped, 1)())
+        import aiobreaker
+
+        ab = aiobreaker.CircuitBreaker(fail_max=1, timeout_duration=timedelta(hours=1))
+        ab.open()
+        peers = [
+            ("circuitbreaker, open", acaught(tripped, 1)),
+            ("aiobreaker, open", acaught(ab(af), 1)),
+        ]
+    return subjects + peers
+
+
+def retries(sync: bool) -> list[tuple[str, Callable[[], Any]]]:
+    """The retry group: 3 attempts that all fail, no wait between them."""
     import stamina
     import tenacity
 
-    rows: list[Row] = []
-
-    def row(group: str, name: str, op: Callable[[], None], floor: float | None) -> float:
-        ns, calls, lines = measure(op)
-        rows.append((group, name, ns, floor or ns, calls, lines))
-        return ns
-
-    floor = row(
-        "rejection",
-        "hand-written raise/catch with retry_after (floor)",
-        caught(hand_guard(f), 1),
-        None,
-    )
-
-    cb = open_breaker()
-    row("breaker", "buttress @CircuitBreaker, open", caught(cb(f), 1), floor)
-    cb = open_breaker()
-    row("breaker", "buttress cb.call(f, x), open", caught(cb.call, f, 1), floor)
-    cbl = circuitbreaker_lib.CircuitBreaker(failure_threshold=1, recovery_timeout=3600)
-    tripped = cbl(boom)
-    caught(tripped, 1)()  # the failure that opens it
-    row("breaker", "circuitbreaker, open", caught(tripped, 1), floor)
-    pb = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
-    pb.open()
-    row("breaker", "pybreaker, open", caught(pb(f), 1), floor)
-
-    limiter = exhausted_limiter()
-    row(
-        "rate limit",
-        "buttress check_limit, exhausted",
-        caught(limiter.check_limit, "exhausted"),
-        floor,
-    )
-    limiter = exhausted_limiter()
-    limited = buttress.rate_limit("exhausted", limiter=limiter)(f)
-    row("rate limit", "buttress @rate_limit, exhausted", caught(limited, 1), floor)
-
-    bh = full_bulkhead()
-    row("bulkhead", "buttress @Bulkhead, full", caught(bh(f), 1), floor)
-    bh = full_bulkhead()
-    row("bulkhead", "buttress bh.call(f, x), full", caught(bh.call, f, 1), floor)
-
-    retry_floor = row(
-        "retry", "hand-written loop, 3 failures (floor)", caught(hand_retry(boom), 1), None
-    )
-    row(
-        "retry",
-        "buttress @retry, 3 failures, no wait",
-        caught(buttress_retry(boom), 1),
-        retry_floor,
-    )
-    row(
-        "retry",
-        "tenacity, 3 failures, no wait",
-        caught(
-            tenacity.retry(
-                stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_none(), reraise=True
-            )(boom),
-            1,
+    wrap = caught if sync else acaught
+    failing = boom if sync else aboom
+    return [
+        (
+            "hand-written loop, 3 failures (floor)",
+            wrap((hand_retry if sync else async_hand_retry)(failing), 1),
         ),
-        retry_floor,
-    )
-    row(
-        "retry",
-        "stamina, 3 failures, no wait",
-        caught(
-            stamina.retry(
-                on=Exception, attempts=3, timeout=None, wait_initial=0, wait_max=0, wait_jitter=0
-            )(boom),
-            1,
+        (
+            "buttress @retry(max_attempts=3, base_delay=0)",
+            wrap(buttress.retry(max_attempts=3, base_delay=0, jitter=False)(failing), 1),
         ),
-        retry_floor,
-    )
-    return rows
-
-
-def async_rows() -> list[Row]:
-    import aiobreaker
-    import circuitbreaker as circuitbreaker_lib
-    import stamina
-    import tenacity
-
-    rows: list[Row] = []
-
-    def row(group: str, name: str, op: Callable[[], Awaitable[None]], floor: float | None) -> float:
-        ns, calls, lines = ameasure(op)
-        rows.append((group, name, ns, floor or ns, calls, lines))
-        return ns
-
-    floor = row(
-        "rejection",
-        "hand-written raise/catch with retry_after (floor)",
-        acaught(async_hand_guard(af), 1),
-        None,
-    )
-
-    cb = open_breaker()
-    row("breaker", "buttress @CircuitBreaker, open", acaught(cb(af), 1), floor)
-    cb = open_breaker()
-    row("breaker", "buttress cb.acall(af, x), open", acaught(cb.acall, af, 1), floor)
-    cbl = circuitbreaker_lib.CircuitBreaker(failure_threshold=1, recovery_timeout=3600)
-    tripped = cbl(aboom)
-    asyncio.run(acaught(tripped, 1)())  # the failure that opens it
-    row("breaker", "circuitbreaker, open", acaught(tripped, 1), floor)
-    ab = aiobreaker.CircuitBreaker(fail_max=1, timeout_duration=timedelta(hours=1))
-    ab.open()
-    row("breaker", "aiobreaker, open", acaught(ab(af), 1), floor)
-
-    limiter = exhausted_limiter()
-    row(
-        "rate limit",
-        "buttress acheck_limit, exhausted",
-        acaught(limiter.acheck_limit, "exhausted"),
-        floor,
-    )
-    limiter = exhausted_limiter()
-    limited = buttress.rate_limit("exhausted", limiter=limiter)(af)
-    row("rate limit", "buttress @rate_limit, exhausted", acaught(limited, 1), floor)
-
-    bh = full_bulkhead()
-    row("bulkhead", "buttress @Bulkhead, full", acaught(bh(af), 1), floor)
-    bh = full_bulkhead()
-    row("bulkhead", "buttress bh.acall(af, x), full", acaught(bh.acall, af, 1), floor)
-
-    retry_floor = row(
-        "retry", "hand-written loop, 3 failures (floor)", acaught(async_hand_retry(aboom), 1), None
-    )
-    row(
-        "retry",
-        "buttress @retry, 3 failures, no wait",
-        acaught(buttress_retry(aboom), 1),
-        retry_floor,
-    )
-    row(
-        "retry",
-        "tenacity, 3 failures, no wait",
-        acaught(
-            tenacity.retry(
-                stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_none(), reraise=True
-            )(aboom),
-            1,
+        (
+            "tenacity, stop_after_attempt(3), wait_none()",
+            wrap(
+                tenacity.retry(
+                    stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_none(), reraise=True
+                )(failing),
+                1,
+            ),
         ),
-        retry_floor,
-    )
-    row(
-        "retry",
-        "stamina, 3 failures, no wait",
-        acaught(
-            stamina.retry(
-                on=Exception, attempts=3, timeout=None, wait_initial=0, wait_max=0, wait_jitter=0
-            )(aboom),
-            1,
+        (
+            "stamina, attempts=3, waits 0",
+            wrap(
+                stamina.retry(
+                    on=Exception,
+                    attempts=3,
+                    timeout=None,
+                    wait_initial=0,
+                    wait_max=0,
+                    wait_jitter=0,
+                )(failing),
+                1,
+            ),
         ),
-        retry_floor,
-    )
-    return rows
+    ]
 
 
 def table(rows: list[Row], title: str) -> str:
     out = [
         f"### {title}",
         "",
-        "| group | implementation | ns/call | x floor | calls | log lines |",
-        "|---|---|---|---|---|---|",
+        "| group | implementation | ns/call | x floor | calls | over s | log lines |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for group, name, ns, floor, calls, lines in rows:
-        out.append(f"| {group} | {name} | {ns:,.0f} | {ns / floor:.2f} | {calls:,} | {lines:,} |")
+    for group, name, ns, ratio, calls, lines, span in rows:
+        out.append(
+            f"| {group} | {name} | {ns:,.0f} | {ratio:.2f} | {calls:,} | {span:.0f} | {lines:,} |"
+        )
     return "\n".join(out)
 
 
@@ -406,12 +354,22 @@ def main() -> None:
         raise SystemExit("an event hook is installed; this benchmark measures the path without")
     print(
         f"Python {sys.version.split()[0]}; logging at WARNING to {os.devnull}, no event hook; "
-        "medians of repeated runs, ns per refused or failed call"
+        f"ns per refused or failed call (median of {ROUNDS} rounds), x floor (median of the "
+        "per-round ratios)"
     )
     print()
-    print(table(sync_rows(), "sync"))
+    rows = compare(run_sync, "rejection", rejections(sync=True))
+    rows += compare(run_sync, "retry", retries(sync=True))
+    print(table(rows, "sync"))
     print()
-    print(table(async_rows(), "async"))
+    loop = asyncio.new_event_loop()
+    try:
+        arun = async_runner(loop)
+        rows = compare(arun, "rejection", rejections(sync=False))
+        rows += compare(arun, "retry", retries(sync=False))
+    finally:
+        loop.close()
+    print(table(rows, "async"))
 
 
 if __name__ == "__main__":
