@@ -1,0 +1,1 @@
+"""Watching the resources a service depends on (see :mod:`buttress.health.types`)."""
