@@ -168,7 +168,7 @@ def _probe_worker(url: str, name: str, barrier: Any, out: Any) -> None:
 
 def test_exactly_one_half_open_probe_across_processes(redis_port: int) -> None:
     name = f"probe-{uuid.uuid4().hex[:8]}"
-    from buttress.backends.redis_store import RedisStore
+    from buttress.backends.redis import RedisStore
     from buttress.machines.breaker import BreakerSettings
 
     client = redis.Redis(port=redis_port)
@@ -525,7 +525,7 @@ with FakeClock(wall_start={start!r}):
 def test_a_prober_killed_mid_probe_does_not_wedge_the_breaker(redis_port: int) -> None:
     import sys
 
-    from buttress.backends.redis_store import RedisStore
+    from buttress.backends.redis import RedisStore
     from buttress.machines.breaker import BreakerSettings
     from buttress.testing import FakeClock
 

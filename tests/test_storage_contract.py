@@ -34,7 +34,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     else:
         redis = pytest.importorskip("redis")
         port = request.getfixturevalue("redis_port")
-        from buttress.backends.redis_store import RedisStore
+        from buttress.backends.redis import RedisStore
 
         client = redis.Redis(port=port)
         client.flushdb()
