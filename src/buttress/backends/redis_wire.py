@@ -916,7 +916,7 @@ class Wire:
                 link = await self._aconnect(node, links)
             return await link.exchange(data, count, self.target.socket_timeout)
         except OSError as exc:  # (TimeoutError and ConnectionError are OSErrors)
-            if links.get(node) is link:
+            if link is not None and links.get(node) is link:
                 del links[node]
             return Lost(exc)
 
