@@ -32,8 +32,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, binary: str, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, binary: str, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="buttress-redis-")
         self.dir = Path(self._dir.name)
         self._log = self.dir / "redis.log"
@@ -97,8 +97,8 @@ class RedisServer:
         self._dir.cleanup()
 
 
-def start(*extra: str) -> RedisServer:
-    """A running redis-server; ``extra`` are more command-line options."""
+def start(*extra: str, port: int | None = None) -> RedisServer:
+    """A running redis-server (on ``port``, else a free one); ``extra`` are more options."""
     try:
         import redis  # noqa: F401
     except ImportError:
@@ -108,7 +108,7 @@ def start(*extra: str) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisUnavailable("no redis-server binary on PATH")
-    server = RedisServer(binary, *extra)
+    server = RedisServer(binary, *extra, port=port)
     try:
         server.wait_ready()
     except BaseException:
