@@ -409,17 +409,17 @@ def test_password_and_database_from_the_url() -> None:
     server = _Server("--requirepass", "s3cret")
     server.start()
     try:
-        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"  # (a slow limit: its keys stay)
 
         async def main() -> None:
             limiter = RateLimiter(storage=url)
-            limiter.configure("api", RateLimitConfig(requests_per_second=100))
+            limiter.configure("api", RateLimitConfig(requests_per_second=0.01, burst_size=5))
             await limiter.acheck_limit("api", key="async")
             assert not limiter.degraded
 
         asyncio.run(main())
         limiter = RateLimiter(storage=url)
-        limiter.configure("api", RateLimitConfig(requests_per_second=100))
+        limiter.configure("api", RateLimitConfig(requests_per_second=0.01, burst_size=5))
         limiter.check_limit("api", key="sync")
         assert not limiter.degraded
         client = redis.Redis(port=server.port, password="s3cret", db=3)
@@ -428,6 +428,12 @@ def test_password_and_database_from_the_url() -> None:
             "buttress:{api}:k:sync",
         ]
         client.close()
+        wrong = RateLimiter(storage=f"redis://:hunter2@127.0.0.1:{server.port}/3")
+        wrong.configure("api", RateLimitConfig(requests_per_second=0.01, burst_size=5))
+        with contextlib.suppress(RateLimitExceeded):
+            wrong.check_limit("api")  # refused by the server: an outage, the password unsaid
+        assert wrong.degraded
+        assert wrong.storage == f"redis://:***@127.0.0.1:{server.port}/3"
     finally:
         server.stop()
         server.dir.cleanup()

@@ -530,8 +530,8 @@ class Router:
         nodes: dict[Node, Node] = {}
         for entry in reply:
             start, end, owner = int(entry[0]), int(entry[1]), entry[2]
-            host = _text(owner[0]) or asked.host  # an empty host: the node that answered
-            node = nodes.setdefault(Node(host, int(owner[1])), Node(host, int(owner[1])))
+            node = Node(_text(owner[0]) or asked.host, int(owner[1]))  # "": the node asked
+            node = nodes.setdefault(node, node)
             slots[start : end + 1] = [node] * (end + 1 - start)
         self.slots = slots
         return True
@@ -554,8 +554,12 @@ class Router:
         elif self.slots is not None:
             self.stale = True
 
-    def error(self, node: Node, key: str, reply: ErrorReply) -> Exception:
-        """The exception for an error reply that no redirection resolves."""
+    def failure(self, node: Node, key: str, reply: ErrorReply | Lost) -> Exception:
+        """The exception for no reply, or for an error reply that no redirection resolves."""
+        if type(reply) is Lost:
+            self.lost(node)
+            return StorageUnavailable(f"{self.target.url}: no answer from {node} ({reply})")
+        assert type(reply) is ErrorReply
         if reply.kind == "READONLY":
             self.lost(node)  # a demoted master: ask the Sentinel again
         return refusal(f"{self.target.url} ({node})", key, reply.kind, reply.message)
@@ -610,12 +614,10 @@ def _converse(router: Router, key: str, op: Command, data: bytes) -> Generator[E
                 yield from _look_up(router)
             node = router.node_for(key)
             reply = yield node, data, 1
-        kind = type(reply)
-        if kind is not ErrorReply and kind is not Lost:
+        if type(reply) is not ErrorReply:
+            if type(reply) is Lost:
+                raise router.failure(node, key, reply)
             return reply
-        if kind is Lost:
-            router.lost(node)
-            raise StorageUnavailable(f"{router.target.url}: no answer from {node} ({reply})")
         if reply.kind == "MOVED":
             router.moved(*_redirection(reply, node))
         elif reply.kind == "ASK":
@@ -623,10 +625,10 @@ def _converse(router: Router, key: str, op: Command, data: bytes) -> Generator[E
         elif reply.kind == "NOSCRIPT" and op.load is not None:
             loaded = yield node, op.load, 1
             if type(loaded) is Lost or type(loaded) is ErrorReply:
-                raise StorageUnavailable(f"{router.target.url}: cannot load a script ({loaded})")
-            ask = asking
+                raise router.failure(node, key, loaded)
+            ask = asking  # (the retry needs the ASKING again)
         else:
-            raise router.error(node, key, reply)
+            raise router.failure(node, key, reply)
     raise StorageUnavailable(f"{router.target.url}: still redirected after {MAX_HOPS} exchanges")
 
 
@@ -875,23 +877,25 @@ class Wire:
         target = self.target
         if node.port == 0:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(target.connect_timeout)
-            try:
-                sock.connect(node.host)
-            except BaseException:
-                sock.close()
-                raise
         else:
             sock = socket.create_connection((node.host, node.port), target.connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=node.host)
-        sock.settimeout(target.socket_timeout)
-        link = _SyncLink(sock)
-        hello, count = (b"", 0) if node.sentinel else self._hello
-        if count:
-            _check_hello(link.exchange(hello, count), link)
-        return link
+        try:
+            if node.port == 0:
+                sock.settimeout(target.connect_timeout)
+                sock.connect(node.host)
+            else:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._tls is not None:
+                    sock = self._tls.wrap_socket(sock, server_hostname=node.host)
+            sock.settimeout(target.socket_timeout)
+            link = _SyncLink(sock)
+            hello, count = (b"", 0) if node.sentinel else self._hello
+            if count:
+                _check_hello(link.exchange(hello, count))
+            return link
+        except BaseException:
+            sock.close()
+            raise
 
     # -- async -----------------------------------------------------------------------------------
 
@@ -944,7 +948,7 @@ class Wire:
             hello, count = (b"", 0) if node.sentinel else self._hello
             try:
                 if count:
-                    _check_hello(await link.exchange(hello, count, target.socket_timeout), link)
+                    _check_hello(await link.exchange(hello, count, target.socket_timeout))
             except BaseException:
                 link.close()
                 raise
@@ -983,9 +987,8 @@ class Wire:
             loop_links.close()
 
 
-def _check_hello(reply: Any, link: _SyncLink | _AsyncLink) -> None:
+def _check_hello(reply: Any) -> None:
     if type(reply) is ErrorReply:
-        link.close()
         raise ConnectionRefusedError(f"the server refused the connection: {reply.message}")
 
 
@@ -1015,13 +1018,39 @@ def open_wire(source: object) -> Wire | ClientWire:
 # -- redis-py clients ------------------------------------------------------------------------------
 
 
+class _Borrowed:
+    """A connection a thread took from a client's pool; it goes back when the thread ends."""
+
+    __slots__ = ("__weakref__", "conn", "forks", "pool")
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.forks = _forks
+        self.conn: Any = None  # (set before taking one: __del__ runs even if that fails)
+        self.conn = pool.get_connection()
+
+    def give_back(self, broken: bool = False) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and self.forks == _forks:
+            if broken:
+                conn.disconnect()
+            self.pool.release(conn)
+
+    def __del__(self) -> None:
+        self.give_back()
+
+
 class ClientWire:
     """A redis-py client given as storage, driven through its own API (and never closed here).
 
     ``redis.Redis`` (a Sentinel-managed one too) and ``redis.cluster.RedisCluster`` serve sync
     callers, and async callers from a worker thread (the event loop never blocks on them);
     ``redis.asyncio`` clients serve async callers only. The client routes, retries and times out
-    as its owner configured it; its exceptions are translated like the wire's.
+    as its owner configured it; its exceptions are translated like the wire's. A plain
+    ``redis.Redis`` lends each thread one connection of its pool for the packed ``EVALSHA``
+    (redis-py's general command path costs about twice the round trip): the client's address,
+    credentials and Sentinel still apply, and the connection goes back to the pool when the thread
+    ends or the store is closed.
     """
 
     def __init__(self, client: object) -> None:
@@ -1032,6 +1061,11 @@ class ClientWire:
         self.is_async = module.startswith("redis.asyncio")
         self.url = _describe(client)
         self.timeout: float | None = _client_timeout(client)
+        pool = getattr(client, "connection_pool", None)
+        self._pool = None if self.is_async or not hasattr(pool, "get_connection") else pool
+        self._local = threading.local()
+        self._borrowed: weakref.WeakSet[_Borrowed] = weakref.WeakSet()
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ClientWire({self.url!r})"
@@ -1043,11 +1077,38 @@ class ClientWire:
                 "use; give storage= a redis.Redis client or a redis:// URL for sync callers"
             )
         with self._translated(key):
+            if self._pool is not None:
+                return self._on_borrowed(op.pack(key, args), op)
             try:
                 return self.client.execute_command(*op.parts(key, args))
             except _no_script_error():
                 self.client.script_load(op.text)
                 return self.client.execute_command(*op.parts(key, args))
+
+    def _on_borrowed(self, data: bytes, op: Command) -> Any:
+        """One exchange on this thread's connection of the client's pool."""
+        borrowed: _Borrowed | None = getattr(self._local, "borrowed", None)
+        if borrowed is None or borrowed.conn is None or borrowed.forks != _forks:
+            borrowed = self._local.borrowed = _Borrowed(self._pool)
+            with self._lock:
+                self._borrowed.add(borrowed)
+        conn = borrowed.conn
+        try:
+            conn.send_packed_command([data], check_health=False)
+            try:
+                return conn.read_response()
+            except _no_script_error():
+                if op.load is None:
+                    raise
+            conn.send_packed_command([op.load], check_health=False)  # (a restarted server)
+            conn.read_response()
+            conn.send_packed_command([data], check_health=False)
+            return conn.read_response()
+        except _response_error():
+            raise  # an answer: the connection is in step
+        except BaseException:
+            borrowed.give_back(broken=True)  # a failed or interrupted exchange is out of step
+            raise
 
     async def acall(self, key: str, op: Command, args: list[str]) -> Any:
         if not self.is_async:
@@ -1070,16 +1131,26 @@ class ClientWire:
             raise translated from exc
 
     def release(self) -> None:
-        """Nothing to close: the client belongs to whoever passed it in."""
+        """Give the borrowed connections back to the pool; the client stays its owner's."""
+        with self._lock:
+            borrowed, self._borrowed = list(self._borrowed), weakref.WeakSet()
+        for each in borrowed:
+            each.give_back()
 
     async def arelease(self) -> None:
-        """Nothing to close: the client belongs to whoever passed it in."""
+        self.release()
 
 
 def _no_script_error() -> type[Exception]:
     from redis.exceptions import NoScriptError
 
     return NoScriptError
+
+
+def _response_error() -> type[Exception]:
+    from redis.exceptions import ResponseError
+
+    return ResponseError
 
 
 def _translate(exc: Exception, where: str, key: str) -> Exception:
