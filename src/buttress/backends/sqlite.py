@@ -33,7 +33,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,9 @@ def _key(key: str | None) -> str:
     return json.dumps(key)
 
 
+_INHERITED: list[sqlite3.Connection] = []  # a fork's child keeps the parent's, never used
+
+
 class _ThreadConnection:
     """A thread's connection to one file; it closes when the thread ends."""
 
@@ -90,17 +93,18 @@ class _ThreadConnection:
         self.conn = conn
         self.pid = os.getpid()
 
-    def close(self) -> None:
-        if self.pid == os.getpid():
+    def close(
+        self,
+        getpid: Callable[[], int] = os.getpid,  # (bound here: __del__ may run at interpreter
+        inherited: list[sqlite3.Connection] = _INHERITED,  # exit, after the globals are gone)
+    ) -> None:
+        if self.pid == getpid():
             self.conn.close()
         else:
-            _INHERITED.append(self.conn)  # a fork's child must not even close it
+            inherited.append(self.conn)  # a fork's child must not even close it
 
     def __del__(self) -> None:
         self.close()
-
-
-_INHERITED: list[sqlite3.Connection] = []
 
 
 class _Database:
