@@ -6,7 +6,8 @@
 :class:`~buttress.backends.base.AsyncStore`: one object serves a policy's sync and async callers,
 its limits and its breakers. Each step is one script call, built by :mod:`.redis_scripts` (which
 script, which key, which arguments, what the reply means) and sent by :mod:`.redis_wire` (which
-node, which connection, what a fault means). The store itself only joins the two.
+node, which connection, what a fault means) or, for a client given as storage, by
+:mod:`.redis_client` (the client's own connections). The store itself only joins them.
 
 A store raises only :class:`StorageUnavailable` (no answer in time: the policy decides without
 it), :class:`StorageError` (an answer it cannot use), and ``ValueError``/``TypeError`` for bad
@@ -20,6 +21,7 @@ from typing import Any
 from ..machines.breaker import BreakerSettings
 from ..machines.ratelimit import Params
 from .base import BreakerReply, BreakerStep, Key, Now, StorageError
+from .redis_client import ClientWire
 from .redis_scripts import (
     BLOCK,
     BREAKER,
@@ -37,7 +39,7 @@ from .redis_scripts import (
     now_arg,
     reserve_args,
 )
-from .redis_wire import ClientWire, Command, Wire, open_wire
+from .redis_wire import Command, Wire, open_wire
 
 __all__ = ["DEFAULT_IDLE_TTL", "RedisStore"]
 
@@ -68,7 +70,9 @@ class RedisStore:
         self.prefix = check_prefix(prefix)
         self.server_time = bool(server_time)
         self._idle_ttl = check_idle_ttl(idle_ttl)
-        self._wire: Wire | ClientWire | _Closed = open_wire(source)
+        self._wire: Wire | ClientWire | _Closed = (
+            open_wire(source) if isinstance(source, str) else ClientWire(source)
+        )
         #: Where the state lives, for messages (password redacted).
         self.url = self._wire.url
         #: Seconds a step may wait for a reply (``None``: a given client's unknown timeout).

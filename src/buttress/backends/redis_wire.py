@@ -39,14 +39,12 @@ redis-py exception leaves this module.
 Sharing: the connections of a URL are shared by every store opened from that URL in the process
 (:func:`open_wire` counts them; the last :meth:`Wire.release` closes them). A thread's sockets
 close when the thread ends; after a fork the child opens its own. A redis-py client given as
-storage is driven through its own API instead (:class:`ClientWire`: it routes, fails over and
-times out as its owner configured it) and is never closed here.
+storage is the store's other transport (:mod:`.redis_client`), offering the same calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import socket
@@ -54,7 +52,7 @@ import ssl
 import threading
 import weakref
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
@@ -63,7 +61,6 @@ from .._config import seconds
 from .base import StorageError, StorageUnavailable
 
 __all__ = [
-    "ClientWire",
     "Command",
     "ErrorReply",
     "Node",
@@ -71,6 +68,7 @@ __all__ = [
     "Script",
     "Target",
     "Wire",
+    "forks",
     "key_slot",
     "open_wire",
     "pack",
@@ -656,6 +654,11 @@ def _forked() -> None:
     _forks += 1
 
 
+def forks() -> int:
+    """How many forks this process descends from (a connection from before one is not ours)."""
+    return _forks
+
+
 os.register_at_fork(after_in_child=_forked)
 
 
@@ -996,16 +999,14 @@ _WIRES: dict[str, Wire] = {}
 _WIRES_LOCK = threading.Lock()
 
 
-def open_wire(source: object) -> Wire | ClientWire:
-    """The wire for a URL (shared by its users in this process) or for a redis-py client.
+def open_wire(source: str) -> Wire:
+    """The wire for the URL ``source``, shared by its users in this process.
 
-    Each call is one user: give it back with ``release()`` (or ``await arelease()``).
+    Each call is one user: give it back with :meth:`Wire.release` (or ``await arelease()``).
 
     Raises:
-        ValueError: a malformed URL. TypeError: neither a URL nor a redis-py client.
+        ValueError: a malformed URL, naming it (password hidden).
     """
-    if not isinstance(source, str):
-        return ClientWire(source)
     target = parse_url(source)
     with _WIRES_LOCK:
         wire = _WIRES.get(source)
@@ -1013,189 +1014,3 @@ def open_wire(source: object) -> Wire | ClientWire:
             wire = _WIRES[source] = Wire(target, source)
         wire._users += 1
     return wire
-
-
-# -- redis-py clients ------------------------------------------------------------------------------
-
-
-class _Borrowed:
-    """A connection a thread took from a client's pool; it goes back when the thread ends."""
-
-    __slots__ = ("__weakref__", "conn", "forks", "pool")
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        self.forks = _forks
-        self.conn: Any = None  # (set before taking one: __del__ runs even if that fails)
-        self.conn = pool.get_connection()
-
-    def give_back(self, broken: bool = False) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None and self.forks == _forks:
-            if broken:
-                conn.disconnect()
-            self.pool.release(conn)
-
-    def __del__(self) -> None:
-        self.give_back()
-
-
-class ClientWire:
-    """A redis-py client given as storage, driven through its own API (and never closed here).
-
-    ``redis.Redis`` (a Sentinel-managed one too) and ``redis.cluster.RedisCluster`` serve sync
-    callers, and async callers from a worker thread (the event loop never blocks on them);
-    ``redis.asyncio`` clients serve async callers only. The client routes, retries and times out
-    as its owner configured it; its exceptions are translated like the wire's. A plain
-    ``redis.Redis`` lends each thread one connection of its pool for the packed ``EVALSHA``
-    (redis-py's general command path costs about twice the round trip): the client's address,
-    credentials and Sentinel still apply, and the connection goes back to the pool when the thread
-    ends or the store is closed.
-    """
-
-    def __init__(self, client: object) -> None:
-        module = type(client).__module__
-        if not module.startswith("redis.") or not hasattr(client, "execute_command"):
-            raise TypeError(f"expected a redis-py client, got {client!r}")
-        self.client: Any = client
-        self.is_async = module.startswith("redis.asyncio")
-        self.url = _describe(client)
-        self.timeout: float | None = _client_timeout(client)
-        pool = getattr(client, "connection_pool", None)
-        self._pool = None if self.is_async or not hasattr(pool, "get_connection") else pool
-        self._local = threading.local()
-        self._borrowed: weakref.WeakSet[_Borrowed] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"ClientWire({self.url!r})"
-
-    def call(self, key: str, op: Command, args: list[str]) -> Any:
-        if self.is_async:
-            raise TypeError(
-                f"storage {self.url} wraps a redis.asyncio client, which async callers only can "
-                "use; give storage= a redis.Redis client or a redis:// URL for sync callers"
-            )
-        with self._translated(key):
-            if self._pool is not None:
-                return self._on_borrowed(op.pack(key, args), op)
-            try:
-                return self.client.execute_command(*op.parts(key, args))
-            except _no_script_error():
-                self.client.script_load(op.text)
-                return self.client.execute_command(*op.parts(key, args))
-
-    def _on_borrowed(self, data: bytes, op: Command) -> Any:
-        """One exchange on this thread's connection of the client's pool."""
-        borrowed: _Borrowed | None = getattr(self._local, "borrowed", None)
-        if borrowed is None or borrowed.conn is None or borrowed.forks != _forks:
-            borrowed = self._local.borrowed = _Borrowed(self._pool)
-            with self._lock:
-                self._borrowed.add(borrowed)
-        conn = borrowed.conn
-        try:
-            conn.send_packed_command([data], check_health=False)
-            try:
-                return conn.read_response()
-            except _no_script_error():
-                if op.load is None:
-                    raise
-            conn.send_packed_command([op.load], check_health=False)  # (a restarted server)
-            conn.read_response()
-            conn.send_packed_command([data], check_health=False)
-            return conn.read_response()
-        except _response_error():
-            raise  # an answer: the connection is in step
-        except BaseException:
-            borrowed.give_back(broken=True)  # a failed or interrupted exchange is out of step
-            raise
-
-    async def acall(self, key: str, op: Command, args: list[str]) -> Any:
-        if not self.is_async:
-            return await asyncio.to_thread(self.call, key, op, args)
-        with self._translated(key):
-            try:
-                return await self.client.execute_command(*op.parts(key, args))
-            except _no_script_error():
-                await self.client.script_load(op.text)
-                return await self.client.execute_command(*op.parts(key, args))
-
-    @contextlib.contextmanager
-    def _translated(self, key: str) -> Iterator[None]:
-        try:
-            yield
-        except Exception as exc:
-            translated = _translate(exc, self.url, key)
-            if translated is exc:
-                raise
-            raise translated from exc
-
-    def release(self) -> None:
-        """Give the borrowed connections back to the pool; the client stays its owner's."""
-        with self._lock:
-            borrowed, self._borrowed = list(self._borrowed), weakref.WeakSet()
-        for each in borrowed:
-            each.give_back()
-
-    async def arelease(self) -> None:
-        self.release()
-
-
-def _no_script_error() -> type[Exception]:
-    from redis.exceptions import NoScriptError
-
-    return NoScriptError
-
-
-def _response_error() -> type[Exception]:
-    from redis.exceptions import ResponseError
-
-    return ResponseError
-
-
-def _translate(exc: Exception, where: str, key: str) -> Exception:
-    """The store's exception for one a redis-py client raised (``exc`` itself if not its own)."""
-    import redis.exceptions as rx
-
-    unavailable = (
-        rx.ConnectionError,  # also BusyLoadingError, AuthenticationError, MasterNotFoundError
-        rx.TimeoutError,
-        rx.ClusterDownError,  # also MasterDownError
-        rx.TryAgainError,
-        rx.ReadOnlyError,
-        OSError,
-    )
-    if isinstance(exc, unavailable):
-        return StorageUnavailable(f"{where}: {exc}")
-    if isinstance(exc, rx.AskError):  # also MovedError: a plain client on a cluster node
-        return refusal(where, key, "MOVED", str(exc))
-    if isinstance(exc, rx.ResponseError):
-        message = str(exc)
-        return refusal(where, key, message.partition(" ")[0], message)
-    if isinstance(exc, rx.RedisError):
-        return StorageUnavailable(f"{where}: {exc}")  # (a cluster without slots, ...)
-    return exc
-
-
-def _describe(client: Any) -> str:
-    """A URL-like description of a client (no password), for messages."""
-    module = type(client).__module__
-    if module.endswith("cluster"):
-        node = client.get_default_node()
-        return f"redis+cluster://{node.host}:{node.port}" if node else "redis+cluster://?"
-    pool = getattr(client, "connection_pool", None)
-    service = getattr(pool, "service_name", None)
-    if service:
-        return f"redis+sentinel:///{service}"
-    kwargs = getattr(pool, "connection_kwargs", {})
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}"
-    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-
-
-def _client_timeout(client: Any) -> float | None:
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    if kwargs is None:  # a cluster client keeps them on its nodes manager
-        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", {})
-    timeout = kwargs.get("socket_timeout")
-    return float(timeout) if isinstance(timeout, int | float) else None
