@@ -12,10 +12,12 @@ atomic with respect to every other caller of the same store (threads, processes,
   stored state and returns a :class:`BreakerReply`.
 
 :class:`Store` is the synchronous interface and :class:`AsyncStore` its asyncio twin (``a``-named
-methods that never block the event loop), as httpx pairs its transports. A store opened from a URL
-implements both, so one object serves a policy's sync and async callers. Each backend translates
-its own errors: a store raises only :class:`StorageUnavailable` (no answer in time: the policy
-decides without it) or :class:`StorageError` (an answer it cannot use).
+methods that never block the event loop), as httpx pairs its transports. Every store implements
+both, so one object serves a policy's sync and async callers (:class:`AsyncFromSync` gives a store
+built on sync steps its async half). Each backend translates its own errors: a store raises only
+:class:`StorageUnavailable` (no answer in time: the policy decides without it) or
+:class:`StorageError` (an answer it cannot use), besides ``ValueError``/``TypeError`` for bad
+arguments.
 
 The memory and SQLite stores run the Python machines inside a lock or a transaction; the Redis
 store runs Lua twins of them inside the server. Times are wall-clock seconds (states outlive a
