@@ -13,8 +13,6 @@ locally at once rather than risk waiting on the store past its deadline.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import sys
 import threading
 from typing import Any
 
@@ -29,14 +27,15 @@ FAIL_MODES = ("local", "open", "closed")
 _log = logging.getLogger("buttress.storage")
 
 
+_FAULTS: tuple[type[BaseException], ...] = (StorageUnavailable,)
+
+
 def store_faults() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "the store is unavailable" (not "the call failed")."""
-    faults: list[type[BaseException]] = [StorageUnavailable, OSError, sqlite3.OperationalError]
-    redis_exceptions = sys.modules.get("redis.exceptions")
-    if redis_exceptions is not None:
-        faults += [redis_exceptions.ConnectionError, redis_exceptions.TimeoutError]
-        faults.append(redis_exceptions.BusyLoadingError)
-    return tuple(faults)
+    """The exception types that mean "the store is unavailable" (not "the call failed").
+
+    Just :class:`StorageUnavailable`: every backend translates its own client's exceptions.
+    """
+    return _FAULTS
 
 
 def check_fail_mode(value: object) -> str:
