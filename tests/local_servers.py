@@ -162,6 +162,7 @@ def make_certificates(directory: Path) -> Certificates:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("the openssl command is needed to make test certificates")
+    directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca, key, csr, cert = (
         directory / name for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
     )
