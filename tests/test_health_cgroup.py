@@ -27,6 +27,7 @@ import pytest
 
 from buttress.health.cgroup import (
     UNLIMITED_V1,
+    CgroupReader,
     Pressure,
     cpus_from_quota,
     parse_cpu_max,
@@ -260,6 +261,33 @@ def test_hybrid_v1_reads_pressure_from_the_unified_tree(fixture_copy) -> None:
     assert stats is not None
     assert stats.cpu_pressure == Pressure(3.0, 2.0, 1.0, 5)
     assert stats.memory_pressure is None
+
+
+def test_a_reader_follows_the_process_to_another_cgroup(fixture_copy) -> None:
+    tree = fixture_copy("v2-pod")
+    reader = CgroupReader(**roots(tree))
+    first = reader.read()
+    assert first is not None
+    assert first.path.endswith("/cri-containerd-abc.scope")
+    pod = first.path.rsplit("/", 1)[0]
+    (tree / "proc" / "self" / "cgroup").write_text(f"0::{pod}\n")
+    moved = reader.read()
+    assert moved is not None
+    assert moved.path == pod
+    assert (moved.memory_limit, moved.memory_limit_path) == (536870912, pod)
+    assert moved.memory_usage is None  # the fixture has no usage files at the pod level
+
+
+def test_a_reader_reads_only_what_is_asked(fixture_copy) -> None:
+    reader = CgroupReader(**roots(fixture_copy("v1-docker")))
+    memory_only = reader.read(cpu=False)
+    assert memory_only is not None
+    assert memory_only.memory_limit == 268435456
+    assert (memory_only.cpu_limit, memory_only.cpu_usage_usec) == (None, None)
+    assert not any("cpu" in path for path in memory_only.files)
+    cpu_only = reader.read(memory=False)
+    assert cpu_only is not None
+    assert (cpu_only.cpu_limit, cpu_only.memory_limit) == (0.5, None)
 
 
 def test_no_cgroup_gives_none(tmp_path: Path) -> None:

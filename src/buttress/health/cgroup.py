@@ -38,9 +38,11 @@ OOM kill: page cache that is inactive can be dropped under pressure, so counting
 container "full" that is not.
 
 Everything here is pure over files: the parsers take text, the walker takes ``cgroup_root`` and
-``proc_root``, so a test points them at a fixture tree in the kernel's documented formats. Missing
-files give ``None`` figures; no cgroup at all gives ``None`` from :func:`read_cgroup` (the caller
-falls back to the host's figures). A file with content the kernel never writes is a
+``proc_root``, so a test points them at a fixture tree in the kernel's documented formats.
+:class:`CgroupReader` (what a check holds) works out where the cgroup lives once, again only when
+``/proc/<pid>/cgroup`` changes, and then reads just the figure files of the resource asked for.
+Missing files give ``None`` figures; no cgroup at all gives ``None`` (the caller falls back to the
+host's figures). A file with content the kernel never writes is a
 ``ValueError`` naming the file.
 """
 
@@ -49,11 +51,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 __all__ = [
     "UNLIMITED_V1",
+    "CgroupReader",
     "CgroupStats",
     "Membership",
     "Pressure",
@@ -285,21 +287,24 @@ def _unescape(path: str) -> str:
 # -- the tree walker ----------------------------------------------------------------------------
 
 
-class _Reader:
+class _Files:
     """Reads files, recording which it used; a file that is absent or unreadable is ``None``."""
 
-    def __init__(self) -> None:
-        self.files: list[str] = []
+    __slots__ = ("used",)
 
-    def text(self, path: Path) -> str | None:
+    def __init__(self) -> None:
+        self.used: list[str] = []
+
+    def text(self, path: str) -> str | None:
         try:
-            content = path.read_text()
+            with open(path, "rb") as file:
+                content = file.read()
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             return None
-        self.files.append(str(path))
-        return content
+        self.used.append(path)
+        return content.decode("utf-8", "replace")
 
-    def parsed(self, path: Path, parse: Callable[[str], _T]) -> _T | None:
+    def parsed(self, path: str, parse: Callable[[str], _T]) -> _T | None:
         content = self.text(path)
         if content is None:
             return None
@@ -309,151 +314,239 @@ class _Reader:
             raise ValueError(f"cannot parse {path}: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    """The process's cgroup in one mounted hierarchy: its directory and its ancestors'.
+
+    ``chain`` runs from the leaf up to the mount point, each directory with the name the kernel
+    prints for it in ``/proc/self/cgroup`` (a namespaced view mounts only a subtree: the hidden
+    components above it are kept in the names).
+    """
+
+    leaf: str
+    chain: tuple[tuple[str, str], ...]  # (directory, cgroup name), leaf first
+
+    @property
+    def name(self) -> str:
+        return self.chain[0][1]
+
+    def tightest(self, limit: Callable[[str], _N | None]) -> tuple[_N | None, str | None]:
+        """The smallest limit set on the leaf or an ancestor, and the cgroup that sets it."""
+        best: _N | None = None
+        where: str | None = None
+        for directory, name in self.chain:
+            value = limit(directory)
+            if value is not None and (best is None or value < best):
+                best, where = value, name
+        return best, where
+
+
+def _resolve(mount: str | None, path: str | None, mount_root: str | None) -> _Tree | None:
+    """Where cgroup ``path`` lives in the hierarchy mounted at ``mount``."""
+    if mount is None or path is None:
+        return None
+    parts = tuple(part for part in path.split("/") if part)
+    if ".." in parts:  # a path outside this namespace's view: all we can see is the mount
+        return _Tree(mount, ((mount, "/"),)) if os.path.isdir(mount) else None
+    skip = 0
+    if mount_root and mount_root != "/":
+        root_parts = tuple(part for part in mount_root.split("/") if part)
+        if parts[: len(root_parts)] == root_parts:
+            skip = len(root_parts)
+    # without mountinfo, a view rooted deeper than the path says shows up as missing directories:
+    # drop leading components until one exists
+    for start in range(skip, len(parts) + 1):
+        visible = parts[start:]
+        leaf = os.path.join(mount, *visible)
+        if os.path.isdir(leaf):
+            chain = [
+                (os.path.join(mount, *visible[:depth]), "/" + "/".join(parts[: start + depth]))
+                for depth in range(len(visible), -1, -1)
+            ]
+            return _Tree(leaf, tuple(chain))
+    return None
+
+
+def _controller_mount(root: str, controller: str) -> str | None:
+    """The v1 hierarchy holding ``controller``: ``root/memory``, or ``root/cpu,cpuacct``..."""
+    direct = os.path.join(root, controller)
+    if os.path.isdir(direct):
+        return direct
+    try:
+        entries = sorted(os.listdir(root))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if controller in entry.split(",") and os.path.isdir(path):
+            return path
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    version: int
+    path: str
+    memory: _Tree | None
+    cpu: _Tree | None
+    cpuacct: _Tree | None  # v1 only: v2 keeps CPU time in cpu.stat
+    pressure: _Tree | None
+
+
+class CgroupReader:
+    """Reads a process's cgroup figures, again and again (what a check holds).
+
+    Where the process's cgroup lives is worked out once and kept until ``/proc/<pid>/cgroup``
+    changes (a process moved to another cgroup); each :meth:`read` then reads only the figure
+    files. :func:`read_cgroup` is a one-off read.
+    """
+
+    __slots__ = ("_layout", "_membership", "cgroup_root", "pid", "proc_root")
+
+    def __init__(
+        self,
+        *,
+        cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
+        proc_root: str | os.PathLike[str] = "/proc",
+        pid: int | str = "self",
+    ) -> None:
+        self.cgroup_root = os.fspath(cgroup_root)
+        self.proc_root = os.fspath(proc_root)
+        self.pid = str(pid)
+        self._membership: str | None = None
+        self._layout: _Layout | None = None
+
+    def read(self, *, memory: bool = True, cpu: bool = True) -> CgroupStats | None:
+        """The figures now (only the memory or the CPU ones when the other is ``False``).
+
+        Returns:
+            The figures, or ``None`` when the process is in no cgroup that can be found under
+            ``cgroup_root`` (not Linux, cgroups not mounted, ``/proc`` not readable).
+
+        Raises:
+            ValueError: a cgroup file holds something the kernel never writes (names the file).
+        """
+        files = _Files()
+        membership = files.text(os.path.join(self.proc_root, self.pid, "cgroup"))
+        if membership is None:
+            return None
+        if membership != self._membership:
+            self._layout = self._locate(membership, files)
+            self._membership = membership
+        layout = self._layout
+        if layout is None:
+            return None
+        stats = CgroupStats(version=layout.version, path=layout.path)
+        if layout.version == 2:
+            stats = _read_v2(files, layout, stats, memory=memory, cpu=cpu)
+        else:
+            stats = _read_v1(files, layout, stats, memory=memory, cpu=cpu)
+        if layout.pressure is not None:
+            leaf = layout.pressure.leaf
+            stats = replace(
+                stats,
+                memory_pressure=files.parsed(os.path.join(leaf, "memory.pressure"), parse_pressure)
+                if memory
+                else None,
+                cpu_pressure=files.parsed(os.path.join(leaf, "cpu.pressure"), parse_pressure)
+                if cpu
+                else None,
+            )
+        return replace(stats, files=tuple(files.used))
+
+    def _locate(self, membership_text: str, files: _Files) -> _Layout | None:
+        path = os.path.join(self.proc_root, self.pid, "cgroup")
+        try:
+            own = parse_membership(membership_text)
+        except ValueError as exc:
+            raise ValueError(f"cannot parse {path}: {exc}") from None
+        mountinfo = os.path.join(self.proc_root, self.pid, "mountinfo")
+        mounts = files.parsed(mountinfo, parse_mountinfo) or {}
+        root = self.cgroup_root
+        if own.unified is not None and os.path.isfile(os.path.join(root, "cgroup.controllers")):
+            tree = _resolve(root, own.unified, mounts.get(""))
+            if tree is None:
+                return None
+            return _Layout(2, tree.name, memory=tree, cpu=tree, cpuacct=None, pressure=tree)
+
+        def tree_of(controller: str) -> _Tree | None:
+            return _resolve(
+                _controller_mount(root, controller),
+                own.controllers.get(controller),
+                mounts.get(controller),
+            )
+
+        memory, cpu = tree_of("memory"), tree_of("cpu")
+        first = memory or cpu
+        if first is None:
+            return None
+        # a hybrid mount keeps the pressure files in its v2 tree
+        unified = os.path.join(root, "unified")
+        pressure = None
+        if os.path.isfile(os.path.join(unified, "cgroup.procs")):
+            pressure = _resolve(unified, own.unified, mounts.get(""))
+        return _Layout(1, first.name, memory, cpu, tree_of("cpuacct"), pressure)
+
+
 def read_cgroup(
     *,
     cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
     proc_root: str | os.PathLike[str] = "/proc",
     pid: int | str = "self",
 ) -> CgroupStats | None:
-    """Read the memory and CPU figures of ``pid``'s cgroup (see the module documentation).
-
-    Returns:
-        The figures, or ``None`` when the process is in no cgroup that can be found under
-        ``cgroup_root`` (not Linux, cgroups not mounted, ``/proc`` not readable).
-
-    Raises:
-        ValueError: a cgroup file holds something the kernel never writes (names the file).
-    """
-    cgroup_root, proc_root = Path(cgroup_root), Path(proc_root)
-    reader = _Reader()
-    own = reader.parsed(proc_root / str(pid) / "cgroup", parse_membership)
-    if own is None:
-        return None
-    mounts = reader.parsed(proc_root / str(pid) / "mountinfo", parse_mountinfo) or {}
-    if own.unified is not None and (cgroup_root / "cgroup.controllers").is_file():
-        stats = _read_v2(reader, cgroup_root, own.unified, mounts.get(""))
-    elif "memory" in own.controllers or "cpu" in own.controllers:
-        stats = _read_v1(reader, cgroup_root, own, mounts)
-    else:
-        return None
-    if stats is None:
-        return None
-    return _with_files(stats, reader.files)
+    """Read the memory and CPU figures of ``pid``'s cgroup once (see :class:`CgroupReader`)."""
+    return CgroupReader(cgroup_root=cgroup_root, proc_root=proc_root, pid=pid).read()
 
 
-def _with_files(stats: CgroupStats, files: list[str]) -> CgroupStats:
-    return replace(stats, files=tuple(files))
-
-
-@dataclass(frozen=True, slots=True)
-class _Tree:
-    """The process's cgroup in one mounted hierarchy: the leaf directory and how to name paths.
-
-    ``hidden`` holds the path components above the mounted root (a namespaced view mounts only
-    the container's subtree), so names read as the kernel prints them in ``/proc/self/cgroup``.
-    """
-
-    mount: Path
-    leaf: Path
-    hidden: tuple[str, ...]
-
-    def ancestry(self) -> list[Path]:
-        """The leaf and each parent up to and including the mount."""
-        chain = [self.leaf]
-        while chain[-1] != self.mount and self.mount in chain[-1].parents:
-            chain.append(chain[-1].parent)
-        return chain
-
-    def name(self, directory: Path) -> str:
-        parts = self.hidden + directory.relative_to(self.mount).parts
-        return "/" + "/".join(parts)
-
-    def tightest(self, limit: Callable[[Path], _N | None]) -> tuple[_N | None, str | None]:
-        """The smallest limit set on the leaf or an ancestor, and the cgroup that sets it."""
-        best: _N | None = None
-        where: str | None = None
-        for directory in self.ancestry():
-            value = limit(directory)
-            if value is not None and (best is None or value < best):
-                best, where = value, self.name(directory)
-        return best, where
-
-
-def _resolve(mount: Path | None, path: str | None, mount_root: str | None) -> _Tree | None:
-    """Where cgroup ``path`` lives in the hierarchy mounted at ``mount``."""
-    if mount is None or path is None:
-        return None
-    parts = tuple(part for part in PurePosixPath(path).parts if part != "/")
-    if ".." in parts:  # a path outside this namespace's view: all we can see is the mount
-        return _Tree(mount, mount, ()) if mount.is_dir() else None
-    skip = 0
-    if mount_root and mount_root != "/":
-        root_parts = tuple(part for part in PurePosixPath(mount_root).parts if part != "/")
-        if parts[: len(root_parts)] == root_parts:
-            skip = len(root_parts)
-    # without mountinfo, a view rooted deeper than the path says shows up as missing directories:
-    # drop leading components until one exists
-    for start in range(skip, len(parts) + 1):
-        candidate = mount.joinpath(*parts[start:])
-        if candidate.is_dir():
-            return _Tree(mount, candidate, parts[:start])
-    return None
-
-
-def _read_v2(reader: _Reader, mount: Path, path: str, mount_root: str | None) -> CgroupStats | None:
-    tree = _resolve(mount, path, mount_root)
-    if tree is None:
-        return None
+def _read_v2(
+    files: _Files, layout: _Layout, stats: CgroupStats, *, memory: bool, cpu: bool
+) -> CgroupStats:
+    tree = layout.memory
+    assert tree is not None
     leaf = tree.leaf
-    memory_limit, memory_limit_at = tree.tightest(
-        lambda d: reader.parsed(d / "memory.max", parse_v2_limit)
-    )
-    cpu_limit, cpu_limit_at = tree.tightest(lambda d: _v2_cpus(reader, d / "cpu.max"))
-    usage = reader.parsed(leaf / "memory.current", _non_negative_int_text)
-    memory_stat = reader.parsed(leaf / "memory.stat", parse_keyed) or {}
-    events = reader.parsed(leaf / "memory.events", parse_keyed) or {}
-    cpu_stat = reader.parsed(leaf / "cpu.stat", parse_keyed) or {}
-    return CgroupStats(
-        version=2,
-        path=tree.name(leaf),
-        memory_limit=memory_limit,
-        memory_limit_path=memory_limit_at,
-        memory_usage=usage,
-        memory_working_set=_working_set(usage, memory_stat.get("inactive_file")),
-        memory_oom_kills=events.get("oom_kill"),
-        memory_limit_hits=events.get("max"),
-        cpu_limit=cpu_limit,
-        cpu_limit_path=cpu_limit_at,
-        cpu_usage_usec=cpu_stat.get("usage_usec"),
-        cpu_periods=cpu_stat.get("nr_periods"),
-        cpu_throttled_periods=cpu_stat.get("nr_throttled"),
-        cpu_throttled_usec=cpu_stat.get("throttled_usec"),
-        memory_pressure=reader.parsed(leaf / "memory.pressure", parse_pressure),
-        cpu_pressure=reader.parsed(leaf / "cpu.pressure", parse_pressure),
-    )
+    if memory:
+        limit, limit_at = tree.tightest(
+            lambda d: files.parsed(os.path.join(d, "memory.max"), parse_v2_limit)
+        )
+        usage = files.parsed(os.path.join(leaf, "memory.current"), _non_negative_int_text)
+        memory_stat = files.parsed(os.path.join(leaf, "memory.stat"), parse_keyed) or {}
+        events = files.parsed(os.path.join(leaf, "memory.events"), parse_keyed) or {}
+        stats = replace(
+            stats,
+            memory_limit=limit,
+            memory_limit_path=limit_at,
+            memory_usage=usage,
+            memory_working_set=_working_set(usage, memory_stat.get("inactive_file")),
+            memory_oom_kills=events.get("oom_kill"),
+            memory_limit_hits=events.get("max"),
+        )
+    if cpu:
+        cpu_limit, cpu_limit_at = tree.tightest(
+            lambda d: _v2_cpus(files, os.path.join(d, "cpu.max"))
+        )
+        cpu_stat = files.parsed(os.path.join(leaf, "cpu.stat"), parse_keyed) or {}
+        stats = replace(
+            stats,
+            cpu_limit=cpu_limit,
+            cpu_limit_path=cpu_limit_at,
+            cpu_usage_usec=cpu_stat.get("usage_usec"),
+            cpu_periods=cpu_stat.get("nr_periods"),
+            cpu_throttled_periods=cpu_stat.get("nr_throttled"),
+            cpu_throttled_usec=cpu_stat.get("throttled_usec"),
+        )
+    return stats
 
 
 def _read_v1(
-    reader: _Reader, root: Path, own: Membership, mounts: dict[str, str]
-) -> CgroupStats | None:
-    def tree(controller: str) -> _Tree | None:
-        return _resolve(
-            _controller_mount(root, controller),
-            own.controllers.get(controller),
-            mounts.get(controller),
+    files: _Files, layout: _Layout, stats: CgroupStats, *, memory: bool, cpu: bool
+) -> CgroupStats:
+    if memory and layout.memory is not None:
+        tree = layout.memory
+        leaf = tree.leaf
+        limit, limit_at = tree.tightest(
+            lambda d: files.parsed(os.path.join(d, "memory.limit_in_bytes"), parse_v1_limit)
         )
-
-    memory_tree, cpu_tree, cpuacct_tree = tree("memory"), tree("cpu"), tree("cpuacct")
-    first = memory_tree or cpu_tree
-    if first is None:
-        return None
-    stats = CgroupStats(version=1, path=first.name(first.leaf))
-    if memory_tree is not None:
-        leaf = memory_tree.leaf
-        limit, limit_at = memory_tree.tightest(
-            lambda d: reader.parsed(d / "memory.limit_in_bytes", parse_v1_limit)
-        )
-        stat = reader.parsed(leaf / "memory.stat", parse_keyed) or {}
+        stat = files.parsed(os.path.join(leaf, "memory.stat"), parse_keyed) or {}
         hierarchical = stat.get("hierarchical_memory_limit")
         # the kernel's own answer, which sees ancestors above a namespaced mount too
         if (
@@ -462,8 +555,8 @@ def _read_v1(
             and (limit is None or hierarchical < limit)
         ):
             limit, limit_at = hierarchical, None
-        usage = reader.parsed(leaf / "memory.usage_in_bytes", _non_negative_int_text)
-        oom = reader.parsed(leaf / "memory.oom_control", parse_keyed) or {}
+        usage = files.parsed(os.path.join(leaf, "memory.usage_in_bytes"), _non_negative_int_text)
+        oom = files.parsed(os.path.join(leaf, "memory.oom_control"), parse_keyed) or {}
         stats = replace(
             stats,
             memory_limit=limit,
@@ -473,11 +566,13 @@ def _read_v1(
                 usage, stat.get("total_inactive_file", stat.get("inactive_file"))
             ),
             memory_oom_kills=oom.get("oom_kill"),
-            memory_limit_hits=reader.parsed(leaf / "memory.failcnt", _non_negative_int_text),
+            memory_limit_hits=files.parsed(
+                os.path.join(leaf, "memory.failcnt"), _non_negative_int_text
+            ),
         )
-    if cpu_tree is not None:
-        cpu_limit, cpu_limit_at = cpu_tree.tightest(lambda d: _v1_cpus(reader, d))
-        stat = reader.parsed(cpu_tree.leaf / "cpu.stat", parse_keyed) or {}
+    if cpu and layout.cpu is not None:
+        cpu_limit, cpu_limit_at = layout.cpu.tightest(lambda d: _v1_cpus(files, d))
+        stat = files.parsed(os.path.join(layout.cpu.leaf, "cpu.stat"), parse_keyed) or {}
         throttled_ns = stat.get("throttled_time")
         stats = replace(
             stats,
@@ -487,19 +582,11 @@ def _read_v1(
             cpu_throttled_periods=stat.get("nr_throttled"),
             cpu_throttled_usec=None if throttled_ns is None else throttled_ns // 1000,
         )
-    if cpuacct_tree is not None:
-        usage_ns = reader.parsed(cpuacct_tree.leaf / "cpuacct.usage", _non_negative_int_text)
+    if cpu and layout.cpuacct is not None:
+        usage_ns = files.parsed(
+            os.path.join(layout.cpuacct.leaf, "cpuacct.usage"), _non_negative_int_text
+        )
         stats = replace(stats, cpu_usage_usec=None if usage_ns is None else usage_ns // 1000)
-    # a hybrid mount keeps the pressure files in its v2 tree
-    unified = root / "unified"
-    if (unified / "cgroup.procs").is_file():
-        psi_tree = _resolve(unified, own.unified, mounts.get(""))
-        if psi_tree is not None:
-            stats = replace(
-                stats,
-                memory_pressure=reader.parsed(psi_tree.leaf / "memory.pressure", parse_pressure),
-                cpu_pressure=reader.parsed(psi_tree.leaf / "cpu.pressure", parse_pressure),
-            )
     return stats
 
 
@@ -513,16 +600,16 @@ def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
     return max(0, usage - (inactive_file or 0))
 
 
-def _v2_cpus(reader: _Reader, path: Path) -> float | None:
-    parsed = reader.parsed(path, parse_cpu_max)
+def _v2_cpus(files: _Files, path: str) -> float | None:
+    parsed = files.parsed(path, parse_cpu_max)
     return None if parsed is None else cpus_from_quota(*parsed)
 
 
-def _v1_cpus(reader: _Reader, directory: Path) -> float | None:
-    quota = reader.parsed(directory / "cpu.cfs_quota_us", _int_text)
+def _v1_cpus(files: _Files, directory: str) -> float | None:
+    quota = files.parsed(os.path.join(directory, "cpu.cfs_quota_us"), _int_text)
     if quota is None or quota < 0:
         return None
-    period = reader.parsed(directory / "cpu.cfs_period_us", _non_negative_int_text)
+    period = files.parsed(os.path.join(directory, "cpu.cfs_period_us"), _non_negative_int_text)
     if not period:
         return None
     return cpus_from_quota(quota, period)
@@ -533,18 +620,3 @@ def _int_text(text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise ValueError(f"expected an integer, got {text.strip()!r}") from None
-
-
-def _controller_mount(root: Path, controller: str) -> Path | None:
-    """The v1 hierarchy holding ``controller``: ``root/memory``, or ``root/cpu,cpuacct``..."""
-    direct = root / controller
-    if direct.is_dir():
-        return direct
-    try:
-        entries = sorted(root.iterdir())
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return None
-    for entry in entries:
-        if controller in entry.name.split(",") and entry.is_dir():
-            return entry
-    return None

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..clock import get_clock
-from .cgroup import CgroupStats, Pressure, read_cgroup
+from .cgroup import CgroupReader, CgroupStats, Pressure
 from .types import Reading, ResourceStatus
 
 __all__ = ["MIN_CPU_WINDOW", "SCOPES", "CpuCheck", "MemoryCheck", "cpu_check", "memory_check"]
@@ -120,8 +120,10 @@ class _SystemCheck:
         self.cgroup_root = Path(cgroup_root)  # type: ignore[arg-type]
         self.proc_root = Path(proc_root)  # type: ignore[arg-type]
         self._psutil: Any = None if scope == "container" else _psutil()
+        self._reader = CgroupReader(cgroup_root=self.cgroup_root, proc_root=self.proc_root)
         self._process: Any = None
         self._pid = 0
+        self._host_total: int | None = None
         stats = self._cgroup() if scope in ("auto", "container") else None
         if scope == "container" and stats is None:
             raise ValueError(
@@ -145,7 +147,8 @@ class _SystemCheck:
         return f"<{type(self).__name__} {self.target}>"
 
     def _cgroup(self) -> CgroupStats | None:
-        return read_cgroup(cgroup_root=self.cgroup_root, proc_root=self.proc_root)
+        # only the figures of this check's resource
+        return self._reader.read(memory=self._resource == "memory", cpu=self._resource == "CPU")
 
     def _own_process(self) -> Any:
         pid = os.getpid()
@@ -154,6 +157,12 @@ class _SystemCheck:
         return self._process
 
     def _host_memory(self) -> int | None:
+        # the machine's memory does not change under a running process: read it once
+        if self._host_total is None:
+            self._host_total = self._read_host_memory()
+        return self._host_total
+
+    def _read_host_memory(self) -> int | None:
         if self._psutil is not None:
             return int(self._psutil.virtual_memory().total)
         try:
