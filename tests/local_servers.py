@@ -33,7 +33,8 @@ import pytest
 class Request:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-case names, the last of repeated ones
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 Handler = Callable[[Request], tuple[Any, ...]]
@@ -56,7 +57,8 @@ def _handler_class(routes: dict[str, Handler], server: Server) -> type:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            request = Request("GET", self.path, {k.lower(): v for k, v in self.headers.items()})
+            raw = list(self.headers.items())
+            request = Request("GET", self.path, {k.lower(): v for k, v in raw}, raw)
             server.requests.append(request)
             route = routes.get(self.path.split("?", 1)[0])
             answer: tuple[Any, ...] = (404, {"message": "page not found"})

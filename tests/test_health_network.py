@@ -162,10 +162,13 @@ def test_a_server_that_is_not_http_is_a_clear_error() -> None:
 def test_custom_headers_and_basic_auth_from_the_url_reach_the_server() -> None:
     with serve({"/health": ok}) as server:
         url = f"http://monitor:s3cr%40t@127.0.0.1:{server.port}/health"
-        check = http_check(url, headers={"X-Probe": "buttress"})
+        check = http_check(url, headers={"X-Probe": "buttress", "accept": "text/plain"})
         run(check)
     sent = server.requests[0].headers
     assert sent["x-probe"] == "buttress"
+    assert sent["user-agent"] == "buttress-health"
+    accept = [value for name, value in server.requests[0].raw_headers if name.lower() == "accept"]
+    assert accept == ["text/plain"]  # replaces the default, not added to it
     assert sent["authorization"] == "Basic " + base64.b64encode(b"monitor:s3cr@t").decode()
     assert "s3cr" not in check.target
     assert "s3cr" not in repr(check)
@@ -221,6 +224,7 @@ def test_bad_urls_are_refused_at_construction(url: str, message: str) -> None:
         ({"headers": {"X-A": "1\r\nX-B: 2"}}, ValueError, "contains a line break"),
         ({"headers": {"Bad Name": "1"}}, ValueError, "invalid header name 'Bad Name'"),
         ({"headers": [("a", "b")]}, TypeError, "headers must be a mapping"),
+        ({"headers": {"Connection": "keep-alive"}}, ValueError, "may not set 'Connection'"),
         ({"ssl_context": "yes"}, TypeError, "ssl_context must be an ssl.SSLContext"),
     ],
 )

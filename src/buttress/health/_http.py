@@ -24,6 +24,7 @@ __all__ = ["MAX_BODY", "Response", "check_header", "request"]
 MAX_BODY = 4 * 2**20
 _MAX_HEADERS = 200
 _CLOSE_WAIT = 1.0
+_RESERVED = frozenset({"connection", "content-length", "transfer-encoding"})
 
 
 class ProtocolError(ConnectionError):
@@ -46,6 +47,8 @@ def check_header(name: object, value: object, *, field: str = "headers") -> None
         raise ValueError(f"{field} has an invalid header name {name!r}")
     if "\r" in value or "\n" in value:
         raise ValueError(f"{field} value of {name!r} contains a line break")
+    if name.lower() in _RESERVED:
+        raise ValueError(f"{field} may not set {name!r}: the check frames its own requests")
 
 
 async def request(
@@ -74,14 +77,13 @@ async def request(
         )
     try:
         host_header = host if unix_socket is not None else _host_header(host, port, ssl)
-        lines = [
-            f"{method} {path} HTTP/1.1",
-            f"Host: {host_header}",
-            "User-Agent: buttress-health",
-            "Accept: */*",
-            "Connection: close",
-        ]
+        fields = {"Host": host_header, "User-Agent": "buttress-health", "Accept": "*/*"}
+        given = {name.lower() for name in headers or ()}
+        # the caller's own Accept or User-Agent replaces the default rather than doubling it
+        lines = [f"{method} {path} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in fields.items() if name.lower() not in given]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        lines.append("Connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         await writer.drain()
         status, reason, response_headers = await _read_head(reader)
