@@ -6,10 +6,12 @@ binds the port first, so the server is reachable the moment it starts and a rest
 port). Its behaviour comes from the environment:
 
 - ``MCP_TEST_NAME``: the name it reports (default ``buttress-test``); version ``1.2.3``.
-- ``MCP_TEST_ON_PING``: ``hang`` (never answer a ping) or ``exit`` (exit with code 3 inside it).
+- ``MCP_TEST_ON_PING``: ``hang`` (never answer a ping) or ``exit`` (exit with code 3 inside it);
+  with ``MCP_TEST_FAULT_FILE``, only while that file exists (a fault that goes away).
 - ``MCP_TEST_MODERN_ONLY=1``: refuse the ``initialize`` handshake the way a server that speaks
   only protocol 2026-07-28 does (error -32022 naming the versions it supports).
-- ``MCP_TEST_FAIL_START``: print ``startup failed: <value>`` to stderr and exit 1 at once.
+- ``MCP_TEST_FAIL_START=1``: print ``startup failed: token <API_TOKEN> refused`` to stderr (the
+  value of ``API_TOKEN``, as a careless server might) and exit 1 at once.
 - ``MCP_TEST_NOTIFY``: a unix socket path; the server sends ``started <pid>`` there when it starts
   and ``ping <pid>`` when a ping reaches it, so a test waits for those moments instead of sleeping.
 
@@ -46,7 +48,11 @@ def _build_server() -> Any:
     from mcp_types import UNSUPPORTED_PROTOCOL_VERSION
 
     on_ping = os.environ.get("MCP_TEST_ON_PING", "")
+    fault_file = os.environ.get("MCP_TEST_FAULT_FILE")
     modern_only = os.environ.get("MCP_TEST_MODERN_ONLY") == "1"
+
+    def faulty() -> bool:
+        return fault_file is None or os.path.exists(fault_file)
 
     async def behaviour(ctx: Any, call_next: Any) -> Any:
         if ctx.method == "initialize" and modern_only:
@@ -55,7 +61,7 @@ def _build_server() -> Any:
                 "this server speaks only 2026-07-28",
                 data={"supported": ["2026-07-28"], "requested": "handshake"},
             )
-        if ctx.method == "ping" and on_ping:
+        if ctx.method == "ping" and on_ping and faulty():
             _notify("ping")
             if on_ping == "exit":
                 os._exit(3)
@@ -76,9 +82,9 @@ def _build_server() -> Any:
 
 
 def main(argv: list[str]) -> None:
-    failure = os.environ.get("MCP_TEST_FAIL_START")
-    if failure:
-        print(f"startup failed: {failure}", file=sys.stderr, flush=True)
+    if os.environ.get("MCP_TEST_FAIL_START") == "1":
+        token = os.environ.get("API_TOKEN")
+        print(f"startup failed: token {token} refused", file=sys.stderr, flush=True)
         raise SystemExit(1)
     server = _build_server()
     _notify("started")
