@@ -10,6 +10,7 @@ port). Its behaviour comes from the environment:
   with ``MCP_TEST_FAULT_FILE``, only while that file exists (a fault that goes away).
 - ``MCP_TEST_MODERN_ONLY=1``: refuse the ``initialize`` handshake the way a server that speaks
   only protocol 2026-07-28 does (error -32022 naming the versions it supports).
+- ``MCP_TEST_LINGER=1``: keep running for a minute after stdin closed (a server slow to exit).
 - ``MCP_TEST_FAIL_START=1``: print ``startup failed: token <API_TOKEN> refused`` to stderr (the
   value of ``API_TOKEN``, as a careless server might) and exit 1 at once.
 - ``MCP_TEST_NOTIFY``: a unix socket path; the server sends ``started <pid>`` there when it starts
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,8 @@ def main(argv: list[str]) -> None:
     _notify("started")
     if argv[:1] == ["stdio"]:
         server.run("stdio")
+        if os.environ.get("MCP_TEST_LINGER") == "1":
+            time.sleep(60)
     elif argv[:2] == ["http", "--fd"] and len(argv) == 3:
         import anyio
         import uvicorn

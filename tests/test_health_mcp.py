@@ -142,6 +142,23 @@ def test_a_server_named_alone_is_found_in_mcp_json(
     healthy(asyncio.run(within(check(), STARTUP)), "stdio")
 
 
+def test_a_loop_shutting_down_while_the_server_hangs_up_still_reaps_it(short_dir: Path) -> None:
+    async def main() -> None:
+        async with Notifications(short_dir) as notes:
+            # The run returns at the answer; this server then takes its time to exit on EOF.
+            check = stdio({"MCP_TEST_NOTIFY": notes.path, "MCP_TEST_LINGER": "1"})
+            healthy(await within(check(), STARTUP), "stdio")
+            pid = await notes.next("started")
+            # What asyncio.run does when it ends: cancel every other task and wait for them.
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await within(asyncio.gather(*others, return_exceptions=True), STARTUP)
+            assert not alive_or_zombie(pid)
+
+    asyncio.run(main())
+
+
 def test_a_server_that_exits_inside_the_call_fails_at_once() -> None:
     async def main() -> None:
         check = stdio({"MCP_TEST_ON_PING": "exit"})

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 ``mcp_check(...)`` describes one server and returns a check. Every run of the check opens its own
 connection, performs the protocol handshake, makes one liveness call and closes again; nothing
-stays open between runs.
+stays open between runs. The run returns as soon as the server answered; hanging up goes on in
+the background (``await check.aclose()`` waits for it), outside the latency the manager measures.
 
 - **stdio** (``command=``, ``args=``, ``env=``): the check starts the command as a child process
   in a session of its own (so it leads its own process group), with the SDK's safe inherited
@@ -12,7 +13,8 @@ stays open between runs.
   stdin and stdout through the SDK's ``ClientSession``. Closing sends EOF on stdin, gives the
   server a second to exit, then kills its process group. A stdio server therefore starts once per
   run: its start-up time is part of the latency the manager measures, and every interval costs a
-  process start (``detail["handshake_ms"]`` and ``detail["liveness_ms"]`` separate the two).
+  process start (``detail["handshake_ms"]``, start-up included, and ``detail["liveness_ms"]``
+  separate the two).
 - **streamable HTTP** (``url=``, ``headers=``): the SDK's streamable HTTP transport over an HTTP
   client whose timeouts are the check's ``timeout``; closing ends the server's session
   (``DELETE``).
@@ -46,7 +48,8 @@ conventional MCP client configuration file: ``{"mcpServers": {"supabase": {"comm
 "args": [...], "env": {...}}}}`` or ``{"url": ..., "headers": {...}}`` (``"type"`` may say
 ``"stdio"`` or ``"http"``; SSE servers are refused). The file is ``config=``, else the one
 ``MCP_CONFIG`` names, else ``./mcp.json``. Every problem (no file, not JSON, no such server, an
-entry with neither ``command`` nor ``url``) is a ``ValueError`` at construction naming the file,
+entry with neither ``command`` nor ``url``) is a ``ValueError`` (``TypeError`` for a value of the
+wrong type) at construction naming the file,
 where its path came from and the server.
 
 **Secrets.** Values of ``env`` and ``headers``, and arguments that follow a secret-looking flag
@@ -254,24 +257,36 @@ class McpCheck:
         return f"McpCheck({self.target!r}, name={self.name!r}, timeout={self.timeout:g})"
 
     async def __call__(self) -> Reading:
+        loop = asyncio.get_running_loop()
         attempt = _Attempt()
-        task = asyncio.get_running_loop().create_task(self._run(attempt))
+        # The reading arrives when the server answered; hanging up (a stdio server may take a
+        # second to exit) goes on in the task, outside the latency the manager measures.
+        answered: asyncio.Future[Reading] = loop.create_future()
+        task = loop.create_task(self._run(attempt, answered))
         self._running.add(task)
         task.add_done_callback(self._forget)
         try:
-            done, _ = await asyncio.wait((task,), timeout=self.timeout)
+            await asyncio.wait(
+                (answered, task), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         except BaseException:
             self._abandon(task, attempt)
             raise
-        if not done:
-            self._abandon(task, attempt)
-            raise TimeoutError(
-                self._scrub(f"{self._label}: no answer to {attempt.phase} within {self.timeout:g}s")
-            )
-        return task.result()
+        if answered.done():
+            return answered.result()
+        if task.done():
+            return task.result()  # raises: the run failed before an answer
+        self._abandon(task, attempt)
+        raise TimeoutError(
+            self._scrub(f"{self._label}: no answer to {attempt.phase} within {self.timeout:g}s")
+        )
 
     async def aclose(self) -> None:
-        """Wait until the connections of runs that were cut short are torn down (bounded)."""
+        """Wait until every connection this check opened is torn down (bounded).
+
+        A run returns as soon as the server answered, and a run cut short returns at once; both
+        finish hanging up in the background.
+        """
         loop = asyncio.get_running_loop()
         pending = [task for task in self._running if task.get_loop() is loop]
         if pending:
@@ -298,7 +313,7 @@ class McpCheck:
             return _http_streams(server.url, server.headers, self.timeout)
         return _stdio_streams(server, attempt)
 
-    async def _run(self, attempt: _Attempt) -> Reading:
+    async def _run(self, attempt: _Attempt, answered: asyncio.Future[Reading]) -> Reading:
         from mcp.client.session import ClientSession
         from mcp.shared.exceptions import MCPError
         from mcp_types import UNSUPPORTED_PROTOCOL_VERSION, Implementation
@@ -331,8 +346,10 @@ class McpCheck:
                     await session.send_ping()
                 else:
                     await session.send_discover(session.protocol_version or "")
-                answered = time.perf_counter()
-                reading = self._reading(session, liveness, shaken - started, answered - shaken)
+                done = time.perf_counter()
+                reading = self._reading(session, liveness, shaken - started, done - shaken)
+                if not answered.done():
+                    answered.set_result(reading)
                 attempt.phase = "close"
         except Exception as exc:
             if reading is not None:
@@ -492,14 +509,25 @@ async def _stdio_streams(server: _Server, attempt: _Attempt) -> AsyncIterator[Tr
         finally:
             attempt.exit_code = process.returncode
             attempt.kill()
+            if process.stdin is not None:
+                process.stdin.close()
             for stream in (to_session, from_server, to_server, from_session):
                 stream.close()
-        try:
-            await _wait_exit(process, _REAP_SECONDS)
-        finally:
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            await _reap(process, pumps)
+
+
+async def _reap(process: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]) -> None:
+    """Wait (bounded) until the killed process is reaped and its pipes are closed."""
+    try:
+        # asyncio closes the subprocess transport once the process is reaped and every pipe hit
+        # EOF; returning earlier leaves it to be closed by the garbage collector, possibly after
+        # its event loop closed.
+        await asyncio.wait(pumps, timeout=_REAP_SECONDS)
+        await _wait_exit(process, _REAP_SECONDS)
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def _wait_exit(process: asyncio.subprocess.Process, limit: float) -> None:
