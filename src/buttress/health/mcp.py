@@ -354,7 +354,8 @@ class McpCheck:
         except Exception as exc:
             if reading is not None:
                 return reading  # it answered; trouble while hanging up is not its health
-            raise self._failure(exc, attempt) from exc
+            # Not chained: the SDK's exceptions are not scrubbed (the failure names their type).
+            raise self._failure(exc, attempt) from None
         assert reading is not None
         return reading
 
