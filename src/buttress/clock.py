@@ -7,6 +7,14 @@ and deadlines), ``wall()`` is Unix time (for state shared across processes), ``s
 A policy built without ``clock=`` uses the *current default clock* at the moment it needs time, so
 installing a :class:`buttress.testing.FakeClock` as the default (``with FakeClock():``) drives every
 such policy, including ones decorated at import time.
+
+Whether a clock is real is a property of the clock, :attr:`Clock.real`, never a question of which
+object it is. A real clock promises that ``now()`` is this process's ``time.monotonic()`` and that
+its waits take that much real time; every real clock therefore shares one time scale, and a policy
+may enforce it with real means (a worker thread, ``asyncio.timeout``) and compare its readings with
+those of any other real clock. A clock that does not say it is real (``real`` missing or false) is
+virtual: its time moves only when something sleeps on it or a test moves it, and its readings are
+comparable only with its own. Clocks written before ``real`` existed are accepted and are virtual.
 """
 
 from __future__ import annotations
@@ -15,12 +23,15 @@ import asyncio
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "get_clock", "set_clock"]
+__all__ = ["Clock", "SystemClock", "get_clock", "is_real", "set_clock"]
 
 
 @runtime_checkable
 class Clock(Protocol):
     """What buttress needs of time."""
+
+    #: True only for a clock whose ``now()`` is ``time.monotonic()`` and whose waits are real.
+    real: bool
 
     def now(self) -> float:
         """Monotonic seconds; only differences are meaningful."""
@@ -40,10 +51,14 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: ``time.monotonic``, ``time.time``, ``time.sleep``, ``asyncio.sleep``."""
+    """The real clock: ``time.monotonic``, ``time.time``, ``time.sleep``, ``asyncio.sleep``.
+
+    Every instance reads the same time; the module keeps one as the default.
+    """
 
     __slots__ = ()
 
+    real = True
     now = staticmethod(time.monotonic)
     wall = staticmethod(time.time)
 
@@ -60,6 +75,12 @@ class SystemClock:
 
 SYSTEM_CLOCK = SystemClock()
 _current: Clock = SYSTEM_CLOCK
+_METHODS = ("now", "wall", "sleep", "asleep")
+
+
+def is_real(clock: object) -> bool:
+    """Whether ``clock`` says it is real time (a clock without ``real`` is virtual)."""
+    return getattr(clock, "real", False) is True
 
 
 def get_clock() -> Clock:
@@ -70,12 +91,22 @@ def get_clock() -> Clock:
 def set_clock(clock: Clock | None) -> Clock:
     """Install ``clock`` as the default (``None`` restores the system clock).
 
+    A clock without a ``real`` attribute is accepted and treated as virtual (see the module notes).
+
     Returns:
         The clock that was the default before.
+
+    Raises:
+        TypeError: ``clock`` lacks one of ``now``, ``wall``, ``sleep``, ``asleep``.
     """
     global _current
-    if clock is not None and not isinstance(clock, Clock):
-        raise TypeError(f"clock must provide now(), wall(), sleep() and asleep(); got {clock!r}")
+    if clock is not None:
+        missing = [name for name in _METHODS if not callable(getattr(clock, name, None))]
+        if missing:
+            raise TypeError(
+                "clock must provide now(), wall(), sleep() and asleep(); "
+                f"{clock!r} lacks {', '.join(missing)}"
+            )
     previous = _current
     _current = clock if clock is not None else SYSTEM_CLOCK
     return previous

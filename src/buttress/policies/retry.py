@@ -3,37 +3,44 @@
 Theory of operation
 -------------------
 A guarded call runs once. If it raises an exception the policy retries (``retry_on``, and not in
-``fail_fast_on``), or returns a result ``retry_on_result`` rejects, the policy decides, in one place
-(:meth:`Retry._next_delay`) shared by the sync and async shells, whether another attempt may run
-and after how long:
+``fail_fast_on``), or returns a result ``retry_on_result`` rejects, the call enters the one
+decision loop (:class:`_Attempts`), shared by the sync and async shells, which only wait and call.
+After each attempt it decides whether another may run and after how long:
 
 * no more attempts (``max_attempts`` counts all attempts, ``max_retries`` those after the first);
 * the wait: the backoff schedule, jittered, but never less than a ``retry_after`` the failure
   carries (a :class:`buttress.RejectedError`, or any exception with a numeric ``retry_after``);
-* ``time_limit`` (seconds across all attempts and waits) and the deadline of an enclosing timeout:
-  the policy never sleeps past either, and gives up when the wait plus the shortest attempt seen so
-  far would not fit.
+* ``time_limit`` (seconds across all attempts and waits) and the deadline of an enclosing timeout
+  on the policy's time scale (:mod:`buttress._deadline`): the policy never sleeps past either, and
+  gives up when the wait plus the shortest attempt seen so far would not fit.
 
 When it gives up, the last exception propagates unchanged (the same object; no wrapper), or, for a
 rejected result, the last result is returned. Zero waits do not call ``sleep`` at all.
 
-Cost: the success path is one ``try``/``except`` around the call; nothing is allocated, no clock is
-read (unless ``time_limit`` is set) and no context variable is looked up until something fails.
+Async is decided at decoration when the callable says so (``async def``, a partial of one, an
+object with ``async def __call__``) and otherwise by what the call returns: a plain function that
+returns an awaitable gets a coroutine back that awaits it, and every retry, under the policy.
+``acall`` always awaits what the call returns. Generator functions are refused at decoration.
+
+Cost: the success path is one ``try``/``except`` around the call and one attribute test of the
+result; nothing is allocated, no clock is read (unless ``time_limit`` is set) and no context
+variable is looked up until something fails. ``call`` is that same path with the function as an
+argument: nothing is built per call.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import random as _random
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Any, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from .. import events as _events
+from .._callables import guard_sync, guarded_kind, is_awaitable, resolved
 from .._config import callable_name, env_float, env_int, integer, optional_seconds
-from .._deadline import DEADLINE
-from ..clock import Clock, get_clock
+from .._deadline import deadline_on
+from ..clock import Clock, get_clock, is_real
 from ..machines.backoff import (
     Backoff,
     ExponentialBackoff,
@@ -57,6 +64,7 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+P = ParamSpec("P")
 
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -240,196 +248,238 @@ class Retry:
             f"jitter={self._jitter.value!r})"
         )
 
-    # -- the one decision ---------------------------------------------------------------------
-
     def _retryable(self, exc: BaseException) -> bool:
         if self._fail_fast is not None and self._fail_fast(exc):
             return False
         return self._retry_on(exc)
 
-    def _next_delay(
-        self,
-        name: str,
-        clock: Clock,
-        attempt: int,
-        exc: BaseException | None,
-        result: object,
-        start: float | None,
-        shortest: float | None,
-    ) -> float | None:
-        """The wait before attempt ``attempt + 1``, or ``None`` when there is none."""
-        if exc is not None and not self._retryable(exc):
-            return None
-        now = clock.now()
-        _events.emit(
-            _events.AttemptFailed(
-                policy="retry", name=name, at=now, attempt=attempt, exception=exc, result=result
+    # -- the first attempt: the fast path -------------------------------------------------------
+
+    def _started(self) -> float | None:
+        return (self._clock or get_clock()).now() if self.time_limit is not None else None
+
+    def _rejects(self, result: object) -> bool:
+        return self._retry_on_result is not None and bool(self._retry_on_result(result))
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)`` under this policy.
+
+        If ``fn`` returns an awaitable, the result is a coroutine that awaits it, and the retries,
+        under this policy.
+        """
+        start = self._started()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            return cast(T, self._recover(_Attempts(self, fn, args, kwargs, start), exc, None))
+        if is_awaitable(result):
+            return cast(T, self._settle(fn, args, kwargs, result, start))
+        if self._rejects(result):
+            return cast(T, self._recover(_Attempts(self, fn, args, kwargs, start), None, result))
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await what ``fn(*args, **kwargs)`` returns, under this policy."""
+        start = self._started()
+        try:
+            pending = fn(*args, **kwargs)
+        except Exception as exc:
+            return cast(
+                T, await self._arecover(_Attempts(self, fn, args, kwargs, start), exc, None)
             )
-        )
-        if attempt >= self.max_attempts:
-            return self._give_up(name, now, attempt, "attempts", exc)
-        delay = combine_with_retry_after(
-            self._backoff.delay(attempt), _retry_after(exc), self._jitter, self._random()
-        )
-        needed = delay + (shortest or 0.0)
-        if (
-            start is not None
-            and self.time_limit is not None
-            and now + needed > start + self.time_limit
-        ):
-            return self._give_up(name, now, attempt, "time_limit", exc)
-        deadline = DEADLINE.get()
-        if deadline is not None and now + needed >= deadline:
-            return self._give_up(name, now, attempt, "deadline", exc)
-        event = _events.RetryScheduled(
-            policy="retry", name=name, at=now, attempt=attempt, delay=delay, exception=exc
-        )
-        _events.emit(event, cast(_events.Hook | None, self._on_retry))
-        return delay
+        return cast(T, await self._settle(fn, args, kwargs, pending, start))
 
-    @staticmethod
-    def _give_up(
-        name: str, now: float, attempt: int, reason: str, exc: BaseException | None
-    ) -> None:
-        _events.emit(
-            _events.GaveUp(
-                policy="retry", name=name, at=now, attempts=attempt, reason=reason, exception=exc
-            )
-        )
-        return None
-
-    def _timing(self, clock: Clock) -> bool:
-        return self.time_limit is not None or DEADLINE.get() is not None
-
-    # -- shells --------------------------------------------------------------------------------
-
-    def _retry_sync(
+    async def _settle(
         self,
-        name: str,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        exc: BaseException | None,
-        result: object,
-        start: float | None,
+        pending: Any,
+        start: float | None = None,
     ) -> Any:
-        clock = self._clock or get_clock()
-        attempt, shortest = 1, None
-        while True:
-            delay = self._next_delay(name, clock, attempt, exc, result, start, shortest)
-            if delay is None:
-                if exc is not None:
-                    raise exc
-                return result
-            if delay > 0:
-                clock.sleep(delay)
-            attempt += 1
-            timed = self._timing(clock)
-            began = clock.now() if timed else 0.0
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as error:
-                exc, result = error, None
-            else:
-                if self._retry_on_result is None or not self._retry_on_result(result):
-                    return result
-                exc = None
-            if timed:
-                took = clock.now() - began
-                shortest = took if shortest is None else min(shortest, took)
+        """Await the first attempt's ``pending`` outcome, then recover as an async call."""
+        try:
+            result = await resolved(pending)
+        except Exception as exc:
+            return await self._arecover(_Attempts(self, fn, args, kwargs, start), exc, None)
+        if self._rejects(result):
+            return await self._arecover(_Attempts(self, fn, args, kwargs, start), None, result)
+        return result
 
-    async def _retry_async(
-        self,
-        name: str,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: BaseException | None,
-        result: object,
-        start: float | None,
+    def _failed(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
     ) -> Any:
-        clock = self._clock or get_clock()
-        attempt, shortest = 1, None
-        while True:
-            delay = self._next_delay(name, clock, attempt, exc, result, start, shortest)
-            if delay is None:
-                if exc is not None:
-                    raise exc
-                return result
-            if delay > 0:
-                await clock.asleep(delay)
-            attempt += 1
-            timed = self._timing(clock)
-            began = clock.now() if timed else 0.0
+        return self._recover(_Attempts(self, fn, args, kwargs, None), exc, None)
+
+    # -- after a failure: one decision loop, two thin shells ------------------------------------
+
+    def _recover(self, attempts: _Attempts, exc: BaseException | None, result: object) -> Any:
+        fn, args, kwargs = attempts.fn, attempts.args, attempts.kwargs
+        while attempts.again(exc, result):
+            if attempts.delay > 0:
+                attempts.clock.sleep(attempts.delay)
+            attempts.begin()
             try:
-                result = await fn(*args, **kwargs)
+                result, exc = fn(*args, **kwargs), None
             except Exception as error:
-                exc, result = error, None
-            else:
-                if self._retry_on_result is None or not self._retry_on_result(result):
-                    return result
-                exc = None
-            if timed:
-                took = clock.now() - began
-                shortest = took if shortest is None else min(shortest, took)
+                result, exc = None, error
+        return attempts.outcome(exc, result)
+
+    async def _arecover(
+        self, attempts: _Attempts, exc: BaseException | None, result: object
+    ) -> Any:
+        fn, args, kwargs = attempts.fn, attempts.args, attempts.kwargs
+        while attempts.again(exc, result):
+            if attempts.delay > 0:
+                await attempts.clock.asleep(attempts.delay)
+            attempts.begin()
+            try:
+                result, exc = await resolved(fn(*args, **kwargs)), None
+            except Exception as error:
+                result, exc = None, error
+        return attempts.outcome(exc, result)
 
     # -- decoration ----------------------------------------------------------------------------
 
     def __call__(self, fn: F) -> F:
-        """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"retry decorates a callable, got {fn!r}")
-        name = self.name or callable_name(fn)
-        check = self._retry_on_result
-        timed = self.time_limit is not None
-        if inspect.iscoroutinefunction(fn):
-            slow_async = self._retry_async
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                start = (self._clock or get_clock()).now() if timed else None
-                try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    return await slow_async(name, fn, args, kwargs, exc, None, start)
-                if check is not None and check(result):
-                    return await slow_async(name, fn, args, kwargs, None, result, start)
-                return result
-
-            return cast(F, async_wrapper)
-
-        slow = self._retry_sync
-        if check is None and not timed:
-
-            @functools.wraps(fn)
-            def fast_wrapper(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    return slow(name, fn, args, kwargs, exc, None, None)
-
-            return cast(F, fast_wrapper)
+        """Decorate ``fn`` (``def`` or ``async def``; see :meth:`call` for awaitables)."""
+        if guarded_kind("retry", fn):
+            return cast(F, self._decorate_async(fn))
+        if self._retry_on_result is None and self.time_limit is None:
+            return cast(F, guard_sync(fn, Exception, self._failed, self._settle))
+        call = self.call
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = (self._clock or get_clock()).now() if timed else None
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                return slow(name, fn, args, kwargs, exc, None, start)
-            if check is not None and check(result):
-                return slow(name, fn, args, kwargs, None, result, start)
-            return result
+            return call(fn, *args, **kwargs)
 
         return cast(F, wrapper)
 
-    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` under this policy."""
-        return self(fn)(*args, **kwargs)
+    def _decorate_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        started, check, arecover = self._started, self._retry_on_result, self._arecover
+        timed = self.time_limit is not None
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` under this policy."""
-        return await self(fn)(*args, **kwargs)
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = started() if timed else None
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                return await arecover(_Attempts(self, fn, args, kwargs, start), exc, None)
+            if check is not None and check(result):
+                return await arecover(_Attempts(self, fn, args, kwargs, start), None, result)
+            return result
+
+        return async_wrapper
+
+
+class _Attempts:
+    """One failing call's way through its retries: every decision, none of the waiting.
+
+    The shells call :meth:`again` after each attempt; when it says yes they wait :attr:`delay` on
+    :attr:`clock`, call :meth:`begin`, and run the next attempt. :meth:`outcome` ends the call.
+    """
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "began",
+        "clock",
+        "delay",
+        "fn",
+        "kwargs",
+        "policy",
+        "shortest",
+        "start",
+    )
+
+    def __init__(
+        self,
+        policy: Retry,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        start: float | None,
+    ) -> None:
+        self.policy = policy
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.start = start
+        self.clock = policy._clock or get_clock()
+        self.attempt = 0
+        self.delay = 0.0
+        self.began: float | None = None  # when the attempt running now began, if timed
+        self.shortest: float | None = None
+
+    def begin(self) -> None:
+        policy, clock = self.policy, self.clock
+        timed = policy.time_limit is not None or deadline_on(clock, is_real(clock)) is not None
+        self.began = clock.now() if timed else None
+
+    def again(self, exc: BaseException | None, result: object) -> bool:
+        """Whether to try again after the attempt that just ended (``exc`` or ``result``)."""
+        self.attempt += 1
+        policy, clock = self.policy, self.clock
+        if self.began is not None:
+            took = clock.now() - self.began
+            self.shortest = took if self.shortest is None else min(self.shortest, took)
+        if exc is None:
+            if not policy._rejects(result):
+                return False
+        elif not policy._retryable(exc):
+            return False
+        name = policy.name or callable_name(self.fn)
+        now = clock.now()
+        _events.emit(
+            _events.AttemptFailed(
+                policy="retry",
+                name=name,
+                at=now,
+                attempt=self.attempt,
+                exception=exc,
+                result=result,
+            )
+        )
+        if self.attempt >= policy.max_attempts:
+            return self._give_up(name, now, "attempts", exc)
+        delay = combine_with_retry_after(
+            policy._backoff.delay(self.attempt), _retry_after(exc), policy._jitter, policy._random()
+        )
+        needed = now + delay + (self.shortest or 0.0)
+        if (
+            self.start is not None
+            and policy.time_limit is not None
+            and needed > self.start + policy.time_limit
+        ):
+            return self._give_up(name, now, "time_limit", exc)
+        deadline = deadline_on(clock, is_real(clock))
+        if deadline is not None and needed >= deadline:
+            return self._give_up(name, now, "deadline", exc)
+        event = _events.RetryScheduled(
+            policy="retry", name=name, at=now, attempt=self.attempt, delay=delay, exception=exc
+        )
+        _events.emit(event, cast(_events.Hook | None, policy._on_retry))
+        self.delay = delay
+        return True
+
+    def _give_up(self, name: str, now: float, reason: str, exc: BaseException | None) -> bool:
+        _events.emit(
+            _events.GaveUp(
+                policy="retry",
+                name=name,
+                at=now,
+                attempts=self.attempt,
+                reason=reason,
+                exception=exc,
+            )
+        )
+        return False
+
+    @staticmethod
+    def outcome(exc: BaseException | None, result: object) -> Any:
+        """The call's end: the last exception raised, or the last result returned."""
+        if exc is not None:
+            raise exc
+        return result
 
 
 @overload
