@@ -26,6 +26,7 @@ from buttress.backends.base import (
 )
 from buttress.machines.breaker import BreakerMachine, BreakerSettings, CircuitState
 from redis_server import record_sent_commands
+from steps import step as _step
 
 redis = pytest.importorskip("redis")
 
@@ -140,8 +141,8 @@ def test_store_answers_exactly_as_the_machine(
             kw = {"probe": action[1], "ticket": action[2], "failed": action[3]}
         elif kind == "force":
             kw = {"target": action[1]}
-        expected = memory.breaker_step(name, s, op, now, **kw)
-        got = store.breaker_step(name, s, op, now, **kw)
+        expected = memory.breaker(name, s, _step(op, **kw), now)
+        got = store.breaker(name, s, _step(op, **kw), now)
         assert same(got, expected), (op, kw, now, got, expected)
         if got.allowed:
             admissions.append((got.probe, got.ticket))
@@ -166,8 +167,8 @@ def test_boundaries_are_the_machines(
         (0.5 + lease + 0.5, "acquire", {}),
     ]
     for t, op, kw in plan:
-        expected = memory.breaker_step("api", s, op, T0 + t, **kw)
-        got = store.breaker_step("api", s, op, T0 + t, **kw)
+        expected = memory.breaker("api", s, _step(op, **kw), T0 + t)
+        got = store.breaker("api", s, _step(op, **kw), T0 + t)
         assert same(got, expected), (t, op, got, expected)
         assert stored(client, store, "api", s) == memory._breakers["api"]
 
@@ -179,7 +180,7 @@ def test_python_and_lua_read_each_others_states(client: Any, store: RedisBreaker
     machine.acquire(T0 + 2.2)
     machine.acquire(T0 + 2.3)
     client.set(store.key_name("api"), json.dumps(machine.to_state()))  # Python's JSON
-    reply = store.breaker_step("api", s, "acquire", T0 + 2.4)
+    reply = store.breaker("api", s, _step("acquire"), T0 + 2.4)
     assert (reply.allowed, reply.probe, reply.ticket, reply.state) == (True, True, 3, HALF_OPEN)
     assert reply.opened_at == T0 + 0.1
     machine.acquire(T0 + 2.4)
@@ -194,7 +195,7 @@ def test_python_and_lua_read_each_others_states(client: Any, store: RedisBreaker
 
 def test_empty_probes_are_written_as_an_object(client: Any, store: RedisBreakerStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=5.0)
-    store.breaker_step("api", s, "record", T0, ticket=0, failed=True)
+    store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
     raw = client.get(store.key_name("api")).decode()
     assert '"probes":{}' in raw
     assert json.loads(raw) == {
@@ -218,8 +219,8 @@ def test_exactly_n_probes_under_concurrency(
 ) -> None:
     s = BreakerSettings(fail_max=2, recovery=10.0, half_open_max_calls=max_calls)
     for _ in range(2):
-        store.breaker_step("api", s, "record", T0, ticket=0, failed=True)
-    assert store.breaker_step("api", s, "read", T0).state is OPEN
+        store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
+    assert store.breaker("api", s, _step("read"), T0).state is OPEN
     due = T0 + 10.0
     barrier = threading.Barrier(8)
     lock = threading.Lock()
@@ -229,7 +230,7 @@ def test_exactly_n_probes_under_concurrency(
         conn = redis.Redis(port=redis_port)
         local = RedisBreakerStore(conn)
         barrier.wait()
-        mine = [local.breaker_step("api", s, "acquire", due) for _ in range(40)]
+        mine = [local.breaker("api", s, _step("acquire"), due) for _ in range(40)]
         conn.close()
         with lock:
             replies.extend(mine)
@@ -255,41 +256,41 @@ def test_exactly_n_probes_under_concurrency(
 
 def test_a_crashed_prober_is_written_off(store: RedisBreakerStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=5.0)  # the lease defaults to the recovery time
-    store.breaker_step("api", s, "record", T0, ticket=0, failed=True)
-    crashed = store.breaker_step("api", s, "acquire", T0 + 5.0)
+    store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
+    crashed = store.breaker("api", s, _step("acquire"), T0 + 5.0)
     assert (crashed.allowed, crashed.probe, crashed.ticket) == (True, True, 1)
     # Until the lease expires, nobody else probes.
-    waiting = store.breaker_step("api", s, "acquire", T0 + 6.0)
+    waiting = store.breaker("api", s, _step("acquire"), T0 + 6.0)
     assert not waiting.allowed
     assert waiting.retry_after == pytest.approx(4.0)
     # At the expiry the probe is written off: the breaker opens again.
-    expired = store.breaker_step("api", s, "acquire", T0 + 10.0)
+    expired = store.breaker("api", s, _step("acquire"), T0 + 10.0)
     assert not expired.allowed
     assert expired.retry_after == pytest.approx(5.0)
     assert expired.transition == (HALF_OPEN, OPEN, "half-open probe timed out")
     assert expired.state is OPEN
     assert expired.opened_at == T0 + 10.0
     # Recovery proceeds: a new probe, whose success closes the breaker.
-    assert not store.breaker_step("api", s, "acquire", T0 + 14.9).allowed
-    probe = store.breaker_step("api", s, "acquire", T0 + 15.0)
+    assert not store.breaker("api", s, _step("acquire"), T0 + 14.9).allowed
+    probe = store.breaker("api", s, _step("acquire"), T0 + 15.0)
     assert (probe.allowed, probe.probe, probe.ticket) == (True, True, 2)
     # The crashed prober coming back late changes nothing.
-    late = store.breaker_step("api", s, "record", T0 + 15.1, probe=True, ticket=1, failed=True)
+    late = store.breaker("api", s, _step("record", probe=True, ticket=1, failed=True), T0 + 15.1)
     assert late.state is HALF_OPEN
     assert late.transition is None
-    closed = store.breaker_step("api", s, "record", T0 + 15.2, probe=True, ticket=2)
+    closed = store.breaker("api", s, _step("record", probe=True, ticket=2), T0 + 15.2)
     assert closed.transition == (HALF_OPEN, CLOSED, "half-open probes succeeded")
-    assert store.breaker_step("api", s, "acquire", T0 + 15.3).allowed
+    assert store.breaker("api", s, _step("acquire"), T0 + 15.3).allowed
 
 
 def test_a_released_probe_frees_its_slot(store: RedisBreakerStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=1.0, probe_timeout=60.0)
-    store.breaker_step("api", s, "force", T0, target=OPEN)
-    first = store.breaker_step("api", s, "acquire", T0 + 1.0)
+    store.breaker("api", s, _step("force", target=OPEN), T0)
+    first = store.breaker("api", s, _step("acquire"), T0 + 1.0)
     assert first.probe
-    assert not store.breaker_step("api", s, "acquire", T0 + 1.5).allowed
-    store.breaker_step("api", s, "release", T0 + 1.6, probe=True, ticket=first.ticket)
-    second = store.breaker_step("api", s, "acquire", T0 + 1.7)
+    assert not store.breaker("api", s, _step("acquire"), T0 + 1.5).allowed
+    store.breaker("api", s, _step("release", probe=True, ticket=first.ticket), T0 + 1.6)
+    second = store.breaker("api", s, _step("acquire"), T0 + 1.7)
     assert (second.allowed, second.probe, second.ticket) == (True, True, 2)
 
 
@@ -307,26 +308,24 @@ def test_one_redis_command_per_step(
     client: Any, store: RedisBreakerStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = BreakerSettings(fail_max=2, recovery=1.0, half_open_max_calls=2)
-    store.breaker_step("api", s, "read", T0)  # loads the script
+    store.breaker("api", s, _step("read"), T0)  # loads the script
     before = calls(client)
     sent = record_sent_commands(monkeypatch)
     n = 0
     now = T0
     for i in range(20):
         now += 0.4
-        admission = store.breaker_step("api", s, "acquire", now)
+        admission = store.breaker("api", s, _step("acquire"), now)
         if admission.allowed:
             failed = i % 3 != 0
-            store.breaker_step(
-                "api", s, "record", now, probe=admission.probe, ticket=admission.ticket,
-                failed=failed,
-            )  # fmt: skip
+            outcome = _step("record", probe=admission.probe, ticket=admission.ticket, failed=failed)
+            store.breaker("api", s, outcome, now)
             n += 1
-        store.breaker_step("api", s, "read", now)
+        store.breaker("api", s, _step("read"), now)
         n += 2
-    store.breaker_step("api", s, "force", now, target=OPEN)
-    store.breaker_step("api", s, "release", now, probe=True, ticket=99)
-    store.breaker_step("api", s, "acquire")  # server time
+    store.breaker("api", s, _step("force", target=OPEN), now)
+    store.breaker("api", s, _step("release", probe=True, ticket=99), now)
+    store.breaker("api", s, _step("acquire"))  # server time
     n += 3
     monkeypatch.undo()
     after = calls(client)
@@ -340,12 +339,12 @@ def test_one_redis_command_per_step(
 
 def test_steps_that_change_nothing_write_nothing(client: Any, store: RedisBreakerStore) -> None:
     s = BreakerSettings(fail_max=3, recovery=1.0)
-    store.breaker_step("api", s, "record", T0, ticket=0, failed=True)
+    store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
     before = calls(client)
     for _ in range(5):
-        store.breaker_step("api", s, "acquire", T0)  # closed admission
-        store.breaker_step("api", s, "record", T0, ticket=7, failed=True)  # stale generation
-        store.breaker_step("api", s, "read", T0)
+        store.breaker("api", s, _step("acquire"), T0)  # closed admission
+        store.breaker("api", s, _step("record", ticket=7, failed=True), T0)  # stale generation
+        store.breaker("api", s, _step("read"), T0)
     after = calls(client)
     assert after.get("cmdstat_set", {}) == before.get("cmdstat_set", {})
     assert after["cmdstat_evalsha"] - before["cmdstat_evalsha"] == 15
@@ -357,31 +356,31 @@ def test_steps_that_change_nothing_write_nothing(client: Any, store: RedisBreake
 def test_only_an_idle_closed_breaker_expires(client: Any, store: RedisBreakerStore) -> None:
     s = BreakerSettings(fail_max=2, recovery=30.0)
     key = store.key_name("api")
-    store.breaker_step("api", s, "acquire", T0)
+    store.breaker("api", s, _step("acquire"), T0)
     assert not client.exists(key)  # a fresh breaker needs no key
-    store.breaker_step("api", s, "record", T0, ticket=0, failed=True)
+    store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
     assert client.pttl(key) == -1  # counting failures: kept
-    store.breaker_step("api", s, "record", T0, ticket=0, failed=True)
-    assert store.breaker_step("api", s, "read", T0).state is OPEN
+    store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
+    assert store.breaker("api", s, _step("read"), T0).state is OPEN
     assert client.pttl(key) == -1  # open: kept
-    probe = store.breaker_step("api", s, "acquire", T0 + 30.0)
+    probe = store.breaker("api", s, _step("acquire"), T0 + 30.0)
     assert client.pttl(key) == -1  # half-open: kept
-    store.breaker_step("api", s, "record", T0 + 31.0, probe=True, ticket=probe.ticket)
+    store.breaker("api", s, _step("record", probe=True, ticket=probe.ticket), T0 + 31.0)
     assert DAY_MS - 5_000 < client.pttl(key) <= DAY_MS  # closed, no failures: may expire
     client.pexpire(key, 1_000)
-    admission = store.breaker_step("api", s, "acquire", T0 + 32.0)  # refreshes the idle TTL
+    admission = store.breaker("api", s, _step("acquire"), T0 + 32.0)  # refreshes the idle TTL
     assert client.pttl(key) > DAY_MS - 5_000
-    store.breaker_step("api", s, "record", T0 + 33.0, ticket=admission.ticket, failed=True)
+    store.breaker("api", s, _step("record", ticket=admission.ticket, failed=True), T0 + 33.0)
     assert client.pttl(key) == -1  # a failure again: kept
 
 
 def test_idle_ttl_none_keeps_the_key(client: Any) -> None:
     store = RedisBreakerStore(client, idle_ttl=None)
     s = BreakerSettings(fail_max=1, recovery=1.0)
-    store.breaker_step("api", s, "force", T0, target=CLOSED)
+    store.breaker("api", s, _step("force", target=CLOSED), T0)
     assert client.pttl(store.key_name("api")) == -1
     short = RedisBreakerStore(client, idle_ttl=2.5)
-    short.breaker_step("other", s, "force", T0, target=CLOSED)
+    short.breaker("other", s, _step("force", target=CLOSED), T0)
     assert 2_000 < client.pttl(short.key_name("other")) <= 2_500
 
 
@@ -391,11 +390,11 @@ def test_idle_ttl_none_keeps_the_key(client: Any) -> None:
 def test_server_time_mode(store: RedisBreakerStore) -> None:
     s = BreakerSettings(fail_max=3, recovery=30.0)
     for _ in range(3):
-        admission = store.breaker_step("api", s, "acquire")
+        admission = store.breaker("api", s, _step("acquire"))
         assert admission.allowed
-        reply = store.breaker_step("api", s, "record", ticket=admission.ticket, failed=True)
+        reply = store.breaker("api", s, _step("record", ticket=admission.ticket, failed=True))
     assert reply.transition == (CLOSED, OPEN, "3 consecutive failures")
-    refused = store.breaker_step("api", s, "acquire")
+    refused = store.breaker("api", s, _step("acquire"))
     assert not refused.allowed
     assert 29.0 < refused.retry_after <= 30.0
 
@@ -403,8 +402,8 @@ def test_server_time_mode(store: RedisBreakerStore) -> None:
 def test_client_wall_clock_mode(client: Any) -> None:
     store = RedisBreakerStore(client, server_time=False)
     s = BreakerSettings(fail_max=1, recovery=30.0)
-    store.breaker_step("api", s, "record", ticket=0, failed=True)
-    refused = store.breaker_step("api", s, "acquire")
+    store.breaker("api", s, _step("record", ticket=0, failed=True))
+    refused = store.breaker("api", s, _step("acquire"))
     assert not refused.allowed
     assert 29.0 < refused.retry_after <= 30.0
 
@@ -421,17 +420,17 @@ def test_async_store(redis_port: int, client: Any) -> None:
         conn = redis.asyncio.Redis(port=redis_port)
         try:
             astore = AsyncRedisBreakerStore(conn)
-            out = [await astore.breaker_step("api", s, "acquire", T0)]
+            out = [await astore.breaker("api", s, _step("acquire"), T0)]
             for _ in range(2):
-                out.append(await astore.breaker_step("api", s, "record", T0, failed=True))
-            out.append(await astore.breaker_step("api", s, "acquire", T0 + 1.0))
+                out.append(await astore.breaker("api", s, _step("record", failed=True), T0))
+            out.append(await astore.breaker("api", s, _step("acquire"), T0 + 1.0))
             probes = await asyncio.gather(
-                *(astore.breaker_step("api", s, "acquire", T0 + 5.0) for _ in range(10))
+                *(astore.breaker("api", s, _step("acquire"), T0 + 5.0) for _ in range(10))
             )
             out.extend(probes)
-            out.append(await astore.breaker_step("api", s, "acquire", None))  # server time
+            out.append(await astore.breaker("api", s, _step("acquire"), None))  # server time
             await astore.reset_breaker("api")
-            out.append(await astore.breaker_step("api", s, "read", T0))
+            out.append(await astore.breaker("api", s, _step("read"), T0))
             return out
         finally:
             await conn.aclose()
@@ -472,12 +471,12 @@ def test_async_store_matches_the_machine(redis_port: int) -> None:
         try:
             astore = AsyncRedisBreakerStore(conn, prefix="async-test")
             await astore.reset_breaker("api")
-            return [await astore.breaker_step("api", s, op, T0 + t, **kw) for t, op, kw in plan]
+            return [await astore.breaker("api", s, _step(op, **kw), T0 + t) for t, op, kw in plan]
         finally:
             await conn.aclose()
 
     got = asyncio.run(main())
-    expected = [memory.breaker_step("api", s, op, T0 + t, **kw) for t, op, kw in plan]
+    expected = [memory.breaker("api", s, _step(op, **kw), T0 + t) for t, op, kw in plan]
     assert all(same(g, e) for g, e in zip(got, expected, strict=True)), (got, expected)
     assert got[6].transition == (CLOSED, OPEN, "maintenance")
     assert got[7].transition == (OPEN, CLOSED, "forced closed")
@@ -510,16 +509,16 @@ def test_a_foreign_value_is_a_storage_error(
     with pytest.raises(
         StorageError, match=r"Redis key 'buttress:\{api\}:breaker' \(breaker 'api'\)"
     ):
-        store.breaker_step("api", s, "acquire", T0)
+        store.breaker("api", s, _step("acquire"), T0)
     assert client.get(store.key_name("api")).decode() == raw  # left untouched
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"op": "trip"}, ValueError, "unknown breaker operation 'trip'; known: acquire"),
-        ({"op": "force"}, ValueError, "force needs a target CircuitState, got None"),
-        ({"op": "force", "target": "open"}, ValueError, "force needs a target CircuitState"),
+        ({"op": "trip"}, ValueError, "'trip' is not a valid BreakerOp"),
+        ({"op": "force"}, ValueError, "a FORCE step needs a target CircuitState, got None"),
+        ({"op": "force", "target": "open"}, ValueError, "a FORCE step needs a target CircuitState"),
         ({"now": float("nan")}, ValueError, "now must be a finite number"),
         ({"op": "record", "ticket": -1}, ValueError, "ticket must be between 0 and 2"),
         ({"op": "record", "ticket": "1"}, TypeError, "ticket must be an int"),
@@ -552,8 +551,13 @@ def test_bad_arguments_are_named(
         "now": T0,
     }
     args.update(kwargs)
+    fields = {f: args.pop(f) for f in ("probe", "ticket", "failed", "target") if f in args}
+
+    def attempt() -> None:
+        store.breaker(args["name"], args["settings"], _step(args["op"], **fields), args["now"])
+
     with pytest.raises(error, match=message):
-        store.breaker_step(**args)
+        attempt()
 
 
 def test_bad_construction_is_named(client: Any) -> None:
@@ -578,7 +582,7 @@ def test_an_unreachable_redis_is_storage_unavailable() -> None:
     )
     store = RedisBreakerStore(conn)
     with pytest.raises(StorageUnavailable, match="breaker 'api': Redis did not answer"):
-        store.breaker_step("api", BreakerSettings(fail_max=1, recovery=1.0), "read", T0)
+        store.breaker("api", BreakerSettings(fail_max=1, recovery=1.0), _step("read"), T0)
     conn.close()
 
 
@@ -595,12 +599,12 @@ def test_keys_share_the_rate_limits_hash_tag(client: Any, store: RedisBreakerSto
 
 def test_breakers_are_isolated_and_reset(store: RedisBreakerStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=10.0)
-    store.breaker_step("a", s, "record", T0, failed=True)
-    assert store.breaker_step("a", s, "read", T0).state is OPEN
-    assert store.breaker_step("a}", s, "read", T0).state is CLOSED
-    assert store.breaker_step("b", s, "acquire", T0).allowed
+    store.breaker("a", s, _step("record", failed=True), T0)
+    assert store.breaker("a", s, _step("read"), T0).state is OPEN
+    assert store.breaker("a}", s, _step("read"), T0).state is CLOSED
+    assert store.breaker("b", s, _step("acquire"), T0).allowed
     store.reset_breaker("a")
-    assert store.breaker_step("a", s, "acquire", T0).allowed
+    assert store.breaker("a", s, _step("acquire"), T0).allowed
 
 
 def test_a_client_decoding_responses_works_too(redis_port: int, client: Any) -> None:
@@ -608,9 +612,9 @@ def test_a_client_decoding_responses_works_too(redis_port: int, client: Any) -> 
     try:
         store = RedisBreakerStore(conn)
         s = BreakerSettings(fail_max=1, recovery=2.0)
-        tripped = store.breaker_step("api", s, "record", T0, failed=True)
+        tripped = store.breaker("api", s, _step("record", failed=True), T0)
         assert tripped.transition == (CLOSED, OPEN, "1 consecutive failures")
-        refused = store.breaker_step("api", s, "acquire", T0 + 0.5)
+        refused = store.breaker("api", s, _step("acquire"), T0 + 0.5)
         assert (refused.allowed, refused.retry_after, refused.opened_at) == (False, 1.5, T0)
     finally:
         conn.close()

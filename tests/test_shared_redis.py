@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from steps import step as _step
+
 redis = pytest.importorskip("redis")
 
 from buttress import (  # noqa: E402
@@ -170,8 +172,11 @@ def test_exactly_one_half_open_probe_across_processes(redis_port: int) -> None:
     from buttress.machines.breaker import BreakerSettings
 
     client = redis.Redis(port=redis_port)
-    RedisStore(client).breaker_step(
-        name, BreakerSettings(fail_max=1, recovery=30.0), "force", T0, target=CircuitState.OPEN
+    RedisStore(client).breaker(
+        name,
+        BreakerSettings(fail_max=1, recovery=30.0),
+        _step("force", target=CircuitState.OPEN),
+        T0,
     )
     client.close()
     barrier = CTX.Barrier(4)
@@ -527,8 +532,11 @@ def test_a_prober_killed_mid_probe_does_not_wedge_the_breaker(redis_port: int) -
     url = _url(redis_port)
     name = f"killed-{uuid.uuid4().hex[:6]}"
     client = redis.Redis(port=redis_port)
-    RedisStore(client).breaker_step(
-        name, BreakerSettings(fail_max=1, recovery=30.0), "force", T0, target=CircuitState.OPEN
+    RedisStore(client).breaker(
+        name,
+        BreakerSettings(fail_max=1, recovery=30.0),
+        _step("force", target=CircuitState.OPEN),
+        T0,
     )
     code = _PROBER.format(start=T0 + 30, name=name, url=url)
     prober = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -21,6 +21,7 @@ from buttress.backends.sqlite import SQLiteStore
 from buttress.machines.breaker import BreakerSettings, CircuitState
 from buttress.machines.ratelimit import Params, RateLimitAlgorithm
 from buttress.testing import FakeClock
+from steps import step as _step
 
 T0 = 1_750_000_000.0
 BUCKET = Params(RateLimitAlgorithm.TOKEN_BUCKET, 0.5, 2, 1.0, 2)
@@ -30,17 +31,17 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     first = SQLiteStore(path)
     settings = BreakerSettings(fail_max=1, recovery=60.0)
-    gen = first.breaker_step("erp", settings, "acquire", T0).ticket
-    first.breaker_step("erp", settings, "record", T0, ticket=gen, failed=True)
+    gen = first.breaker("erp", settings, _step("acquire"), T0).ticket
+    first.breaker("erp", settings, _step("record", ticket=gen, failed=True), T0)
     assert first.reserve("api", "k", BUCKET, 2, 0.0, T0)[0]
     first.close()
 
     again = SQLiteStore(path)  # a new process would do the same
-    still_open = again.breaker_step("erp", settings, "acquire", T0 + 30)
+    still_open = again.breaker("erp", settings, _step("acquire"), T0 + 30)
     assert not still_open.allowed
     assert still_open.state is CircuitState.OPEN
     assert still_open.retry_after == pytest.approx(30.0)
-    assert again.breaker_step("erp", settings, "acquire", T0 + 60).probe
+    assert again.breaker("erp", settings, _step("acquire"), T0 + 60).probe
     assert not again.reserve("api", "k", BUCKET, 1, 0.0, T0)[0]  # the bucket is still spent
 
 
@@ -111,7 +112,7 @@ def test_a_corrupt_record_is_named_and_kept(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with pytest.raises(StorageError, match="breaker 'erp': breaker state version 7 is not 1"):
-        store.breaker_step("erp", settings, "read", T0)
+        store.breaker("erp", settings, _step("read"), T0)
 
 
 def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,8 +170,8 @@ def _write_forever(path: str) -> None:
     while True:
         i += 1
         store.reserve("api", f"k{i % 100}", BUCKET, 1, 0.0, T0 + i)
-        store.breaker_step("erp", settings, "force", T0 + i, target=CircuitState.OPEN)
-        store.breaker_step("erp", settings, "force", T0 + i, target=CircuitState.CLOSED)
+        store.breaker("erp", settings, _step("force", target=CircuitState.OPEN), T0 + i)
+        store.breaker("erp", settings, _step("force", target=CircuitState.CLOSED), T0 + i)
 
 
 def test_sigkill_mid_write_leaves_a_sound_file(tmp_path: Path) -> None:
@@ -189,7 +190,7 @@ def test_sigkill_mid_write_leaves_a_sound_file(tmp_path: Path) -> None:
         writer.join(timeout=10)
         store = SQLiteStore(path)
         assert store.integrity_check() == "ok"
-        reply = store.breaker_step("erp", BreakerSettings(fail_max=3, recovery=1.0), "read", T0)
+        reply = store.breaker("erp", BreakerSettings(fail_max=3, recovery=1.0), _step("read"), T0)
         assert reply.state in (CircuitState.OPEN, CircuitState.CLOSED)
         assert store.reserve("api", f"fresh{round_}", BUCKET, 1, 0.0, T0)[0]
         store.close()

@@ -1,6 +1,9 @@
 """buttress: resilience for Python services.
 
-Every public name is exported here, and only here.
+Every public name is exported here. A few groups are also reachable as submodules of their own:
+``buttress.http`` (HTTP rate-limit headers), ``buttress.presets`` (recommended settings),
+``buttress.testing`` (the fake clock), ``buttress.events`` (event types and hooks) and
+``buttress.backends`` (state stores).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from .errors import (
     ServiceDegraded,
     StorageError,
     StorageUnavailable,
+    UnknownRateLimit,
 )
 from .events import add_hook, remove_hook
+from .http import RateLimitInfo, parse_retry_after, raise_for_rate_limit, rate_limit_info
 from .machines.backoff import (
     Backoff,
     ExponentialBackoff,
@@ -46,19 +51,12 @@ from .policies.circuit import (
     get_circuit_breaker,
 )
 from .policies.fallback import Fallback, FallbackStrategy, fallback
-from .policies.httpheaders import (
-    RateLimitInfo,
-    parse_retry_after,
-    raise_for_rate_limit,
-    rate_limit_info,
-)
 from .policies.pipeline import Pipeline
 from .policies.ratelimit import (
     RateLimit,
     RateLimitAlgorithm,
     RateLimitConfig,
     RateLimiter,
-    UnknownRateLimit,
     get_rate_limiter,
     rate_limit,
 )

@@ -242,9 +242,22 @@ def _positive(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="buttress", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a flaky dependency through stacked policies")
+    # Help is plain text for a terminal: the module docstring's reStructuredText is for readers
+    # of the source.
+    parser = argparse.ArgumentParser(
+        prog="buttress", description="Resilience policies for Python services."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run a flaky dependency through stacked policies",
+        description=(
+            "Run a local dependency that turns flaky, slow, dead and healthy again through a"
+            " fallback, a retry, a rate limit, a circuit breaker and a timeout, while a"
+            " degradation manager follows its health. Prints progress once a second and a"
+            " summary at the end."
+        ),
+    )
     demo.add_argument("--duration", type=_positive, default=12.0, help="seconds (default 12)")
     demo.add_argument(
         "--failure-rate",

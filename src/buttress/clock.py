@@ -23,7 +23,20 @@ import asyncio
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "get_clock", "is_real", "set_clock"]
+__all__ = [
+    "Clock",
+    "SystemClock",
+    "get_clock",
+    "is_real",
+    "monotonic_time",
+    "set_clock",
+    "wall_time",
+]
+
+#: The system's Unix time and monotonic time: the only raw time reads in buttress; stores stamp
+#: shared state with ``wall_time`` when no test clock is installed.
+wall_time = time.time
+monotonic_time = time.monotonic
 
 
 @runtime_checkable
@@ -59,8 +72,8 @@ class SystemClock:
     __slots__ = ()
 
     real = True
-    now = staticmethod(time.monotonic)
-    wall = staticmethod(time.time)
+    now = staticmethod(monotonic_time)
+    wall = staticmethod(wall_time)
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:

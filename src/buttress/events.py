@@ -9,13 +9,25 @@ a give-up, a state change, a rejection); the success path builds nothing. The on
 
 Logging levels: per-attempt events at DEBUG, fallbacks and health changes at INFO, state changes,
 time-outs and give-ups at WARNING.
+
+Warnings that repeat (a breaker rejecting every call of an outage, a retry giving up on every
+call) go through :class:`Repeats`: the first is logged at its level, then one summary per
+interval ("1,234 calls rejected by circuit breaker 'erp' in the last 10 s"), while the per-call
+detail stays at DEBUG and hooks (metrics) still see every event. A policy asks :func:`wanted`
+before building an event, so a rejection nobody reads costs no allocation.
+
+Upper layers publish values that instrumentation reads when it is scraped (a breaker's failure
+rate, a service's health) through :func:`add_reading`; instrumentation reads them back with
+:func:`readings`, so it never imports the policies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -28,14 +40,20 @@ __all__ = [
     "FallbackUsed",
     "GaveUp",
     "Hook",
+    "Repeats",
     "RetryScheduled",
+    "SUMMARY_INTERVAL",
     "ServiceHealthChanged",
     "TierChanged",
     "TimedOut",
     "add_hook",
+    "add_reading",
     "emit",
     "listening",
+    "readings",
     "remove_hook",
+    "remove_reading",
+    "wanted",
 ]
 
 
@@ -272,3 +290,130 @@ def _call(hook: Hook, event: Event) -> None:
         hook(event)
     except Exception:
         _log.exception("buttress event hook %r failed on %s", hook, event.kind)
+
+
+def wanted(policy: str, level: int = logging.DEBUG) -> bool:
+    """Whether an event of ``policy`` at ``level`` would be read: a hook listens or it is logged.
+
+    Policies test this on their failure paths before building an event object.
+    """
+    return bool(HOOKS) or _logger(policy).isEnabledFor(level)
+
+
+#: Seconds between two summaries of a repeated warning.
+SUMMARY_INTERVAL = 10.0
+
+
+class Repeats:
+    """One warning that repeats: logged the first time, then summarised once per interval.
+
+    ``hit(now, first)`` counts one occurrence at ``now`` (the policy clock's ``now()``). The
+    first occurrence after a quiet interval is logged with ``first()`` as its message; later
+    ones are counted and logged as one line per ``interval``: "<count> <what> in the last <s> s".
+    Counting is one atomic ``next()`` and a comparison; the lock is taken only to log.
+
+    Args:
+        policy: the policy kind; the logger is ``buttress.<policy>``.
+        name: the policy instance's name (the ``policy_name`` log field).
+        what: the plural noun phrase of a summary, e.g. "calls rejected by circuit breaker 'erp'".
+        level: the level of the first line and of summaries (WARNING).
+        interval: seconds between summaries.
+    """
+
+    __slots__ = (
+        "_counter",
+        "_due",
+        "_last",
+        "_lock",
+        "_logged",
+        "interval",
+        "level",
+        "name",
+        "policy",
+        "what",
+    )
+
+    def __init__(
+        self,
+        policy: str,
+        name: str,
+        what: str,
+        *,
+        level: int = logging.WARNING,
+        interval: float = SUMMARY_INTERVAL,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        self.policy, self.name, self.what = policy, name, what
+        self.level, self.interval = level, float(interval)
+        self._counter = itertools.count(1)
+        self._logged = 0  # the count at the last line logged
+        self._last = 0.0  # when that line was logged
+        self._due = float("-inf")
+        self._lock = threading.Lock()
+
+    def hit(self, now: float, first: Callable[[], str] | None = None) -> None:
+        """Count one occurrence; log the first one, or a summary when one is due."""
+        count = next(self._counter)
+        if now >= self._due:
+            self._flush(count, now, first)
+
+    def _flush(self, count: int, now: float, first: Callable[[], str] | None) -> None:
+        with self._lock:
+            if now < self._due or count <= self._logged:
+                return  # another thread logged this interval's line
+            since, elapsed = count - self._logged, now - self._last
+            quiet = since == 1  # nothing happened since the last line: this is a new first
+            self._logged, self._last, self._due = count, now, now + self.interval
+        logger = _logger(self.policy)
+        if not logger.isEnabledFor(self.level):
+            return
+        if quiet:
+            message = first() if first is not None else f"1 {self.what}"
+            extra = {"event": "repeated_first", "policy": self.policy, "count": 1}
+        else:
+            message = f"{since:,} {self.what} in the last {elapsed:,.0f} s"
+            extra = {"event": "repeated_summary", "policy": self.policy, "count": since}
+        extra["policy_name"] = self.name
+        extra["interval"] = elapsed if not quiet else 0.0
+        logger.log(self.level, message, extra=extra)
+
+
+Reading = Callable[[], Iterable[tuple[Hashable, float]]]
+_READINGS: dict[str, list[Reading]] = {}
+_READINGS_LOCK = threading.Lock()
+
+
+def add_reading(kind: str, provider: Reading) -> Reading:
+    """Publish values of ``kind`` read on demand: ``provider()`` yields ``(labels, value)`` pairs.
+
+    Kinds in use: ``"circuit_failure_rate"`` (labels: the breaker's name) and
+    ``"service_health"`` (labels: ``(manager name, service)``, value 1 healthy or 0).
+    """
+    if not callable(provider):
+        raise TypeError(f"provider must be callable, got {provider!r}")
+    with _READINGS_LOCK:
+        _READINGS.setdefault(kind, []).append(provider)
+    return provider
+
+
+def remove_reading(kind: str, provider: Reading) -> None:
+    """Withdraw a provider added with :func:`add_reading` (an unknown one is ignored)."""
+    with _READINGS_LOCK, contextlib.suppress(ValueError, KeyError):
+        _READINGS[kind].remove(provider)
+
+
+def readings(kind: str) -> list[tuple[Hashable, float]]:
+    """Every ``(labels, value)`` pair the providers of ``kind`` publish now.
+
+    A provider that raises is logged and skipped: a scrape never fails because of one.
+    """
+    with _READINGS_LOCK:
+        providers = tuple(_READINGS.get(kind, ()))
+    out: list[tuple[Hashable, float]] = []
+    for provider in providers:
+        try:
+            out.extend(provider())
+        except Exception:
+            _log.exception("buttress reading %r of %s failed", provider, kind)
+    return out

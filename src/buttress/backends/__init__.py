@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .base import BreakerReply, MemoryStore, StorageError, StorageUnavailable, Store
+from .base import (
+    AsyncStore,
+    BreakerReply,
+    MemoryStore,
+    StorageError,
+    StorageUnavailable,
+    Store,
+)
 
 __all__ = [
     "STORAGE_PATH_ENV",
@@ -124,11 +131,11 @@ def _from_object(obj: object) -> Any:
         from .redis_store import RedisStore
 
         return RedisStore(obj)
-    if all(hasattr(obj, name) for name in ("reserve", "block", "reset", "breaker_step")):
+    if isinstance(obj, Store | AsyncStore):
         return obj
     raise TypeError(
         f"storage must be a URL, a redis client or a store, got {obj!r} "
-        "(a store has reserve, block, reset and breaker_step)"
+        "(a store has reserve, block, reset, breaker and close, or their async twins)"
     )
 
 

@@ -7,9 +7,15 @@ atomic with respect to every other caller of the same store (threads, processes,
 
 * rate limits: ``reserve`` (the arithmetic of :func:`buttress.machines.ratelimit.reserve`, after
   any block), ``block`` and ``reset``;
-* circuit breakers: ``breaker_step`` applies one operation of
-  :class:`buttress.machines.breaker.BreakerMachine` (``acquire``, ``record``, ``release``,
-  ``force`` or ``read``) to the stored state and returns a :class:`BreakerReply`.
+* circuit breakers: ``breaker`` applies one :class:`BreakerStep` (a typed value: acquire,
+  record, release, force or read) of :class:`buttress.machines.breaker.BreakerMachine` to the
+  stored state and returns a :class:`BreakerReply`.
+
+:class:`Store` is the synchronous interface and :class:`AsyncStore` its asyncio twin (``a``-named
+methods that never block the event loop), as httpx pairs its transports. A store opened from a URL
+implements both, so one object serves a policy's sync and async callers. Each backend translates
+its own errors: a store raises only :class:`StorageUnavailable` (no answer in time: the policy
+decides without it) or :class:`StorageError` (an answer it cannot use).
 
 The memory and SQLite stores run the Python machines inside a lock or a transaction; the Redis
 store runs Lua twins of them inside the server. Times are wall-clock seconds (states outlive a
@@ -20,18 +26,23 @@ lets the store read its own clock (the Redis server's, by default).
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import Enum
+from typing import Any, Protocol, cast, runtime_checkable
 
+from ..clock import wall_time
 from ..errors import StorageError, StorageUnavailable
 from ..machines.breaker import Admission, BreakerMachine, BreakerSettings, CircuitState
 from ..machines.ratelimit import Params, idle, reserve
 
 __all__ = [
-    "BREAKER_OPS",
+    "ACQUIRE",
+    "READ",
+    "AsyncStore",
+    "BreakerOp",
     "BreakerReply",
+    "BreakerStep",
     "MemoryStore",
     "StorageError",
     "StorageUnavailable",
@@ -39,7 +50,53 @@ __all__ = [
     "apply_breaker",
 ]
 
-BREAKER_OPS = ("acquire", "record", "release", "force", "read")
+
+class BreakerOp(Enum):
+    """What a breaker step does to the stored breaker."""
+
+    ACQUIRE = "acquire"  # admit a call (or a probe), or refuse it
+    RECORD = "record"  # the outcome of an admitted call
+    RELEASE = "release"  # an admitted call that does not count (cancelled, an ignored error)
+    FORCE = "force"  # move to ``target`` (manual open/close/reset)
+    READ = "read"  # nothing: report the state
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStep:
+    """One operation on a stored breaker, as a value (build it with the class methods).
+
+    ``ticket`` and ``probe`` identify the admission a RECORD or RELEASE settles; ``failed`` is the
+    outcome a RECORD reports; ``target`` and ``reason`` belong to FORCE.
+    """
+
+    op: BreakerOp
+    probe: bool = False
+    ticket: int = 0
+    failed: bool = False
+    target: CircuitState | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, BreakerOp):
+            raise TypeError(f"op must be a BreakerOp, got {self.op!r}")
+        if self.op is BreakerOp.FORCE and not isinstance(self.target, CircuitState):
+            raise ValueError(f"a FORCE step needs a target CircuitState, got {self.target!r}")
+
+    @classmethod
+    def record(cls, ticket: int, *, probe: bool, failed: bool) -> BreakerStep:
+        return cls(BreakerOp.RECORD, probe=probe, ticket=ticket, failed=failed)
+
+    @classmethod
+    def release(cls, ticket: int, *, probe: bool) -> BreakerStep:
+        return cls(BreakerOp.RELEASE, probe=probe, ticket=ticket)
+
+    @classmethod
+    def force(cls, target: CircuitState, reason: str = "") -> BreakerStep:
+        return cls(BreakerOp.FORCE, target=target, reason=reason or f"forced {target.value}")
+
+
+ACQUIRE = BreakerStep(BreakerOp.ACQUIRE)
+READ = BreakerStep(BreakerOp.READ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +113,20 @@ class BreakerReply:
     transition: tuple[CircuitState, CircuitState, str] | None
 
 
+@runtime_checkable
 class Store(Protocol):
-    """The interface the policies use (see the module documentation)."""
+    """The synchronous store interface the policies use (see the module documentation).
 
+    Every method raises only :class:`StorageUnavailable` (the store did not answer: the policy
+    decides without it) or :class:`StorageError` (the store answered with something unusable);
+    each backend translates its own client's exceptions. ``now`` is wall-clock seconds, or
+    ``None`` for the store's own clock.
+    """
+
+    #: Where the state lives, for messages (any password redacted).
     url: str
+    #: Seconds the store may take to answer, or ``None`` when unknown.
+    timeout: float | None
 
     def reserve(
         self,
@@ -69,58 +136,76 @@ class Store(Protocol):
         cost: int,
         max_wait: float,
         now: float | None = None,
+    ) -> tuple[bool, float]:
+        """The rate-limit step: ``(admitted, wait)``, after any block on the key."""
+        ...
+
+    def block(self, name: str, key: str | None, seconds: float, now: float | None = None) -> None:
+        """Refuse the key for ``seconds`` (a server's ``Retry-After``); never shortens one."""
+        ...
+
+    def reset(self, name: str, key: str | None = None) -> None:
+        """Forget the key's rate-limit state and block."""
+        ...
+
+    def breaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
+    ) -> BreakerReply:
+        """Apply one :class:`BreakerStep` to the breaker ``name``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files; the store is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The asyncio twin of :class:`Store`: the same steps, awaited, never blocking the loop."""
+
+    url: str
+    timeout: float | None
+
+    async def areserve(
+        self,
+        name: str,
+        key: str | None,
+        params: Params,
+        cost: int,
+        max_wait: float,
+        now: float | None = None,
     ) -> tuple[bool, float]: ...
 
-    def block(
+    async def ablock(
         self, name: str, key: str | None, seconds: float, now: float | None = None
     ) -> None: ...
 
-    def reset(self, name: str, key: str | None = None) -> None: ...
+    async def areset(self, name: str, key: str | None = None) -> None: ...
 
-    def breaker_step(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
+    async def abreaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply: ...
 
+    async def aclose(self) -> None: ...
 
-def apply_breaker(
-    machine: BreakerMachine,
-    op: str,
-    now: float,
-    *,
-    probe: bool = False,
-    ticket: int = 0,
-    failed: bool = False,
-    target: CircuitState | None = None,
-    reason: str = "",
-) -> BreakerReply:
-    """Run one breaker operation on ``machine`` (in place) and describe the result."""
+
+def apply_breaker(machine: BreakerMachine, step: BreakerStep, now: float) -> BreakerReply:
+    """Run one breaker step on ``machine`` (in place) and describe the result."""
     allowed, is_probe, number, retry_after = False, False, 0, 0.0
     transition = None
-    if op == "acquire":
-        admission, moved = machine.acquire(now)
+    op = step.op
+    if op is BreakerOp.ACQUIRE:
+        admission, transition = machine.acquire(now)
         allowed, is_probe = admission.allowed, admission.probe
         number, retry_after = admission.generation, admission.retry_after
-        transition = moved
-    elif op == "record":
-        transition = machine.record(Admission(True, probe, ticket), now, failed=failed)
-    elif op == "release":
-        machine.release(Admission(True, probe, ticket))
-    elif op == "force":
-        if not isinstance(target, CircuitState):
-            raise ValueError(f"force needs a target CircuitState, got {target!r}")
-        transition = machine.force(target, now, reason or f"forced {target.value}")
-    elif op != "read":
-        raise ValueError(f"unknown breaker operation {op!r}; known: {', '.join(BREAKER_OPS)}")
+    elif op is BreakerOp.RECORD:
+        transition = machine.record(
+            Admission(True, step.probe, step.ticket), now, failed=step.failed
+        )
+    elif op is BreakerOp.RELEASE:
+        machine.release(Admission(True, step.probe, step.ticket))
+    elif op is BreakerOp.FORCE:
+        transition = machine.force(cast(CircuitState, step.target), now, step.reason)
     return BreakerReply(
         allowed=allowed,
         probe=is_probe,
@@ -157,6 +242,7 @@ class MemoryStore:
     """
 
     url = "memory://"
+    timeout: float | None = None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -173,7 +259,7 @@ class MemoryStore:
         max_wait: float,
         now: float | None = None,
     ) -> tuple[bool, float]:
-        now = time.time() if now is None else now
+        now = wall_time() if now is None else now
         slot = (name, key)
         with self._lock:
             until = self._blocks.get(slot)
@@ -188,7 +274,7 @@ class MemoryStore:
             return True, wait
 
     def block(self, name: str, key: str | None, seconds: float, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = wall_time() if now is None else now
         with self._lock:
             slot = (name, key)
             self._blocks[slot] = max(self._blocks.get(slot, 0.0), now + seconds)
@@ -203,31 +289,44 @@ class MemoryStore:
         with self._lock:
             return sum(1 for state in self._limits.values() if idle(state, now, params))
 
-    def breaker_step(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
+    def breaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
-        now = time.time() if now is None else now
+        now = wall_time() if now is None else now
         with self._lock:
             machine = BreakerMachine.from_state(shared_settings(settings), self._breakers.get(name))
-            reply = apply_breaker(
-                machine,
-                op,
-                now,
-                probe=probe,
-                ticket=ticket,
-                failed=failed,
-                target=target,
-                reason=reason,
-            )
+            reply = apply_breaker(machine, step, now)
             self._breakers[name] = machine.to_state()
             return reply
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    # The async twins run inline: every step is a few arithmetic operations under a lock.
+
+    async def areserve(
+        self,
+        name: str,
+        key: str | None,
+        params: Params,
+        cost: int,
+        max_wait: float,
+        now: float | None = None,
+    ) -> tuple[bool, float]:
+        return self.reserve(name, key, params, cost, max_wait, now)
+
+    async def ablock(
+        self, name: str, key: str | None, seconds: float, now: float | None = None
+    ) -> None:
+        self.block(name, key, seconds, now)
+
+    async def areset(self, name: str, key: str | None = None) -> None:
+        self.reset(name, key)
+
+    async def abreaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
+    ) -> BreakerReply:
+        return self.breaker(name, settings, step, now)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

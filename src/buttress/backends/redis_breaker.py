@@ -58,7 +58,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..machines.breaker import BreakerSettings, CircuitState
-from .base import BREAKER_OPS, BreakerReply, StorageError, StorageUnavailable, shared_settings
+from .base import (
+    BreakerOp,
+    BreakerReply,
+    BreakerStep,
+    StorageError,
+    StorageUnavailable,
+    shared_settings,
+)
 from .redis import Lane, _check_prefix, _name_part, _require_redis
 
 if TYPE_CHECKING:
@@ -361,41 +368,34 @@ def _now_arg(now: float | None, server_time: bool) -> str:
 
 def _step_args(
     settings: BreakerSettings,
-    op: str,
+    step: BreakerStep,
     now: float | None,
     server_time: bool,
     idle_ttl: str,
-    probe: bool,
-    ticket: int,
-    failed: bool,
-    target: CircuitState | None,
-    reason: str,
 ) -> list[str]:
     if not isinstance(settings, BreakerSettings):
         raise TypeError(f"settings must be a machines.breaker.BreakerSettings, got {settings!r}")
-    if op not in BREAKER_OPS:
-        raise ValueError(f"unknown breaker operation {op!r}; known: {', '.join(BREAKER_OPS)}")
+    if not isinstance(step, BreakerStep):
+        raise TypeError(f"step must be a BreakerStep, got {step!r}")
+    ticket = step.ticket
     if isinstance(ticket, bool) or not isinstance(ticket, int):
         raise TypeError(f"ticket must be an int (from an acquire reply), got {ticket!r}")
     if not 0 <= ticket < _MAX_TICKET:
         raise ValueError(f"ticket must be between 0 and 2**53 - 1, got {ticket!r}")
-    if not isinstance(reason, str):
-        raise TypeError(f"reason must be a str, got {reason!r}")
+    if not isinstance(step.reason, str):
+        raise TypeError(f"reason must be a str, got {step.reason!r}")
     target_arg = ""
-    if op == "force":
-        if not isinstance(target, CircuitState):
-            raise ValueError(f"force needs a target CircuitState, got {target!r}")
-        target_arg = target.value
-        reason = reason or f"forced {target.value}"
+    if step.op is BreakerOp.FORCE and step.target is not None:
+        target_arg = step.target.value
     return [
-        op,
+        step.op.value,
         _now_arg(now, server_time),
         *_settings_args(settings),
-        "1" if probe else "0",
+        "1" if step.probe else "0",
         str(ticket),
-        "1" if failed else "0",
+        "1" if step.failed else "0",
         target_arg,
-        reason,
+        step.reason,
         idle_ttl,
     ]
 
@@ -468,33 +468,11 @@ class _BreakerScript:
         return _key_name(self.prefix, name)
 
     def step_request(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> tuple[str, list[str]]:
         """The key and script arguments of one step (validated)."""
         key = _key_name(self.prefix, name)
-        args = _step_args(
-            settings,
-            op,
-            now,
-            self.server_time,
-            self._idle_ttl,
-            probe,
-            ticket,
-            failed,
-            target,
-            reason,
-        )
-        return key, args
+        return key, _step_args(settings, step, now, self.server_time, self._idle_ttl)
 
 
 class RedisBreakerStore(_BreakerScript):
@@ -520,38 +498,17 @@ class RedisBreakerStore(_BreakerScript):
         super().__init__(client, prefix=prefix, server_time=server_time, idle_ttl=idle_ttl)
         self._lane = Lane(client)
 
-    def breaker_step(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
+    def breaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
-        """One breaker operation on the stored state (see :func:`apply_breaker`).
+        """One breaker step on the stored state (see :func:`apply_breaker`).
 
         Raises:
-            ValueError: an unknown ``op``, ``force`` without a target, windowed or invalid
-                settings, a bad ``now`` or ``ticket``.
+            ValueError: windowed or invalid settings, a bad ``now`` or ``ticket``.
             StorageError: the key holds something that is not a breaker state.
             StorageUnavailable: Redis could not be reached or did not answer in time.
         """
-        key, args = self.step_request(
-            name,
-            settings,
-            op,
-            now,
-            probe=probe,
-            ticket=ticket,
-            failed=failed,
-            target=target,
-            reason=reason,
-        )
+        key, args = self.step_request(name, settings, step, now)
         with translating(key, name):
             raw = self._lane.evalsha(self._step, [key], args)
         return _reply(raw)
@@ -574,11 +531,11 @@ class AsyncRedisBreakerStore(_BreakerScript):
     ) -> None:
         super().__init__(client, prefix=prefix, server_time=server_time, idle_ttl=idle_ttl)
 
-    async def breaker_step(
-        self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
+    async def breaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
-        """Async twin of :meth:`RedisBreakerStore.breaker_step` (the same keyword arguments)."""
-        key, args = self.step_request(name, settings, op, now, **kw)
+        """Async twin of :meth:`RedisBreakerStore.breaker`."""
+        key, args = self.step_request(name, settings, step, now)
         with translating(key, name):
             raw = await self._step(keys=[key], args=args)
         return _reply(raw)

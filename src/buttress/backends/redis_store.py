@@ -16,9 +16,9 @@ import threading
 import weakref
 from typing import Any
 
-from ..machines.breaker import BreakerSettings, CircuitState
+from ..machines.breaker import BreakerSettings
 from ..machines.ratelimit import Params
-from .base import BreakerReply
+from .base import BreakerReply, BreakerStep
 
 __all__ = ["AsyncRedisStore", "RedisStore"]
 
@@ -69,30 +69,32 @@ class RedisStore:
     def reset(self, name: str, key: str | None = None) -> None:
         self.limits.reset(name, key)
 
-    def breaker_step(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
+    def breaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
-        return self.breakers.breaker_step(
-            name,
-            settings,
-            op,
-            now,
-            probe=probe,
-            ticket=ticket,
-            failed=failed,
-            target=target,
-            reason=reason,
-        )
+        return self.breakers.breaker(name, settings, step, now)
+
+    def close(self) -> None:
+        """Close the connections this store opened (a client passed in is left to its owner)."""
+        if self._open_url is not None:
+            self.client.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's connection, then the sync ones."""
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            store = self._async.pop(loop, None)
+        if store is not None:
+            await store.lane.close()
+        self.close()
+
+    async def ablock(
+        self, name: str, key: str | None, seconds: float, now: float | None = None
+    ) -> None:
+        await asyncio.to_thread(self.block, name, key, seconds, now)
+
+    async def areset(self, name: str, key: str | None = None) -> None:
+        await asyncio.to_thread(self.reset, name, key)
 
     # -- async callers ---------------------------------------------------------------------------
 
@@ -131,13 +133,13 @@ class RedisStore:
             return self.reserve(name, key, params, cost, max_wait, now)
         return await store.areserve(name, key, params, cost, max_wait, now)
 
-    async def abreaker_step(
-        self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
+    async def abreaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
         store = self._for_loop()
         if store is None:
-            return self.breaker_step(name, settings, op, now, **kw)
-        return await store.abreaker_step(name, settings, op, now, **kw)
+            return self.breaker(name, settings, step, now)
+        return await store.abreaker(name, settings, step, now)
 
 
 class _LaneStore:
@@ -162,13 +164,13 @@ class _LaneStore:
         redis_key, args = limits.reserve_request(name, key, params, cost, max_wait, now)
         return _decision(await self.lane.evalsha(limits._reserve, [redis_key], args))
 
-    async def abreaker_step(
-        self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
+    async def abreaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
         from .redis_breaker import _reply, translating
 
         breakers = self.store.breakers
-        key, args = breakers.step_request(name, settings, op, now, **kw)
+        key, args = breakers.step_request(name, settings, step, now)
         with translating(key, name):
             raw = await self.lane.evalsha(breakers._step, [key], args)
         return _reply(raw)
@@ -202,15 +204,24 @@ class AsyncRedisStore:
     ) -> tuple[bool, float]:
         return await self.limits.reserve(name, key, params, cost, max_wait, now)
 
-    async def abreaker_step(
-        self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
+    async def abreaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
-        return await self.breakers.breaker_step(name, settings, op, now, **kw)
+        return await self.breakers.breaker(name, settings, step, now)
 
     async def ablock(
         self, name: str, key: str | None, seconds: float, now: float | None = None
     ) -> None:
         await self.limits.block(name, key, seconds, now)
+
+    async def areset(self, name: str, key: str | None = None) -> None:
+        await self.limits.reset(name, key)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the client belongs to whoever passed it in."""
+
+    def close(self) -> None:
+        """Nothing to close: the client belongs to whoever passed it in."""
 
     def _sync(self, what: str) -> Any:
         raise TypeError(
@@ -227,7 +238,7 @@ class AsyncRedisStore:
     def reset(self, *args: Any, **kwargs: Any) -> None:
         self._sync("reset()")
 
-    def breaker_step(self, *args: Any, **kwargs: Any) -> BreakerReply:
+    def breaker(self, *args: Any, **kwargs: Any) -> BreakerReply:
         return self._sync("a circuit breaker step")  # type: ignore[no-any-return]
 
 

@@ -32,9 +32,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..machines.breaker import BreakerMachine, BreakerSettings, CircuitState
+from ..machines.breaker import BreakerMachine, BreakerSettings
 from ..machines.ratelimit import Params, fresh_at, reserve
-from .base import BreakerReply, StorageError, StorageUnavailable, apply_breaker, shared_settings
+from .base import (
+    BreakerOp,
+    BreakerReply,
+    BreakerStep,
+    StorageError,
+    StorageUnavailable,
+    apply_breaker,
+    shared_settings,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -83,6 +91,9 @@ class SQLiteStore:
             )
         self.busy_timeout = float(busy_timeout)
         self.url = f"sqlite:///{self.path}"
+        # a locked database waits busy_timeout; deadlines shorter than that still ask (SQLite
+        # answers in microseconds when not locked), so no timeout is advertised
+        self.timeout: float | None = None
         self._local = threading.local()
         self._decisions = 0
         self._check_and_create()
@@ -284,20 +295,10 @@ class SQLiteStore:
 
     # -- circuit breakers ------------------------------------------------------------------------
 
-    def breaker_step(
-        self,
-        name: str,
-        settings: BreakerSettings,
-        op: str,
-        now: float | None = None,
-        *,
-        probe: bool = False,
-        ticket: int = 0,
-        failed: bool = False,
-        target: CircuitState | None = None,
-        reason: str = "",
+    def breaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
-        """One breaker operation on the stored state (see :func:`apply_breaker`)."""
+        """One breaker step on the stored state (see :func:`apply_breaker`)."""
         now = time.time() if now is None else now
         with self._transaction() as conn:
             data = self._load(conn, "breaker", name, "")
@@ -305,25 +306,30 @@ class SQLiteStore:
                 machine = BreakerMachine.from_state(shared_settings(settings), data)
             except ValueError as exc:
                 raise StorageError(f"{self.path}: the stored breaker {name!r}: {exc}") from None
-            reply = apply_breaker(
-                machine,
-                op,
-                now,
-                probe=probe,
-                ticket=ticket,
-                failed=failed,
-                target=target,
-                reason=reason,
-            )
-            if op != "read":
+            reply = apply_breaker(machine, step, now)
+            if step.op is not BreakerOp.READ:
                 self._save(conn, "breaker", name, "", machine.to_state())
             return reply
 
-    async def abreaker_step(
-        self, name: str, settings: BreakerSettings, op: str, now: float | None = None, **kw: Any
+    async def abreaker(
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
     ) -> BreakerReply:
-        """:meth:`breaker_step` in a worker thread."""
-        return await asyncio.to_thread(lambda: self.breaker_step(name, settings, op, now, **kw))
+        """:meth:`breaker` in a worker thread."""
+        return await asyncio.to_thread(self.breaker, name, settings, step, now)
+
+    async def ablock(
+        self, name: str, key: str | None, seconds: float, now: float | None = None
+    ) -> None:
+        """:meth:`block` in a worker thread."""
+        await asyncio.to_thread(self.block, name, key, seconds, now)
+
+    async def areset(self, name: str, key: str | None = None) -> None:
+        """:meth:`reset` in a worker thread."""
+        await asyncio.to_thread(self.reset, name, key)
+
+    async def aclose(self) -> None:
+        """:meth:`close` (closing a connection does not wait on others)."""
+        self.close()
 
     def integrity_check(self) -> str:
         """SQLite's own verdict on the file (``"ok"`` when sound)."""

@@ -38,6 +38,7 @@ from typing import Any, TypeVar, cast
 from .. import events as _events
 from .._config import env_float, env_int, integer, number, optional_seconds, seconds
 from ..backends import BreakerReply, open_storage
+from ..backends.base import ACQUIRE, READ, BreakerStep
 from ..clock import Clock, get_clock
 from ..errors import CircuitOpenError
 from ..machines.breaker import (
@@ -325,7 +326,7 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitState:
         """The current state; an OPEN breaker past its recovery time reads as HALF_OPEN."""
-        reply = self._stored("read")
+        reply = self._stored(READ)
         if reply is not None:
             state, opened_at = reply.state, reply.opened_at
             now = self._store_now()
@@ -339,7 +340,7 @@ class CircuitBreaker:
     @property
     def failure_count(self) -> int:
         """Consecutive failures counted in CLOSED state."""
-        reply = self._stored("read")
+        reply = self._stored(READ)
         return reply.failures if reply is not None else self._shared.machine.failures
 
     @property
@@ -364,7 +365,7 @@ class CircuitBreaker:
     def retry_after(self) -> float:
         """Seconds until an OPEN breaker will admit a probe (0 otherwise)."""
         machine = self._shared.machine
-        reply = self._stored("read")
+        reply = self._stored(READ)
         if reply is not None:
             if reply.state is not CircuitState.OPEN:
                 return 0.0
@@ -379,7 +380,7 @@ class CircuitBreaker:
         now = store_time(self._shared.clock)
         return _wall() if now is None else now
 
-    def _stored(self, op: str, **kw: Any) -> BreakerReply | None:
+    def _stored(self, step: BreakerStep) -> BreakerReply | None:
         """One step on the store; ``None`` without a store or while it is unreachable."""
         shared = self._shared
         guard = shared.guard
@@ -389,15 +390,15 @@ class CircuitBreaker:
         if not guard.should_try(local_now):
             return None
         try:
-            reply: BreakerReply = guard.store.breaker_step(
-                self.name, shared.machine.settings, op, store_time(shared.clock), **kw
+            reply: BreakerReply = guard.store.breaker(
+                self.name, shared.machine.settings, step, store_time(shared.clock)
             )
         except store_faults() as error:
             guard.failed(error, local_now)
             return None
         return self._heard(guard, reply, local_now)
 
-    async def _astored(self, op: str, **kw: Any) -> BreakerReply | None:
+    async def _astored(self, step: BreakerStep) -> BreakerReply | None:
         """Async twin of :meth:`_stored` (the store's async step when it has one)."""
         shared = self._shared
         guard = shared.guard
@@ -407,13 +408,13 @@ class CircuitBreaker:
         if not guard.should_try(local_now):
             return None
         store = guard.store
-        step = getattr(store, "abreaker_step", None)
-        ask = (self.name, shared.machine.settings, op, store_time(shared.clock))
+        abreaker = getattr(store, "abreaker", None)
+        ask = (self.name, shared.machine.settings, step, store_time(shared.clock))
         try:
-            if step is not None:
-                reply: BreakerReply = await step(*ask, **kw)
+            if abreaker is not None:
+                reply: BreakerReply = await abreaker(*ask)
             else:
-                reply = store.breaker_step(*ask, **kw)
+                reply = store.breaker(*ask)
         except store_faults() as error:
             guard.failed(error, local_now)
             return None
@@ -469,18 +470,13 @@ class CircuitBreaker:
             name=self.name,
         )
 
-    def _settle_stored(self, admission: Admission, failed: bool | None) -> dict[str, Any] | None:
+    def _settle_stored(self, admission: Admission, failed: bool | None) -> BreakerStep | None:
         """The store step that settles ``admission`` (``None``: settle locally instead)."""
         if not isinstance(admission, _StoredAdmission):
             return None
         if failed is None:
-            return {"op": "release", "probe": admission.probe, "ticket": admission.generation}
-        return {
-            "op": "record",
-            "probe": admission.probe,
-            "ticket": admission.generation,
-            "failed": failed,
-        }
+            return BreakerStep.release(admission.generation, probe=admission.probe)
+        return BreakerStep.record(admission.generation, probe=admission.probe, failed=failed)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
@@ -523,7 +519,7 @@ class CircuitBreaker:
         with self._shared.lock:
             transition = self._shared.machine.force(state, now, reason)
         if self._shared.guard is not None:
-            self._stored("force", target=state, reason=reason)
+            self._stored(BreakerStep.force(state, reason))
             return
         self._announce(transition, now)
 
@@ -544,7 +540,7 @@ class CircuitBreaker:
     def _admit(self) -> tuple[Admission, float]:
         shared = self._shared
         if shared.guard is not None:
-            reply = self._stored("acquire")
+            reply = self._stored(ACQUIRE)
             now = self._now()
             admission = self._from_reply(reply, now)
             if not admission.allowed:
@@ -600,7 +596,7 @@ class CircuitBreaker:
             failed = self._outcome(error)
             step = self._settle_stored(admission, failed)
             if step is not None:
-                self._stored(step.pop("op"), **step)
+                self._stored(step)
             else:
                 self._settle_local(admission, failed, now)
             self._completed(failed, began, now)
@@ -638,7 +634,7 @@ class CircuitBreaker:
         self._announce(transition, now)
 
     async def _aadmit(self) -> tuple[Admission, float]:
-        reply = await self._astored("acquire")
+        reply = await self._astored(ACQUIRE)
         now = self._now()
         admission = self._from_reply(reply, now)
         if not admission.allowed:
@@ -653,7 +649,7 @@ class CircuitBreaker:
         if admission.generation != -1:
             step = self._settle_stored(admission, failed)
             if step is not None:
-                await self._astored(step.pop("op"), **step)
+                await self._astored(step)
             else:
                 self._settle_local(admission, failed, now)
         self._completed(failed, began, now)
@@ -694,7 +690,7 @@ class CircuitBreaker:
 
     def _release(self, admission: Admission) -> None:
         if isinstance(admission, _StoredAdmission):
-            self._stored("release", probe=admission.probe, ticket=admission.generation)
+            self._stored(BreakerStep.release(admission.generation, probe=admission.probe))
             return
         with self._shared.lock:
             self._shared.machine.release(admission)

@@ -37,7 +37,7 @@ from .._config import integer, number, optional_seconds
 from .._config import seconds as to_seconds
 from ..backends import open_storage
 from ..clock import Clock, get_clock
-from ..errors import RateLimitExceeded
+from ..errors import RateLimitExceeded, UnknownRateLimit
 from ..machines.ratelimit import EPSILON, Params, RateLimitAlgorithm, idle, reserve, spent
 from ._storeguard import StoreGuard, check_fail_mode, store_faults, store_time
 
@@ -54,13 +54,6 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 _TOKEN = RateLimitAlgorithm.TOKEN_BUCKET
-
-
-class UnknownRateLimit(KeyError):
-    """``check_limit`` was asked about a name that was never configured."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown rate limit"
 
 
 @dataclass(frozen=True, kw_only=True)
