@@ -31,10 +31,12 @@ argument: nothing is built per call.
 from __future__ import annotations
 
 import functools
+import logging
 import random as _random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast, overload
 
 from .. import events as _events
 from .._callables import guard_sync, guarded_kind, is_awaitable, resolved
@@ -107,8 +109,7 @@ def _jitter(value: object) -> Jitter:
 
 def _exception_test(field: str, value: object) -> Callable[[BaseException], bool]:
     if isinstance(value, type) and issubclass(value, BaseException):
-        exc_type = value
-        return lambda exc: isinstance(exc, exc_type)
+        return value.__instancecheck__
     if isinstance(value, tuple):
         for item in value:
             if not (isinstance(item, type) and issubclass(item, BaseException)):
@@ -121,6 +122,15 @@ def _exception_test(field: str, value: object) -> Callable[[BaseException], bool
     raise TypeError(
         f"{field} must be an exception type, a tuple of them, or a predicate, got {value!r}"
     )
+
+
+def _retry_test(retry_on: object, fail_fast_on: object) -> Callable[[BaseException], bool]:
+    """One test of whether an exception is retried: not ``fail_fast_on``, and ``retry_on``."""
+    retried = _exception_test("retry_on", retry_on)
+    if not fail_fast_on:
+        return retried
+    refused = _exception_test("fail_fast_on", fail_fast_on)
+    return lambda exc: not refused(exc) and retried(exc)
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -156,12 +166,11 @@ class Retry:
     __slots__ = (
         "_backoff",
         "_clock",
-        "_fail_fast",
         "_jitter",
         "_on_retry",
         "_random",
-        "_retry_on",
         "_retry_on_result",
+        "_retryable",
         "max_attempts",
         "name",
         "time_limit",
@@ -224,8 +233,7 @@ class Retry:
             self._backoff = kind.backoff(base_delay=base, max_delay=cap)
 
         self._jitter = _jitter(jitter)
-        self._fail_fast = _exception_test("fail_fast_on", fail_fast_on) if fail_fast_on else None
-        self._retry_on = _exception_test("retry_on", retry_on)
+        self._retryable = _retry_test(retry_on, fail_fast_on)
         if retry_on_result is not None and not callable(retry_on_result):
             raise TypeError(f"retry_on_result must be a predicate, got {retry_on_result!r}")
         self._retry_on_result = retry_on_result
@@ -247,11 +255,6 @@ class Retry:
             f"Retry(max_attempts={self.max_attempts}, backoff={self._backoff!r}, "
             f"jitter={self._jitter.value!r})"
         )
-
-    def _retryable(self, exc: BaseException) -> bool:
-        if self._fail_fast is not None and self._fail_fast(exc):
-            return False
-        return self._retry_on(exc)
 
     # -- the first attempt: the fast path -------------------------------------------------------
 
@@ -373,11 +376,25 @@ class Retry:
         return async_wrapper
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _GaveUpDetail(_events.GaveUp):
+    """A give-up told per call at DEBUG; the WARNING goes through the name's :class:`Repeats`."""
+
+    level: ClassVar[int] = logging.DEBUG
+
+
+#: Give-ups by name: the first logged at WARNING, then one summary per interval. Shared by every
+#: Retry object, since one operation is often guarded by policies built per call; kept apart per
+#: virtual clock (real clocks share one key), whose times cannot be compared with others.
+_GIVEN_UP: dict[tuple[str, Clock | None], _events.Repeats] = {}
+
+
 class _Attempts:
     """One failing call's way through its retries: every decision, none of the waiting.
 
     The shells call :meth:`again` after each attempt; when it says yes they wait :attr:`delay` on
     :attr:`clock`, call :meth:`begin`, and run the next attempt. :meth:`outcome` ends the call.
+    Events are built only when something reads them (:func:`buttress.events.wanted`).
     """
 
     __slots__ = (
@@ -385,12 +402,15 @@ class _Attempts:
         "attempt",
         "began",
         "clock",
+        "deadline",
         "delay",
         "fn",
         "kwargs",
         "policy",
         "shortest",
         "start",
+        "telling",
+        "timed",
     )
 
     def __init__(
@@ -409,69 +429,85 @@ class _Attempts:
         self.delay = 0.0
         self.began: float | None = None  # when the attempt running now began, if timed
         self.shortest: float | None = None
+        self.telling = _events.wanted("retry")
+        # The deadline in force cannot change while this call runs: look it up once.
+        self.deadline = deadline_on(self.clock, is_real(self.clock))
+        self.timed = policy.time_limit is not None or self.deadline is not None
+
+    @property
+    def name(self) -> str:
+        return self.policy.name or callable_name(self.fn)
 
     def begin(self) -> None:
-        policy, clock = self.policy, self.clock
-        timed = policy.time_limit is not None or deadline_on(clock, is_real(clock)) is not None
-        self.began = clock.now() if timed else None
+        if self.timed:
+            self.began = self.clock.now()
 
     def again(self, exc: BaseException | None, result: object) -> bool:
         """Whether to try again after the attempt that just ended (``exc`` or ``result``)."""
         self.attempt += 1
-        policy, clock = self.policy, self.clock
+        policy = self.policy
+        now = self.clock.now() if self.timed or self.telling else 0.0
         if self.began is not None:
-            took = clock.now() - self.began
+            took = now - self.began
             self.shortest = took if self.shortest is None else min(self.shortest, took)
         if exc is None:
             if not policy._rejects(result):
                 return False
         elif not policy._retryable(exc):
             return False
-        name = policy.name or callable_name(self.fn)
-        now = clock.now()
-        _events.emit(
-            _events.AttemptFailed(
-                policy="retry",
-                name=name,
-                at=now,
-                attempt=self.attempt,
-                exception=exc,
-                result=result,
+        if self.telling:
+            self._tell(
+                _events.AttemptFailed, now, attempt=self.attempt, exception=exc, result=result
             )
-        )
         if self.attempt >= policy.max_attempts:
-            return self._give_up(name, now, "attempts", exc)
+            return self._give_up(now, "attempts", exc)
+        after = getattr(exc, "retry_after", None)  # most failures carry none: skip the parsing
         delay = combine_with_retry_after(
-            policy._backoff.delay(self.attempt), _retry_after(exc), policy._jitter, policy._random()
+            policy._backoff.delay(self.attempt),
+            None if after is None else _retry_after(exc),
+            policy._jitter,
+            policy._random(),
         )
         needed = now + delay + (self.shortest or 0.0)
-        if (
-            self.start is not None
-            and policy.time_limit is not None
-            and needed > self.start + policy.time_limit
-        ):
-            return self._give_up(name, now, "time_limit", exc)
-        deadline = deadline_on(clock, is_real(clock))
-        if deadline is not None and needed >= deadline:
-            return self._give_up(name, now, "deadline", exc)
-        event = _events.RetryScheduled(
-            policy="retry", name=name, at=now, attempt=self.attempt, delay=delay, exception=exc
-        )
-        _events.emit(event, cast(_events.Hook | None, policy._on_retry))
+        limit = policy.time_limit
+        if self.start is not None and limit is not None and needed > self.start + limit:
+            return self._give_up(now, "time_limit", exc)
+        if self.deadline is not None and needed >= self.deadline:
+            return self._give_up(now, "deadline", exc)
+        if self.telling or policy._on_retry is not None:
+            hook = cast(_events.Hook | None, policy._on_retry)
+            self._tell(
+                _events.RetryScheduled, now, hook, attempt=self.attempt, delay=delay, exception=exc
+            )
         self.delay = delay
         return True
 
-    def _give_up(self, name: str, now: float, reason: str, exc: BaseException | None) -> bool:
-        _events.emit(
-            _events.GaveUp(
-                policy="retry",
-                name=name,
-                at=now,
-                attempts=self.attempt,
-                reason=reason,
-                exception=exc,
+    def _tell(
+        self,
+        kind: Callable[..., _events.Event],
+        now: float,
+        hook: _events.Hook | None = None,
+        **fields: Any,
+    ) -> None:
+        _events.emit(kind(policy="retry", name=self.name, at=now, **fields), hook)
+
+    def _give_up(self, now: float, reason: str, exc: BaseException | None) -> bool:
+        name, attempts = self.name, self.attempt
+        now = now or self.clock.now()
+
+        def event() -> _events.Event:
+            return _GaveUpDetail(
+                policy="retry", name=name, at=now, attempts=attempts, reason=reason, exception=exc
             )
-        )
+
+        key = (name, None if is_real(self.clock) else self.clock)
+        repeats = _GIVEN_UP.get(key)
+        if repeats is None:
+            what = f"calls to {name!r} failed after retrying"
+            repeats = _GIVEN_UP.setdefault(key, _events.Repeats("retry", name, what))
+        repeats.hit(now, lambda: event().message())
+        if self.telling:
+            _events.emit(event())
         return False
 
     @staticmethod

@@ -51,9 +51,10 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
 from .. import events as _events
 from .._callables import guarded_kind, is_awaitable, resolved
@@ -203,6 +204,19 @@ def abandoned_calls() -> int:
 
 # -- the policy -------------------------------------------------------------------------------
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _TimedOutDetail(_events.TimedOut):
+    """A time-out told per call at DEBUG; the WARNING goes through the name's :class:`Repeats`."""
+
+    level: ClassVar[int] = logging.DEBUG
+
+
+#: Time-outs by name: the first logged at WARNING, then one summary per interval. Shared by every
+#: Timeout object, since one operation is often guarded by policies built per call; kept apart per
+#: virtual clock (real clocks share one key), whose times cannot be compared with others.
+_TIMED_OUT: dict[tuple[str, Clock | None], _events.Repeats] = {}
+
 _CALL: Any = object()  # "no awaitable yet: call the function"
 
 
@@ -280,9 +294,16 @@ class Timeout:
 
     def _expired(self, fn: object, entry: Deadline, budget: float) -> OperationTimeout:
         name = self.name or callable_name(fn)
-        _events.emit(
-            _events.TimedOut(policy="timeout", name=name, at=entry[1].now(), timeout=budget)
-        )
+        now = entry[1].now()
+        event = _TimedOutDetail(policy="timeout", name=name, at=now, timeout=budget)
+        key = (name, None if entry[2] else entry[1])
+        repeats = _TIMED_OUT.get(key)
+        if repeats is None:
+            what = f"calls to {name!r} timed out"
+            repeats = _TIMED_OUT.setdefault(key, _events.Repeats("timeout", name, what))
+        repeats.hit(now, event.message)
+        if _events.wanted("timeout"):
+            _events.emit(event)
         return OperationTimeout(
             f"{name} did not finish within {budget:.3f}s", timeout=budget, name=name
         )
