@@ -17,11 +17,33 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from ._config import callable_name
 
-__all__ = ["guard_sync", "guarded_kind", "is_async", "is_awaitable", "resolved"]
+__all__ = [
+    "F",
+    "P",
+    "Args",
+    "Fn",
+    "Kwargs",
+    "T",
+    "guard_sync",
+    "guarded_kind",
+    "is_async",
+    "is_awaitable",
+    "resolved",
+]
+
+#: The parts of one guarded call, as the policies' shells hand them on.
+Fn = Callable[..., Any]
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+
+#: What a decorator takes and gives back (the same type), what a call returns, and its parameters.
+F = TypeVar("F", bound=Fn)
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _target(fn: object) -> object:
@@ -72,11 +94,11 @@ def guarded_kind(policy: str, fn: object) -> bool:
 
 
 def guard_sync(
-    fn: Callable[..., Any],
+    fn: Fn,
     catch: type[BaseException] | tuple[type[BaseException], ...],
-    failed: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], Any],
-    awaitable: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], Any],
-) -> Callable[..., Any]:
+    failed: Callable[[Fn, Args, Kwargs, Any], Any],
+    awaitable: Callable[[Fn, Args, Kwargs, Any], Any],
+) -> Fn:
     """A plain function's fast path under a policy that recovers from ``catch``.
 
     The wrapper calls ``fn``; on ``catch`` it returns ``failed(fn, args, kwargs, error)``, on an

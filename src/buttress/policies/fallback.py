@@ -37,18 +37,26 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from enum import Enum
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, cast, overload
 
 from .. import events as _events
-from .._callables import guard_sync, guarded_kind, is_async, is_awaitable, resolved
+from .._callables import (
+    Args,
+    F,
+    Fn,
+    Kwargs,
+    P,
+    T,
+    guard_sync,
+    guarded_kind,
+    is_async,
+    is_awaitable,
+    resolved,
+)
 from .._config import callable_name, integer, seconds
 from ..clock import Clock, get_clock
 
 __all__ = ["Fallback", "FallbackStrategy", "fallback"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-P = ParamSpec("P")
 
 
 class FallbackStrategy(Enum):
@@ -127,7 +135,7 @@ class _Cache:
             self._data.clear()
 
 
-def _default_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
+def _default_key(args: Args, kwargs: Kwargs) -> Hashable | None:
     key = (args, tuple(sorted(kwargs.items()))) if kwargs else args
     try:
         hash(key)
@@ -215,7 +223,7 @@ class Fallback:
     def __repr__(self) -> str:
         return f"Fallback(strategy={[s.name for s in self.strategies]})"
 
-    def _remember(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+    def _remember(self, args: Args, kwargs: Kwargs, result: Any) -> None:
         assert self.cache is not None
         key = self._key(args, kwargs)
         if key is not None:
@@ -247,9 +255,7 @@ class Fallback:
             return cast(T, await self._arecover(fn, args, kwargs, error))
         return cast(T, await self._settle(fn, args, kwargs, pending))
 
-    async def _settle(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], pending: Any
-    ) -> Any:
+    async def _settle(self, fn: Fn, args: Args, kwargs: Kwargs, pending: Any) -> Any:
         """Await the call's ``pending`` outcome, then fall back as an async call."""
         try:
             result = await resolved(pending)
@@ -338,8 +344,8 @@ class _Walk:
         policy: Fallback,
         fn: object,
         error: BaseException,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Args,
+        kwargs: Kwargs,
     ) -> None:
         self.policy = policy
         self.fn = fn

@@ -29,15 +29,12 @@ import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-from .._callables import guarded_kind, is_async, resolved
+from .._callables import F, P, T, guarded_kind, is_async, resolved
 
 __all__ = ["Pipeline"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-P = ParamSpec("P")
 
 #: How many guarded functions a pipeline keeps wrapped for ``call``/``acall`` (each way).
 CACHE_SIZE = 256

@@ -36,10 +36,10 @@ import random as _random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, ParamSpec, TypeVar, cast, overload
+from typing import Any, ClassVar, cast, overload
 
 from .. import events as _events
-from .._callables import guard_sync, guarded_kind, is_awaitable, resolved
+from .._callables import Args, F, Fn, Kwargs, P, T, guard_sync, guarded_kind, is_awaitable, resolved
 from .._config import callable_name, env_float, env_int, integer, optional_seconds
 from .._deadline import deadline_on
 from ..clock import Clock, get_clock, is_real
@@ -53,20 +53,9 @@ from ..machines.backoff import (
     combine_with_retry_after,
 )
 
-__all__ = [
-    "Backoff",
-    "ExponentialBackoff",
-    "FibonacciBackoff",
-    "FixedDelay",
-    "LinearBackoff",
-    "Retry",
-    "RetryStrategy",
-    "retry",
-]
+# The backoff schedules it takes are exported from buttress.machines.backoff (and the top level).
+__all__ = ["Retry", "RetryStrategy", "retry"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-P = ParamSpec("P")
 
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -294,9 +283,9 @@ class Retry:
 
     async def _settle(
         self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        fn: Fn,
+        args: Args,
+        kwargs: Kwargs,
         pending: Any,
         start: float | None = None,
     ) -> Any:
@@ -309,9 +298,7 @@ class Retry:
             return await self._arecover(_Attempts(self, fn, args, kwargs, start), None, result)
         return result
 
-    def _failed(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
-    ) -> Any:
+    def _failed(self, fn: Fn, args: Args, kwargs: Kwargs, exc: Exception) -> Any:
         return self._recover(_Attempts(self, fn, args, kwargs, None), exc, None)
 
     # -- after a failure: one decision loop, two thin shells ------------------------------------
@@ -358,7 +345,7 @@ class Retry:
 
         return cast(F, wrapper)
 
-    def _decorate_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _decorate_async(self, fn: Fn) -> Fn:
         started, check, arecover = self._started, self._retry_on_result, self._arecover
         timed = self.time_limit is not None
 
@@ -416,9 +403,9 @@ class _Attempts:
     def __init__(
         self,
         policy: Retry,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        fn: Fn,
+        args: Args,
+        kwargs: Kwargs,
         start: float | None,
     ) -> None:
         self.policy = policy

@@ -54,32 +54,27 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, ClassVar, ParamSpec, TypeVar, cast
+from typing import Any, ClassVar, cast
 
 from .. import events as _events
-from .._callables import guarded_kind, is_awaitable, resolved
+from .._callables import Args, F, Fn, Kwargs, P, T, guarded_kind, is_awaitable, resolved
 from .._config import callable_name, integer, seconds
 from .._deadline import DEADLINE, Deadline, within
 from ..clock import Clock, get_clock
 from ..errors import OperationTimeout
 
-__all__ = [
-    "DEFAULT_TIMEOUTS",
-    "OperationType",
-    "Timeout",
-    "abandoned_calls",
-    "deadline",
-    "timeout",
-]
+__all__ = ["DEFAULT_TIMEOUTS", "OperationType", "Timeout", "abandoned_calls", "deadline", "timeout"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-P = ParamSpec("P")
 _log = logging.getLogger("buttress.timeout")
 
 
 class OperationType(Enum):
     """Kinds of operation with a recommended time budget (:attr:`default_timeout`)."""
+
+    @property
+    def default_timeout(self) -> float:
+        """The recommended budget in seconds (from :data:`DEFAULT_TIMEOUTS`)."""
+        return DEFAULT_TIMEOUTS[self]
 
     FACTOR_LOOKUP = "factor_lookup"
     LLM_INFERENCE = "llm_inference"
@@ -87,11 +82,6 @@ class OperationType(Enum):
     DATABASE_QUERY = "database_query"
     REPORT_GENERATION = "report_generation"
     EXTERNAL_API = "external_api"
-
-    @property
-    def default_timeout(self) -> float:
-        """The recommended budget in seconds."""
-        return DEFAULT_TIMEOUTS[self]
 
 
 #: The recommended budget of each :class:`OperationType`, read-only (pass ``timeout_seconds=`` to
@@ -260,12 +250,12 @@ class Timeout:
         clock: Clock | None = None,
         max_abandoned: int = 64,
     ) -> None:
-        if timeout_seconds is not None and operation_type is not None:
-            raise ValueError(
-                "give timeout_seconds or operation_type, not both; got "
-                f"timeout_seconds={timeout_seconds!r} and operation_type={operation_type!r}"
-            )
         if operation_type is not None:
+            if timeout_seconds is not None:
+                raise ValueError(
+                    "give timeout_seconds or operation_type, not both; got "
+                    f"timeout_seconds={timeout_seconds!r} and operation_type={operation_type!r}"
+                )
             if not isinstance(operation_type, OperationType):
                 raise ValueError(f"operation_type must be an OperationType, got {operation_type!r}")
             self.seconds = operation_type.default_timeout
@@ -316,7 +306,7 @@ class Timeout:
 
     # -- shells ------------------------------------------------------------------------------------
 
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _run(self, fn: Fn, args: Args, kwargs: Kwargs) -> Any:
         entry, budget = self._enter(fn)
         token = DEADLINE.set(entry)
         try:
@@ -342,9 +332,7 @@ class Timeout:
             return self._awaited(fn, (), {}, entry, budget, result)
         return result
 
-    def _submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], budget: float
-    ) -> Future[Any]:
+    def _submit(self, fn: Fn, args: Args, kwargs: Kwargs, budget: float) -> Future[Any]:
         if _WORKERS.abandoned >= self.max_abandoned:
             name = self.name or callable_name(fn)
             raise OperationTimeout(
@@ -358,9 +346,9 @@ class Timeout:
 
     async def _awaited(
         self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        fn: Fn,
+        args: Args,
+        kwargs: Kwargs,
         entry: Deadline,
         budget: float,
         pending: Any,
@@ -441,25 +429,9 @@ class Timeout:
         return cast(T, await self._awaited(fn, args, kwargs, entry, budget, _CALL))
 
 
-def timeout(
-    *,
-    timeout_seconds: float | None = None,
-    operation_type: OperationType | None = None,
-    name: str | None = None,
-    clock: Clock | None = None,
-    max_abandoned: int = 64,
-) -> Timeout:
-    """Timeout decorator: ``@timeout(timeout_seconds=30.0)`` or ``@timeout(operation_type=...)``.
-
-    See :class:`Timeout` for the arguments and for what happens to the work at the deadline.
-    """
-    return Timeout(
-        timeout_seconds=timeout_seconds,
-        operation_type=operation_type,
-        name=name,
-        clock=clock,
-        max_abandoned=max_abandoned,
-    )
+#: The decorator's spelling, ``@timeout(timeout_seconds=30.0)`` or ``@timeout(operation_type=...)``:
+#: the policy class itself, so the two cannot drift apart. See :class:`Timeout`.
+timeout = Timeout
 
 
 class deadline:
