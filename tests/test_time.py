@@ -268,3 +268,15 @@ def test_policy_objects_call_without_decorating_per_call(
             return x + 1
 
         assert asyncio.run(policy.acall(add, 1)) == 2  # type: ignore[attr-defined]
+
+
+def test_repeated_warnings_keep_real_entries_and_drop_virtual_ones_past_the_limit() -> None:
+    from buttress._callables import RepeatedWarnings
+
+    warnings = RepeatedWarnings("retry", "calls to {name!r} failed")
+    real = SystemClock()
+    warnings.hit("site", lambda: "op", real, True, 0.0, lambda: "first")
+    for _ in range(RepeatedWarnings.LIMIT + 10):
+        warnings.hit("site", lambda: "op", FakeClock(), False, 0.0, lambda: "first")
+    assert len(warnings._table) <= RepeatedWarnings.LIMIT
+    assert ("site", None) in warnings._table  # the real clock's entry stays

@@ -10,6 +10,9 @@ is the cheap test it uses, one attribute look-up).
 
 Generator functions (sync or async) are refused: calling one only creates the generator, and its
 body, where the work and the failures are, runs later as the caller iterates, outside any policy.
+
+:class:`RepeatedWarnings` is where the policies' per-call warnings (a give-up, a time-out) are
+summarised per operation.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from . import events as _events
 from ._config import callable_name
+from .clock import Clock
 
 __all__ = [
     "F",
@@ -27,6 +32,7 @@ __all__ = [
     "Args",
     "Fn",
     "Kwargs",
+    "RepeatedWarnings",
     "T",
     "guard_sync",
     "guarded_kind",
@@ -98,12 +104,13 @@ def guard_sync(
     catch: type[BaseException] | tuple[type[BaseException], ...],
     failed: Callable[[Fn, Args, Kwargs, Any], Any],
     awaitable: Callable[[Fn, Args, Kwargs, Any], Any],
+    keep: Callable[[Args, Kwargs, Any], None] | None = None,
 ) -> Fn:
     """A plain function's fast path under a policy that recovers from ``catch``.
 
     The wrapper calls ``fn``; on ``catch`` it returns ``failed(fn, args, kwargs, error)``, on an
     awaitable result ``awaitable(fn, args, kwargs, result)`` (a coroutine that awaits it under the
-    policy), and otherwise the result, untouched.
+    policy), and otherwise the result, untouched, after ``keep(args, kwargs, result)`` if given.
     """
 
     @functools.wraps(fn)
@@ -114,6 +121,51 @@ def guard_sync(
             return failed(fn, args, kwargs, error)
         if hasattr(result, "__await__"):  # what is_awaitable() tests, inlined
             return awaitable(fn, args, kwargs, result)
+        if keep is not None:
+            keep(args, kwargs, result)
         return result
 
     return guarded
+
+
+class RepeatedWarnings:
+    """One :class:`buttress.events.Repeats` per operation and time scale, for one kind of warning.
+
+    An operation is a call site (a code object) or a policy's given name, so policies built per
+    call share it, and a fresh lambda per call does not add one. Real clocks share one entry; each
+    virtual clock has its own, since its times cannot be compared with another's. Entries of
+    virtual clocks (test clocks, made by the thousand) are dropped past :attr:`LIMIT` entries.
+
+    Args:
+        policy: the policy kind (the logger is ``buttress.<policy>``).
+        what: the summary's noun phrase, formatted with the operation's ``name``.
+    """
+
+    LIMIT = 1024
+
+    __slots__ = ("_table", "policy", "what")
+
+    def __init__(self, policy: str, what: str) -> None:
+        self.policy, self.what = policy, what
+        self._table: dict[tuple[object, Clock | None], _events.Repeats] = {}
+
+    def hit(
+        self,
+        site: object,
+        name: Callable[[], str],
+        clock: Clock,
+        real: bool,
+        now: float,
+        first: Callable[[], str],
+    ) -> None:
+        """Count one warning of ``site`` at ``now`` on ``clock``; ``first()`` is its full text."""
+        key = (site, None if real else clock)
+        repeats = self._table.get(key)
+        if repeats is None:
+            if len(self._table) >= self.LIMIT:
+                for old in [k for k in self._table if k[1] is not None]:
+                    self._table.pop(old, None)
+            label = name()
+            made = _events.Repeats(self.policy, label, self.what.format(name=label))
+            repeats = self._table.setdefault(key, made)
+        repeats.hit(now, first)

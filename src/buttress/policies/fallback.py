@@ -241,7 +241,7 @@ class Fallback:
             result = fn(*args, **kwargs)
         except self.on as error:
             return cast(T, self._recover(fn, args, kwargs, error))
-        if is_awaitable(result):
+        if hasattr(result, "__await__"):  # what is_awaitable() tests, inlined
             return cast(T, self._settle(fn, args, kwargs, result))
         if self.cache is not None:
             self._remember(args, kwargs, result)
@@ -258,7 +258,7 @@ class Fallback:
     async def _settle(self, fn: Fn, args: Args, kwargs: Kwargs, pending: Any) -> Any:
         """Await the call's ``pending`` outcome, then fall back as an async call."""
         try:
-            result = await resolved(pending)
+            result = await pending if hasattr(pending, "__await__") else pending
         except self.on as error:
             return await self._arecover(fn, args, kwargs, error)
         if self.cache is not None:
@@ -319,15 +319,8 @@ class Fallback:
                 f"{callable_name(fn)} is a plain def: its answer would be a coroutine nobody "
                 "awaits. Give a plain fallback function, or guard an async def"
             )
-        if caching:
-            call = self.call
-
-            @functools.wraps(fn)
-            def caching_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return call(fn, *args, **kwargs)
-
-            return cast(F, caching_wrapper)
-        return cast(F, guard_sync(fn, on, self._recover, self._settle))
+        keep = remember if caching else None
+        return cast(F, guard_sync(fn, on, self._recover, self._settle, keep))
 
 
 class _Walk:

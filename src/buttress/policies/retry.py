@@ -39,7 +39,18 @@ from enum import Enum
 from typing import Any, ClassVar, cast, overload
 
 from .. import events as _events
-from .._callables import Args, F, Fn, Kwargs, P, T, guard_sync, guarded_kind, is_awaitable, resolved
+from .._callables import (
+    Args,
+    F,
+    Fn,
+    Kwargs,
+    P,
+    RepeatedWarnings,
+    T,
+    guard_sync,
+    guarded_kind,
+    resolved,
+)
 from .._config import callable_name, env_float, env_int, integer, optional_seconds
 from .._deadline import deadline_on
 from ..clock import Clock, get_clock, is_real
@@ -156,6 +167,7 @@ class Retry:
         "_backoff",
         "_clock",
         "_jitter",
+        "_no_wait",
         "_on_retry",
         "_random",
         "_retry_on_result",
@@ -222,6 +234,9 @@ class Retry:
             self._backoff = kind.backoff(base_delay=base, max_delay=cap)
 
         self._jitter = _jitter(jitter)
+        # A schedule of the library's own with a zero base never waits (a retry_after still does).
+        backoff = self._backoff
+        self._no_wait = backoff.base_delay == 0 and type(backoff).delay is Backoff.delay
         self._retryable = _retry_test(retry_on, fail_fast_on)
         if retry_on_result is not None and not callable(retry_on_result):
             raise TypeError(f"retry_on_result must be a predicate, got {retry_on_result!r}")
@@ -259,20 +274,21 @@ class Retry:
         If ``fn`` returns an awaitable, the result is a coroutine that awaits it, and the retries,
         under this policy.
         """
-        start = self._started()
+        start = None if self.time_limit is None else self._started()
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
             return cast(T, self._recover(_Attempts(self, fn, args, kwargs, start), exc, None))
-        if is_awaitable(result):
+        if hasattr(result, "__await__"):  # what is_awaitable() tests, inlined
             return cast(T, self._settle(fn, args, kwargs, result, start))
-        if self._rejects(result):
+        check = self._retry_on_result
+        if check is not None and check(result):
             return cast(T, self._recover(_Attempts(self, fn, args, kwargs, start), None, result))
         return result
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await what ``fn(*args, **kwargs)`` returns, under this policy."""
-        start = self._started()
+        start = None if self.time_limit is None else self._started()
         try:
             pending = fn(*args, **kwargs)
         except Exception as exc:
@@ -291,7 +307,7 @@ class Retry:
     ) -> Any:
         """Await the first attempt's ``pending`` outcome, then recover as an async call."""
         try:
-            result = await resolved(pending)
+            result = await pending if hasattr(pending, "__await__") else pending
         except Exception as exc:
             return await self._arecover(_Attempts(self, fn, args, kwargs, start), exc, None)
         if self._rejects(result):
@@ -370,10 +386,9 @@ class _GaveUpDetail(_events.GaveUp):
     level: ClassVar[int] = logging.DEBUG
 
 
-#: Give-ups by name: the first logged at WARNING, then one summary per interval. Shared by every
-#: Retry object, since one operation is often guarded by policies built per call; kept apart per
-#: virtual clock (real clocks share one key), whose times cannot be compared with others.
-_GIVEN_UP: dict[tuple[str, Clock | None], _events.Repeats] = {}
+#: Give-ups: per operation, the first logged at WARNING, then one summary per interval.
+_GIVEN_UP = RepeatedWarnings("retry", "calls to {name!r} failed after retrying")
+_log = logging.getLogger("buttress.retry")
 
 
 class _Attempts:
@@ -393,7 +408,10 @@ class _Attempts:
         "delay",
         "fn",
         "kwargs",
+        "last",
         "policy",
+        "real",
+        "reason",
         "shortest",
         "start",
         "telling",
@@ -413,13 +431,17 @@ class _Attempts:
         self.start = start
         self.clock = policy._clock or get_clock()
         self.attempt = 0
-        self.delay = 0.0
         self.began: float | None = None  # when the attempt running now began, if timed
         self.shortest: float | None = None
-        self.telling = _events.wanted("retry")
+        # What events.wanted("retry") answers, without its two calls on a path that fails fast.
+        self.telling = bool(_events.HOOKS) or _log.isEnabledFor(logging.DEBUG)
         # The deadline in force cannot change while this call runs: look it up once.
-        self.deadline = deadline_on(self.clock, is_real(self.clock))
+        self.real = is_real(self.clock)
+        self.deadline = deadline_on(self.clock, self.real)
         self.timed = policy.time_limit is not None or self.deadline is not None
+        self.delay: float  # set by again() before the shells read it
+        self.reason: str  # set, with last, on giving up
+        self.last: BaseException | None
 
     @property
     def name(self) -> str:
@@ -449,12 +471,15 @@ class _Attempts:
         if self.attempt >= policy.max_attempts:
             return self._give_up(now, "attempts", exc)
         after = getattr(exc, "retry_after", None)  # most failures carry none: skip the parsing
-        delay = combine_with_retry_after(
-            policy._backoff.delay(self.attempt),
-            None if after is None else _retry_after(exc),
-            policy._jitter,
-            policy._random(),
-        )
+        if after is None and policy._no_wait:
+            delay = 0.0  # no wait asked for: no schedule, jitter or random number to compute
+        else:
+            delay = combine_with_retry_after(
+                policy._backoff.delay(self.attempt),
+                None if after is None else _retry_after(exc),
+                policy._jitter,
+                policy._random(),
+            )
         needed = now + delay + (self.shortest or 0.0)
         limit = policy.time_limit
         if self.start is not None and limit is not None and needed > self.start + limit:
@@ -479,23 +504,22 @@ class _Attempts:
         _events.emit(kind(policy="retry", name=self.name, at=now, **fields), hook)
 
     def _give_up(self, now: float, reason: str, exc: BaseException | None) -> bool:
-        name, attempts = self.name, self.attempt
+        self.reason, self.last = reason, exc
         now = now or self.clock.now()
-
-        def event() -> _events.Event:
-            return _GaveUpDetail(
-                policy="retry", name=name, at=now, attempts=attempts, reason=reason, exception=exc
-            )
-
-        key = (name, None if is_real(self.clock) else self.clock)
-        repeats = _GIVEN_UP.get(key)
-        if repeats is None:
-            what = f"calls to {name!r} failed after retrying"
-            repeats = _GIVEN_UP.setdefault(key, _events.Repeats("retry", name, what))
-        repeats.hit(now, lambda: event().message())
+        site = self.policy.name or getattr(self.fn, "__code__", None) or self.name
+        _GIVEN_UP.hit(site, lambda: self.name, self.clock, self.real, now, self._message)
         if self.telling:
-            _events.emit(event())
+            _events.emit(self._event(now))
         return False
+
+    def _event(self, now: float) -> _events.Event:
+        fields: dict[str, Any] = {"reason": self.reason, "exception": self.last}
+        return _GaveUpDetail(
+            policy="retry", name=self.name, at=now, attempts=self.attempt, **fields
+        )
+
+    def _message(self) -> str:
+        return self._event(0.0).message()
 
     @staticmethod
     def outcome(exc: BaseException | None, result: object) -> Any:

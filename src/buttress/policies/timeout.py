@@ -57,7 +57,18 @@ from types import MappingProxyType
 from typing import Any, ClassVar, cast
 
 from .. import events as _events
-from .._callables import Args, F, Fn, Kwargs, P, T, guarded_kind, is_awaitable, resolved
+from .._callables import (
+    Args,
+    F,
+    Fn,
+    Kwargs,
+    P,
+    RepeatedWarnings,
+    T,
+    guarded_kind,
+    is_awaitable,
+    resolved,
+)
 from .._config import callable_name, integer, seconds
 from .._deadline import DEADLINE, Deadline, within
 from ..clock import Clock, get_clock
@@ -202,10 +213,8 @@ class _TimedOutDetail(_events.TimedOut):
     level: ClassVar[int] = logging.DEBUG
 
 
-#: Time-outs by name: the first logged at WARNING, then one summary per interval. Shared by every
-#: Timeout object, since one operation is often guarded by policies built per call; kept apart per
-#: virtual clock (real clocks share one key), whose times cannot be compared with others.
-_TIMED_OUT: dict[tuple[str, Clock | None], _events.Repeats] = {}
+#: Time-outs: per operation, the first logged at WARNING, then one summary per interval.
+_TIMED_OUT = RepeatedWarnings("timeout", "calls to {name!r} timed out")
 
 _CALL: Any = object()  # "no awaitable yet: call the function"
 
@@ -286,12 +295,8 @@ class Timeout:
         name = self.name or callable_name(fn)
         now = entry[1].now()
         event = _TimedOutDetail(policy="timeout", name=name, at=now, timeout=budget)
-        key = (name, None if entry[2] else entry[1])
-        repeats = _TIMED_OUT.get(key)
-        if repeats is None:
-            what = f"calls to {name!r} timed out"
-            repeats = _TIMED_OUT.setdefault(key, _events.Repeats("timeout", name, what))
-        repeats.hit(now, event.message)
+        site = self.name or getattr(fn, "__code__", None) or name
+        _TIMED_OUT.hit(site, lambda: name, entry[1], entry[2], now, event.message)
         if _events.wanted("timeout"):
             _events.emit(event)
         return OperationTimeout(
