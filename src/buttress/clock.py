@@ -14,7 +14,9 @@ its waits take that much real time; every real clock therefore shares one time s
 may enforce it with real means (a worker thread, ``asyncio.timeout``) and compare its readings with
 those of any other real clock. A clock that does not say it is real (``real`` missing or false) is
 virtual: its time moves only when something sleeps on it or a test moves it, and its readings are
-comparable only with its own. Clocks written before ``real`` existed are accepted and are virtual.
+comparable only with its own. Clocks written before ``real`` existed are accepted (by
+:func:`set_clock` and every ``clock=``) and are virtual; :func:`is_real` is the test that allows for
+them (``isinstance(clock, Clock)``, which now looks for ``real`` too, does not).
 """
 
 from __future__ import annotations
