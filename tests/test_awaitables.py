@@ -169,6 +169,17 @@ def test_pipeline_acall_of_a_lambda_runs_every_policy_on_its_async_path() -> Non
     assert failures.calls == 2  # the breaker saw both awaited failures and opened
 
 
+def test_pipeline_decorating_an_async_callable_object_guards_the_awaiting() -> None:
+    failures = Flaky(100)
+    guarded_call = Pipeline(CircuitBreaker(fail_max=2))(failures)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            guarded(guarded_call())
+    with pytest.raises(CircuitOpenError):
+        guarded(guarded_call())
+    assert failures.calls == 2
+
+
 def test_pipeline_call_still_refuses_a_coroutine_function() -> None:
     with pytest.raises(TypeError, match="coroutine function"):
         Pipeline(Retry()).call(Flaky(0))

@@ -33,6 +33,7 @@ function is awaited with the fallback in force. Generator functions are refused 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -386,17 +387,9 @@ class _Walk:
         self._found(FallbackStrategy.FUNCTION, value)
 
     def failed(self, failure: Exception) -> None:
-        policy = self.policy
         self.failure = failure
-        _events.emit(
-            _events.AttemptFailed(
-                policy="fallback",
-                name=self._name(),
-                at=(policy._clock or get_clock()).now(),
-                attempt=0,
-                exception=failure,
-            )
-        )
+        if _events.wanted("fallback"):
+            self._tell(_events.AttemptFailed, attempt=0, exception=failure)
 
     def result(self) -> Any:
         if self.value is not _MISSING:
@@ -411,16 +404,12 @@ class _Walk:
         if value is _MISSING:
             return
         self.value = value
-        policy = self.policy
-        _events.emit(
-            _events.FallbackUsed(
-                policy="fallback",
-                name=self._name(),
-                at=(policy._clock or get_clock()).now(),
-                strategy=strategy.name,
-                exception=self.error,
-            )
-        )
+        if _events.wanted("fallback", logging.INFO):
+            self._tell(_events.FallbackUsed, strategy=strategy.name, exception=self.error)
+
+    def _tell(self, kind: Callable[..., _events.Event], **fields: Any) -> None:
+        now = (self.policy._clock or get_clock()).now()
+        _events.emit(kind(policy="fallback", name=self._name(), at=now, **fields))
 
     def _name(self) -> str:
         return self.policy.name or callable_name(self.fn)
