@@ -109,34 +109,28 @@ def test_a_second_system_clock_enforces_an_async_budget() -> None:
     assert cancelled == [True]
 
 
-def test_a_retry_on_the_default_clock_ignores_a_fake_clock_deadline(mode: str) -> None:
-    calls = 0
+class TwoFailures:
+    def __init__(self) -> None:
+        self.calls = 0
 
-    def flaky() -> str:
-        nonlocal calls
-        calls += 1
-        if calls < 3:
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls < 3:
             raise ConnectionError("down")
         return "ok"
 
+
+def test_a_retry_on_the_default_clock_ignores_a_fake_clock_deadline(mode: str) -> None:
+    flaky = TwoFailures()
     guarded = Timeout(timeout_seconds=10, clock=FakeClock())(
         retry(max_attempts=3, base_delay=0)(make(mode, flaky))
     )
     assert run(guarded()) == "ok"
-    assert calls == 3
+    assert flaky.calls == 3
 
 
 def test_a_retry_on_a_fake_clock_ignores_a_real_deadline(mode: str) -> None:
-    fake = FakeClock()
-    calls = 0
-
-    def flaky() -> str:
-        nonlocal calls
-        calls += 1
-        if calls < 3:
-            raise ConnectionError("down")
-        return "ok"
-
+    fake, flaky = FakeClock(), TwoFailures()
     guarded = timeout(timeout_seconds=30)(
         retry(max_attempts=3, base_delay=10, jitter=False, clock=fake)(make(mode, flaky))
     )
