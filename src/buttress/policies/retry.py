@@ -262,8 +262,9 @@ class Retry:
 
     # -- the first attempt: the fast path -------------------------------------------------------
 
-    def _started(self) -> float | None:
-        return (self._clock or get_clock()).now() if self.time_limit is not None else None
+    def _started(self) -> float:
+        """The clock's reading as a call starts (read only when a time limit needs it)."""
+        return (self._clock or get_clock()).now()
 
     def _rejects(self, result: object) -> bool:
         return self._retry_on_result is not None and bool(self._retry_on_result(result))
