@@ -140,7 +140,6 @@ def test_exhausted_rate_limit(
     assert len(rejected) == CALLS
 
 
-@pending
 def test_retry_giving_up_on_every_call(
     mode: str,
     clock: FakeClock,
