@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import pickle
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -422,7 +423,7 @@ def test_refusals_are_logged_once_then_summarised(
     limiter.check_limit("api", "tenant")
     with caplog.at_level(logging.WARNING, logger="buttress.ratelimit"):
         for _ in range(50):
-            with pytest.raises(RateLimitExceeded):
+            with pytest.raises(RateLimitExceeded, match=r"^rate limit api\[tenant\] exceeded"):
                 limiter.check_limit("api", "tenant")
             clock.advance(0.01)  # 50 refusals of one key in 0.5 s
         limiter.reset("api", "tenant")
@@ -472,6 +473,18 @@ def test_each_refusal_is_an_event_at_debug_built_only_when_read(
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
     assert len(debug) == 2
     assert debug[0].key == "k"  # type: ignore[attr-defined]
+
+
+def test_a_refusal_reads_and_pickles_as_its_message(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=2, burst=1)
+    limiter.check_limit("api")
+    with pytest.raises(RateLimitExceeded) as info:
+        limiter.check_limit("api")
+    text = "rate limit api exceeded; retry after 0.500s"
+    assert str(info.value) == text
+    assert repr(info.value) == f"RateLimitExceeded({text!r})"
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (str(copy), copy.retry_after, copy.name) == (text, 0.5, "api")
 
 
 @settings(max_examples=200, deadline=None)

@@ -24,7 +24,8 @@ Every cost is checked by one function (:meth:`_Limit.check_cost`) on every path;
 skips it only for the ``int`` 1 itself, which every limit admits.
 
 Refusals are a hot path under overload. A refusal builds the exception and nothing else unless it
-is read: the :class:`buttress.events.CallRejected` event (logged at DEBUG, with the key and the
+is read (even its message is written when first read): the
+:class:`buttress.events.CallRejected` event (logged at DEBUG, with the key and the
 ``retry_after``) is built only when :func:`buttress.events.wanted`, and the WARNING goes through
 :class:`buttress.events.Repeats`: the first refusal of a limit after a quiet interval, then one
 summary line per interval ("1,234 requests refused by rate limit 'erp' in the last 10 s").
@@ -159,7 +160,6 @@ class _Limit:
         "next_sweep",
         "outage",
         "params",
-        "refusal",
         "repeats",
         "seed",
         "states",
@@ -187,8 +187,7 @@ class _Limit:
         self.local: _Limit | None = None  # this process's share, during a store outage
         self.outage = 0  # which outage ``local`` belongs to
         self.seed: float | None = None  # keys first seen start spent at this time (outages)
-        # A refusal's fixed texts are built here, not per refusal.
-        self.refusal = f"rate limit {name} exceeded"
+        # A refusal's first log line is built here, not per refusal.
         self.repeats = _events.Repeats(
             "ratelimit", name, f"requests refused by rate limit {name!r}"
         )
@@ -306,10 +305,23 @@ class _Limit:
                     key=key,
                 )
             )
-        refusal = self.refusal if key is None else f"rate limit {self.name}[{key}] exceeded"
-        return RateLimitExceeded(
-            f"{refusal}; retry after {retry_after:.3f}s", retry_after=retry_after, name=self.name
-        )
+        message = _Refusal((self.name, key, retry_after))
+        return RateLimitExceeded(message, retry_after=retry_after, name=self.name)  # type: ignore[arg-type]
+
+
+class _Refusal(tuple[str, str | None, float]):
+    """A refusal's message, written when it is read: under overload refusals are raised far
+    more often than printed, and writing the text would cost as much as raising the error."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        name, key, retry_after = self
+        where = name if key is None else f"{name}[{key}]"
+        return f"rate limit {where} exceeded; retry after {retry_after:.3f}s"
+
+    def __repr__(self) -> str:
+        return repr(str(self))
 
 
 class _Ticket:
@@ -908,10 +920,13 @@ class RateLimit:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                limiter = policy.limiter or _GLOBAL
                 if policy.wait or callable(policy.key):
                     await aadmit(args, kwargs)
+                elif limiter._shared_store is None:  # in memory: no coroutine to await
+                    limiter.check_limit(policy.name, policy.key)
                 else:
-                    await (policy.limiter or _GLOBAL).acheck_limit(policy.name, policy.key)
+                    await limiter.acheck_limit(policy.name, policy.key)
                 return await fn(*args, **kwargs)
 
             return cast(F, async_wrapper)
