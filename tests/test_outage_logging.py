@@ -121,7 +121,6 @@ def test_open_breaker(
     assert len(rejected) == CALLS - 5
 
 
-@pending
 def test_exhausted_rate_limit(
     mode: str,
     clock: FakeClock,
