@@ -445,9 +445,11 @@ class ResilienceManager:
             breaker = breakers.get(name)
             if breaker is None:
                 continue
-            failure_rate = breaker.failure_rate
+            state = breaker.state
+            # An open breaker refuses every call, whatever its counters say after tripping.
+            failure_rate = 1.0 if state is CircuitState.OPEN else breaker.failure_rate
             out[name] = {
-                "state": breaker.state.value,
+                "state": state.value,
                 "success_rate": round(1.0 - failure_rate, 4),
                 "failure_rate": round(failure_rate, 4),
             }

@@ -18,7 +18,9 @@ started on, wakes when the next check is due or the next running check reaches i
 Time is the manager's clock (``clock=``, else the process default when started): with
 :class:`buttress.testing.FakeClock` the schedule and the deadlines run in virtual time. The
 scheduler yields once after starting checks so checks that finish without waiting are recorded at
-the time they were started.
+the time they were started. Under a fake clock a check that waits on real I/O or on a thread is
+overtaken by virtual time (its deadline passes as soon as the scheduler sleeps): test those with
+:meth:`ResourceManager.check_now`, which waits in real time, or with the system clock.
 
 **From a check to a status.** A check that returns gives a *raw* status: the worse of what its
 usage says by the thresholds (``usage >= critical_at``: CRITICAL, ``>= degraded_at``: DEGRADED;
