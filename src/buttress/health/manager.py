@@ -73,7 +73,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
 import inspect
+import itertools
 import logging
 import math
 import queue
@@ -479,6 +481,9 @@ class ResourceManager:
         self._thread: threading.Thread | None = None
         self._abandoned: set[asyncio.Task[None]] = set()
         self._workers = _Workers(f"buttress-check-{name}")
+        self._due: list[tuple[float, int, Monitor]] = []  # the schedule (see _pop_due)
+        self._sequence = itertools.count()
+        self._active: set[Monitor] = set()  # monitors with a run not yet ended or abandoned
         self._executions = 0
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -598,6 +603,7 @@ class ResourceManager:
             if old is not None and not replace:
                 raise ValueError(f"resource {key} is already registered (pass replace=True)")
             self._monitors[key] = monitor
+            heapq.heappush(self._due, (monitor._next_due, next(self._sequence), monitor))
         if old is not None:
             self._call_in_loop(lambda: self._abandon(old))
         self._poke()
@@ -806,15 +812,19 @@ class ResourceManager:
         me = asyncio.current_task()
         while True:
             now = clock.now()
-            launched = False
-            for monitor in self.monitors():
+            timed_out = False
+            for monitor in list(self._active):
                 run = monitor._run
-                if run is not None and not run.abandoned and now >= run.deadline and run.alive():
+                if run is None or run.abandoned or not run.alive():
+                    self._active.discard(monitor)
+                elif now >= run.deadline:
+                    self._active.discard(monitor)
                     self._time_out(monitor, run, now)
-                if now < monitor._next_due:
-                    continue
-                following = monitor._next_due + monitor.interval
-                monitor._next_due = following if following > now else now + monitor.interval
+                    timed_out = True
+            if timed_out:
+                await asyncio.sleep(0)  # a cancelled check ends now, unless it resists
+            launched = False
+            for monitor in self._pop_due(now):
                 run = monitor._run
                 if run is not None and run.alive():
                     if run.abandoned:  # a timed-out check that has not ended yet
@@ -830,11 +840,11 @@ class ResourceManager:
                 launched = True
             if launched:
                 await asyncio.sleep(0)  # checks that do not wait finish at the time they began
-            wake = math.inf
-            for monitor in self.monitors():
-                wake = min(wake, monitor._next_due)
+            with self._lock:
+                wake = self._due[0][0] if self._due else math.inf
+            for monitor in self._active:
                 run = monitor._run
-                if run is not None and not run.abandoned and run.alive():
+                if run is not None and not run.abandoned:
                     wake = min(wake, run.deadline)
             delay = wake - clock.now()
             if delay <= 0:
@@ -849,6 +859,26 @@ class ResourceManager:
             finally:
                 self._sleeper = None
 
+    def _pop_due(self, now: float) -> list[Monitor]:
+        """The monitors due at ``now``, each rescheduled for its next interval.
+
+        The schedule is a heap of ``(due, sequence, monitor)``: a wake-up costs O(log n) per
+        monitor due, not a scan of every monitor. Entries of monitors unregistered or replaced
+        are skipped when they surface.
+        """
+        due: list[Monitor] = []
+        heap = self._due
+        with self._lock:
+            while heap and heap[0][0] <= now:
+                at, _, monitor = heapq.heappop(heap)
+                if monitor._next_due != at or self._monitors.get(monitor.key) is not monitor:
+                    continue
+                following = at + monitor.interval
+                monitor._next_due = following if following > now else now + monitor.interval
+                heapq.heappush(heap, (monitor._next_due, next(self._sequence), monitor))
+                due.append(monitor)
+        return due
+
     def _launch(self, monitor: Monitor, now: float, loop: asyncio.AbstractEventLoop) -> _Run:
         run = _Run(now, now + monitor.timeout)
         monitor._run = run
@@ -856,6 +886,7 @@ class ResourceManager:
         run.task = loop.create_task(
             self._execute(monitor, run), name=f"buttress-check:{monitor.key}"
         )
+        self._active.add(monitor)
         return run
 
     async def _execute(self, monitor: Monitor, run: _Run) -> None:
