@@ -266,8 +266,7 @@ async def test_thresholds_per_monitor_and_per_type(clock: FakeClock) -> None:
     disk = manager.register(
         ResourceType.CPU, "strict", lambda: 65.0, degraded_at=50, critical_at=60
     )
-    async with manager:
-        await manager.check_now()
+    await manager.check_now()
     assert (memory.state.status, cpu.state.status, disk.state.status) == (D, H, C)
     assert memory.degraded_at == 60.0
     assert "65.0% >= 60%" in (memory.state.reason or "")
@@ -770,6 +769,36 @@ async def test_several_managers_are_independent(clock: FakeClock) -> None:
     assert one.status("database", "db") is H
     assert two.status("database", "db") is U
     assert a.calls > b.calls
+
+
+@aio
+async def test_check_now_waits_for_a_check_already_running() -> None:
+    # The real clock: under a fake one the running scheduler would time the thread out.
+    gate = threading.Event()
+
+    def slow() -> float:
+        gate.wait(10)
+        return 30.0
+
+    manager = ResourceManager("test", check_interval=3600)
+    monitor = manager.register(ResourceType.DATABASE, "db", slow, timeout=3600)
+    async with manager:
+        await until(lambda: manager.executions == 1)
+        threading.Timer(0.01, gate.set).start()
+        states = await manager.check_now()
+    assert manager.executions == 1
+    assert states["database:db"].usage == 30.0
+    assert monitor.state.status is H
+
+
+def test_check_now_runs_on_the_managers_loop() -> None:
+    manager = ResourceManager("test", check_interval=3600)
+    manager.start_in_thread()
+    try:
+        with pytest.raises(RuntimeError, match="event loop the manager runs on"):
+            asyncio.run(manager.check_now())
+    finally:
+        manager.stop()
 
 
 @aio

@@ -760,22 +760,30 @@ class ResourceManager:
         await self.stop()
 
     async def check_now(self) -> dict[str, ResourceState]:
-        """Run every check not already running once now and wait for them (each within its
-        timeout); returns the states afterwards. For scripts and tests; readers never need it.
+        """Check every resource once now and wait for the outcomes (each within its timeout, in
+        real time); a check already running is waited for, not doubled. Returns the states.
+
+        For scripts and tests: readers never need it. On a running manager, call it from the
+        loop the manager runs on.
         """
         loop = asyncio.get_running_loop()
+        if self.running and self._loop is not loop:
+            raise RuntimeError("check_now() must run on the event loop the manager runs on")
         clock = self._clock or get_clock()
         runs: list[tuple[Monitor, _Run]] = []
         for monitor in self.monitors():
-            if monitor._run is None or not monitor._run.alive():
-                runs.append((monitor, self._launch(monitor, clock.now(), loop)))
-        tasks = {run.task for _, run in runs if run.task is not None}
+            run = monitor._run
+            if run is not None and run.alive():
+                if not run.abandoned:
+                    runs.append((monitor, run))
+                continue
+            runs.append((monitor, self._launch(monitor, clock.now(), loop)))
+        tasks = {run.task for _, run in runs if run.task is not None and not run.task.done()}
         if tasks:
-            longest = max(m.timeout for m, _ in runs)
-            await asyncio.wait(tasks, timeout=longest)
+            await asyncio.wait(tasks, timeout=max(m.timeout for m, _ in runs))
         now = clock.now()
         for monitor, run in runs:
-            if monitor._run is run and run.task is not None and not run.task.done():
+            if monitor._run is run and not run.abandoned and run.alive():
                 self._time_out(monitor, run, max(now, run.deadline))
         return self.states()
 
