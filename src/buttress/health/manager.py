@@ -11,9 +11,10 @@ started on, wakes when the next check is due or the next running check reaches i
 * a check still running at its deadline (``timeout``) is cancelled and *abandoned*, never awaited:
   it is recorded at once as failed (``"timeout after 5s"``), a reference is kept until it ends,
   and whatever it returns or raises later is logged at DEBUG and discarded;
-* checks due within 10 ms of each other start in one wake-up (real clock only: waking a
-  process costs more than a trivial check), and the schedule is a heap, so 100 monitors cost
-  well under 1% of a core at one check per second each (``benchmarks/bench_monitoring.py``);
+* a wake-up also starts the checks due within the next 5% of their interval (at most 1 s
+  early; real clock only: waking a process costs more than a trivial check), and the schedule
+  is a heap, so 100 monitors cost under 1% of a core at one check per second each
+  (``benchmarks/bench_monitoring.py``);
 * at most one run per monitor exists at a time: while an abandoned run is still alive (a check
   that ignores cancellation, or a blocking call in its thread), each due time counts as one more
   failure instead of starting another, so a hung dependency costs at most one thread per monitor.
@@ -115,8 +116,10 @@ CHECK_INTERVAL_ENV = "RESILIENCE_CHECK_INTERVAL"
 DEFAULT_CHECK_INTERVAL = 30.0
 #: The longest default timeout of a check (seconds); shorter intervals shorten it.
 DEFAULT_TIMEOUT = 5.0
-#: Checks due within this many seconds of a wake-up run in it (real clock only).
-COALESCE = 0.010
+#: A check due within this fraction of its interval after a wake-up runs in it (real clock
+#: only; at most MAX_SLACK seconds early).
+COALESCE = 0.05
+MAX_SLACK = 1.0
 
 HEALTHY, DEGRADED = ResourceStatus.HEALTHY, ResourceStatus.DEGRADED
 CRITICAL, UNAVAILABLE = ResourceStatus.CRITICAL, ResourceStatus.UNAVAILABLE
@@ -886,18 +889,19 @@ class ResourceManager:
                     timer.cancel()
 
     def _pop_due(self, now: float, slack: float) -> list[Monitor]:
-        """The monitors due by ``now + slack``, each rescheduled for its next interval.
+        """The monitors due by ``now`` plus ``slack`` of their interval (at most
+        :data:`MAX_SLACK`), each rescheduled for its next interval.
 
         The schedule is a heap of ``(due, sequence, monitor)``: a wake-up costs O(log n) per
         monitor due, not a scan of every monitor. Entries of monitors unregistered or replaced
-        are skipped when they surface. ``slack`` lets checks due within a few milliseconds share
-        one wake-up (on a real clock, waking the process costs more than the checks).
+        are skipped when they surface. ``slack`` lets checks due close together share one
+        wake-up (on a real clock, waking the process costs more than a check); the next due
+        time counts from the scheduled one, so running early never shifts the schedule.
         """
         due: list[Monitor] = []
         heap = self._due
-        limit = now + slack
         with self._lock:
-            while heap and heap[0][0] <= limit:
+            while heap and heap[0][0] <= now + min(slack * heap[0][2].interval, MAX_SLACK):
                 at, _, monitor = heapq.heappop(heap)
                 if monitor._next_due != at or self._monitors.get(monitor.key) is not monitor:
                     continue
