@@ -177,3 +177,20 @@ def test_bad_settings_say_what_is_wrong() -> None:
         monitor.component("nope")
     with pytest.raises(TypeError, match="error"):
         monitor.record_failure("x", 42)  # type: ignore[arg-type]
+
+
+def test_prometheus_gauge_of_component_error_rates(clock: FakeClock) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from buttress import enable_prometheus
+
+    registry = prometheus_client.CollectorRegistry()
+    metrics = enable_prometheus(registry, namespace="comptest")
+    try:
+        monitor = HealthMonitor("gauge-team")
+        for _ in range(3):
+            monitor.record_success("erp")
+        monitor.record_failure("erp")
+        labels = {"name": "gauge-team", "component": "erp"}
+        assert registry.get_sample_value("comptest_component_error_rate", labels) == 0.25
+    finally:
+        metrics.disable()

@@ -732,6 +732,29 @@ async def test_one_warning_per_status_change_never_one_per_check(
 
 
 @aio
+async def test_prometheus_gauge_of_the_time_to_exhaustion(clock: FakeClock) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from buttress import enable_prometheus
+
+    registry = prometheus_client.CollectorRegistry()
+    metrics = enable_prometheus(registry, namespace="exhtest")
+
+    async def ramp() -> float:
+        return 10.0 + 0.05 * clock.now()
+
+    try:
+        manager = ResourceManager("exhaustion-team", check_interval=30)
+        monitor = manager.register(ResourceType.MEMORY, "system", ramp)
+        async with manager:
+            await until(lambda: monitor.state.predicted_exhaustion is not None)
+        labels = {"name": "exhaustion-team", "type": "memory", "resource": "system"}
+        value = registry.get_sample_value("exhtest_resource_exhaustion_seconds", labels)
+        assert value == pytest.approx(monitor.state.predicted_exhaustion)
+    finally:
+        metrics.disable()
+
+
+@aio
 async def test_prometheus_gauges_for_resources(clock: FakeClock) -> None:
     prometheus_client = pytest.importorskip("prometheus_client")
     from buttress import enable_prometheus
@@ -747,6 +770,7 @@ async def test_prometheus_gauges_for_resources(clock: FakeClock) -> None:
         assert registry.get_sample_value("restest_resource_status", labels) == 1.0
         assert registry.get_sample_value("restest_resource_usage_percent", labels) == 85.5
         assert registry.get_sample_value("restest_resource_check_latency_seconds", labels) == 0.0
+        assert registry.get_sample_value("restest_resource_exhaustion_seconds", labels) is None
         db = {"name": "metrics-team", "type": "database", "resource": "db"}
         assert registry.get_sample_value("restest_resource_status", db) == 3.0
         assert registry.get_sample_value("restest_resource_usage_percent", db) is None
