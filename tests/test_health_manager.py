@@ -646,6 +646,29 @@ def test_a_sync_application_runs_monitors_on_one_thread_it_starts() -> None:
     assert threading.active_count() == before
 
 
+def test_stopping_lets_the_worker_threads_end() -> None:
+    gate = threading.Event()
+    seen = threading.Event()
+
+    def slow() -> float:
+        gate.wait(10)
+        return 1.0
+
+    manager = ResourceManager("workers-end", check_interval=3600)
+    manager.register(ResourceType.CPU, "quick", lambda: 1.0)
+    manager.register(ResourceType.CPU, "slow", slow, timeout=3600)
+    manager.on_status_change(lambda state, old: seen.set() if state.name == "quick" else None)
+    manager.start_in_thread()
+    assert seen.wait(10)
+    workers = [t for t in threading.enumerate() if t.name == "buttress-check-workers-end"]
+    assert len(workers) == 2
+    manager.stop()
+    gate.set()  # the busy worker ends when its job does
+    for worker in workers:
+        worker.join(10)
+        assert not worker.is_alive()
+
+
 def test_registering_from_another_thread_wakes_the_monitor_thread() -> None:
     manager = ResourceManager("sync-app", check_interval=3600)
     seen = threading.Event()

@@ -266,19 +266,22 @@ class _Workers:
     executors' non-daemon workers would. A worker idle for ``idle`` seconds ends.
     """
 
-    __slots__ = ("_idle", "_jobs", "_lock", "idle", "name", "threads")
+    __slots__ = ("_draining", "_idle", "_jobs", "_lock", "idle", "name", "threads")
 
     def __init__(self, name: str, idle: float = 60.0) -> None:
         self.name, self.idle = name, idle
-        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]]
-        self._jobs = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
+        self._draining = False
         self.threads = 0
 
     def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
+            self._draining = False
             if self._idle:
                 self._idle -= 1
             else:
@@ -287,10 +290,20 @@ class _Workers:
         self._jobs.put((future, fn))
         return future
 
+    def close(self) -> None:
+        """Let the workers end: the idle ones now, the busy ones when their job ends (until the
+        next ``submit``)."""
+        with self._lock:
+            self._draining = True
+            idle, self._idle = self._idle, 0
+            self.threads -= idle
+        for _ in range(idle):
+            self._jobs.put(None)
+
     def _work(self) -> None:
         while True:
             try:
-                future, fn = self._jobs.get(timeout=self.idle)
+                job = self._jobs.get(timeout=self.idle)
             except queue.Empty:
                 with self._lock:
                     if self._idle:  # a spare worker: this one may go
@@ -298,6 +311,9 @@ class _Workers:
                         self.threads -= 1
                         return
                 continue  # a job was promised to an idle worker: take it
+            if job is None:  # close(): this worker was counted out already
+                return
+            future, fn = job
             if future.set_running_or_notify_cancel():
                 try:
                     result = fn()
@@ -305,8 +321,11 @@ class _Workers:
                     future.set_exception(exc)
                 else:
                     future.set_result(result)
-            del future, fn
+            del future, fn, job
             with self._lock:
+                if self._draining:
+                    self.threads -= 1
+                    return
                 self._idle += 1
 
 
@@ -751,8 +770,10 @@ class ResourceManager:
                     loop.call_soon_threadsafe(self._halt)
             if thread is not threading.current_thread():
                 thread.join(timeout=10.0)
+            self._workers.close()
             return _Stopping(None)
         self._call_in_loop(self._halt)
+        self._workers.close()
         return _Stopping(task)
 
     async def __aenter__(self) -> ResourceManager:
