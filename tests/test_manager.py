@@ -409,3 +409,131 @@ def test_an_unknown_resource_type_fails_at_registration() -> None:
     rm = ResilienceManager("team", check_interval=10)
     with pytest.raises(ValueError, match="unknown resource type 'GPU'"):
         rm.register_monitor("GPU", "x", lambda: True)
+
+
+# -- the register_* methods call the check factories with their arguments ------------------------
+
+
+class StubFactory:
+    """Stands in for a check factory of another module: records its arguments, returns a check."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+        self.calls.append((args, kwargs))
+
+        async def check() -> Reading:
+            return Reading(usage=1.0)
+
+        check.target = "stub"  # type: ignore[attr-defined]
+        return check
+
+
+@pytest.mark.parametrize(
+    ("module", "factory", "register", "rtype", "args", "kwargs"),
+    [
+        (
+            "system",
+            "memory_check",
+            lambda rm: rm.register_memory_monitor(scope="container", interval=5),
+            ResourceType.MEMORY,
+            (),
+            {"scope": "container", "cgroup_root": "/sys/fs/cgroup", "proc_root": "/proc"},
+        ),
+        (
+            "system",
+            "cpu_check",
+            lambda rm: rm.register_cpu_monitor("host-cpu", scope="host"),
+            ResourceType.CPU,
+            (),
+            {"scope": "host", "cgroup_root": "/sys/fs/cgroup", "proc_root": "/proc"},
+        ),
+        (
+            "database",
+            "database_check",
+            lambda rm: rm.register_database_monitor("orders", "sqlite:///x.db", query="SELECT 2"),
+            ResourceType.DATABASE,
+            ("sqlite:///x.db",),
+            {"query": "SELECT 2"},
+        ),
+        (
+            "network",
+            "http_check",
+            lambda rm: rm.register_network_monitor("erp", "https://erp/h", latency_budget=0.5),
+            ResourceType.NETWORK,
+            ("https://erp/h",),
+            {"expect_status": 200, "latency_budget": 0.5, "headers": None},
+        ),
+        (
+            "network",
+            "tcp_check",
+            lambda rm: rm.register_network_monitor("pg", "tcp://127.0.0.1:5432"),
+            ResourceType.NETWORK,
+            ("127.0.0.1", 5432),
+            {},
+        ),
+        (
+            "network",
+            "tcp_check",
+            lambda rm: rm.register_network_monitor("v6", "[::1]:6379"),
+            ResourceType.NETWORK,
+            ("::1", 6379),
+            {},
+        ),
+        (
+            "network",
+            "tcp_check",
+            lambda rm: rm.register_network_monitor("kw", host="db", port=5432),
+            ResourceType.NETWORK,
+            ("db", 5432),
+            {},
+        ),
+        (
+            "docker",
+            "docker_check",
+            lambda rm: rm.register_docker_monitor("web", "web-1"),
+            ResourceType.DOCKER,
+            ("web-1",),
+            {"socket": "/var/run/docker.sock"},
+        ),
+        (
+            "kubernetes",
+            "pod_check",
+            lambda rm: rm.register_k8s_monitor(pod="api-0", host="10.0.0.1", timeout=2),
+            ResourceType.K8S_POD,
+            (),
+            {"pod": "api-0", "namespace": None, "host": "10.0.0.1"},
+        ),
+        (
+            "mcp",
+            "mcp_check",
+            lambda rm: rm.register_mcp_monitor("supabase"),
+            ResourceType.MCP_SERVER,
+            ("supabase",),
+            {"command": None, "args": (), "env": None, "url": None, "config": None},
+        ),
+    ],
+)
+def test_register_methods_call_their_factory(
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    factory: str,
+    register: Callable[[ResilienceManager], Any],
+    rtype: ResourceType,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    import sys
+    import types
+
+    stub = StubFactory()
+    fake = types.ModuleType(f"buttress.health.{module}")
+    setattr(fake, factory, stub)
+    monkeypatch.setitem(sys.modules, f"buttress.health.{module}", fake)
+    rm = ResilienceManager("team", check_interval=10)
+    monitor = register(rm)
+    assert stub.calls == [(args, kwargs)]
+    assert monitor.type is rtype
+    assert monitor.target == "stub"
+    assert monitor.key in rm.degradation.services()
