@@ -56,7 +56,7 @@ class Switch:
         return Reading(usage=self.usage)
 
 
-# -- the seed's example ----------------------------------------------------------------------------
+# -- the design document's example ---------------------------------------------------------------
 
 
 @aio

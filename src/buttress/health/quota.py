@@ -29,7 +29,8 @@ Two ways to know how much of an API quota is spent:
   request is refused. A dimension whose reset time has passed counts as replenished. A ``429``
   (or a ``503`` with ``Retry-After``) makes the tracker report UNAVAILABLE until the wait the
   server gave (``Retry-After``, else the reset) has passed; without any wait, until a response
-  that is not refused is observed.
+  that is not refused is observed. (A resource manager then reads it healthy again after its
+  ``success_threshold`` good checks, as for any resource.)
 
 The tracker is itself a check (an async callable returning a :class:`Reading`), so it registers
 like any other; :func:`quota_check` returns a tracker unchanged. Observing is a few dictionary
