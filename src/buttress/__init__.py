@@ -33,6 +33,18 @@ from .errors import (
     UnknownRateLimit,
 )
 from .events import add_hook, remove_hook
+from .health import (
+    ComponentState,
+    HealthMonitor,
+    OverallHealth,
+    QuotaTracker,
+    Reading,
+    ResourceManager,
+    ResourceState,
+    ResourceStatus,
+    ResourceType,
+    quota_check,
+)
 from .http import RateLimitInfo, parse_retry_after, raise_for_rate_limit, rate_limit_info
 from .machines.backoff import (
     Backoff,
@@ -41,6 +53,7 @@ from .machines.backoff import (
     FixedDelay,
     LinearBackoff,
 )
+from .manager import ResilienceManager
 from .policies.bulkhead import Bulkhead, bulkhead
 from .policies.circuit import (
     CircuitBreaker,
@@ -94,6 +107,7 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "Clock",
+    "ComponentState",
     "DEFAULT_TIMEOUTS",
     "DegradationManager",
     "DegradationTier",
@@ -102,18 +116,27 @@ __all__ = [
     "FallbackStrategy",
     "FibonacciBackoff",
     "FixedDelay",
+    "HealthMonitor",
     "LinearBackoff",
     "OperationProfile",
     "OperationTimeout",
     "OperationType",
+    "OverallHealth",
     "Pipeline",
+    "QuotaTracker",
     "RateLimit",
     "RateLimitAlgorithm",
     "RateLimitConfig",
     "RateLimitExceeded",
     "RateLimitInfo",
     "RateLimiter",
+    "Reading",
     "RejectedError",
+    "ResilienceManager",
+    "ResourceManager",
+    "ResourceState",
+    "ResourceStatus",
+    "ResourceType",
     "Retry",
     "RetryStrategy",
     "ServiceCategory",
@@ -139,6 +162,7 @@ __all__ = [
     "get_rate_limiter",
     "parse_retry_after",
     "preset",
+    "quota_check",
     "raise_for_rate_limit",
     "rate_limit",
     "rate_limit_info",

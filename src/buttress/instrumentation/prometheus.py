@@ -15,14 +15,22 @@ per-call data such as keys or tenants, so cardinality stays bounded:
 * ``degradation_tier{name}``: the current tier (1-4) of each degradation manager
 * ``degradation_tier_changes_total{name,from_tier,to_tier}``
 * ``service_health{name,service}``: 1 healthy, 0 unhealthy, read from the managers when scraped
+* ``resource_status{name,type,resource}``: 0 healthy, 1 degraded, 2 critical, 3 unavailable
+* ``resource_usage_percent{name,type,resource}``: usage at the last check
+* ``resource_exhaustion_seconds{name,type,resource}``: predicted time until usage reaches 100%
+* ``resource_check_latency_seconds{name,type,resource}``: how long the last check took
+* ``component_error_rate{name,component}``: error rate over each component's window
 
 Per-call metrics (calls, durations) cost an event per call while the hook is installed; without
 it buttress builds no per-call events at all.
 
-The gauges read when scraped (failure rates, tiers, service health) come from the values the
-policies publish through :func:`buttress.events.add_reading` (kinds ``circuit_failure_rate``,
-``degradation_tier`` and ``service_health``): instrumentation sits below the policies in the
-layering and never imports them.
+The gauges read when scraped (failure rates, tiers, service health, resources, components) come
+from the values the policies and monitors publish through :func:`buttress.events.add_reading`
+(kinds ``circuit_failure_rate``, ``degradation_tier``, ``service_health``, ``resource_status``,
+``resource_usage``, ``resource_exhaustion_seconds``, ``resource_check_latency_seconds`` and
+``component_error_rate``): instrumentation sits below them in the layering and never imports
+them. Resource metrics are labelled by the manager's name (a team), the resource type and the
+resource's registered name, never by anything per check.
 """
 
 from __future__ import annotations
@@ -190,6 +198,37 @@ class _ReadingsCollector:
                 "Last reported health of each service (1 healthy, 0 unhealthy)",
                 ("name", "service"),
                 "service_health",
+            ),
+            (
+                f"{namespace}_resource_status",
+                "Status of each watched resource "
+                "(0 healthy, 1 degraded, 2 critical, 3 unavailable)",
+                ("name", "type", "resource"),
+                "resource_status",
+            ),
+            (
+                f"{namespace}_resource_usage_percent",
+                "Usage of each watched resource at its last check (percent)",
+                ("name", "type", "resource"),
+                "resource_usage",
+            ),
+            (
+                f"{namespace}_resource_exhaustion_seconds",
+                "Predicted seconds until a watched resource reaches 100% at its current trend",
+                ("name", "type", "resource"),
+                "resource_exhaustion_seconds",
+            ),
+            (
+                f"{namespace}_resource_check_latency_seconds",
+                "How long the last check of each watched resource took",
+                ("name", "type", "resource"),
+                "resource_check_latency_seconds",
+            ),
+            (
+                f"{namespace}_component_error_rate",
+                "Error rate of each component over its sliding window",
+                ("name", "component"),
+                "component_error_rate",
             ),
         )
 

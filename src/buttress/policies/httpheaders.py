@@ -26,11 +26,11 @@ import email.utils
 import logging
 import math
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..clock import wall_time
 from ..errors import RateLimitExceeded
 
 __all__ = [
@@ -63,7 +63,7 @@ def parse_retry_after(
 
     Args:
         value: the header value.
-        now: the current Unix time for dates (default ``time.time()``).
+        now: the current Unix time for dates (default: the system clock's).
     """
     if value is None or isinstance(value, bool):
         return None
@@ -96,7 +96,7 @@ def parse_retry_after(
         stamp = parsed.timestamp()
     except (OverflowError, ValueError, OSError):
         return None
-    wait = stamp - (time.time() if now is None else now)
+    wait = stamp - (wall_time() if now is None else now)
     if not math.isfinite(wait):
         return None
     if wait <= 0:
@@ -173,7 +173,7 @@ def rate_limit_info(response: Any, *, now: float | None = None) -> RateLimitInfo
     """Read status and rate-limit headers of an ``httpx`` / ``aiohttp`` (or similar) response."""
     status = _status(response)
     headers = getattr(response, "headers", None) or {}
-    clock_now = time.time() if now is None else now
+    clock_now = wall_time() if now is None else now
     retry_after = parse_retry_after(_header(headers, "Retry-After"), now=clock_now)
     limit = _int(_header(headers, "X-RateLimit-Limit"))
     remaining = _int(_header(headers, "X-RateLimit-Remaining"))
