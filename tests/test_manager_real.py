@@ -526,6 +526,21 @@ def test_a_missing_mcp_server_name_lists_the_file_and_the_variable(mcp_config: P
     assert "supabase" in message  # the servers the file does have
 
 
+def test_an_mcp_server_named_without_a_configuration_file_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCP_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    rm = ResilienceManager("team", check_interval=10)
+    with pytest.raises(ValueError, match="'supabase': no MCP configuration file") as caught:
+        rm.register_mcp_monitor("supabase")
+    assert str(tmp_path / "mcp.json") in str(caught.value)
+    assert "MCP_CONFIG" in str(caught.value)
+    with pytest.raises(TypeError, match="name must be a non-empty string"):
+        rm.register_mcp_monitor("")
+    assert rm.resources.monitors() == []
+
+
 @pytest.mark.parametrize("interval", [-1, 0, float("nan")])
 def test_a_bad_check_interval_fails_at_construction(interval: float) -> None:
     with pytest.raises(ValueError, match="check_interval"):
@@ -539,8 +554,6 @@ def test_a_bad_check_interval_variable_fails_at_construction(
     monkeypatch.setenv("RESILIENCE_CHECK_INTERVAL", raw)
     with pytest.raises(ValueError, match=rf"RESILIENCE_CHECK_INTERVAL .*{raw!r}"):
         ResilienceManager("team")
-    # An explicit interval does not read the variable at all.
-    assert ResilienceManager("team", check_interval=5).resources.check_interval == 5.0
 
 
 def test_a_check_returning_garbage_is_a_failure_not_a_default(clock: FakeClock) -> None:
