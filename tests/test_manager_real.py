@@ -37,7 +37,14 @@ from typing import Any
 
 import pytest
 
-from buttress import CircuitBreaker, Reading, ResilienceManager, ResourceType
+from buttress import (
+    CircuitBreaker,
+    Reading,
+    ResilienceManager,
+    ResourceManager,
+    ResourceStatus,
+    ResourceType,
+)
 from buttress.testing import FakeClock
 from mcp_server import SCRIPT, HttpServer, Notifications, free_port
 
@@ -568,3 +575,33 @@ def test_a_check_returning_garbage_is_a_failure_not_a_default(clock: FakeClock) 
     assert report["resources"]["network:api"]["status"] == "unavailable"
     assert "a check must return a Reading" in report["resources"]["network:api"]["last_error"]
     assert report["resources"]["network:ok"]["status"] == "healthy"
+
+
+# -- check_now -------------------------------------------------------------------------------------
+
+
+def test_check_now_times_out_each_check_at_its_own_timeout() -> None:
+    """A check that hangs is recorded as timed out at its own timeout, while a slower check with
+    a longer timeout is still running: here the slow one ends only once it has seen that."""
+
+    async def main() -> None:
+        manager = ResourceManager("test", check_interval=3600)
+
+        async def hangs() -> None:
+            await asyncio.Event().wait()
+
+        hung = manager.register(ResourceType.NETWORK, "hangs", hangs, timeout=0.05)
+
+        async def waits_for_the_timeout() -> bool:
+            for _ in range(500):  # at most about 5 s
+                if hung.state.last_error is not None:
+                    return True
+                await asyncio.sleep(0.01)
+            return False
+
+        manager.register(ResourceType.NETWORK, "slow", waits_for_the_timeout, timeout=30)
+        states = await manager.check_now()
+        assert states["network:hangs"].last_error == "timeout after 0.05s"
+        assert states["network:slow"].status is ResourceStatus.HEALTHY
+
+    asyncio.run(main())
