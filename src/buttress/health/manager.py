@@ -802,13 +802,25 @@ class ResourceManager:
                     runs.append((monitor, run))
                 continue
             runs.append((monitor, self._launch(monitor, clock.now(), loop)))
-        tasks = {run.task for _, run in runs if run.task is not None and not run.task.done()}
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(m.timeout for m, _ in runs))
-        now = clock.now()
-        for monitor, run in runs:
-            if monitor._run is run and not run.abandoned and run.alive():
-                self._time_out(monitor, run, max(now, run.deadline))
+        # Each run is timed out at its own timeout, not when the slowest one ends: a check that
+        # hangs is reported as such while a longer one is still allowed to run.
+        started = loop.time()
+        waiting = {
+            run.task: (monitor, run)
+            for monitor, run in runs
+            if run.task is not None and not run.task.done()
+        }
+        while waiting:
+            until = min(started + monitor.timeout for monitor, _ in waiting.values())
+            done, _ = await asyncio.wait(set(waiting), timeout=max(0.0, until - loop.time()))
+            for task in done:
+                del waiting[task]
+            now_real = loop.time()
+            for task, (monitor, run) in list(waiting.items()):
+                if now_real >= started + monitor.timeout:
+                    del waiting[task]
+                    if monitor._run is run and not run.abandoned and run.alive():
+                        self._time_out(monitor, run, max(clock.now(), run.deadline))
         return self.states()
 
     # -- the scheduler ---------------------------------------------------------------------------
