@@ -266,6 +266,7 @@ class _Core:
         "state",
         "stored",
         "tickets",
+        "where",
     )
 
     def __init__(self, config: CircuitBreakerConfig, clock: Clock | None) -> None:
@@ -280,6 +281,7 @@ class _Core:
         self.local = LocalState(settings, self.announce)
         self.state: LocalState | StoredState | DisposedState = self.local
         self.stored: StoredState | None = None
+        self.where = "memory://"
         # BUTTRESS_STORAGE_URL applies to named breakers that can be stored; explicit storage=
         # without a name or with a window was refused by the config.
         if config.storage is not None or (config.name is not None and not windowed):
@@ -287,6 +289,7 @@ class _Core:
             if store is not None:
                 guard = StoreGuard(store, f"circuit breaker {self.name!r}", config.fail_mode, 1.0)
                 owned = config.storage is None or isinstance(config.storage, str)
+                self.where = str(getattr(store, "url", store))
                 self.state = self.stored = StoredState(
                     self.name, settings, guard, owned=owned, clock=clock, announce=self.announce
                 )
@@ -565,8 +568,7 @@ class CircuitBreaker:
     @property
     def storage(self) -> str:
         """Where the state lives (``memory://`` or the store's URL)."""
-        stored = self._core.stored
-        return "memory://" if stored is None else str(getattr(stored.guard.store, "url", "?"))
+        return self._core.where
 
     @property
     def degraded(self) -> bool:
