@@ -36,6 +36,7 @@ Transitions are handed to ``announce(transition, now)``, given at construction, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -77,17 +78,15 @@ def _snapshot(
 class LocalState:
     """A breaker in this process's memory: the machine and its lock."""
 
-    __slots__ = ("_lock", "announce", "machine")
+    __slots__ = ("announce", "lock", "machine")
 
     def __init__(self, settings: BreakerSettings, announce: Announce) -> None:
-        import threading
-
         self.machine = BreakerMachine(settings)
         self.announce = announce
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def admit(self, now: float) -> Admission | float:
-        with self._lock:
+        with self.lock:
             admission, transition = self.machine.acquire(now)
         if transition is not None:
             self.announce(transition, now)
@@ -96,7 +95,7 @@ class LocalState:
     def settle(
         self, admission: Admission, now: float, failed: bool | None, slow: bool = False
     ) -> None:
-        with self._lock:
+        with self.lock:
             if failed is None:
                 self.machine.release(admission)
                 return
@@ -104,25 +103,16 @@ class LocalState:
         if transition is not None:
             self.announce(transition, now)
 
-    def failed(self, generation: int, now: float) -> None:
-        """A call admitted lock-free in CLOSED state (``generation``) failed."""
-        with self._lock:
-            transition = self.machine.record(
-                Admission(True, generation=generation), now, failed=True
-            )
-        if transition is not None:
-            self.announce(transition, now)
-
     def succeeded(self, generation: int) -> None:
         """A call admitted lock-free in CLOSED state succeeded after failures were counted."""
         machine = self.machine
-        with self._lock:
+        with self.lock:
             if machine.closed_generation == generation:
                 machine.failures = 0
 
     def snapshot(self, now: float) -> Snapshot:
         machine = self.machine
-        with self._lock:
+        with self.lock:
             snap = _snapshot(
                 machine.state, machine.failures, machine.opened_at, now, machine.settings
             )
@@ -134,7 +124,7 @@ class LocalState:
 
     def force(self, target: CircuitState, now: float, reason: str) -> Transition | None:
         """Move to ``target`` (announced); returns the transition."""
-        with self._lock:
+        with self.lock:
             transition = self.machine.force(target, now, reason)
         if transition is not None:
             self.announce(transition, now)
@@ -217,7 +207,8 @@ class StoredState:
     def _heard(self, reply: BreakerReply, now: float) -> BreakerReply:
         """Remember the answer; announce what it changed, or what another process changed."""
         self.guard.answered()
-        seen, self._seen = self._seen, reply
+        with self.local.lock:
+            seen, self._seen = self._seen, reply
         before = _CLOSED if seen is None else seen.state
         if reply.transition is not None:
             old, new, reason = reply.transition
@@ -286,10 +277,6 @@ class StoredState:
         reply = self._ask(READ, now)
         return self.snapshot(now) if reply is None else self._view(reply)
 
-    async def aread(self, now: float) -> Snapshot:
-        reply = await self._aask(READ, now)
-        return self.snapshot(now) if reply is None else self._view(reply)
-
     def _view(self, reply: BreakerReply | None) -> Snapshot:
         if reply is None:
             return Snapshot(_CLOSED, 0, 0.0, 0.0)
@@ -305,7 +292,7 @@ class StoredState:
     def force(self, target: CircuitState, now: float, reason: str) -> Transition | None:
         """Move the stored breaker (and the local fallback) to ``target``."""
         local = self.local
-        with local._lock:
+        with local.lock:
             transition = local.machine.force(target, now, reason)
         if self._ask(BreakerStep.force(target, reason), now) is None and transition is not None:
             self.announce(transition, now)  # the store did not hear it: say what holds here
@@ -329,10 +316,13 @@ class DisposedState:
         self.name, self.last = name, last
 
     def admit(self, now: float) -> Admission | float:
-        raise RuntimeError(f"circuit breaker {self.name!r} was disposed; make a new one")
+        raise self._gone()
 
     def force(self, target: CircuitState, now: float, reason: str) -> Transition | None:
-        return self.admit(now)  # type: ignore[return-value]  # it raises
+        raise self._gone()
+
+    def _gone(self) -> RuntimeError:
+        return RuntimeError(f"circuit breaker {self.name!r} was disposed; make a new one")
 
     def settle(self, admission: Admission, now: float, failed: bool | None, slow: bool) -> None:
         """Outcomes of calls admitted before the breaker was disposed are dropped."""

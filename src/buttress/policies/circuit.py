@@ -17,11 +17,14 @@ Guarantees:
 * A late outcome cannot undo a newer decision: every admission carries the generation it was
   admitted in, on the fast path too, so a call admitted before a trip cannot re-open a breaker that
   has recovered since, whether or not a hook is installed.
-* One fast path, shared by the decorator, ``call``/``acall`` and ``with``: in CLOSED state with the
-  consecutive-failure rule, in memory and with no hook installed, a successful call reads one
-  attribute before the call (the machine's ``closed_generation``) and, only if failures were
-  counted, resets them after: no lock, no clock, no allocation. Anything else (OPEN or HALF_OPEN,
-  windows, slow-call detection, a store, a hook) takes the general path.
+* One fast path for every entry point (decorator, ``call``/``acall``, ``with``): in CLOSED state
+  with the consecutive-failure rule, in memory and with no hook installed, a call is admitted by
+  reading one attribute (the machine's ``closed_generation``, also the ticket its failure is
+  stamped with) and, only if failures were counted, a success resets them: no lock, no clock, no
+  allocation. Anything else (OPEN or HALF_OPEN, windows, slow-call detection, a store, a hook)
+  takes the one general path. The decisions are made in one place; each entry point only holds
+  the few lines around the call, because delegating them would cost a Python frame, a tenth of
+  the whole success path.
 * Refusing is cheap: an OPEN breaker in memory refuses without its lock; the
   :class:`buttress.events.CallRejected` event is built only when a hook or a DEBUG logger reads it,
   and the WARNING line is one per burst of refusals, then a summary per interval ("1,234 calls
@@ -325,20 +328,40 @@ class _Core:
         self.finish(admission, began, None)
         return result
 
-    async def arun(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
-        admission, began = self.admit() if self.stored is None else await self.aadmit()
+    def arun(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Awaitable[Any]:
+        """The general async path. A local breaker decides before making a coroutine, so a
+        refusal raises at once, as cheap as a sync one."""
+        if self.stored is not None:
+            return self.arun_stored(fn, args, kwargs)
+        began = (self.clock or get_clock()).now()  # admit(), inlined as in run()
+        wait = self.open_gate.reopens_at - began
+        admission = self.state.admit(began) if wait <= 0 else wait
+        if isinstance(admission, float):
+            raise self.refuse(admission, began)
+        return self.arun_admitted(fn, args, kwargs, (admission, began))
+
+    async def arun_stored(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+        return await self.arun_admitted(fn, args, kwargs, await self.aadmit())
+
+    async def arun_admitted(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: Any,
+        kwargs: Any,
+        ticket: tuple[Admission, float],
+    ) -> Any:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as error:
-            await self.afinish(admission, began, error)
+            await self.afinish(*ticket, error)
             raise
-        await self.afinish(admission, began, None)
+        await self.afinish(*ticket, None)
         return result
 
     def failed(self, ticket: int, error: BaseException) -> None:
         """A call admitted on the fast path raised: count it in the generation it came in."""
         if isinstance(error, self.counted) and not isinstance(error, self.excluded):
-            self.local.failed(ticket, self.now())
+            self.local.settle(Admission(True, generation=ticket), self.now(), True)
 
     # -- admissions and outcomes -------------------------------------------------------------------
 
@@ -631,10 +654,9 @@ class CircuitBreaker:
 
     # -- decoration and calls ----------------------------------------------------------------------
 
-    # Every entry point opens with the same fast path: read the gate (the machine's
-    # closed_generation, or -1), call, and hand a failure (with the generation it was admitted
-    # in) or a reset to the shared methods. The skeleton is written into each entry point rather
-    # than called, because a call costs a Python frame: a tenth of the whole success path.
+    # Every entry point opens with the same fast path (see the module documentation): read the
+    # gate, call, and hand a failure (with the generation it was admitted in) or a reset to the
+    # shared methods; anything else goes to the general path, core.run or core.arun.
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
