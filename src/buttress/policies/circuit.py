@@ -451,8 +451,11 @@ class _Core:
         self.tickets.set(stack[:-1])
         return stack[-1]
 
-    def settle_fast(self, ticket: int, error: BaseException | None) -> None:
-        if error is None:
+    def exit(self, ticket: Ticket, error: BaseException | None) -> None:
+        """Settle a block's ticket (a stored admission, in async code: ``afinish``)."""
+        if not isinstance(ticket, int):
+            self.finish(*ticket, error)
+        elif error is None:
             if self.gate.failures:
                 self.local.succeeded(ticket)
         elif isinstance(error, Exception):
@@ -741,12 +744,7 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        core = self._core
-        ticket = core.leave()
-        if isinstance(ticket, int):
-            core.settle_fast(ticket, exc)
-        else:
-            core.finish(*ticket, exc)
+        self._core.exit(self._core.leave(), exc)
 
     async def __aenter__(self) -> CircuitBreaker:
         core = self._core
@@ -761,10 +759,10 @@ class CircuitBreaker:
     ) -> None:
         core = self._core
         ticket = core.leave()
-        if isinstance(ticket, int):
-            core.settle_fast(ticket, exc)
+        if isinstance(ticket, tuple) and core.stored is not None:
+            await core.afinish(*ticket, exc)  # a stored admission: settled by the store
         else:
-            await core.afinish(*ticket, exc)
+            core.exit(ticket, exc)
 
 
 def get_circuit_breaker(name: str, **options: Any) -> CircuitBreaker:
