@@ -124,6 +124,16 @@ def async_hand_breaker(fn: Any, fail_max: int = 5) -> Any:
     return wrapper
 
 
+def async_hand_fallback(fn: Any, default: Any = None) -> Any:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception:
+            return default
+
+    return wrapper
+
+
 def async_hand_pipeline(fn: Any) -> Any:
     """retry + breaker + fallback(default), hand-written, async."""
     inner = async_hand_retry(async_hand_breaker(fn))
@@ -171,6 +181,13 @@ def sync_rows() -> list[tuple[str, str, float, float | None]]:
     }
     for name, g in peers_retry.items():
         rows.append(("retry", name, ns_per_call(lambda g=g: g(1)), retry_floor))
+    policy = buttress.Retry(max_retries=3)
+    rows.append(
+        ("retry", "buttress Retry.call(f, x)", ns_per_call(lambda: policy.call(f, 1)), retry_floor)
+    )
+    rows += fallback_rows()
+    rows += call_rows()
+    rows += failure_rows()
 
     breaker_floor = ns_per_call(lambda g=hand_breaker(f): g(1))
     rows.append(("breaker", "hand-written breaker (floor)", breaker_floor, breaker_floor))
@@ -213,6 +230,94 @@ def sync_rows() -> list[tuple[str, str, float, float | None]]:
     return rows
 
 
+def hand_fallback(fn: Any, default: Any = None) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            return default
+
+    return wrapper
+
+
+def fallback_rows() -> list[tuple[str, str, float, float | None]]:
+    floor = ns_per_call(lambda g=hand_fallback(f): g(1))
+    default = buttress.Fallback(strategy=buttress.FallbackStrategy.DEFAULT, default_value=None)
+    cached = buttress.Fallback(strategy=buttress.FallbackStrategy.CACHED)
+    return [
+        ("fallback", "hand-written try/except default (floor)", floor, floor),
+        ("fallback", "buttress @fallback(DEFAULT)", ns_per_call(lambda g=default(f): g(1)), floor),
+        (
+            "fallback",
+            "buttress Fallback.call(f, x)",
+            ns_per_call(lambda: default.call(f, 1)),
+            floor,
+        ),
+        ("fallback", "buttress @fallback(CACHED)", ns_per_call(lambda g=cached(f): g(1)), floor),
+    ]
+
+
+def call_rows() -> list[tuple[str, str, float, float | None]]:
+    """``policy.call(f, x)`` against the same policy decorating ``f`` (the floor of each pair)."""
+    rows: list[tuple[str, str, float, float | None]] = []
+    policies = {
+        "Retry": buttress.Retry(max_retries=3),
+        "Fallback": buttress.Fallback(strategy=buttress.FallbackStrategy.DEFAULT),
+        "Timeout": buttress.Timeout(timeout_seconds=10),
+    }
+    for name, policy in policies.items():
+        decorated = ns_per_call(lambda g=policy(f): g(1))
+        called = ns_per_call(lambda p=policy: p.call(f, 1))
+        rows.append((f"{name}.call", f"@{name.lower()} decorated (floor)", decorated, decorated))
+        rows.append((f"{name}.call", f"{name}.call(f, x)", called, decorated))
+    return rows
+
+
+class Boom(Exception):
+    pass
+
+
+def boom(x: int) -> int:
+    raise Boom
+
+
+def failure_rows() -> list[tuple[str, str, float, float | None]]:
+    """A retry failing 3 times with no wait, logging configured at WARNING (to nowhere)."""
+    import io
+    import logging
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(io.StringIO())
+    root.addHandler(handler)
+    level, root.level = root.level, logging.WARNING
+    try:
+
+        def hand() -> None:
+            for attempt in range(3):
+                try:
+                    boom(1)
+                except Boom:
+                    if attempt == 2:
+                        return
+
+        guarded = buttress.retry(max_attempts=3, base_delay=0)(boom)
+
+        def ours() -> None:
+            try:  # noqa: SIM105 (a try, as in the floor: suppress() costs more)
+                guarded(1)
+            except Boom:
+                pass
+
+        floor = ns_per_call(hand)
+        return [
+            ("retry x3 failing", "hand-written loop, no wait (floor)", floor, floor),
+            ("retry x3 failing", "buttress @retry, no wait", ns_per_call(ours), floor),
+        ]
+    finally:
+        root.removeHandler(handler)
+        root.level = level
+
+
 def async_rows() -> list[tuple[str, str, float, float | None]]:
     rows: list[tuple[str, str, float, float | None]] = []
     bare = ans_per_call(lambda: af(1))
@@ -236,6 +341,36 @@ def async_rows() -> list[tuple[str, str, float, float | None]]:
     }
     for name, g in peers.items():
         rows.append(("retry", name, ans_per_call(lambda g=g: g(1)), retry_floor))
+    policy = buttress.Retry(max_retries=3)
+    rows.append(
+        (
+            "retry",
+            "buttress Retry.acall(af, x)",
+            ans_per_call(lambda: policy.acall(af, 1)),
+            retry_floor,
+        )
+    )
+    fallback_floor = ans_per_call(lambda g=async_hand_fallback(af): g(1))
+    default = buttress.Fallback(strategy=buttress.FallbackStrategy.DEFAULT, default_value=None)
+    rows.append(
+        ("fallback", "hand-written try/except default (floor)", fallback_floor, fallback_floor)
+    )
+    rows.append(
+        (
+            "fallback",
+            "buttress @fallback(DEFAULT)",
+            ans_per_call(lambda g=default(af): g(1)),
+            fallback_floor,
+        )
+    )
+    rows.append(
+        (
+            "fallback",
+            "buttress Fallback.acall(af, x)",
+            ans_per_call(lambda: default.acall(af, 1)),
+            fallback_floor,
+        )
+    )
 
     breaker_floor = ans_per_call(lambda g=async_hand_breaker(af): g(1))
     rows.append(("breaker", "hand-written async breaker (floor)", breaker_floor, breaker_floor))
@@ -267,6 +402,15 @@ def async_rows() -> list[tuple[str, str, float, float | None]]:
             "timeout",
             "buttress @timeout",
             ans_per_call(lambda g=buttress.timeout(timeout_seconds=10)(af): g(1)),
+            timeout_floor,
+        )
+    )
+    limit = buttress.Timeout(timeout_seconds=10)
+    rows.append(
+        (
+            "timeout",
+            "buttress Timeout.acall(af, x)",
+            ans_per_call(lambda: limit.acall(af, 1)),
             timeout_floor,
         )
     )

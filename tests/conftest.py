@@ -71,3 +71,26 @@ def redis_port() -> Iterator[int]:
         yield server.port
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster started for this test session (``postgres_server.PostgresServer``).
+
+    Tests may stop and start it; each must leave it running. Skips when none can be started,
+    unless ``BUTTRESS_REQUIRE_POSTGRES=1`` (then it fails).
+    """
+    import os
+
+    from postgres_server import PostgresUnavailable, start
+
+    try:
+        server = start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("BUTTRESS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"BUTTRESS_REQUIRE_POSTGRES=1 but no PostgreSQL server: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -1,19 +1,22 @@
 """A throwaway ``redis-server`` for the tests: free port, 127.0.0.1 only, no persistence.
 
-``start()`` returns a running :class:`RedisServer` (``.port``, ``.stop()``) or raises
+``start()`` returns a running :class:`RedisServer` (``.port``, ``.dir``, ``.stop()``) or raises
 ``RedisUnavailable`` saying why (no binary, no redis-py, it did not answer within 5 s). Whether
 that skips or fails is the fixture's decision (``BUTTRESS_REQUIRE_REDIS=1`` makes it fail).
+``commands_sent(port)`` records what the server runs meanwhile, whoever sends it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 STARTUP_SECONDS = 5.0
 
@@ -29,10 +32,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, binary: str) -> None:
-        self.port = free_port()
+    def __init__(self, binary: str, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="buttress-redis-")
-        self._log = Path(self._dir.name) / "redis.log"
+        self.dir = Path(self._dir.name)
+        self._log = self.dir / "redis.log"
         self.process = subprocess.Popen(
             [
                 binary,
@@ -42,6 +46,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", self._dir.name,
                 "--logfile", str(self._log),
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -92,7 +97,8 @@ class RedisServer:
         self._dir.cleanup()
 
 
-def start() -> RedisServer:
+def start(*extra: str, port: int | None = None) -> RedisServer:
+    """A running redis-server (on ``port``, else a free one); ``extra`` are more options."""
     try:
         import redis  # noqa: F401
     except ImportError:
@@ -102,7 +108,7 @@ def start() -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisUnavailable("no redis-server binary on PATH")
-    server = RedisServer(binary)
+    server = RedisServer(binary, *extra, port=port)
     try:
         server.wait_ready()
     except BaseException:
@@ -111,19 +117,43 @@ def start() -> RedisServer:
     return server
 
 
-def record_sent_commands(monkeypatch: Any) -> list[str]:
-    """From now on (until ``monkeypatch`` is undone), the name of every command any redis-py
-    connection sends, in order: what the client sent, whichever path it took."""
+@contextlib.contextmanager
+def commands_sent(port: int) -> Iterator[list[tuple[str, str]]]:
+    """``(sender, NAME)`` of every command the server on ``port`` runs inside the block, in order:
+    ``sender`` is ``"lua"`` for a command a script issued, else the client's address (MONITOR)."""
     import redis
 
-    sent: list[str] = []
-    send = redis.connection.Connection.send_packed_command
+    control = redis.Redis(port=port)
+    stopper = redis.Redis(port=port)
+    stopper.ping()  # connected (and introduced) before the recording starts
+    ready = threading.Event()
+    seen: list[tuple[str, str]] = []
+    stopper_address = stopper.client_info()["addr"]
 
-    def counting(conn: Any, command: Any, check_health: bool = True) -> None:
-        chunks = [command] if isinstance(command, bytes | str) else command
-        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-        sent.append(packed.split(b"\r\n")[2].decode().upper())  # *N, $len, NAME
-        send(conn, command, check_health)
+    def watch() -> None:
+        with control.monitor() as monitor:
+            ready.set()
+            for event in monitor.listen():
+                if event["command"] == "ECHO commands-sent-stop":
+                    return
+                sender = event["client_type"]
+                if sender != "lua":
+                    sender = f"{event['client_address']}:{event['client_port']}"
+                seen.append((sender, event["command"].split(" ", 1)[0].upper()))
 
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
-    return sent
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    ready.wait(5)
+    deadline = time.monotonic() + 5  # MONITOR is on once it reports the stopper's PING
+    while not seen and time.monotonic() < deadline:
+        stopper.ping()
+        time.sleep(0.01)
+    seen.clear()
+    try:
+        yield seen
+    finally:
+        stopper.echo("commands-sent-stop")
+        watcher.join(10)
+        control.close()
+        stopper.close()
+        seen[:] = [(who, cmd) for who, cmd in seen if who != stopper_address]

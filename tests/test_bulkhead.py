@@ -1,13 +1,18 @@
-"""Bulkhead: never over-admits, FIFO waiting, refusal, run-time limit changes."""
+"""Bulkhead: never over-admits, FIFO waiting, refusal, run-time limit changes; refusals under
+overload logged once per interval, every one seen by hooks, no event built that nobody reads."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from typing import Any
 
 import pytest
 
-from buttress import Bulkhead, BulkheadFull, RejectedError
+from buttress import Bulkhead, BulkheadFull, RejectedError, events
+from buttress.testing import FakeClock
+from conftest import make
 
 
 class Gauge:
@@ -156,3 +161,147 @@ def test_limit_changes_at_run_time() -> None:
 def test_invalid_configuration(kwargs: dict[str, float], text: str) -> None:
     with pytest.raises(ValueError, match=text):
         Bulkhead(**kwargs)  # type: ignore[arg-type]
+
+
+# --- refusals under overload: cheap, logged once per interval, every one seen by hooks ----------
+
+
+def _full(name: str, **options: float) -> Bulkhead:
+    bulkhead = Bulkhead(max_concurrent=1, name=name, **options)  # type: ignore[arg-type]
+    bulkhead.acquire()
+    return bulkhead
+
+
+def _refuse(mode: str, bulkhead: Bulkhead, clock: FakeClock, times: int, step: float) -> None:
+    """Refuse ``times`` calls through the decorated path, ``step`` virtual seconds apart."""
+    guarded = bulkhead(make(mode, lambda: None))
+
+    async def refuse_async() -> None:
+        for _ in range(times):
+            with pytest.raises(BulkheadFull):
+                await guarded()
+            clock.advance(step)
+
+    if mode == "async":
+        asyncio.run(refuse_async())
+        return
+    for _ in range(times):
+        with pytest.raises(BulkheadFull):
+            guarded()
+        clock.advance(step)
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "buttress.bulkhead" and r.levelno == level
+    ]
+
+
+def test_refusals_are_logged_once_then_summarised_per_interval(
+    mode: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="buttress")
+    bulkhead = _full("db")
+    _refuse(mode, bulkhead, clock, 480, 0.125)  # 8 a second for 60 s
+    assert _lines(caplog) == [
+        "bulkhead 'db' is full (1 call running): call rejected",
+        *["80 calls rejected by bulkhead 'db' in the last 10 s"] * 5,
+    ]
+    assert caplog.records[-1].policy_name == "db"  # type: ignore[attr-defined]
+    assert caplog.records[-1].count == 80  # type: ignore[attr-defined]
+    clock.advance(600)  # the next refusal reports the ones not yet summarised
+    _refuse(mode, bulkhead, clock, 1, 0.0)
+    assert _lines(caplog)[-1] == "80 calls rejected by bulkhead 'db' in the last 610 s"
+    clock.advance(600)  # nothing since the last line: a first line again
+    _refuse(mode, bulkhead, clock, 1, 0.0)
+    assert _lines(caplog)[-1] == "bulkhead 'db' is full (1 call running): call rejected"
+    assert len(_lines(caplog)) == 8
+
+
+def test_hooks_see_every_refusal_and_debug_logs_each(
+    mode: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="buttress.bulkhead")
+    seen: list[events.Event] = []
+    hook = events.add_hook(seen.append)
+    try:
+        _refuse(mode, _full("db"), clock, 50, 0.5)
+    finally:
+        events.remove_hook(hook)
+    rejected = [e for e in seen if isinstance(e, events.CallRejected)]
+    assert len(rejected) == 50
+    assert {(e.policy, e.name, e.reason) for e in rejected} == {("bulkhead", "db", "bulkhead_full")}
+    assert [e.at for e in rejected] == [i * 0.5 for i in range(50)]
+    assert _lines(caplog, logging.DEBUG) == ["bulkhead 'db': rejected (bulkhead_full)"] * 50
+    assert len(_lines(caplog)) == 1 + 2  # first line, summaries at 10 s and 20 s
+
+
+def test_a_refusal_nobody_reads_builds_no_event(
+    mode: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="buttress")
+    built: list[dict[str, object]] = []
+
+    class CountedRejection(events.CallRejected):
+        __slots__ = ()
+
+        def __init__(self, **fields: Any) -> None:
+            built.append(fields)
+            super().__init__(**fields)
+
+    monkeypatch.setattr(events, "CallRejected", CountedRejection)
+    with FakeClock() as clock:
+        _refuse(mode, _full("quiet"), clock, 20, 0.0)
+        assert built == []  # WARNING logging and no hook: nothing reads a per-call event
+        hook = events.add_hook(lambda event: None)
+        try:
+            _refuse(mode, _full("heard"), clock, 20, 0.0)
+        finally:
+            events.remove_hook(hook)
+    assert len(built) == 20
+
+
+def test_a_hook_may_use_the_bulkhead_it_hears_from() -> None:
+    bulkhead = _full("grows")
+
+    def grow(event: events.Event) -> None:
+        if isinstance(event, events.CallRejected) and event.name == "grows":
+            bulkhead.set_limit(bulkhead.max_concurrent + 1)
+
+    refused = threading.Event()
+
+    def refuse() -> None:
+        with pytest.raises(BulkheadFull):
+            bulkhead.acquire()
+        refused.set()
+
+    hook = events.add_hook(grow)
+    try:
+        # Daemon: if the refusal reported under the bulkhead's lock, the hook would deadlock.
+        threading.Thread(target=refuse, daemon=True).start()
+        assert refused.wait(10), "the hook could not take the bulkhead's lock"
+    finally:
+        events.remove_hook(hook)
+    assert bulkhead.max_concurrent == 2
+    bulkhead.acquire()  # the slot the hook added
+
+
+def test_a_refusal_after_waiting_says_how_long() -> None:
+    bulkhead = _full("slow", max_wait=0.01)
+    with pytest.raises(BulkheadFull, match=r"bulkhead 'slow' is full \(1 call running\) after"):
+        bulkhead.acquire()
+    bulkhead.set_limit(3)
+    bulkhead.acquire()
+    bulkhead.acquire()
+    with pytest.raises(BulkheadFull, match=r"\(3 calls running\) after waiting 0.01s"):
+        bulkhead.acquire()
+
+
+def test_name_is_read_only() -> None:
+    bulkhead = Bulkhead(name="db")
+    assert bulkhead.name == "db"
+    assert Bulkhead().name.startswith("bulkhead-")
+    with pytest.raises(AttributeError):
+        bulkhead.name = "other"  # type: ignore[misc]

@@ -86,21 +86,23 @@ def test_repr_and_metrics_never_ask_the_store(clock: FakeClock) -> None:
     assert repr(cb) == f"CircuitBreaker(name={name!r}, state='open')"
 
 
-def test_repr_sends_no_redis_command(redis_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from redis_server import record_sent_commands
+def test_repr_sends_no_redis_command(redis_port: int) -> None:
+    from redis_server import commands_sent
 
     name = unique("redis")
     cb = CircuitBreaker(name=name, fail_max=1, storage=f"redis://127.0.0.1:{redis_port}/0")
     with pytest.raises(ConnectionError):
         cb.call(fail)
-    sent = record_sent_commands(monkeypatch)
-    assert repr(cb) == f"CircuitBreaker(name={name!r}, state='open')"
-    assert sent == []
-    assert cb.failure_rate == 0.0  # the trip reset the count
-    assert name in dict(events.readings("circuit_failure_rate"))
-    assert sent == []
-    assert cb.state is CircuitState.OPEN
-    assert sent == ["EVALSHA"]  # (the property asks: one round trip)
+    with commands_sent(redis_port) as seen:
+        shown, rate, readings = repr(cb), cb.failure_rate, events.readings("circuit_failure_rate")
+    assert seen == []
+    assert shown == f"CircuitBreaker(name={name!r}, state='open')"
+    assert rate == 0.0  # the trip reset the count
+    assert (name, 0.0) in readings
+    with commands_sent(redis_port) as seen:
+        assert cb.state is CircuitState.OPEN  # the property asks: one round trip
+    assert [command for sender, command in seen if sender != "lua"] == ["EVALSHA"]
+    cb.dispose()
 
 
 # --- async callers use the async store only -------------------------------------------------------

@@ -31,3 +31,15 @@ def test_demo_rejects_bad_options(argv: list[str], capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"]])
+def test_help_is_plain_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: buttress" in out
+    assert "demo" in out
+    for markup in ("``", ":class:", ":func:", ":meth:", "`"):
+        assert markup not in out, f"reStructuredText {markup!r} in {' '.join(argv)}"

@@ -38,21 +38,66 @@ def manager(clock: FakeClock, dwell: float = 10.0, **options: Any) -> Degradatio
     return DegradationManager(min_dwell=dwell, clock=clock, name=f"m{next(_n)}", **options)
 
 
+LLM, DATABASE, API = ServiceCategory.LLM, ServiceCategory.DATABASE, ServiceCategory.EXTERNAL_API
+
+
 @pytest.mark.parametrize(
     ("name", "category"),
     [
-        ("llm_api", ServiceCategory.LLM),
-        ("openai-llm", ServiceCategory.LLM),
-        ("factor_api", ServiceCategory.EXTERNAL_API),
-        ("erp", ServiceCategory.EXTERNAL_API),
-        ("database", ServiceCategory.DATABASE),
-        ("orders_db", ServiceCategory.DATABASE),
-        ("Postgres.Primary", ServiceCategory.DATABASE),
-        ("dbt_cloud", ServiceCategory.EXTERNAL_API),  # a word must match, not a prefix
+        # words split at punctuation
+        ("llm_api", LLM),
+        ("openai-llm", LLM),
+        ("factor_api", API),
+        ("erp", API),
+        ("database", DATABASE),
+        ("orders_db", DATABASE),
+        ("Postgres.Primary", DATABASE),
+        ("user-database", DATABASE),
+        # case, camelCase and digits
+        ("OrdersDB", DATABASE),
+        ("ORDERS_DB", DATABASE),
+        ("PostgresPrimary", DATABASE),
+        ("MySQLReplica", DATABASE),
+        ("PostgreSQL", DATABASE),
+        ("SQLite3", DATABASE),
+        ("userDB2", DATABASE),
+        ("db2", DATABASE),
+        ("RedisCache", DATABASE),
+        ("openaiLLM", LLM),
+        ("OpenAILLM", LLM),
+        ("LLMGateway", LLM),
+        ("llms", LLM),
+        # known endings inside one run of letters
+        ("mongodb", DATABASE),
+        ("ordersdb", DATABASE),
+        ("userdatabase", DATABASE),
+        ("nosql_store", DATABASE),
+        ("sqlserver", DATABASE),
+        ("openaillm", LLM),
+        ("localllm-7b", LLM),
+        # tricky names that are not databases or LLMs
+        ("dbt_cloud", API),  # "db" starts a word: dbt is not a database
+        ("adobe", API),  # "db" inside a word
+        ("feedback_api", API),
+        ("sandbox", API),
+        ("graphql_api", API),  # ends in "ql", not "sql"
+        ("redistribution_api", API),  # starts with "redis"
+        ("mongolia_weather", API),  # starts with "mongo"
+        ("smallModel", API),  # "llm" across a word boundary
+        ("callmanager", API),  # "llm" inside a word
+        ("HTTPServer", API),
+        ("payments", API),
     ],
 )
 def test_default_category_from_the_name(name: str, category: ServiceCategory) -> None:
     assert category_for(name) is category
+
+
+def test_a_name_classed_by_its_words_sets_the_tier(clock: FakeClock) -> None:
+    m = manager(clock)
+    assert m.update_health("OrdersDB", healthy=False) is T4
+    m.reset()
+    assert m.update_health("openaiLLM", healthy=False) is T2
 
 
 def test_the_seed_table(clock: FakeClock) -> None:
@@ -355,3 +400,13 @@ def test_metrics(clock: FakeClock) -> None:
     assert value("service_health", service="llm_api") == 0
     assert value("service_health", service="factor_api") == 1
     assert value("degradation_tier_changes_total", from_tier="1", to_tier="2") == 1
+
+
+def test_managers_publish_their_tier_and_service_health_as_readings(clock: FakeClock) -> None:
+    m = manager(clock, dwell=0.0)
+    m.update_health("llm_api", healthy=False)
+    m.update_health("factor_api", healthy=True)
+    assert (m.name, 2.0) in ev.readings("degradation_tier")
+    health = dict(ev.readings("service_health"))
+    assert health[(m.name, "llm_api")] == 0.0
+    assert health[(m.name, "factor_api")] == 1.0

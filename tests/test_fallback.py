@@ -148,11 +148,58 @@ def test_chain_that_produces_nothing_raises_the_original(mode: str) -> None:
     def body() -> None:
         raise original
 
+    fn = fallback(strategy=[FallbackStrategy.CACHED, FallbackStrategy.RAISE])(make(mode, body))
+    with pytest.raises(ConnectionError) as info:
+        run(fn())
+    assert info.value is original
+
+
+def test_a_failing_fallback_function_is_chained_to_the_original(mode: str) -> None:
+    original = ConnectionError("original")
+    backup_error = RuntimeError("backup")
+
+    def body() -> None:
+        raise original
+
+    def backup() -> None:
+        raise backup_error
+
+    fn = fallback(
+        strategy=[FallbackStrategy.CACHED, FallbackStrategy.FUNCTION], fallback_function=backup
+    )(make(mode, body))
+    with pytest.raises(RuntimeError) as info:
+        run(fn())
+    assert info.value is backup_error
+    assert info.value.__cause__ is original
+
+
+def test_a_fallback_function_keeps_its_own_cause(mode: str) -> None:
+    def body() -> None:
+        raise ConnectionError("original")
+
+    def backup() -> None:
+        try:
+            raise KeyError("replica")
+        except KeyError as exc:
+            raise RuntimeError("backup") from exc
+
+    fn = fallback(strategy=FallbackStrategy.FUNCTION, fallback_function=backup)(make(mode, body))
+    with pytest.raises(RuntimeError) as info:
+        run(fn())
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_raise_after_a_failing_function_raises_the_original(mode: str) -> None:
+    original = ConnectionError("original")
+
+    def body() -> None:
+        raise original
+
     def backup() -> None:
         raise RuntimeError("backup")
 
     fn = fallback(
-        strategy=[FallbackStrategy.CACHED, FallbackStrategy.FUNCTION], fallback_function=backup
+        strategy=[FallbackStrategy.FUNCTION, FallbackStrategy.RAISE], fallback_function=backup
     )(make(mode, body))
     with pytest.raises(ConnectionError) as info:
         run(fn())

@@ -55,7 +55,7 @@ def test_fake_clock_sleep_advances_and_records() -> None:
 
 def test_fake_clock_sleep_stops_at_deadline() -> None:
     with FakeClock() as fake:
-        token = DEADLINE.set(3.0)
+        token = DEADLINE.set((3.0, fake, False, None))
         try:
             assert remaining() == 3.0
             with pytest.raises(OperationTimeout):

@@ -86,8 +86,42 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after("Sun Nov  6 08:49:37 1994", now=NOW) == 0.0  # asctime, past
     for bad in ["", "-5", "soon", "1e3", "nan", "inf", "99999999", None]:
         assert parse_retry_after(bad) is None
-    with pytest.raises(TypeError):
-        parse_retry_after(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(5, 5.0), (0, 0.0), (1.5, 1.5), (-0.0, 0.0), (86_400, 86_400.0), (0.25, 0.25)],
+)
+def test_parse_retry_after_accepts_numbers(value: float, seconds: float) -> None:
+    result = parse_retry_after(value)
+    assert result == seconds
+    assert type(result) is float
+    assert math.copysign(1.0, result) == 1.0  # never a negative zero
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        -1,
+        -0.5,
+        True,
+        False,
+        math.nan,
+        math.inf,
+        -math.inf,
+        86_401,
+        pytest.param(10**400, id="huge"),
+    ],
+)
+def test_parse_retry_after_numbers_that_say_nothing_usable(value: float) -> None:
+    # The same answer as for the equivalent garbage string: None, never an exception.
+    assert parse_retry_after(value) is None
+
+
+@pytest.mark.parametrize("value", [[5], {"seconds": 5}, object(), 5j])
+def test_parse_retry_after_refuses_other_types(value: object) -> None:
+    with pytest.raises(TypeError, match="Retry-After must be str, bytes, a number or None"):
+        parse_retry_after(value)  # type: ignore[arg-type]
 
 
 def test_httpx_sync_responses(server: str) -> None:
@@ -175,8 +209,8 @@ class FakeResponse:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.one_of(st.text(), st.binary()))
-def test_parse_retry_after_never_raises(value: str | bytes) -> None:
+@given(st.one_of(st.text(), st.binary(), st.integers(), st.floats(), st.booleans()))
+def test_parse_retry_after_never_raises(value: str | bytes | float) -> None:
     result = parse_retry_after(value)
     assert result is None or (math.isfinite(result) and result >= 0)
 

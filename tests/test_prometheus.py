@@ -15,6 +15,7 @@ from buttress import (
     FallbackStrategy,
     Retry,
     Timeout,
+    events,
 )
 from buttress.instrumentation.prometheus import enable_prometheus
 from buttress.testing import FakeClock
@@ -60,7 +61,6 @@ def test_breaker_retry_timeout_fallback_metrics(clock: FakeClock) -> None:
         == 1
     )
     assert value("circuit_breaker_call_duration_seconds_count", name=name) == 3
-    assert value("circuit_breaker_failure_rate", name=name) == 0.0  # reset on opening
     assert value("retry_attempts_total", name="r") == 2
     assert value("retry_exhausted_total", name="r", reason="attempts") == 1
     assert value("timeouts_total", name="t") == 1
@@ -85,6 +85,54 @@ def test_disabled_metrics_stop_counting(clock: FakeClock) -> None:
     assert registry.get_sample_value("svc_retry_attempts_total", {"name": "quiet"}) is None
     with pytest.raises(ValueError, match="namespace"):
         enable_prometheus(registry, namespace="bad-name")
+
+
+def test_scraped_gauges_come_from_published_readings() -> None:
+    registry = CollectorRegistry()
+    metrics = enable_prometheus(registry, namespace="readings")
+    metrics.disable()  # the gauges are read at scrape time, with or without the hook
+
+    def rates() -> list[tuple[str, float]]:
+        return [("erp", 0.25), ("crm", 1)]
+
+    def health() -> list[tuple[tuple[str, str], float]]:
+        return [
+            (("svc", "llm_api"), 0.0),
+            (("svc", "db"), 1.0),
+            (("one label only",), 1.0),
+            (("svc", "x"), "1"),
+        ]
+
+    def tiers() -> list[tuple[str, float]]:
+        return [("svc", 2.0)]
+
+    def broken() -> list[tuple[str, float]]:
+        raise RuntimeError("a provider that fails")
+
+    providers = [
+        ("circuit_failure_rate", rates),
+        ("circuit_failure_rate", broken),
+        ("service_health", health),
+        ("degradation_tier", tiers),
+    ]
+    for kind, provider in providers:
+        events.add_reading(kind, provider)
+    try:
+        value = registry.get_sample_value
+        assert value("readings_circuit_breaker_failure_rate", {"name": "erp"}) == 0.25
+        assert value("readings_circuit_breaker_failure_rate", {"name": "crm"}) == 1.0
+        assert value("readings_service_health", {"name": "svc", "service": "llm_api"}) == 0.0
+        assert value("readings_service_health", {"name": "svc", "service": "db"}) == 1.0
+        assert value("readings_degradation_tier", {"name": "svc"}) == 2.0
+        text = generate_latest(registry).decode()
+        assert "one label only" not in text  # readings of the wrong shape are skipped
+        assert 'service="x"' not in text
+    finally:
+        for kind, provider in providers:
+            events.remove_reading(kind, provider)
+    assert (
+        registry.get_sample_value("readings_circuit_breaker_failure_rate", {"name": "erp"}) is None
+    )
 
 
 def _fail() -> None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import pickle
 import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,10 +23,12 @@ from buttress import (
     RejectedError,
     Retry,
     UnknownRateLimit,
+    events,
     get_rate_limiter,
     rate_limit,
 )
-from buttress.machines.ratelimit import reserve
+from buttress.backends import MemoryStore
+from buttress.machines.ratelimit import one_step, reserve
 from buttress.testing import FakeClock
 from conftest import make, run
 
@@ -191,7 +198,7 @@ def test_waiters_are_first_come_first_served_in_threads(clock: FakeClock) -> Non
     def waiter(i: int) -> None:
         # A reservation is taken on arrival: record the promised wait with the arrival order.
         with lock:
-            wait = limiter._reserve("api", None, 1, None)[1]
+            wait = limiter._reserve("api", None, 1, None)[0]
             slots.append((wait, i))
         arrivals.release()
 
@@ -339,3 +346,183 @@ def test_a_cost_over_the_capacity_is_refused_by_name(
         limiter.check_limit("api", cost=4)
     with pytest.raises(ValueError, match="cost 4 exceeds"):
         limiter.acquire("api", cost=4)
+
+
+# --- one check of the cost, on every path --------------------------------------------------------
+
+
+class AsyncOnlyStore(MemoryStore):
+    """A memory store that serves only the async steps, as a redis.asyncio client does."""
+
+    def reserve(self, *args: Any, **kwargs: Any) -> tuple[bool, float]:
+        raise AssertionError("a sync step was taken on the async path")
+
+    async def areserve(self, *args: Any, **kwargs: Any) -> tuple[bool, float]:
+        return MemoryStore.reserve(self, *args, **kwargs)
+
+
+def entry_points() -> list[tuple[str, Callable[[RateLimiter, object], object]]]:
+    return [
+        ("check_limit", lambda lim, cost: lim.check_limit("api", cost=cost)),  # type: ignore[arg-type]
+        ("acheck_limit", lambda lim, cost: run(lim.acheck_limit("api", cost=cost))),  # type: ignore[arg-type]
+        ("acquire", lambda lim, cost: lim.acquire("api", cost=cost)),  # type: ignore[arg-type]
+        ("aacquire", lambda lim, cost: run(lim.aacquire("api", cost=cost))),  # type: ignore[arg-type]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cost", "error", "text"),
+    [
+        (True, TypeError, "cost must be an integer, got True"),
+        (1.0, TypeError, "cost must be an integer, got 1.0"),
+        ("1", TypeError, "cost must be an integer"),
+        (0, ValueError, "cost must be >= 1, got 0"),
+        (-2, ValueError, "cost must be >= 1, got -2"),
+        (6, ValueError, "cost 6 exceeds the burst of rate limit 'api' \\(5\\)"),
+    ],
+)
+@pytest.mark.parametrize("storage", ["memory", "store"])
+@pytest.mark.parametrize(("entry", "call"), entry_points())
+def test_a_bad_cost_is_refused_alike_on_every_path(
+    entry: str,
+    call: Callable[[RateLimiter, object], object],
+    storage: str,
+    cost: object,
+    error: type[Exception],
+    text: str,
+    clock: FakeClock,
+) -> None:
+    store = MemoryStore() if entry in ("check_limit", "acquire") else AsyncOnlyStore()
+    limiter = RateLimiter(storage=None if storage == "memory" else store)
+    limiter.configure("api", RateLimitConfig(requests_per_second=10, burst_size=5))
+    call(limiter, 1)  # the key's state exists: in memory, the hot path is taken
+    with pytest.raises(error, match=text):
+        call(limiter, cost)
+
+
+def test_an_async_function_under_rate_limit_takes_the_async_step(clock: FakeClock) -> None:
+    limiter = RateLimiter(storage=AsyncOnlyStore())
+    limiter.configure("api", RateLimitConfig(requests_per_second=1, burst_size=1))
+
+    @rate_limit("api", limiter=limiter)
+    async def call() -> str:
+        return "ok"
+
+    assert run(call()) == "ok"
+    with pytest.raises(RateLimitExceeded):
+        run(call())
+
+
+# --- refusals: the WARNING once per interval, the event only when read -------------------------
+
+
+def test_refusals_are_logged_once_then_summarised(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=1, burst=1)
+    limiter.check_limit("api", "tenant")
+    with caplog.at_level(logging.WARNING, logger="buttress.ratelimit"):
+        for _ in range(50):
+            with pytest.raises(RateLimitExceeded, match=r"^rate limit api\[tenant\] exceeded"):
+                limiter.check_limit("api", "tenant")
+            clock.advance(0.01)  # 50 refusals of one key in 0.5 s
+        limiter.reset("api", "tenant")
+        clock.advance(10.0)
+        limiter.check_limit("api", "tenant")
+        with pytest.raises(RateLimitExceeded):
+            limiter.check_limit("api", "tenant")  # the interval is over: one summary line
+    lines = [r.getMessage() for r in caplog.records if r.name == "buttress.ratelimit"]
+    assert lines == [
+        "rate limit 'api' is refusing requests (1/s, token_bucket)",
+        "50 requests refused by rate limit 'api' in the last 10 s",
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_each_refusal_is_an_event_at_debug_built_only_when_read(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[events.CallRejected] = []
+
+    class Counted(events.CallRejected):
+        def __init__(self, **fields: Any) -> None:
+            super().__init__(**fields)
+            built.append(self)
+
+    monkeypatch.setattr(events, "CallRejected", Counted)
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=1, burst=1)
+    limiter.check_limit("api", "k")
+    with caplog.at_level(logging.WARNING, logger="buttress.ratelimit"):
+        for _ in range(10):
+            with pytest.raises(RateLimitExceeded):
+                limiter.check_limit("api", "k")
+    assert built == []  # nobody reads it: not built
+    heard: list[events.Event] = []
+    with caplog.at_level(logging.DEBUG, logger="buttress.ratelimit"):
+        with pytest.raises(RateLimitExceeded):
+            limiter.check_limit("api", "k")
+        events.add_hook(heard.append)
+        try:
+            with pytest.raises(RateLimitExceeded):
+                limiter.check_limit("api", "k")
+        finally:
+            events.remove_hook(heard.append)
+    assert len(built) == 2
+    assert [e.key for e in heard] == ["k"]  # type: ignore[attr-defined]
+    assert heard[0].retry_after == pytest.approx(1.0)  # type: ignore[attr-defined]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debug) == 2
+    assert debug[0].key == "k"  # type: ignore[attr-defined]
+
+
+def test_a_refusal_reads_and_pickles_as_its_message(clock: FakeClock) -> None:
+    limiter = limiter_with(RateLimitAlgorithm.TOKEN_BUCKET, rate=2, burst=1)
+    limiter.check_limit("api")
+    with pytest.raises(RateLimitExceeded) as info:
+        limiter.check_limit("api")
+    text = "rate limit api exceeded; retry after 0.500s"
+    assert str(info.value) == text
+    assert repr(info.value) == f"RateLimitExceeded({text!r})"
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (str(copy), copy.retry_after, copy.name) == (text, 0.5, "api")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    algorithm=st.sampled_from(ALGORITHMS),
+    rate=st.sampled_from([1.0, 3.0, 10.0]),
+    burst=st.integers(min_value=1, max_value=6),
+    gaps=arrivals,
+    waiting=st.lists(st.booleans(), min_size=80, max_size=80),
+)
+def test_the_in_place_step_decides_exactly_as_reserve(
+    algorithm: RateLimitAlgorithm,
+    rate: float,
+    burst: int,
+    gaps: list[float],
+    waiting: list[bool],
+) -> None:
+    """The hot path's ``one_step`` is ``reserve(state, now, 1, 0.0)``, whatever the state holds
+    (waiters' reservations ahead included)."""
+    params = RateLimitConfig(
+        requests_per_second=rate, burst_size=burst, algorithm=algorithm, window_seconds=0.5
+    ).params()
+    step = one_step(params)
+    state, _ = reserve(None, 0.0, 1, 0.0, params)
+    assert state is not None
+    now = 0.0
+    for gap, waits in zip(gaps, waiting, strict=False):
+        now += gap
+        if waits:  # a waiter's reservation moves the state ahead of now
+            ahead, _ = reserve(state, now, 1, 1.0, params)
+            if ahead is not None:
+                state = ahead
+        copy = deque(state) if isinstance(state, deque) else list(state)
+        expected, retry_after = reserve(state, now, 1, 0.0, params)
+        got = step(copy, now)
+        assert (got == 0.0) == (expected is not None), (now, state, got, retry_after)
+        if expected is None:
+            assert got == pytest.approx(retry_after)
+        else:
+            assert list(copy) == list(expected)
+            state = expected

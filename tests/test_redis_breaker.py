@@ -24,17 +24,12 @@ from buttress.backends.base import (
     StorageUnavailable,
     shared_settings,
 )
+from buttress.backends.redis import RedisStore
 from buttress.machines.breaker import BreakerMachine, BreakerSettings, CircuitState
-from redis_server import record_sent_commands
+from redis_server import commands_sent
 from steps import step as _step
 
 redis = pytest.importorskip("redis")
-
-from buttress.backends.redis import RedisRateLimitStore  # noqa: E402
-from buttress.backends.redis_breaker import (  # noqa: E402
-    AsyncRedisBreakerStore,
-    RedisBreakerStore,
-)
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 T0 = 1_700_000_000.0
@@ -50,8 +45,15 @@ def client(redis_port: int) -> Iterator[Any]:
 
 
 @pytest.fixture
-def store(client: Any) -> RedisBreakerStore:
-    return RedisBreakerStore(client)
+def url(redis_port: int) -> str:
+    return f"redis://127.0.0.1:{redis_port}/0"
+
+
+@pytest.fixture
+def store(client: Any, url: str) -> Iterator[RedisStore]:
+    opened = RedisStore(url)
+    yield opened
+    opened.close()
 
 
 def same(got: BreakerReply, expected: BreakerReply) -> bool:
@@ -67,9 +69,9 @@ def same(got: BreakerReply, expected: BreakerReply) -> bool:
     )
 
 
-def stored(client: Any, store: RedisBreakerStore, name: str, s: BreakerSettings) -> Any:
+def stored(client: Any, store: RedisStore, name: str, s: BreakerSettings) -> Any:
     """The stored state as ``from_state`` reads it, normalised by ``to_state``."""
-    raw = client.get(store.key_name(name))
+    raw = client.get(store.breaker_key(name))
     data = None if raw is None else json.loads(raw)
     return BreakerMachine.from_state(shared_settings(s), data).to_state()
 
@@ -117,7 +119,7 @@ steps = st.lists(
 @given(s=breaker_settings, script=steps)
 def test_store_answers_exactly_as_the_machine(
     client: Any,
-    store: RedisBreakerStore,
+    store: RedisStore,
     s: BreakerSettings,
     script: list[tuple[float, tuple[Any, ...]]],
 ) -> None:
@@ -151,7 +153,7 @@ def test_store_answers_exactly_as_the_machine(
 
 @pytest.mark.parametrize("probe_timeout", [0.0, 0.5, None])
 def test_boundaries_are_the_machines(
-    client: Any, store: RedisBreakerStore, probe_timeout: float | None
+    client: Any, store: RedisStore, probe_timeout: float | None
 ) -> None:
     """Recovery is due, and a lease expires, at the exact instant (``>=``), on both sides."""
     s = BreakerSettings(
@@ -173,30 +175,30 @@ def test_boundaries_are_the_machines(
         assert stored(client, store, "api", s) == memory._breakers["api"]
 
 
-def test_python_and_lua_read_each_others_states(client: Any, store: RedisBreakerStore) -> None:
+def test_python_and_lua_read_each_others_states(client: Any, store: RedisStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=2.0, half_open_max_calls=3)
     machine = BreakerMachine(shared_settings(s))
     machine.force(OPEN, T0 + 0.1, "test")
     machine.acquire(T0 + 2.2)
     machine.acquire(T0 + 2.3)
-    client.set(store.key_name("api"), json.dumps(machine.to_state()))  # Python's JSON
+    client.set(store.breaker_key("api"), json.dumps(machine.to_state()))  # Python's JSON
     reply = store.breaker("api", s, _step("acquire"), T0 + 2.4)
     assert (reply.allowed, reply.probe, reply.ticket, reply.state) == (True, True, 3, HALF_OPEN)
     assert reply.opened_at == T0 + 0.1
     machine.acquire(T0 + 2.4)
-    again = BreakerMachine.from_state(s, json.loads(client.get(store.key_name("api"))))
+    again = BreakerMachine.from_state(s, json.loads(client.get(store.breaker_key("api"))))
     assert again.to_state() == machine.to_state()
-    assert json.loads(client.get(store.key_name("api")))["probes"] == {
+    assert json.loads(client.get(store.breaker_key("api")))["probes"] == {
         "1": T0 + 2.2,
         "2": T0 + 2.3,
         "3": T0 + 2.4,
     }
 
 
-def test_empty_probes_are_written_as_an_object(client: Any, store: RedisBreakerStore) -> None:
+def test_empty_probes_are_written_as_an_object(client: Any, store: RedisStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=5.0)
     store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
-    raw = client.get(store.key_name("api")).decode()
+    raw = client.get(store.breaker_key("api")).decode()
     assert '"probes":{}' in raw
     assert json.loads(raw) == {
         "v": 1,
@@ -215,7 +217,7 @@ def test_empty_probes_are_written_as_an_object(client: Any, store: RedisBreakerS
 
 @pytest.mark.parametrize("max_calls", [1, 3])
 def test_exactly_n_probes_under_concurrency(
-    redis_port: int, store: RedisBreakerStore, max_calls: int
+    redis_port: int, store: RedisStore, max_calls: int
 ) -> None:
     s = BreakerSettings(fail_max=2, recovery=10.0, half_open_max_calls=max_calls)
     for _ in range(2):
@@ -227,11 +229,10 @@ def test_exactly_n_probes_under_concurrency(
     replies: list[BreakerReply] = []
 
     def hammer() -> None:
-        conn = redis.Redis(port=redis_port)
-        local = RedisBreakerStore(conn)
+        local = RedisStore(f"redis://127.0.0.1:{redis_port}/0")
         barrier.wait()
         mine = [local.breaker("api", s, _step("acquire"), due) for _ in range(40)]
-        conn.close()
+        local.close()
         with lock:
             replies.extend(mine)
 
@@ -254,7 +255,7 @@ def test_exactly_n_probes_under_concurrency(
 # -- a prober that never reports -----------------------------------------------------------------
 
 
-def test_a_crashed_prober_is_written_off(store: RedisBreakerStore) -> None:
+def test_a_crashed_prober_is_written_off(store: RedisStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=5.0)  # the lease defaults to the recovery time
     store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
     crashed = store.breaker("api", s, _step("acquire"), T0 + 5.0)
@@ -283,7 +284,7 @@ def test_a_crashed_prober_is_written_off(store: RedisBreakerStore) -> None:
     assert store.breaker("api", s, _step("acquire"), T0 + 15.3).allowed
 
 
-def test_a_released_probe_frees_its_slot(store: RedisBreakerStore) -> None:
+def test_a_released_probe_frees_its_slot(store: RedisStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=1.0, probe_timeout=60.0)
     store.breaker("api", s, _step("force", target=OPEN), T0)
     first = store.breaker("api", s, _step("acquire"), T0 + 1.0)
@@ -301,43 +302,36 @@ def calls(client: Any) -> dict[str, int]:
     return {name: stats["calls"] for name, stats in client.info("commandstats").items()}
 
 
-SCRIPT_COMMANDS = {"cmdstat_get", "cmdstat_set", "cmdstat_pexpire", "cmdstat_time"}
+SCRIPT_COMMANDS = {"GET", "SET", "PEXPIRE", "TIME"}
 
 
-def test_one_redis_command_per_step(
-    client: Any, store: RedisBreakerStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_redis_command_per_step(redis_port: int, store: RedisStore) -> None:
     s = BreakerSettings(fail_max=2, recovery=1.0, half_open_max_calls=2)
-    store.breaker("api", s, _step("read"), T0)  # loads the script
-    before = calls(client)
-    sent = record_sent_commands(monkeypatch)
+    store.breaker("api", s, _step("read"), T0)  # connects, loads the script
     n = 0
     now = T0
-    for i in range(20):
-        now += 0.4
-        admission = store.breaker("api", s, _step("acquire"), now)
-        if admission.allowed:
-            failed = i % 3 != 0
-            outcome = _step("record", probe=admission.probe, ticket=admission.ticket, failed=failed)
-            store.breaker("api", s, outcome, now)
-            n += 1
-        store.breaker("api", s, _step("read"), now)
-        n += 2
-    store.breaker("api", s, _step("force", target=OPEN), now)
-    store.breaker("api", s, _step("release", probe=True, ticket=99), now)
-    store.breaker("api", s, _step("acquire"))  # server time
-    n += 3
-    monkeypatch.undo()
-    after = calls(client)
-    assert sent == ["EVALSHA"] * n
-    delta = {name: after[name] - before.get(name, 0) for name in after}
-    delta = {name: d for name, d in delta.items() if d}
-    assert delta.pop("cmdstat_evalsha") == n
-    assert delta.pop("cmdstat_info") == 1
-    assert set(delta) <= SCRIPT_COMMANDS, delta
+    with commands_sent(redis_port) as seen:
+        for i in range(20):
+            now += 0.4
+            admission = store.breaker("api", s, _step("acquire"), now)
+            if admission.allowed:
+                failed = i % 3 != 0
+                step = _step(
+                    "record", probe=admission.probe, ticket=admission.ticket, failed=failed
+                )
+                store.breaker("api", s, step, now)
+                n += 1
+            store.breaker("api", s, _step("read"), now)
+            n += 2
+        store.breaker("api", s, _step("force", target=OPEN), now)
+        store.breaker("api", s, _step("release", probe=True, ticket=99), now)
+        store.breaker("api", s, _step("acquire"))  # server time
+        n += 3
+    assert [command for who, command in seen if who != "lua"] == ["EVALSHA"] * n
+    assert {command for who, command in seen if who == "lua"} <= SCRIPT_COMMANDS
 
 
-def test_steps_that_change_nothing_write_nothing(client: Any, store: RedisBreakerStore) -> None:
+def test_steps_that_change_nothing_write_nothing(client: Any, store: RedisStore) -> None:
     s = BreakerSettings(fail_max=3, recovery=1.0)
     store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
     before = calls(client)
@@ -353,9 +347,9 @@ def test_steps_that_change_nothing_write_nothing(client: Any, store: RedisBreake
 # -- expiry -------------------------------------------------------------------------------------
 
 
-def test_only_an_idle_closed_breaker_expires(client: Any, store: RedisBreakerStore) -> None:
+def test_only_an_idle_closed_breaker_expires(client: Any, store: RedisStore) -> None:
     s = BreakerSettings(fail_max=2, recovery=30.0)
-    key = store.key_name("api")
+    key = store.breaker_key("api")
     store.breaker("api", s, _step("acquire"), T0)
     assert not client.exists(key)  # a fresh breaker needs no key
     store.breaker("api", s, _step("record", ticket=0, failed=True), T0)
@@ -374,20 +368,20 @@ def test_only_an_idle_closed_breaker_expires(client: Any, store: RedisBreakerSto
     assert client.pttl(key) == -1  # a failure again: kept
 
 
-def test_idle_ttl_none_keeps_the_key(client: Any) -> None:
-    store = RedisBreakerStore(client, idle_ttl=None)
+def test_idle_ttl_none_keeps_the_key(client: Any, url: str) -> None:
+    store = RedisStore(url, idle_ttl=None)
     s = BreakerSettings(fail_max=1, recovery=1.0)
     store.breaker("api", s, _step("force", target=CLOSED), T0)
-    assert client.pttl(store.key_name("api")) == -1
-    short = RedisBreakerStore(client, idle_ttl=2.5)
+    assert client.pttl(store.breaker_key("api")) == -1
+    short = RedisStore(url, idle_ttl=2.5)
     short.breaker("other", s, _step("force", target=CLOSED), T0)
-    assert 2_000 < client.pttl(short.key_name("other")) <= 2_500
+    assert 2_000 < client.pttl(short.breaker_key("other")) <= 2_500
 
 
 # -- time ---------------------------------------------------------------------------------------
 
 
-def test_server_time_mode(store: RedisBreakerStore) -> None:
+def test_server_time_mode(store: RedisStore) -> None:
     s = BreakerSettings(fail_max=3, recovery=30.0)
     for _ in range(3):
         admission = store.breaker("api", s, _step("acquire"))
@@ -399,8 +393,8 @@ def test_server_time_mode(store: RedisBreakerStore) -> None:
     assert 29.0 < refused.retry_after <= 30.0
 
 
-def test_client_wall_clock_mode(client: Any) -> None:
-    store = RedisBreakerStore(client, server_time=False)
+def test_client_wall_clock_mode(client: Any, url: str) -> None:
+    store = RedisStore(url, server_time=False)
     s = BreakerSettings(fail_max=1, recovery=30.0)
     store.breaker("api", s, _step("record", ticket=0, failed=True))
     refused = store.breaker("api", s, _step("acquire"))
@@ -419,18 +413,18 @@ def test_async_store(redis_port: int, client: Any) -> None:
     async def main() -> list[BreakerReply]:
         conn = redis.asyncio.Redis(port=redis_port)
         try:
-            astore = AsyncRedisBreakerStore(conn)
-            out = [await astore.breaker("api", s, _step("acquire"), T0)]
+            astore = RedisStore(conn)
+            out = [await astore.abreaker("api", s, _step("acquire"), T0)]
             for _ in range(2):
-                out.append(await astore.breaker("api", s, _step("record", failed=True), T0))
-            out.append(await astore.breaker("api", s, _step("acquire"), T0 + 1.0))
+                out.append(await astore.abreaker("api", s, _step("record", failed=True), T0))
+            out.append(await astore.abreaker("api", s, _step("acquire"), T0 + 1.0))
             probes = await asyncio.gather(
-                *(astore.breaker("api", s, _step("acquire"), T0 + 5.0) for _ in range(10))
+                *(astore.abreaker("api", s, _step("acquire"), T0 + 5.0) for _ in range(10))
             )
             out.extend(probes)
-            out.append(await astore.breaker("api", s, _step("acquire"), None))  # server time
-            await astore.reset_breaker("api")
-            out.append(await astore.breaker("api", s, _step("read"), T0))
+            out.append(await astore.abreaker("api", s, _step("acquire"), None))  # server time
+            await conn.delete(astore.breaker_key("api"))
+            out.append(await astore.abreaker("api", s, _step("read"), T0))
             return out
         finally:
             await conn.aclose()
@@ -469,9 +463,9 @@ def test_async_store_matches_the_machine(redis_port: int) -> None:
     async def main() -> list[BreakerReply]:
         conn = redis.asyncio.Redis(port=redis_port)
         try:
-            astore = AsyncRedisBreakerStore(conn, prefix="async-test")
-            await astore.reset_breaker("api")
-            return [await astore.breaker("api", s, _step(op, **kw), T0 + t) for t, op, kw in plan]
+            astore = RedisStore(conn, prefix="async-test")
+            await conn.delete(astore.breaker_key("api"))
+            return [await astore.abreaker("api", s, _step(op, **kw), T0 + t) for t, op, kw in plan]
         finally:
             await conn.aclose()
 
@@ -501,16 +495,12 @@ def test_async_store_matches_the_machine(redis_port: int) -> None:
         ' "probe_successes": 0, "probes": {"x": 1}, "tickets": 0}',
     ],
 )
-def test_a_foreign_value_is_a_storage_error(
-    client: Any, store: RedisBreakerStore, raw: str
-) -> None:
+def test_a_foreign_value_is_a_storage_error(client: Any, store: RedisStore, raw: str) -> None:
     s = BreakerSettings(fail_max=1, recovery=1.0)
-    client.set(store.key_name("api"), raw)
-    with pytest.raises(
-        StorageError, match=r"Redis key 'buttress:\{api\}:breaker' \(breaker 'api'\)"
-    ):
+    client.set(store.breaker_key("api"), raw)
+    with pytest.raises(StorageError, match=r"Redis key 'buttress:\{api\}:breaker': the stored"):
         store.breaker("api", s, _step("acquire"), T0)
-    assert client.get(store.key_name("api")).decode() == raw  # left untouched
+    assert client.get(store.breaker_key("api")).decode() == raw  # left untouched
 
 
 @pytest.mark.parametrize(
@@ -542,7 +532,7 @@ def test_a_foreign_value_is_a_storage_error(
     ],
 )
 def test_bad_arguments_are_named(
-    store: RedisBreakerStore, kwargs: dict[str, Any], error: type[Exception], message: str
+    store: RedisStore, kwargs: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     args: dict[str, Any] = {
         "name": "api",
@@ -560,13 +550,6 @@ def test_bad_arguments_are_named(
         attempt()
 
 
-def test_bad_construction_is_named(client: Any) -> None:
-    with pytest.raises(ValueError, match="prefix must not contain"):
-        RedisBreakerStore(client, prefix="a{b}")
-    with pytest.raises(ValueError, match="idle_ttl must be a positive number of seconds or None"):
-        RedisBreakerStore(client, idle_ttl=0)
-
-
 def test_an_unreachable_redis_is_storage_unavailable() -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -580,37 +563,37 @@ def test_an_unreachable_redis_is_storage_unavailable() -> None:
         socket_timeout=0.2,
         retry=Retry(NoBackoff(), 0),
     )
-    store = RedisBreakerStore(conn)
-    with pytest.raises(StorageUnavailable, match="breaker 'api': Redis did not answer"):
-        store.breaker("api", BreakerSettings(fail_max=1, recovery=1.0), _step("read"), T0)
+    for store in (RedisStore(conn), RedisStore(f"redis://127.0.0.1:{free_port()}/0")):
+        with pytest.raises(StorageUnavailable, match=r"redis://127\.0\.0\.1:\d+/0: .*refused"):
+            store.breaker("api", BreakerSettings(fail_max=1, recovery=1.0), _step("read"), T0)
+        store.close()
     conn.close()
 
 
 # -- keys ---------------------------------------------------------------------------------------
 
 
-def test_keys_share_the_rate_limits_hash_tag(client: Any, store: RedisBreakerStore) -> None:
-    limits = RedisRateLimitStore(client)
+def test_keys_share_the_rate_limits_hash_tag(client: Any, store: RedisStore) -> None:
     for name in ("api", "a}b", "{x}", "50%", "a b\n"):
-        assert store.key_name(name) == limits.key_name(name, None) + "breaker"
-    assert store.key_name("api") == "buttress:{api}:breaker"
-    assert RedisBreakerStore(client, prefix="svc").key_name("api") == "svc:{api}:breaker"
+        assert store.breaker_key(name) == store.limit_key(name, None) + "breaker"
+    assert store.breaker_key("api") == "buttress:{api}:breaker"
+    assert RedisStore(client, prefix="svc").breaker_key("api") == "svc:{api}:breaker"
 
 
-def test_breakers_are_isolated_and_reset(store: RedisBreakerStore) -> None:
+def test_breakers_are_isolated_and_reset(store: RedisStore) -> None:
     s = BreakerSettings(fail_max=1, recovery=10.0)
     store.breaker("a", s, _step("record", failed=True), T0)
     assert store.breaker("a", s, _step("read"), T0).state is OPEN
     assert store.breaker("a}", s, _step("read"), T0).state is CLOSED
     assert store.breaker("b", s, _step("acquire"), T0).allowed
-    store.reset_breaker("a")
+    store.breaker("a", s, _step("force", target=CLOSED), T0)
     assert store.breaker("a", s, _step("acquire"), T0).allowed
 
 
 def test_a_client_decoding_responses_works_too(redis_port: int, client: Any) -> None:
     conn = redis.Redis(port=redis_port, decode_responses=True)
     try:
-        store = RedisBreakerStore(conn)
+        store = RedisStore(conn)
         s = BreakerSettings(fail_max=1, recovery=2.0)
         tripped = store.breaker("api", s, _step("record", failed=True), T0)
         assert tripped.transition == (CLOSED, OPEN, "1 consecutive failures")

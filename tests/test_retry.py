@@ -18,7 +18,7 @@ from buttress import (
     deadline,
     retry,
 )
-from buttress.events import RetryScheduled
+from buttress.events import Event, GaveUp, RetryScheduled, add_hook, remove_hook
 from buttress.machines.backoff import Jitter, combine_with_retry_after, jittered
 from buttress.testing import FakeClock
 from conftest import make, run
@@ -222,10 +222,37 @@ def test_events_and_logging(mode: str, clock: FakeClock, caplog: pytest.LogCaptu
     assert [(e.attempt, e.delay) for e in seen] == [(1, 1.0), (2, 2.0)]
     kinds = [(r.levelno, getattr(r, "event", None)) for r in caplog.records]
     assert kinds.count((logging.DEBUG, "retry_scheduled")) == 2
-    assert (logging.WARNING, "gave_up") in kinds
+    assert (logging.WARNING, "repeated_first") in kinds  # the first give-up of 'fetch'
+    assert (logging.DEBUG, "gave_up") in kinds  # the detail, per call
     gave_up = next(r for r in caplog.records if getattr(r, "event", None) == "gave_up")
     assert gave_up.policy_name == "fetch"  # type: ignore[attr-defined]
     assert gave_up.reason == "attempts"  # type: ignore[attr-defined]
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert warning.getMessage() == gave_up.getMessage()
+
+
+def test_give_ups_warn_once_then_once_per_interval(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Event] = []
+    fn = retry(max_attempts=2, base_delay=0, name="erp")(Flaky(10_000))
+    add_hook(seen.append)
+    try:
+        with caplog.at_level(logging.WARNING, logger="buttress"):
+            for _ in range(1000):
+                with pytest.raises(ConnectionError):
+                    fn()
+                clock.advance(0.01)  # 1,000 failed calls over 10 s
+            clock.advance(0.5)
+            with pytest.raises(ConnectionError):
+                fn()
+    finally:
+        remove_hook(seen.append)
+    lines = [r.getMessage() for r in caplog.records if r.name == "buttress.retry"]
+    assert len(lines) == 2
+    assert lines[0].startswith("retry 'erp': gave up after 2 attempt(s)")
+    assert lines[1] == "1,000 calls to 'erp' failed after retrying in the last 10 s"
+    assert sum(isinstance(e, GaveUp) for e in seen) == 1001  # hooks still see every one
 
 
 def test_bare_decorator_and_methods(clock: FakeClock) -> None:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,8 +33,10 @@ from buttress import (  # noqa: E402
     RateLimitConfig,
     RateLimiter,
     RateLimitExceeded,
+    StorageUnavailable,
     deadline,
 )
+from buttress.testing import FakeClock  # noqa: E402
 from redis_server import RedisUnavailable, free_port  # noqa: E402
 
 CTX = multiprocessing.get_context("spawn")
@@ -168,7 +171,7 @@ def _probe_worker(url: str, name: str, barrier: Any, out: Any) -> None:
 
 def test_exactly_one_half_open_probe_across_processes(redis_port: int) -> None:
     name = f"probe-{uuid.uuid4().hex[:8]}"
-    from buttress.backends.redis_store import RedisStore
+    from buttress.backends.redis import RedisStore
     from buttress.machines.breaker import BreakerSettings
 
     client = redis.Redis(port=redis_port)
@@ -406,17 +409,17 @@ def test_password_and_database_from_the_url() -> None:
     server = _Server("--requirepass", "s3cret")
     server.start()
     try:
-        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"  # (a slow limit: its keys stay)
 
         async def main() -> None:
             limiter = RateLimiter(storage=url)
-            limiter.configure("api", RateLimitConfig(requests_per_second=100))
+            limiter.configure("api", RateLimitConfig(requests_per_second=0.01, burst_size=5))
             await limiter.acheck_limit("api", key="async")
             assert not limiter.degraded
 
         asyncio.run(main())
         limiter = RateLimiter(storage=url)
-        limiter.configure("api", RateLimitConfig(requests_per_second=100))
+        limiter.configure("api", RateLimitConfig(requests_per_second=0.01, burst_size=5))
         limiter.check_limit("api", key="sync")
         assert not limiter.degraded
         client = redis.Redis(port=server.port, password="s3cret", db=3)
@@ -425,6 +428,12 @@ def test_password_and_database_from_the_url() -> None:
             "buttress:{api}:k:sync",
         ]
         client.close()
+        wrong = RateLimiter(storage=f"redis://:hunter2@127.0.0.1:{server.port}/3")
+        wrong.configure("api", RateLimitConfig(requests_per_second=0.01, burst_size=5))
+        with contextlib.suppress(RateLimitExceeded):
+            wrong.check_limit("api")  # refused by the server: an outage, the password unsaid
+        assert wrong.degraded
+        assert wrong.storage == f"redis://:***@127.0.0.1:{server.port}/3"
     finally:
         server.stop()
         server.dir.cleanup()
@@ -525,7 +534,7 @@ with FakeClock(wall_start={start!r}):
 def test_a_prober_killed_mid_probe_does_not_wedge_the_breaker(redis_port: int) -> None:
     import sys
 
-    from buttress.backends.redis_store import RedisStore
+    from buttress.backends.redis import RedisStore
     from buttress.machines.breaker import BreakerSettings
     from buttress.testing import FakeClock
 
@@ -556,4 +565,173 @@ def test_a_prober_killed_mid_probe_does_not_wedge_the_breaker(redis_port: int) -
         clock.advance(30)  # and after another recovery time, a new probe runs
         assert cb.call(lambda: "recovered") == "recovered"
         assert cb.state is CircuitState.CLOSED
+    client.close()
+
+
+# --- closing -------------------------------------------------------------------------------------
+
+
+def _connections(port: int, mine: Any) -> set[int]:
+    """The ids of the clients connected to the server on ``port``, but ``mine``."""
+    return {int(c["id"]) for c in mine.client_list()} - {mine.client_id()}
+
+
+def _settle(port: int, mine: Any, expected: set[int]) -> set[int]:
+    """The connections once the server has seen closed ones go (bounded)."""
+    deadline = time.monotonic() + 5
+    while (now := _connections(port, mine)) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return now
+
+
+def test_stores_of_one_url_share_connections_until_the_last_close(fault_server: _Server) -> None:
+    from buttress.backends import open_storage
+    from buttress.machines.ratelimit import Params, RateLimitAlgorithm
+
+    port = fault_server.port
+    mine = redis.Redis(port=port)
+    url, p = _url(port), Params(RateLimitAlgorithm.TOKEN_BUCKET, 0.001, 1000, 1.0, 1000)
+    first, second = open_storage(url), open_storage(url)
+    first.reserve("api", "a", p, 1, 0.0)
+    second.reserve("api", "b", p, 1, 0.0)
+    assert len(_connections(port, mine)) == 1  # one connection for the thread, both stores
+
+    used, finish = threading.Event(), threading.Event()
+
+    def pool_worker() -> None:  # a thread that lives on
+        second.reserve("api", "c", p, 1, 0.0)
+        used.set()
+        finish.wait(30)
+
+    worker = threading.Thread(target=pool_worker)
+    worker.start()
+    try:
+        assert used.wait(30)
+        before = _connections(port, mine)
+        assert len(before) == 2
+        first.close()
+        first.close()  # counted once
+        second.reserve("api", "d", p, 1, 0.0)
+        assert _connections(port, mine) == before  # nothing closed or reopened for the other
+        second.close()
+        assert _settle(port, mine, set()) == set()  # the last close closed every thread's
+    finally:
+        finish.set()
+        worker.join(timeout=30)
+
+    async def main() -> None:
+        store = open_storage(url)
+        await store.areserve("api", "e", p, 1, 0.0)
+        assert len(_connections(port, mine)) == 1  # this event loop's
+        await store.aclose()
+
+    asyncio.run(main())
+    assert _settle(port, mine, set()) == set()
+    given = redis.Redis(port=port)
+    store = open_storage(given)
+    store.reserve("api", "f", p, 1, 0.0)
+    store.close()
+    assert given.ping()  # a client passed in is never closed
+    given.close()
+    mine.close()
+
+
+# --- unix sockets, and clients given as storage --------------------------------------------------
+
+
+def test_a_unix_socket_serves_sync_and_async_callers(redis_port: int, tmp_path: Any) -> None:
+    from redis_server import start
+
+    server = start("--unixsocket", str(tmp_path / "redis.sock"), "--unixsocketperm", "700")
+    try:
+        url = f"unix://{tmp_path}/redis.sock?db=2"
+        name = f"unix-{uuid.uuid4().hex[:6]}"
+
+        async def main() -> None:
+            limiter = RateLimiter(storage=url)
+            limiter.configure(name, RateLimitConfig(requests_per_second=1, burst_size=1))
+            await limiter.acheck_limit(name)
+            with pytest.raises(RateLimitExceeded):
+                await limiter.acheck_limit(name)
+            assert not limiter.degraded
+
+        with FakeClock(wall_start=T0):
+            asyncio.run(main())
+            limiter = RateLimiter(storage=url)
+            limiter.configure(name, RateLimitConfig(requests_per_second=1, burst_size=1))
+            with pytest.raises(RateLimitExceeded):
+                limiter.check_limit(name)  # the sync path shares the state
+        client = redis.Redis(unix_socket_path=str(tmp_path / "redis.sock"), db=2)
+        assert client.exists(f"buttress:{{{name}}}:")
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_an_absent_unix_socket_is_an_outage_for_async_callers_too(tmp_path: Any) -> None:
+    url = f"unix://{tmp_path}/nobody.sock"
+
+    async def main() -> None:
+        limiter = RateLimiter(storage=url, fail_mode="open")
+        limiter.configure("api", RateLimitConfig(requests_per_second=1))
+        for _ in range(3):
+            await limiter.acheck_limit("api")  # admitted: fail open while the store is away
+        assert limiter.degraded
+
+    asyncio.run(main())
+
+
+def test_async_callers_of_a_sync_client_do_not_block_the_loop(fault_server: _Server) -> None:
+    from buttress.backends import open_storage
+    from buttress.machines.ratelimit import Params, RateLimitAlgorithm
+
+    assert fault_server.process is not None
+    client = redis.Redis(port=fault_server.port, socket_timeout=0.5)
+    store = open_storage(client)
+    p = Params(RateLimitAlgorithm.TOKEN_BUCKET, 0.001, 1000, 1.0, 1000)
+    store.reserve("api", None, p, 1, 0.0)
+    order: list[str] = []
+
+    async def main() -> None:
+        async def meanwhile() -> None:
+            order.append("the loop ran another task")
+
+        asking = asyncio.ensure_future(store.areserve("api", None, p, 1, 0.0))
+        await asyncio.sleep(0)  # the step is under way (in a worker thread)
+        await meanwhile()
+        with pytest.raises(StorageUnavailable):
+            await asking
+        order.append("the step ended")
+
+    os.kill(fault_server.process.pid, signal.SIGSTOP)  # the step waits its socket timeout
+    try:
+        asyncio.run(main())
+    finally:
+        os.kill(fault_server.process.pid, signal.SIGCONT)
+    assert order == ["the loop ran another task", "the step ended"]
+    client.close()
+
+
+@pytest.mark.parametrize("step", ["reserve", "block", "reset", "breaker"])
+def test_no_redis_exception_reaches_a_caller(step: str) -> None:
+    from buttress.backends import open_storage
+    from buttress.backends.base import READ
+    from buttress.machines.breaker import BreakerSettings
+    from buttress.machines.ratelimit import Params, RateLimitAlgorithm
+
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # nobody listens
+    p = Params(RateLimitAlgorithm.TOKEN_BUCKET, 1.0, 1, 1.0, 1)
+    args = {
+        "reserve": ("api", None, p, 1, 0.0),
+        "block": ("api", None, 1.0),
+        "reset": ("api", None),
+        "breaker": ("api", BreakerSettings(fail_max=1, recovery=1.0), READ),
+    }[step]
+    for source in (client, _url(free_port())):
+        store = open_storage(source)
+        with pytest.raises(StorageUnavailable):
+            getattr(store, step)(*args)
+        with pytest.raises(StorageUnavailable):
+            asyncio.run(getattr(store, f"a{step}")(*args))
+        store.close()
     client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -245,7 +247,8 @@ def test_a_locked_store_is_an_outage_not_an_error(
     assert admitted == {"local": 9, "open": 20, "closed": 0}[fail_mode]
     if fail_mode == "closed":
         assert refusals == [1.0] * 20
-    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    records = [r for r in caplog.records if r.name == "buttress.storage"]
+    messages = [(r.levelname, r.getMessage()) for r in records]
     assert [level for level, _ in messages] == ["WARNING", "INFO"]  # one line per outage
     assert "unavailable" in messages[0][1]
     assert "answers again" in messages[1][1]
@@ -374,3 +377,69 @@ def _reserve_in_child(store: SQLiteStore) -> None:
     ok = store.reserve("api", "child", BUCKET, 1, 0.0, T0)[0]
     assert store.integrity_check() == "ok"
     sys.exit(0 if ok else 1)
+
+
+# --- closing --------------------------------------------------------------------------------------
+
+
+def _open_files(directory: Path) -> list[str]:
+    """The files in ``directory`` this process holds open (from /proc/self/fd)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # (the listing's own descriptor is gone already)
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{directory}/"):
+                held.append(Path(target).name)
+    return sorted(held)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_closed_stores_leave_no_file_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/state.db"
+    stores = [open_storage(url) for _ in range(5)]  # what five limiters on one file hold
+    for i, store in enumerate(stores):
+        assert store.reserve("api", f"main-{i}", BUCKET, 1, 0.0, T0)[0]
+    files = ["state.db", "state.db-shm", "state.db-wal"]
+    assert _open_files(tmp_path) == files  # one connection for the thread, whatever the stores
+
+    def use_all(tag: str) -> None:
+        for i, store in enumerate(stores):
+            store.reserve("api", f"{tag}-{i}", BUCKET, 1, 0.0, T0)
+
+    used, finish = threading.Event(), threading.Event()
+
+    def pool_worker() -> None:  # a thread that lives on, as in a worker pool
+        use_all("pool")
+        used.set()
+        finish.wait(30)
+
+    worker = threading.Thread(target=pool_worker)
+    worker.start()
+    try:
+        assert used.wait(30)  # the worker has a connection of its own, and keeps it
+        stores[0].close()
+        stores[0].close()  # closing twice gives the store back once
+        assert stores[1].reserve("api", "after", BUCKET, 1, 0.0, T0)[0]  # the others go on
+        with pytest.raises(StorageError, match="closed"):
+            stores[0].reserve("api", "after", BUCKET, 1, 0.0, T0)
+        for store in stores[1:]:
+            store.close()
+        assert _open_files(tmp_path) == []  # the last close released every thread's connection
+    finally:
+        finish.set()
+        worker.join(timeout=30)
+    again = open_storage(url)  # and the file opens again afterwards
+    assert again.reserve("api", "again", BUCKET, 1, 0.0, T0)[0]
+    again.close()
+    assert _open_files(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_a_thread_that_ends_releases_its_connection(tmp_path: Path) -> None:
+    store = open_storage(f"sqlite:///{tmp_path}/state.db")  # opened here, used elsewhere only
+    thread = threading.Thread(target=store.reserve, args=("api", "k", BUCKET, 1, 0.0, T0))
+    thread.start()
+    thread.join(timeout=30)
+    assert _open_files(tmp_path) == []  # while the store itself stays open
+    assert not store.reserve("api", "k", BUCKET, 2, 0.0, T0)[0]  # (the thread's write landed)
+    store.close()

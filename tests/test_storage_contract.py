@@ -1,10 +1,12 @@
 """One contract for every store: memory, SQLite and Redis give the same answers.
 
-Times are passed explicitly (``now``), so the stores are driven like the pure machines.
+Times are passed explicitly (``now``), so the stores are driven like the pure machines. Every
+store is also an :class:`AsyncStore`: the async steps give the same answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections.abc import Iterator
@@ -13,32 +15,34 @@ from typing import Any
 
 import pytest
 
-from buttress.backends import MemoryStore
-from buttress.backends.sqlite import SQLiteStore
+from buttress.backends import AsyncStore, MemoryStore, Store, open_storage
+from buttress.backends.base import ACQUIRE, BreakerStep, StorageUnavailable
 from buttress.machines.breaker import BreakerSettings, CircuitState
 from buttress.machines.ratelimit import Params, RateLimitAlgorithm
+from buttress.policies._storeguard import store_faults
 from steps import stepper
 
 T0 = 1_750_000_000.0
 _n = itertools.count()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis client"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "memory":
         yield MemoryStore()
     elif request.param == "sqlite":
-        sqlite = SQLiteStore(tmp_path / "state.db")
+        sqlite = open_storage(f"sqlite:///{tmp_path}/state.db")
         yield sqlite
         sqlite.close()
     else:
         redis = pytest.importorskip("redis")
         port = request.getfixturevalue("redis_port")
-        from buttress.backends.redis_store import RedisStore
-
         client = redis.Redis(port=port)
         client.flushdb()
-        yield RedisStore(client)
+        url = f"redis://127.0.0.1:{port}/0"
+        opened = open_storage(url if request.param == "redis" else client)
+        yield opened
+        opened.close()
         client.close()
 
 
@@ -177,3 +181,54 @@ def test_release_frees_a_probe_slot_and_force_closes(store: Any) -> None:
     assert closed.state is CircuitState.CLOSED
     with pytest.raises(ValueError, match="is not a valid BreakerOp"):
         step(n, settings, "explode", T0)
+
+
+# --- both protocols, one object -------------------------------------------------------------------
+
+
+def test_every_store_is_sync_and_async(store: Any) -> None:
+    assert isinstance(store, Store)
+    assert isinstance(store, AsyncStore)
+    n, p = name(), bucket(rate=2.0, burst=2)
+    settings = BreakerSettings(fail_max=1, recovery=10.0)
+
+    async def main() -> list[Any]:
+        out: list[Any] = [await store.areserve(n, "k", p, 1, 0.0, T0) for _ in range(3)]
+        await store.ablock(n, "b", 5.0, T0)
+        out.append(await store.areserve(n, "b", p, 1, 0.0, T0 + 1))
+        await store.areset(n, "b")
+        out.append(await store.areserve(n, "b", p, 1, 0.0, T0 + 1))
+        tripped = BreakerStep.record(0, probe=False, failed=True)
+        out.append((await store.abreaker(n, settings, tripped, T0)).state)
+        out.append((await store.abreaker(n, settings, ACQUIRE, T0 + 4)).retry_after)
+        return out
+
+    out = asyncio.run(main())
+    assert out[:3] == [(True, 0.0), (True, 0.0), (False, pytest.approx(0.5))]
+    assert out[3] == (False, pytest.approx(4.0))
+    assert out[4] == (True, 0.0)
+    assert out[5] is CircuitState.OPEN
+    assert out[6] == pytest.approx(6.0)
+    assert store.reserve(n, "k", p, 1, 0.0, T0)[0] is False  # the sync twin sees the same state
+
+
+def test_a_store_outage_is_the_one_fault_a_policy_catches() -> None:
+    assert store_faults() == (StorageUnavailable,)
+
+
+def test_a_store_object_must_be_both_sync_and_async() -> None:
+    class SyncOnly:
+        url, timeout = "x://", None
+
+        def reserve(self, *args: Any) -> tuple[bool, float]:
+            return True, 0.0
+
+        def block(self, *args: Any) -> None: ...
+        def reset(self, *args: Any) -> None: ...
+        def breaker(self, *args: Any) -> Any: ...
+        def close(self) -> None: ...
+
+    with pytest.raises(TypeError, match="lacks areserve, ablock, areset, abreaker, aclose"):
+        open_storage(SyncOnly())
+    memory = MemoryStore()
+    assert open_storage(memory) is memory  # a store passed in is used as it is

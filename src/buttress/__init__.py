@@ -1,6 +1,9 @@
 """buttress: resilience for Python services.
 
-Every public name is exported here, and only here.
+Every public name is exported here. A few groups are also reachable as submodules of their own:
+``buttress.http`` (HTTP rate-limit headers), ``buttress.presets`` (recommended settings),
+``buttress.testing`` (the fake clock), ``buttress.events`` (event types and hooks) and
+``buttress.backends`` (state stores).
 """
 
 from __future__ import annotations
@@ -27,8 +30,22 @@ from .errors import (
     ServiceDegraded,
     StorageError,
     StorageUnavailable,
+    UnknownRateLimit,
 )
 from .events import add_hook, remove_hook
+from .health import (
+    ComponentState,
+    HealthMonitor,
+    OverallHealth,
+    QuotaTracker,
+    Reading,
+    ResourceManager,
+    ResourceState,
+    ResourceStatus,
+    ResourceType,
+    quota_check,
+)
+from .http import RateLimitInfo, parse_retry_after, raise_for_rate_limit, rate_limit_info
 from .machines.backoff import (
     Backoff,
     ExponentialBackoff,
@@ -36,6 +53,7 @@ from .machines.backoff import (
     FixedDelay,
     LinearBackoff,
 )
+from .manager import ResilienceManager
 from .policies.bulkhead import Bulkhead, bulkhead
 from .policies.circuit import (
     CircuitBreaker,
@@ -46,19 +64,12 @@ from .policies.circuit import (
     get_circuit_breaker,
 )
 from .policies.fallback import Fallback, FallbackStrategy, fallback
-from .policies.httpheaders import (
-    RateLimitInfo,
-    parse_retry_after,
-    raise_for_rate_limit,
-    rate_limit_info,
-)
 from .policies.pipeline import Pipeline
 from .policies.ratelimit import (
     RateLimit,
     RateLimitAlgorithm,
     RateLimitConfig,
     RateLimiter,
-    UnknownRateLimit,
     get_rate_limiter,
     rate_limit,
 )
@@ -96,6 +107,7 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "Clock",
+    "ComponentState",
     "DEFAULT_TIMEOUTS",
     "DegradationManager",
     "DegradationTier",
@@ -104,18 +116,27 @@ __all__ = [
     "FallbackStrategy",
     "FibonacciBackoff",
     "FixedDelay",
+    "HealthMonitor",
     "LinearBackoff",
     "OperationProfile",
     "OperationTimeout",
     "OperationType",
+    "OverallHealth",
     "Pipeline",
+    "QuotaTracker",
     "RateLimit",
     "RateLimitAlgorithm",
     "RateLimitConfig",
     "RateLimitExceeded",
     "RateLimitInfo",
     "RateLimiter",
+    "Reading",
     "RejectedError",
+    "ResilienceManager",
+    "ResourceManager",
+    "ResourceState",
+    "ResourceStatus",
+    "ResourceType",
     "Retry",
     "RetryStrategy",
     "ServiceCategory",
@@ -141,6 +162,7 @@ __all__ = [
     "get_rate_limiter",
     "parse_retry_after",
     "preset",
+    "quota_check",
     "raise_for_rate_limit",
     "rate_limit",
     "rate_limit_info",

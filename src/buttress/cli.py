@@ -15,11 +15,11 @@ import asyncio
 import logging
 import random
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .clock import monotonic_time
 from .degradation import DegradationManager
 from .errors import CircuitOpenError
 from .events import (
@@ -65,11 +65,11 @@ class Dependency:
     duration: float
     failure_rate: float
     rng: random.Random
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=monotonic_time)
     calls: int = 0
 
     def phase(self) -> tuple[str, float, float]:
-        elapsed = (time.monotonic() - self.started) / self.duration
+        elapsed = (monotonic_time() - self.started) / self.duration
         edge = 0.0
         for name, share, errors, slow in PHASES:
             edge += share
@@ -164,11 +164,11 @@ async def run_demo(duration: float, failure_rate: float, concurrency: int, seed:
     )(dependency.fetch)
     items = [f"item-{i}" for i in range(12)]
     add_hook(tally.hook)
-    start = time.monotonic()
+    start = monotonic_time()
     stop_at = start + duration
 
     async def client() -> None:
-        while time.monotonic() < stop_at:
+        while monotonic_time() < stop_at:
             item = rng.choice(items)
             tally.requests += 1
             try:
@@ -180,11 +180,11 @@ async def run_demo(duration: float, failure_rate: float, concurrency: int, seed:
             await asyncio.sleep(0.01)
 
     async def progress() -> None:
-        while time.monotonic() < stop_at:
+        while monotonic_time() < stop_at:
             await asyncio.sleep(1.0)
             phase = dependency.phase()[0]
             print(
-                f"[{time.monotonic() - start:5.1f}s] phase={phase:<8} requests={tally.requests:<5}"
+                f"[{monotonic_time() - start:5.1f}s] phase={phase:<8} requests={tally.requests:<5}"
                 f" answered={tally.answered:<5} retries={tally.events['retries']:<4}"
                 f" fallbacks={sum(tally.fallbacks.values()):<4} breaker={breaker.state.value:<9}"
                 f" tier={manager.get_current_tier().name}",
@@ -242,9 +242,22 @@ def _positive(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="buttress", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a flaky dependency through stacked policies")
+    # Help is plain text for a terminal: the module docstring's reStructuredText is for readers
+    # of the source.
+    parser = argparse.ArgumentParser(
+        prog="buttress", description="Resilience policies for Python services."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run a flaky dependency through stacked policies",
+        description=(
+            "Run a local dependency that turns flaky, slow, dead and healthy again through a"
+            " fallback, a retry, a rate limit, a circuit breaker and a timeout, while a"
+            " degradation manager follows its health. Prints progress once a second and a"
+            " summary at the end."
+        ),
+    )
     demo.add_argument("--duration", type=_positive, default=12.0, help="seconds (default 12)")
     demo.add_argument(
         "--failure-rate",

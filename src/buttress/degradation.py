@@ -22,9 +22,15 @@ manager's clock (the process default unless one is given), so tests drive the dw
 :class:`buttress.testing.FakeClock`.
 
 A service's category comes from :meth:`DegradationManager.register_service`, or, for a service
-first seen in ``update_health``, from its name (:func:`category_for`): a name with the word
-``llm`` is an LLM; one with ``database``, ``db``, ``sql``, ``postgres``, ``postgresql``,
-``mysql``, ``sqlite``, ``redis`` or ``mongo`` is a database; anything else is an external API.
+first seen in ``update_health``, from its name (:func:`category_for`), read as people write names:
+case does not matter, and words are split at anything that is not a letter and at camelCase
+boundaries, while each run of letters also counts as one word (``OrdersDB``, ``ordersdb``,
+``orders_db`` and ``orders-db`` read alike). A word that starts or ends with ``llm`` makes an
+LLM (``openaiLLM``, ``llm_gateway``). Otherwise a word that ends with ``db`` or ``sql``, starts
+with ``sql``, contains ``database``, or is ``postgres``, ``redis`` or ``mongo`` makes a
+database (``mongodb``, ``MySQL``, ``PostgresPrimary``, ``user-database``). Anything else is an
+external API: ``db`` inside a word does not count (``adobe``, ``dbt_cloud``). A name the rule
+misreads (``imdb`` reads as a database) is registered with its category.
 ``ServiceCategory.CUSTOM`` services carry their own tier.
 
 :func:`degradation_handler` guards a function with a minimum tier: ``min_tier=TIER_2_CORE`` runs
@@ -34,7 +40,9 @@ the hot path.
 
 Tier changes emit :class:`buttress.events.TierChanged` (logged at WARNING on
 ``buttress.degradation``), call the manager's callbacks, and feed the Prometheus metrics; a
-service turning healthy or unhealthy emits :class:`buttress.events.ServiceHealthChanged`.
+service turning healthy or unhealthy emits :class:`buttress.events.ServiceHealthChanged`. Every
+live manager's tier and service health are published as readings (``degradation_tier``,
+``service_health``: :func:`buttress.events.add_reading`) for metrics to read when scraped.
 
 The health input is deliberately small (name, healthy, response time, error): health checks,
 circuit breakers and resource monitors all report through :meth:`DegradationManager.update_health`.
@@ -107,17 +115,38 @@ DEFAULT_RULES: Mapping[ServiceCategory, DegradationTier] = {
     ServiceCategory.DATABASE: DegradationTier.TIER_4_MAINTENANCE,
 }
 
-_DATABASE_WORDS = frozenset(
-    {"database", "db", "sql", "postgres", "postgresql", "mysql", "sqlite", "redis", "mongo"}
-)
+# Database names that do not end in "db" or "sql" (those are recognised by their ending).
+_DATABASE_WORDS = frozenset({"postgres", "redis", "mongo"})
+# A lowercase letter run ("mongodb", "openaillm") and the camelCase words inside it ("Orders",
+# "DB"; "HTTP", "Server"), so "OrdersDB", "ordersdb" and "orders_db" read alike.
+_RUNS = re.compile(r"[a-z]+")
+_CAMEL_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+")
+
+
+def _name_words(name: str) -> set[str]:
+    words = set(_RUNS.findall(name.lower()))
+    words.update(word.lower() for word in _CAMEL_WORDS.findall(name))
+    return words
+
+
+def _is_database_word(word: str) -> bool:
+    # Only at an end: no English word ends in "db" or "sql", but many hold "db" inside ("adobe",
+    # "feedback") or start with it ("dbt"); "redis" and "mongo" start longer words
+    # ("redistribute", "mongolia"), so those two must be the whole word.
+    return (
+        word in _DATABASE_WORDS
+        or word.endswith(("db", "sql"))
+        or word.startswith("sql")
+        or "database" in word
+    )
 
 
 def category_for(name: str) -> ServiceCategory:
     """The default category of a service called ``name`` (see the module documentation)."""
-    words = set(re.split(r"[^a-z0-9]+", name.lower()))
-    if "llm" in words:
+    words = _name_words(name)
+    if any(word.startswith("llm") or word.endswith("llm") for word in words):
         return ServiceCategory.LLM
-    if words & _DATABASE_WORDS:
+    if any(_is_database_word(word) for word in words):
         return ServiceCategory.DATABASE
     return ServiceCategory.EXTERNAL_API
 
@@ -519,6 +548,23 @@ def managers() -> list[DegradationManager]:
     """The live managers, one per name (the latest made), sorted by name."""
     live = [(name, ref()) for name, ref in sorted(_MANAGERS.items())]
     return [manager for _, manager in live if manager is not None]
+
+
+def _tier_readings() -> list[tuple[str, float]]:
+    return [(manager.name, float(manager.get_current_tier())) for manager in managers()]
+
+
+def _health_readings() -> list[tuple[tuple[str, str], float]]:
+    return [
+        ((manager.name, service.name), 1.0 if service.healthy else 0.0)
+        for manager in managers()
+        for service in manager.services().values()
+    ]
+
+
+# What metrics read when scraped, published here so that instrumentation never imports this module.
+_events.add_reading("degradation_tier", _tier_readings)
+_events.add_reading("service_health", _health_readings)
 
 
 _DEFAULT: DegradationManager | None = None

@@ -1,8 +1,23 @@
 """The exceptions buttress raises.
 
-Rejections (a call that buttress refused to make) share :class:`RejectedError`, which carries
-``retry_after``: the number of seconds after which the same call may be admitted, or ``None`` when
-unknown. A retry policy never retries a rejection sooner than that.
+Every one derives from :class:`ButtressError`; two also derive from the built-in exception that
+code written without buttress would catch::
+
+    ButtressError
+    ├── RejectedError            a call refused before it ran; carries retry_after
+    │   ├── CircuitOpenError     the breaker is open (or its probes are all taken)
+    │   ├── BulkheadFull         no free slot within the allowed wait
+    │   ├── RateLimitExceeded    the limit (or the server, via a 429) refused it
+    │   └── ServiceDegraded      the degradation tier is worse than the call needs
+    ├── StorageError             a store is unusable (foreign file, malformed record)
+    ├── StorageUnavailable       a store did not answer; policies decide locally instead
+    ├── OperationTimeout         also a TimeoutError: the call ran out of time
+    └── UnknownRateLimit         also a KeyError: a limit name that was never configured
+
+Rejections share :class:`RejectedError`, whose ``retry_after`` is the number of seconds after which
+the same call may be admitted, or ``None`` when unknown. A retry policy never retries a rejection
+sooner than that. Invalid configuration is not in the tree: it is a ``ValueError`` or
+``TypeError`` at construction, naming the field and the value.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ __all__ = [
     "ServiceDegraded",
     "StorageError",
     "StorageUnavailable",
+    "UnknownRateLimit",
 ]
 
 
@@ -102,3 +118,14 @@ class OperationTimeout(ButtressError, TimeoutError):
         super().__init__(message)
         self.timeout = timeout
         self.name = name
+
+
+class UnknownRateLimit(ButtressError, KeyError):
+    """A rate limit was asked about a name that was never configured.
+
+    Also a ``KeyError``: the limiter is looked up by name, as a mapping is.
+    """
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ shows the repr of its argument, quotes and all.
+        return str(self.args[0]) if self.args else "unknown rate limit"

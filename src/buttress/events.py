@@ -41,6 +41,7 @@ __all__ = [
     "GaveUp",
     "Hook",
     "Repeats",
+    "ResourceStatusChanged",
     "RetryScheduled",
     "SUMMARY_INTERVAL",
     "ServiceHealthChanged",
@@ -233,6 +234,27 @@ class ServiceHealthChanged(Event):
         return f"{self.policy} {self.name!r}: service {self.service!r} is {state}"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceStatusChanged(Event):
+    """A watched resource's status moved from ``old`` to ``new``.
+
+    ``resource`` is ``"<type>:<name>"`` (``"database:orders"``); ``old`` and ``new`` are status
+    values (``"healthy"``, ``"degraded"``, ``"critical"``, ``"unavailable"``, or ``"unknown"``
+    before the first check); ``name`` is the resource manager's.
+    """
+
+    kind: ClassVar[str] = "resource_status_changed"
+    level: ClassVar[int] = logging.WARNING
+    resource: str
+    old: str
+    new: str
+    reason: str = ""
+
+    def message(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"{self.policy} {self.name!r}: {self.resource} {self.old} -> {self.new}{why}"
+
+
 Hook = Callable[[Event], None]
 
 #: Installed hooks. Policies test its truth to decide whether to build per-call events.
@@ -387,8 +409,13 @@ _READINGS_LOCK = threading.Lock()
 def add_reading(kind: str, provider: Reading) -> Reading:
     """Publish values of ``kind`` read on demand: ``provider()`` yields ``(labels, value)`` pairs.
 
-    Kinds in use: ``"circuit_failure_rate"`` (labels: the breaker's name) and
-    ``"service_health"`` (labels: ``(manager name, service)``, value 1 healthy or 0).
+    Kinds in use: ``"circuit_failure_rate"`` (labels: the breaker's name),
+    ``"service_health"`` (labels: ``(manager name, service)``, value 1 healthy or 0), and for
+    watched resources, labelled ``(manager name, resource type, resource name)``:
+    ``"resource_status"`` (0 healthy, 1 degraded, 2 critical, 3 unavailable),
+    ``"resource_usage"`` (percent), ``"resource_exhaustion_seconds"`` (predicted time to 100%)
+    and ``"resource_check_latency_seconds"``; for components, ``"component_error_rate"``
+    (labels: ``(monitor name, component)``).
     """
     if not callable(provider):
         raise TypeError(f"provider must be callable, got {provider!r}")

@@ -12,17 +12,18 @@ that was built without an explicit ``clock=``, including functions decorated at 
                 fetch_factor("steel")          # decorated with @retry(max_retries=3, base_delay=1)
         assert len(clock.sleeps) == 3          # the backoff happened, in virtual time
 
-Sleeping on a fake clock past the deadline of an enclosing timeout stops at the deadline and raises
-:class:`buttress.OperationTimeout`, so time-outs are deterministic too.
+Sleeping on a fake clock past the deadline of an enclosing timeout on the same fake clock stops at
+the deadline and raises :class:`buttress.OperationTimeout`, so time-outs are deterministic too. A
+fake clock is virtual (``real = False``): deadlines on other clocks do not stop it, and policies on
+other clocks do not read its deadlines (see :mod:`buttress._deadline`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from types import TracebackType
 
-from ._deadline import DEADLINE
+from ._deadline import deadline_on
 from .clock import Clock, set_clock
 from .errors import OperationTimeout
 
@@ -36,6 +37,8 @@ class FakeClock:
         start: the initial monotonic reading.
         wall_start: the initial wall-clock reading (Unix seconds).
     """
+
+    real = False
 
     def __init__(self, start: float = 0.0, *, wall_start: float = 1_750_000_000.0) -> None:
         self._now = float(start)
@@ -60,7 +63,7 @@ class FakeClock:
 
     def _sleep(self, seconds: float) -> None:
         seconds = max(0.0, float(seconds))
-        deadline = DEADLINE.get()
+        deadline = deadline_on(self, False)
         with self._lock:
             self.sleeps.append(seconds)
             target = self._now + seconds
@@ -85,12 +88,7 @@ class FakeClock:
         self._previous.append(set_clock(self))
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         set_clock(self._previous.pop())
 
     def __repr__(self) -> str:

@@ -7,17 +7,36 @@
 * ``"sqlite:///path/state.db"``: a durable file shared by the processes of one machine;
   ``"sqlite://"`` without a path uses ``RESILIENCE_STORAGE_PATH``, else
   ``$XDG_STATE_HOME/buttress/state.db`` (``~/.local/state/buttress/state.db``);
-* ``"redis://host:port/db"`` (or ``rediss://``): shared by every process on every host;
-* a ``redis.Redis`` or ``redis.asyncio.Redis`` client you already have;
-* a store object (:class:`buttress.backends.base.Store`).
+* ``"redis://[[user]:password@]host:port/db"`` (``rediss://`` for TLS), or
+  ``"unix:///path/to/redis.sock?db=0"``: shared by every process on every host;
+* ``"redis+cluster://host:port[,host:port...]"``: a Redis Cluster, any of its nodes;
+* ``"redis+sentinel://host:port[,host:port...]/service_name"``: the master that these
+  Sentinels name for ``service_name`` (a failover is an outage that ends on the new master);
+* a redis-py client you already have (``redis.Redis``, ``redis.cluster.RedisCluster``, a
+  ``Sentinel``'s ``master_for(...)``, or their ``redis.asyncio`` twins);
+* a store object: anything implementing both :class:`Store` and :class:`AsyncStore`.
 
-Stores opened from the same URL are shared within the process (one connection pool per URL).
+:func:`open_storage` resolves each to a store in one step (``None`` for memory): the SQLite URL to
+:class:`~buttress.backends.sqlite.SQLiteStore`, the Redis URLs and clients to
+:class:`~buttress.backends.redis.RedisStore`. Every store it returns implements both protocols, so
+one object serves sync and async callers; every store raises only :class:`StorageUnavailable` and
+:class:`StorageError` (and ``ValueError``/``TypeError`` for bad arguments).
+
+Closing
+-------
+``open_storage`` gives each caller its own store object. Stores opened on the same URL or file
+share their connections within the process (one socket per thread and node for Redis, one
+pipelined connection per event loop and node, one SQLite connection per thread), and those are
+counted: ``store.close()`` (or ``await store.aclose()``) gives one store back, at most once, and
+the last store given back closes the connections and files. A thread's connections close when the
+thread ends. A policy closes the store it opened; it does not close a store object that was passed
+in (``open_storage(spec)`` returned ``spec`` itself), and closing a store made around a client
+never closes the client: what the application passed in, the application closes.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,19 +53,28 @@ from .base import (
 __all__ = [
     "STORAGE_PATH_ENV",
     "STORAGE_URL_ENV",
+    "AsyncStore",
     "BreakerReply",
     "MemoryStore",
     "StorageError",
     "StorageUnavailable",
     "Store",
+    "default_sqlite_path",
     "open_storage",
 ]
 
 STORAGE_URL_ENV = "BUTTRESS_STORAGE_URL"
 STORAGE_PATH_ENV = "RESILIENCE_STORAGE_PATH"
 
-_OPENED: dict[str, Any] = {}
-_LOCK = threading.Lock()
+_REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
 
 
 def default_sqlite_path() -> Path:
@@ -61,45 +89,46 @@ def default_sqlite_path() -> Path:
 def open_storage(spec: object = None) -> Any:
     """The store for ``spec`` (see the module documentation), or ``None`` for in-memory state.
 
+    A URL or a client gives a new store object, the caller's to close; a store object is
+    returned as it is.
+
     Raises:
-        ValueError: a malformed URL or an unknown scheme, naming it.
+        ValueError: a malformed URL or an unknown scheme, naming it (password hidden).
+        TypeError: something that is neither a URL, a redis-py client nor a store.
         StorageError: a store that cannot be used (a foreign SQLite file, say).
     """
+    named = "storage"
     if spec is None:
         spec = os.environ.get(STORAGE_URL_ENV, "").strip() or None
         if spec is None:
             return None
-        source = f"{STORAGE_URL_ENV}={spec!r}"
-    else:
-        source = f"storage={spec!r}"
+        named = STORAGE_URL_ENV
     if not isinstance(spec, str):
         return _from_object(spec)
     scheme = spec.partition("://")[0].lower() if "://" in spec else ""
+    source = f"{named}={spec!r}"
     if scheme == "memory":
         if spec.lower() != "memory://":
             raise ValueError(f"{source}: a memory store takes no address; use 'memory://'")
         return None
     if scheme == "sqlite":
-        return _cached(spec, lambda: _open_sqlite(spec, source))
-    if scheme in ("redis", "rediss", "unix"):
-        return _cached(spec, lambda: _open_redis(spec))
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(_sqlite_path(spec, source))
+    if scheme in _REDIS_SCHEMES:
+        from .redis import RedisStore
+
+        return RedisStore(spec)
+    from .redis_wire import redact
+
     raise ValueError(
-        f"{source}: unknown storage; use 'memory://', 'sqlite:///path/state.db' or "
-        "'redis://host:port/db'"
+        f"{named}={redact(spec)!r}: unknown storage; use 'memory://', "
+        "'sqlite:///path/state.db', 'redis://host:port/db', 'redis+cluster://host:port,...' or "
+        "'redis+sentinel://host:port/service_name'"
     )
 
 
-def _cached(url: str, make: Any) -> Any:
-    with _LOCK:
-        store = _OPENED.get(url)
-        if store is None:
-            store = _OPENED[url] = make()
-        return store
-
-
-def _open_sqlite(url: str, source: str) -> Any:
-    from .sqlite import SQLiteStore
-
+def _sqlite_path(url: str, source: str) -> Path:
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise ValueError(
@@ -107,36 +136,24 @@ def _open_sqlite(url: str, source: str) -> Any:
             "'sqlite:////absolute/path.db'"
         )
     raw = unquote(parts.path)
-    path = Path(raw[1:]) if raw.startswith("/") else Path(raw)
     if not raw or raw == "/":
         path = default_sqlite_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(path)
-
-
-def _open_redis(url: str) -> Any:
-    from .redis import from_url
-    from .redis_store import RedisStore
-
-    return RedisStore(from_url(url), url=url)
+        return path
+    return Path(raw[1:]) if raw.startswith("/") else Path(raw)
 
 
 def _from_object(obj: object) -> Any:
-    module = type(obj).__module__
-    if module.startswith("redis.asyncio"):
-        from .redis_store import AsyncRedisStore
-
-        return AsyncRedisStore(obj)
-    if module.startswith("redis."):
-        from .redis_store import RedisStore
+    if type(obj).__module__.startswith("redis."):
+        from .redis import RedisStore
 
         return RedisStore(obj)
-    if isinstance(obj, Store | AsyncStore):
+    if isinstance(obj, Store) and isinstance(obj, AsyncStore):
         return obj
+    steps = ("reserve", "block", "reset", "breaker", "close")
+    wanted = ["url", "timeout", *steps, *(f"a{step}" for step in steps)]
+    missing = [name for name in wanted if not hasattr(obj, name)]
     raise TypeError(
-        f"storage must be a URL, a redis client or a store, got {obj!r} "
-        "(a store has reserve, block, reset, breaker and close, or their async twins)"
+        f"storage must be a URL, a redis-py client or a store, got {obj!r}: a store implements "
+        f"Store and AsyncStore (buttress.backends.base); this one lacks {', '.join(missing)}"
     )
-
-
-__all__ += ["default_sqlite_path"]

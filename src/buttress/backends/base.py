@@ -12,10 +12,12 @@ atomic with respect to every other caller of the same store (threads, processes,
   stored state and returns a :class:`BreakerReply`.
 
 :class:`Store` is the synchronous interface and :class:`AsyncStore` its asyncio twin (``a``-named
-methods that never block the event loop), as httpx pairs its transports. A store opened from a URL
-implements both, so one object serves a policy's sync and async callers. Each backend translates
-its own errors: a store raises only :class:`StorageUnavailable` (no answer in time: the policy
-decides without it) or :class:`StorageError` (an answer it cannot use).
+methods that never block the event loop), as httpx pairs its transports. Every store implements
+both, so one object serves a policy's sync and async callers (:class:`AsyncFromSync` gives a store
+built on sync steps its async half). Each backend translates its own errors: a store raises only
+:class:`StorageUnavailable` (no answer in time: the policy decides without it) or
+:class:`StorageError` (an answer it cannot use), besides ``ValueError``/``TypeError`` for bad
+arguments.
 
 The memory and SQLite stores run the Python machines inside a lock or a transaction; the Redis
 store runs Lua twins of them inside the server. Times are wall-clock seconds (states outlive a
@@ -25,11 +27,13 @@ lets the store read its own clock (the Redis server's, by default).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from ..clock import wall_time
 from ..errors import StorageError, StorageUnavailable
@@ -39,16 +43,27 @@ from ..machines.ratelimit import Params, idle, reserve
 __all__ = [
     "ACQUIRE",
     "READ",
+    "AsyncFromSync",
     "AsyncStore",
     "BreakerOp",
     "BreakerReply",
     "BreakerStep",
+    "Key",
     "MemoryStore",
+    "Now",
     "StorageError",
     "StorageUnavailable",
     "Store",
     "apply_breaker",
 ]
+
+
+T = TypeVar("T")
+
+#: A rate-limit key: a string, or ``None`` for the limit's shared state.
+Key = str | None
+#: Wall-clock seconds, or ``None`` for the store's own clock.
+Now = float | None
 
 
 class BreakerOp(Enum):
@@ -129,33 +144,28 @@ class Store(Protocol):
     timeout: float | None
 
     def reserve(
-        self,
-        name: str,
-        key: str | None,
-        params: Params,
-        cost: int,
-        max_wait: float,
-        now: float | None = None,
+        self, name: str, key: Key, params: Params, cost: int, max_wait: float, now: Now = None
     ) -> tuple[bool, float]:
         """The rate-limit step: ``(admitted, wait)``, after any block on the key."""
         ...
 
-    def block(self, name: str, key: str | None, seconds: float, now: float | None = None) -> None:
+    def block(self, name: str, key: Key, seconds: float, now: Now = None) -> None:
         """Refuse the key for ``seconds`` (a server's ``Retry-After``); never shortens one."""
         ...
 
-    def reset(self, name: str, key: str | None = None) -> None:
+    def reset(self, name: str, key: Key = None) -> None:
         """Forget the key's rate-limit state and block."""
         ...
 
     def breaker(
-        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: Now = None
     ) -> BreakerReply:
         """Apply one :class:`BreakerStep` to the breaker ``name``."""
         ...
 
     def close(self) -> None:
-        """Release connections and files; the store is not used afterwards."""
+        """Done with the store: release its connections and files (see :mod:`buttress.backends`
+        for who closes what). Idempotent; the store is not used afterwards."""
         ...
 
 
@@ -167,26 +177,49 @@ class AsyncStore(Protocol):
     timeout: float | None
 
     async def areserve(
-        self,
-        name: str,
-        key: str | None,
-        params: Params,
-        cost: int,
-        max_wait: float,
-        now: float | None = None,
+        self, name: str, key: Key, params: Params, cost: int, max_wait: float, now: Now = None
     ) -> tuple[bool, float]: ...
 
-    async def ablock(
-        self, name: str, key: str | None, seconds: float, now: float | None = None
-    ) -> None: ...
+    async def ablock(self, name: str, key: Key, seconds: float, now: Now = None) -> None: ...
 
-    async def areset(self, name: str, key: str | None = None) -> None: ...
+    async def areset(self, name: str, key: Key = None) -> None: ...
 
     async def abreaker(
-        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: Now = None
     ) -> BreakerReply: ...
 
     async def aclose(self) -> None: ...
+
+
+class AsyncFromSync:
+    """The :class:`AsyncStore` half of a store whose steps are its sync methods.
+
+    Each ``a``-method runs its sync twin: inline when a step never waits (``steps_block =
+    False``: a few operations under a lock), else in a worker thread so the event loop never
+    blocks (a database lock may hold a step for its busy timeout).
+    """
+
+    steps_block = True
+
+    async def _awaited(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.steps_block:
+            return await asyncio.to_thread(step, *args, **kwargs)
+        return step(*args, **kwargs)
+
+    async def areserve(self, *args: Any, **kwargs: Any) -> tuple[bool, float]:
+        return await self._awaited(cast(Store, self).reserve, *args, **kwargs)
+
+    async def ablock(self, *args: Any, **kwargs: Any) -> None:
+        await self._awaited(cast(Store, self).block, *args, **kwargs)
+
+    async def areset(self, *args: Any, **kwargs: Any) -> None:
+        await self._awaited(cast(Store, self).reset, *args, **kwargs)
+
+    async def abreaker(self, *args: Any, **kwargs: Any) -> BreakerReply:
+        return await self._awaited(cast(Store, self).breaker, *args, **kwargs)
+
+    async def aclose(self) -> None:
+        await self._awaited(cast(Store, self).close)
 
 
 def apply_breaker(machine: BreakerMachine, step: BreakerStep, now: float) -> BreakerReply:
@@ -234,15 +267,16 @@ def shared_settings(settings: BreakerSettings) -> BreakerSettings:
     return replace(settings, probe_timeout=max(1.0, settings.recovery))
 
 
-class MemoryStore:
+class MemoryStore(AsyncFromSync):
     """The store interface over process memory (for the contract tests and as a reference).
 
     The rate limiter and circuit breaker keep their in-memory state themselves, on faster paths;
-    this class states what the other stores must do.
+    this class states what the other stores must do. Its async steps run inline.
     """
 
     url = "memory://"
     timeout: float | None = None
+    steps_block = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -251,13 +285,7 @@ class MemoryStore:
         self._breakers: dict[str, dict[str, Any]] = {}
 
     def reserve(
-        self,
-        name: str,
-        key: str | None,
-        params: Params,
-        cost: int,
-        max_wait: float,
-        now: float | None = None,
+        self, name: str, key: Key, params: Params, cost: int, max_wait: float, now: Now = None
     ) -> tuple[bool, float]:
         now = wall_time() if now is None else now
         slot = (name, key)
@@ -273,13 +301,13 @@ class MemoryStore:
             self._limits[slot] = state
             return True, wait
 
-    def block(self, name: str, key: str | None, seconds: float, now: float | None = None) -> None:
+    def block(self, name: str, key: Key, seconds: float, now: Now = None) -> None:
         now = wall_time() if now is None else now
         with self._lock:
             slot = (name, key)
             self._blocks[slot] = max(self._blocks.get(slot, 0.0), now + seconds)
 
-    def reset(self, name: str, key: str | None = None) -> None:
+    def reset(self, name: str, key: Key = None) -> None:
         with self._lock:
             self._limits.pop((name, key), None)
             self._blocks.pop((name, key), None)
@@ -290,7 +318,7 @@ class MemoryStore:
             return sum(1 for state in self._limits.values() if idle(state, now, params))
 
     def breaker(
-        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: Now = None
     ) -> BreakerReply:
         now = wall_time() if now is None else now
         with self._lock:
@@ -300,33 +328,4 @@ class MemoryStore:
             return reply
 
     def close(self) -> None:
-        """Nothing to release."""
-
-    # The async twins run inline: every step is a few arithmetic operations under a lock.
-
-    async def areserve(
-        self,
-        name: str,
-        key: str | None,
-        params: Params,
-        cost: int,
-        max_wait: float,
-        now: float | None = None,
-    ) -> tuple[bool, float]:
-        return self.reserve(name, key, params, cost, max_wait, now)
-
-    async def ablock(
-        self, name: str, key: str | None, seconds: float, now: float | None = None
-    ) -> None:
-        self.block(name, key, seconds, now)
-
-    async def areset(self, name: str, key: str | None = None) -> None:
-        self.reset(name, key)
-
-    async def abreaker(
-        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
-    ) -> BreakerReply:
-        return self.breaker(name, settings, step, now)
-
-    async def aclose(self) -> None:
         """Nothing to release."""

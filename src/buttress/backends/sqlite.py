@@ -14,30 +14,40 @@ that holds tables but not buttress's, or buttress's tables at another schema ver
 :class:`StorageError` naming the path, and the file is left untouched. A stored record that does
 not parse raises :class:`StorageError` naming the record; it is not overwritten either.
 
-Connections are per thread (``sqlite3`` connections must stay in their thread). Async callers
-run the step in a worker thread (:meth:`SQLiteStore.areserve`, :meth:`SQLiteStore.abreaker_step`).
+Connections: one per thread (a connection is used by one thread at a time), shared by every
+store opened on the same file in this process and counted: a thread's connection closes when the
+thread ends, and the last store closed closes the rest, so a closed store leaves no file open.
+After a fork, the child opens its own and never touches (not even closes) the parent's: SQLite
+forbids using a connection across a fork, and closing one could checkpoint the parent's journal
+away. Async callers run each step in a worker thread.
+
+Errors: a locked database (after ``busy_timeout``), a file that cannot be opened or a full disk
+raise :class:`StorageUnavailable`; any other SQLite error, :class:`StorageError`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..clock import wall_time
 from ..machines.breaker import BreakerMachine, BreakerSettings
 from ..machines.ratelimit import Params, fresh_at, reserve
 from .base import (
+    AsyncFromSync,
     BreakerOp,
     BreakerReply,
     BreakerStep,
+    Key,
+    Now,
     StorageError,
     StorageUnavailable,
     apply_breaker,
@@ -71,7 +81,89 @@ def _key(key: str | None) -> str:
     return json.dumps(key)
 
 
-class SQLiteStore:
+_INHERITED: list[sqlite3.Connection] = []  # a fork's child keeps the parent's, never used
+
+
+class _ThreadConnection:
+    """A thread's connection to one file; it closes when the thread ends."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+    def close(
+        self,
+        getpid: Callable[[], int] = os.getpid,  # (bound here: __del__ may run at interpreter
+        inherited: list[sqlite3.Connection] = _INHERITED,  # exit, after the globals are gone)
+    ) -> None:
+        if self.pid == getpid():
+            self.conn.close()
+        else:
+            inherited.append(self.conn)  # a fork's child must not even close it
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _Database:
+    """One file's connections in this process (one per thread), shared by its stores."""
+
+    def __init__(self, path: Path, busy_timeout: float, key: tuple[str, float]) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.users = 0
+        self._key = key
+        self._local = threading.local()
+        self._threads: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def connect(self) -> sqlite3.Connection:
+        # check_same_thread=False only so that the last close may close every thread's; each
+        # connection is still used by its own thread alone
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return conn
+
+    def conn(self) -> sqlite3.Connection:
+        mine: _ThreadConnection | None = getattr(self._local, "conn", None)
+        if mine is None or mine.pid != os.getpid():
+            mine = self._local.conn = _ThreadConnection(self.connect())
+            with self._lock:
+                self._threads.add(mine)
+        return mine.conn
+
+    def release(self) -> None:
+        with _DATABASES_LOCK:
+            self.users -= 1
+            if self.users > 0:
+                return
+            if _DATABASES.get(self._key) is self:
+                del _DATABASES[self._key]
+        with self._lock:
+            threads, self._threads = list(self._threads), weakref.WeakSet()
+        for mine in threads:
+            mine.close()
+
+
+_DATABASES: dict[tuple[str, float], _Database] = {}
+_DATABASES_LOCK = threading.Lock()
+
+
+def _database(path: Path, busy_timeout: float) -> _Database:
+    key = (os.path.realpath(path), busy_timeout)
+    with _DATABASES_LOCK:
+        database = _DATABASES.get(key)
+        if database is None:
+            database = _DATABASES[key] = _Database(path, busy_timeout, key)
+        database.users += 1
+        return database
+
+
+class SQLiteStore(AsyncFromSync):
     """State in the SQLite file at ``path`` (created if missing).
 
     Args:
@@ -94,36 +186,25 @@ class SQLiteStore:
         # a locked database waits busy_timeout; deadlines shorter than that still ask (SQLite
         # answers in microseconds when not locked), so no timeout is advertised
         self.timeout: float | None = None
-        self._local = threading.local()
         self._decisions = 0
         self._check_and_create()
+        self._db: _Database | None = _database(self.path, self.busy_timeout)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
     # -- connections -----------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        return conn
-
     def _conn(self) -> sqlite3.Connection:
-        # One connection per thread, and never one inherited across a fork (SQLite forbids it).
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = self._local.conn = self._connect()
-            self._local.pid = os.getpid()
-        return conn
+        if self._db is None:
+            raise StorageError(f"{self.url}: the store was closed")
+        return self._db.conn()
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Done with the store: the last store of the file closes its connections (idempotent)."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.release()
 
     def _check_and_create(self) -> None:
         if self.path.is_dir():
@@ -131,7 +212,7 @@ class SQLiteStore:
         if self.path.parent and not self.path.parent.exists():
             raise StorageError(f"{self.path}: the directory {self.path.parent} does not exist")
         try:
-            conn = self._connect()
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             try:
                 tables = {
                     row[0]
@@ -177,20 +258,16 @@ class SQLiteStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
+        with _translated(self.path):
+            conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"{self.path}: {exc}") from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
-                raise StorageUnavailable(f"{self.path}: {exc}") from exc
-            raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _load(self, conn: sqlite3.Connection, kind: str, name: str, key: str) -> Any:
         row = conn.execute(
@@ -225,16 +302,10 @@ class SQLiteStore:
     # -- rate limits -----------------------------------------------------------------------------
 
     def reserve(
-        self,
-        name: str,
-        key: str | None,
-        params: Params,
-        cost: int,
-        max_wait: float,
-        now: float | None = None,
+        self, name: str, key: Key, params: Params, cost: int, max_wait: float, now: Now = None
     ) -> tuple[bool, float]:
         """One rate-limit decision (see :class:`buttress.backends.base.Store`)."""
-        now = time.time() if now is None else now
+        now = wall_time() if now is None else now
         k = _key(key)
         with self._transaction() as conn:
             record = self._load(conn, "ratelimit", name, k)
@@ -257,21 +328,9 @@ class SQLiteStore:
                 )
             return True, wait
 
-    async def areserve(
-        self,
-        name: str,
-        key: str | None,
-        params: Params,
-        cost: int,
-        max_wait: float,
-        now: float | None = None,
-    ) -> tuple[bool, float]:
-        """:meth:`reserve` in a worker thread."""
-        return await asyncio.to_thread(self.reserve, name, key, params, cost, max_wait, now)
-
-    def block(self, name: str, key: str | None, seconds: float, now: float | None = None) -> None:
+    def block(self, name: str, key: Key, seconds: float, now: Now = None) -> None:
         """Refuse ``key`` of ``name`` for ``seconds`` (a later block already set wins)."""
-        now = time.time() if now is None else now
+        now = wall_time() if now is None else now
         k = _key(key)
         with self._transaction() as conn:
             state, until = _rate_record(self._load(conn, "ratelimit", name, k), self.path, name, k)
@@ -285,7 +344,7 @@ class SQLiteStore:
             record = {"s": list(state or ()), "b": until}
             self._save(conn, "ratelimit", name, k, record, expires)
 
-    def reset(self, name: str, key: str | None = None) -> None:
+    def reset(self, name: str, key: Key = None) -> None:
         """Forget the state and any block of ``key`` of ``name``."""
         with self._transaction() as conn:
             conn.execute(
@@ -296,10 +355,10 @@ class SQLiteStore:
     # -- circuit breakers ------------------------------------------------------------------------
 
     def breaker(
-        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
+        self, name: str, settings: BreakerSettings, step: BreakerStep, now: Now = None
     ) -> BreakerReply:
         """One breaker step on the stored state (see :func:`apply_breaker`)."""
-        now = time.time() if now is None else now
+        now = wall_time() if now is None else now
         with self._transaction() as conn:
             data = self._load(conn, "breaker", name, "")
             try:
@@ -311,30 +370,22 @@ class SQLiteStore:
                 self._save(conn, "breaker", name, "", machine.to_state())
             return reply
 
-    async def abreaker(
-        self, name: str, settings: BreakerSettings, step: BreakerStep, now: float | None = None
-    ) -> BreakerReply:
-        """:meth:`breaker` in a worker thread."""
-        return await asyncio.to_thread(self.breaker, name, settings, step, now)
-
-    async def ablock(
-        self, name: str, key: str | None, seconds: float, now: float | None = None
-    ) -> None:
-        """:meth:`block` in a worker thread."""
-        await asyncio.to_thread(self.block, name, key, seconds, now)
-
-    async def areset(self, name: str, key: str | None = None) -> None:
-        """:meth:`reset` in a worker thread."""
-        await asyncio.to_thread(self.reset, name, key)
-
-    async def aclose(self) -> None:
-        """:meth:`close` (closing a connection does not wait on others)."""
-        self.close()
-
     def integrity_check(self) -> str:
         """SQLite's own verdict on the file (``"ok"`` when sound)."""
-        row = self._conn().execute("PRAGMA integrity_check").fetchone()
+        with _translated(self.path):
+            row = self._conn().execute("PRAGMA integrity_check").fetchone()
         return str(row[0])
+
+
+@contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    """SQLite's exceptions as the store's: a busy, locked, unopenable or full file is an outage."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StorageUnavailable(f"{path}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StorageError(f"{path}: {exc}") from exc
 
 
 def _rate_record(

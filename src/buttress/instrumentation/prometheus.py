@@ -8,20 +8,34 @@ per-call data such as keys or tenants, so cardinality stays bounded:
 * ``circuit_breaker_calls_total{name,status}``: success, failure, ignored, rejected
 * ``circuit_breaker_state_transitions_total{name,from_state,to_state}``
 * ``circuit_breaker_call_duration_seconds{name}``: histogram
-* ``circuit_breaker_failure_rate{name}``: read from the registered breakers when scraped
+* ``circuit_breaker_failure_rate{name}``: read from the breakers when scraped
 * ``retry_attempts_total{name}`` (retries scheduled), ``retry_exhausted_total{name,reason}``
 * ``timeouts_total{name}``, ``fallbacks_total{name,strategy}``
 * ``rejections_total{policy,name,reason}``
 * ``degradation_tier{name}``: the current tier (1-4) of each degradation manager
 * ``degradation_tier_changes_total{name,from_tier,to_tier}``
 * ``service_health{name,service}``: 1 healthy, 0 unhealthy, read from the managers when scraped
+* ``resource_status{name,type,resource}``: 0 healthy, 1 degraded, 2 critical, 3 unavailable
+* ``resource_usage_percent{name,type,resource}``: usage at the last check
+* ``resource_exhaustion_seconds{name,type,resource}``: predicted time until usage reaches 100%
+* ``resource_check_latency_seconds{name,type,resource}``: how long the last check took
+* ``component_error_rate{name,component}``: error rate over each component's window
 
 Per-call metrics (calls, durations) cost an event per call while the hook is installed; without
 it buttress builds no per-call events at all.
+
+The gauges read when scraped (failure rates, tiers, service health, resources, components) come
+from the values the policies and monitors publish through :func:`buttress.events.add_reading`
+(kinds ``circuit_failure_rate``, ``degradation_tier``, ``service_health``, ``resource_status``,
+``resource_usage``, ``resource_exhaustion_seconds``, ``resource_check_latency_seconds`` and
+``component_error_rate``): instrumentation sits below them in the layering and never imports
+them. Resource metrics are labelled by the manager's name (a team), the resource type and the
+resource's registered name, never by anything per check.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +45,7 @@ from .. import events as _events
 __all__ = ["PrometheusMetrics", "enable_prometheus"]
 
 _ENABLED: dict[tuple[int, str], PrometheusMetrics] = {}
+_log = logging.getLogger("buttress.prometheus")
 _LOCK = threading.Lock()
 
 
@@ -115,8 +130,7 @@ class PrometheusMetrics:
             namespace=ns,
             registry=r,
         )
-        registry.register(_FailureRateCollector(f"{ns}_circuit_breaker_failure_rate"))
-        registry.register(_DegradationCollector(ns))
+        registry.register(_ReadingsCollector(ns))
 
     def hook(self, event: _events.Event) -> None:
         """The event hook (installed by :func:`enable_prometheus`)."""
@@ -158,59 +172,89 @@ class PrometheusMetrics:
                     del _ENABLED[key]
 
 
-class _FailureRateCollector:
-    """Reads each registered breaker's failure rate at scrape time."""
+class _ReadingsCollector:
+    """Gauges read at scrape time from what the policies publish (:func:`buttress.events.readings`).
 
-    def __init__(self, metric_name: str) -> None:
-        self.metric_name = metric_name
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        from ..policies.circuit import circuit_breakers
-
-        family = GaugeMetricFamily(
-            self.metric_name, "Current failure rate of each circuit breaker", labels=["name"]
-        )
-        for name, breaker in sorted(circuit_breakers().items()):
-            family.add_metric([name], breaker.failure_rate)
-        yield family
-
-    def describe(self) -> Iterator[Any]:
-        return iter(())
-
-
-class _DegradationCollector:
-    """Reads the tier and service health of every degradation manager at scrape time."""
+    Instrumentation sits below the policies: it never imports them, so a breaker's failure rate or
+    a service's health reaches it only through the readings the policies publish.
+    """
 
     def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
+        self.gauges = (
+            (
+                f"{namespace}_circuit_breaker_failure_rate",
+                "Current failure rate of each circuit breaker",
+                ("name",),
+                "circuit_failure_rate",
+            ),
+            (
+                f"{namespace}_degradation_tier",
+                "Current degradation tier (1 full, 2 core, 3 read-only, 4 maintenance)",
+                ("name",),
+                "degradation_tier",
+            ),
+            (
+                f"{namespace}_service_health",
+                "Last reported health of each service (1 healthy, 0 unhealthy)",
+                ("name", "service"),
+                "service_health",
+            ),
+            (
+                f"{namespace}_resource_status",
+                "Status of each watched resource "
+                "(0 healthy, 1 degraded, 2 critical, 3 unavailable)",
+                ("name", "type", "resource"),
+                "resource_status",
+            ),
+            (
+                f"{namespace}_resource_usage_percent",
+                "Usage of each watched resource at its last check (percent)",
+                ("name", "type", "resource"),
+                "resource_usage",
+            ),
+            (
+                f"{namespace}_resource_exhaustion_seconds",
+                "Predicted seconds until a watched resource reaches 100% at its current trend",
+                ("name", "type", "resource"),
+                "resource_exhaustion_seconds",
+            ),
+            (
+                f"{namespace}_resource_check_latency_seconds",
+                "How long the last check of each watched resource took",
+                ("name", "type", "resource"),
+                "resource_check_latency_seconds",
+            ),
+            (
+                f"{namespace}_component_error_rate",
+                "Error rate of each component over its sliding window",
+                ("name", "component"),
+                "component_error_rate",
+            ),
+        )
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from ..degradation import managers
-
-        tier = GaugeMetricFamily(
-            f"{self.namespace}_degradation_tier",
-            "Current degradation tier (1 full, 2 core, 3 read-only, 4 maintenance)",
-            labels=["name"],
-        )
-        health = GaugeMetricFamily(
-            f"{self.namespace}_service_health",
-            "Last reported health of each service (1 healthy, 0 unhealthy)",
-            labels=["name", "service"],
-        )
-        for manager in managers():
-            snapshot = manager.snapshot()
-            tier.add_metric([manager.name], int(snapshot["tier"]))
-            for service, report in snapshot["services"].items():
-                health.add_metric([manager.name, service], 1.0 if report.healthy else 0.0)
-        yield tier
-        yield health
+        for metric, documentation, labels, kind in self.gauges:
+            family = GaugeMetricFamily(metric, documentation, labels=list(labels))
+            for values, value in sorted(_labelled(kind, len(labels)).items()):
+                family.add_metric(list(values), value)
+            yield family
 
     def describe(self) -> Iterator[Any]:
         return iter(())
+
+
+def _labelled(kind: str, width: int) -> dict[tuple[str, ...], float]:
+    """The readings of ``kind`` by label values; a reading of the wrong shape is skipped."""
+    out: dict[tuple[str, ...], float] = {}
+    for labels, value in _events.readings(kind):
+        values = tuple(map(str, labels)) if isinstance(labels, tuple) else (str(labels),)
+        if len(values) != width or not isinstance(value, int | float):
+            _log.debug("skipped a malformed %s reading: %r = %r", kind, labels, value)
+            continue
+        out[values] = float(value)
+    return out
 
 
 def enable_prometheus(registry: Any = None, namespace: str = "buttress") -> PrometheusMetrics:

@@ -151,8 +151,8 @@ class StoredState:
         name: the breaker's name (the key every process shares).
         settings: the machine settings (the store applies them).
         guard: the store and its health.
-        owned: whether the store was opened for this breaker (from a URL): :meth:`close` closes
-            it then, and leaves a store or client the application passed in to its owner.
+        owned: whether the store was opened for this breaker (from a URL, or around a client):
+            :meth:`close` gives it back then, and leaves a store passed in to its owner.
         clock: the breaker's clock, or ``None`` for the process default at each step.
         announce: called with every transition.
     """

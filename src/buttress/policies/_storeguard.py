@@ -13,15 +13,13 @@ locally at once rather than risk waiting on the store past its deadline.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import sys
 import threading
 from typing import Any
 
 from .._config import seconds
-from .._deadline import remaining
+from .._deadline import deadline_on
 from ..backends.base import StorageUnavailable
-from ..clock import Clock, SystemClock, get_clock
+from ..clock import SYSTEM_CLOCK, Clock, get_clock, is_real, monotonic_time
 
 __all__ = ["FAIL_MODES", "StoreGuard", "store_faults"]
 
@@ -29,14 +27,15 @@ FAIL_MODES = ("local", "open", "closed")
 _log = logging.getLogger("buttress.storage")
 
 
+_FAULTS: tuple[type[BaseException], ...] = (StorageUnavailable,)
+
+
 def store_faults() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "the store is unavailable" (not "the call failed")."""
-    faults: list[type[BaseException]] = [StorageUnavailable, OSError, sqlite3.OperationalError]
-    redis_exceptions = sys.modules.get("redis.exceptions")
-    if redis_exceptions is not None:
-        faults += [redis_exceptions.ConnectionError, redis_exceptions.TimeoutError]
-        faults.append(redis_exceptions.BusyLoadingError)
-    return tuple(faults)
+    """The exception types that mean "the store is unavailable" (not "the call failed").
+
+    Just :class:`StorageUnavailable`: every backend translates its own client's exceptions.
+    """
+    return _FAULTS
 
 
 def check_fail_mode(value: object) -> str:
@@ -73,9 +72,12 @@ class StoreGuard:
         """Whether to ask the store now (healthy, or degraded and due for another try)."""
         if self.degraded and now < self.next_try:
             return False
-        budget = remaining()
-        timeout = getattr(self.store, "timeout", None)
-        return not (budget is not None and timeout is not None and budget < timeout)
+        timeout = self.store.timeout
+        if timeout is None:
+            return True
+        # the store's I/O takes real time: only a deadline on the real scale can cut it short
+        at = deadline_on(SYSTEM_CLOCK, True)
+        return at is None or at - monotonic_time() >= timeout
 
     def failed(self, error: BaseException, now: float) -> None:
         """The store did not answer: start (or continue) an outage."""
@@ -120,4 +122,4 @@ class StoreGuard:
 def store_time(clock: Clock | None) -> float | None:
     """``now`` for a store: ``None`` (the store's own clock) unless a test clock is installed."""
     current = clock or get_clock()
-    return None if isinstance(current, SystemClock) else current.wall()
+    return None if is_real(current) else current.wall()

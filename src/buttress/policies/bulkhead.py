@@ -14,6 +14,14 @@ lowering it never interrupts running calls, new ones wait until the count falls 
 
 Waiting uses the real clock (``threading`` and ``asyncio`` primitives); with ``max_wait=0`` (the
 default) nothing waits.
+
+A full bulkhead is a hot path during an overload, when CPU is scarcest, so a refusal costs one
+exception and little else: the :class:`buttress.events.CallRejected` event is built only when a hook
+listens or ``buttress.bulkhead`` logs at DEBUG (:func:`buttress.events.wanted`), and the WARNING
+line goes through :class:`buttress.events.Repeats`: the first refusal after a quiet interval is
+logged, then one summary per interval ("1,234 calls rejected by bulkhead 'db' in the last 10 s"),
+timed by the process default clock. Nothing is logged or emitted under the lock, so a hook may use
+the bulkhead it hears from.
 """
 
 from __future__ import annotations
@@ -41,11 +49,13 @@ T = TypeVar("T")
 class _Waiter:
     __slots__ = ("admitted", "event", "future", "loop")
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, event: threading.Event | None = None, future: asyncio.Future[None] | None = None
+    ) -> None:
         self.admitted = False
-        self.event: threading.Event | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.future: asyncio.Future[None] | None = None
+        self.event = event
+        self.future = future
+        self.loop = None if future is None else future.get_loop()
 
     def wake(self) -> None:
         if self.event is not None:
@@ -75,10 +85,21 @@ class Bulkhead:
     def __init__(self, max_concurrent: int = 10, max_wait: float = 0.0, *, name: str = "") -> None:
         self._limit = integer("max_concurrent", max_concurrent, minimum=1)
         self.max_wait = seconds("max_wait", max_wait)
-        self.name = name or f"bulkhead-{id(self):x}"
+        self._name = name or f"bulkhead-{id(self):x}"
         self._lock = threading.Lock()
         self._active = 0
         self._waiters: deque[_Waiter] = deque()
+        self._repeats = _events.Repeats(
+            "bulkhead", self._name, f"calls rejected by bulkhead {self._name!r}"
+        )
+        self._refusal = ""
+        self._first_line: Callable[[], str] = str
+        self._describe()
+
+    @property
+    def name(self) -> str:
+        """The name in events, logs and errors."""
+        return self._name
 
     @property
     def max_concurrent(self) -> int:
@@ -96,7 +117,7 @@ class Bulkhead:
 
     def __repr__(self) -> str:
         return (
-            f"Bulkhead(name={self.name!r}, max_concurrent={self._limit}, active={self._active}, "
+            f"Bulkhead(name={self._name!r}, max_concurrent={self._limit}, active={self._active}, "
             f"waiting={len(self._waiters)})"
         )
 
@@ -105,9 +126,17 @@ class Bulkhead:
         limit = integer("max_concurrent", max_concurrent, minimum=1)
         with self._lock:
             self._limit = limit
+            self._describe()
             woken = self._hand_over()
         for waiter in woken:
             waiter.wake()
+
+    def _describe(self) -> None:
+        # A refusal's messages are built when the limit changes, not on every refusal; the
+        # first line is handed to Repeats as the bound __str__ of a ready string.
+        running = f"{self._limit} call{'s' if self._limit != 1 else ''} running"
+        self._refusal = f"bulkhead {self._name!r} is full ({running})"
+        self._first_line = f"{self._refusal}: call rejected".__str__
 
     def _hand_over(self) -> list[_Waiter]:
         """Give free slots to the oldest waiters (lock held)."""
@@ -119,24 +148,20 @@ class Bulkhead:
             woken.append(waiter)
         return woken
 
-    def _try_enter(self) -> _Waiter | None:
-        """Take a slot at once (None), or queue a waiter (lock held by caller)."""
-        if self._active < self._limit and not self._waiters:
-            self._active += 1
-            return None
-        waiter = _Waiter()
-        self._waiters.append(waiter)
-        return waiter
-
     def _reject(self) -> BulkheadFull:
-        _events.emit(
-            _events.CallRejected(
-                policy="bulkhead", name=self.name, at=get_clock().now(), reason="bulkhead_full"
+        """Count and report one refusal; returns the error to raise (lock not held)."""
+        now = get_clock().now()
+        refusal = self._refusal
+        if self.max_wait > 0:
+            refusal = f"{refusal} after waiting {self.max_wait:g}s"
+        self._repeats.hit(now, self._first_line)
+        if _events.wanted("bulkhead"):
+            _events.emit(
+                _events.CallRejected(
+                    policy="bulkhead", name=self._name, at=now, reason="bulkhead_full"
+                )
             )
-        )
-        return BulkheadFull(
-            f"bulkhead {self.name!r} is full ({self._limit} calls running)", name=self.name
-        )
+        return BulkheadFull(refusal, name=self._name)
 
     def _abandon(self, waiter: _Waiter) -> bool:
         """A waiter gives up; True if it got a slot meanwhile (and so must use it)."""
@@ -152,12 +177,17 @@ class Bulkhead:
             if self._active < self._limit and not self._waiters:
                 self._active += 1
                 return
-            if self.max_wait <= 0:
-                raise self._reject()
-            waiter = self._try_enter()
-            assert waiter is not None
-            waiter.event = threading.Event()
-        if waiter.event.wait(self.max_wait) or self._abandon(waiter):
+            if self.max_wait > 0:
+                # Ready to be woken before it is queued: a release may hand it a slot as soon
+                # as the lock is let go.
+                event = threading.Event()
+                waiter = _Waiter(event=event)
+                self._waiters.append(waiter)
+            else:
+                waiter = None
+        if waiter is None:
+            raise self._reject()
+        if event.wait(self.max_wait) or self._abandon(waiter):
             return
         raise self._reject()
 
@@ -167,14 +197,16 @@ class Bulkhead:
             if self._active < self._limit and not self._waiters:
                 self._active += 1
                 return
-            if self.max_wait <= 0:
-                raise self._reject()
-            waiter = self._try_enter()
-            assert waiter is not None
-            waiter.loop = asyncio.get_running_loop()
-            waiter.future = waiter.loop.create_future()
+            if self.max_wait > 0:
+                future = asyncio.get_running_loop().create_future()
+                waiter = _Waiter(future=future)
+                self._waiters.append(waiter)
+            else:
+                waiter = None
+        if waiter is None:
+            raise self._reject()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), self.max_wait)
+            await asyncio.wait_for(asyncio.shield(future), self.max_wait)
             return
         except TimeoutError:
             if self._abandon(waiter):

@@ -291,7 +291,7 @@ class _Core:
             store = open_storage(config.storage)
             if store is not None:
                 guard = StoreGuard(store, f"circuit breaker {self.name!r}", config.fail_mode, 1.0)
-                owned = config.storage is None or isinstance(config.storage, str)
+                owned = store is not config.storage  # opened here: from a URL, or around a client
                 self.where = str(getattr(store, "url", store))
                 self.state = self.stored = StoredState(
                     self.name, settings, guard, owned=owned, clock=clock, announce=self.announce

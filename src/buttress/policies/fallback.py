@@ -10,11 +10,21 @@ result:
   ``cache_ttl``. The cache is a bounded LRU (``cache_size``); arguments that cannot be hashed are
   not cached (give ``key=`` to build a key yourself). A miss passes to the next strategy.
 * ``FUNCTION``: ``fallback_function(*args, **kwargs)``; if it raises, that error is logged and the
-  next strategy is tried.
+  next strategy is tried. An async fallback function serves async calls only: guarding a plain
+  ``def`` with one is a ``TypeError`` at decoration.
 * ``DEFAULT``: ``default_value``. ``NONE``: ``None``. ``RAISE``: re-raise the original error.
 
-When no strategy produces a result, the ORIGINAL exception propagates unchanged. Only ``CACHED``
-does work on the success path (building the key and storing the result).
+When no strategy produces a result, the ORIGINAL exception propagates unchanged, unless the
+fallback function was tried and failed: then its exception propagates, chained to the original
+(``__cause__``, as a hand-written ``except`` block that calls a backup would), so neither is lost.
+A ``RAISE`` step always re-raises the original. Only ``CACHED`` does work on the success path
+(building the key and storing the result).
+
+The walk down the strategies is one decision object (:class:`_Walk`) shared by the sync and async
+shells, which only call the fallback function (awaiting its answer on the async path). Async is
+decided at decoration when the callable says so (``async def``, a partial of one, an object with
+``async def __call__``) and otherwise by what the call returns: an awaitable returned by a plain
+function is awaited with the fallback in force. Generator functions are refused at decoration.
 
 :class:`FallbackStrategy` also carries the strategies of fallback protocols (``RETRY``,
 ``SWITCH_PROVIDER``, ...); those describe protocol steps and are refused here.
@@ -23,21 +33,31 @@ does work on the success path (building the key and storing the result).
 from __future__ import annotations
 
 import functools
-import inspect
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from enum import Enum
-from typing import Any, TypeVar, cast
+from typing import Any, cast, overload
 
 from .. import events as _events
+from .._callables import (
+    Args,
+    F,
+    Fn,
+    Kwargs,
+    P,
+    T,
+    guard_sync,
+    guarded_kind,
+    is_async,
+    is_awaitable,
+    resolved,
+)
 from .._config import callable_name, integer, seconds
 from ..clock import Clock, get_clock
 
 __all__ = ["Fallback", "FallbackStrategy", "fallback"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 
 class FallbackStrategy(Enum):
@@ -116,7 +136,7 @@ class _Cache:
             self._data.clear()
 
 
-def _default_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
+def _default_key(args: Args, kwargs: Kwargs) -> Hashable | None:
     key = (args, tuple(sorted(kwargs.items()))) if kwargs else args
     try:
         hash(key)
@@ -204,166 +224,214 @@ class Fallback:
     def __repr__(self) -> str:
         return f"Fallback(strategy={[s.name for s in self.strategies]})"
 
-    def _remember(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+    def _remember(self, args: Args, kwargs: Kwargs, result: Any) -> None:
         assert self.cache is not None
         key = self._key(args, kwargs)
         if key is not None:
             self.cache.put(key, result, (self._clock or get_clock()).now())
 
-    def _plan(
-        self, name: str, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[FallbackStrategy, Any]:
-        """Walk the chain up to FUNCTION or an answer; returns (strategy, value or _MISSING)."""
-        clock = self._clock or get_clock()
-        for strategy in self.strategies:
-            if strategy is FallbackStrategy.CACHED:
-                assert self.cache is not None
-                key = self._key(args, kwargs)
-                if key is not None:
-                    value = self.cache.get(key, clock.now())
-                    if value is not _MISSING:
-                        return strategy, value
-            elif strategy is FallbackStrategy.DEFAULT:
-                return strategy, self.default_value
-            elif strategy is FallbackStrategy.NONE:
-                return strategy, None
-            elif strategy is FallbackStrategy.RAISE:
-                return strategy, _MISSING
-            else:  # FUNCTION: the shells call it, sync or async
-                return strategy, _MISSING
-        return FallbackStrategy.RAISE, _MISSING
+    # -- the first attempt: the fast path -------------------------------------------------------
 
-    def _used(self, name: str, strategy: FallbackStrategy, error: BaseException) -> None:
-        _events.emit(
-            _events.FallbackUsed(
-                policy="fallback",
-                name=name,
-                at=(self._clock or get_clock()).now(),
-                strategy=strategy.name,
-                exception=error,
-            )
-        )
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)`` with this fallback.
 
-    def _after_function(self, strategy: FallbackStrategy) -> Fallback:
-        """A view of the chain past ``strategy`` (used when the fallback function fails)."""
-        rest = self.strategies[self.strategies.index(strategy) + 1 :]
-        clone = object.__new__(Fallback)
-        clone.__dict__.update(self.__dict__)
-        clone.strategies = rest
-        return clone
+        If ``fn`` returns an awaitable, the result is a coroutine that awaits it with this
+        fallback.
+        """
+        try:
+            result = fn(*args, **kwargs)
+        except self.on as error:
+            return cast(T, self._recover(fn, args, kwargs, error))
+        if hasattr(result, "__await__"):  # what is_awaitable() tests, inlined
+            return cast(T, self._settle(fn, args, kwargs, result))
+        if self.cache is not None:
+            self._remember(args, kwargs, result)
+        return result
 
-    def _recover_sync(
-        self, name: str, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        policy = self
-        while policy.strategies:
-            strategy, value = policy._plan(name, error, args, kwargs)
-            if strategy is FallbackStrategy.FUNCTION:
-                assert self.fallback_function is not None
-                try:
-                    value = self.fallback_function(*args, **kwargs)
-                except Exception as failed:
-                    _events.emit(
-                        _events.AttemptFailed(
-                            policy="fallback",
-                            name=name,
-                            at=(self._clock or get_clock()).now(),
-                            attempt=0,
-                            exception=failed,
-                        )
-                    )
-                    policy = policy._after_function(strategy)
-                    continue
-            if value is _MISSING:
-                break
-            self._used(name, strategy, error)
-            return value
-        raise error
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await what ``fn(*args, **kwargs)`` returns, with this fallback."""
+        try:
+            pending = fn(*args, **kwargs)
+        except self.on as error:
+            return cast(T, await self._arecover(fn, args, kwargs, error))
+        return cast(T, await self._settle(fn, args, kwargs, pending))
 
-    async def _recover_async(
-        self, name: str, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        policy = self
-        while policy.strategies:
-            strategy, value = policy._plan(name, error, args, kwargs)
-            if strategy is FallbackStrategy.FUNCTION:
-                assert self.fallback_function is not None
-                try:
-                    value = self.fallback_function(*args, **kwargs)
-                    if inspect.isawaitable(value):
-                        value = await value
-                except Exception as failed:
-                    _events.emit(
-                        _events.AttemptFailed(
-                            policy="fallback",
-                            name=name,
-                            at=(self._clock or get_clock()).now(),
-                            attempt=0,
-                            exception=failed,
-                        )
-                    )
-                    policy = policy._after_function(strategy)
-                    continue
-            if value is _MISSING:
-                break
-            self._used(name, strategy, error)
-            return value
-        raise error
+    async def _settle(self, fn: Fn, args: Args, kwargs: Kwargs, pending: Any) -> Any:
+        """Await the call's ``pending`` outcome, then fall back as an async call."""
+        try:
+            result = await pending if hasattr(pending, "__await__") else pending
+        except self.on as error:
+            return await self._arecover(fn, args, kwargs, error)
+        if self.cache is not None:
+            self._remember(args, kwargs, result)
+        return result
+
+    # -- after a failure: one walk down the chain, two thin shells ------------------------------
+
+    def _recover(self, fn: object, args: Any, kwargs: Any, error: BaseException) -> Any:
+        walk = _Walk(self, fn, error, args, kwargs)
+        while (function := walk.next_function()) is not None:
+            try:
+                value = function(*args, **kwargs)
+            except Exception as failed:
+                walk.failed(failed)
+            else:
+                walk.answer(value, in_sync_call=True)
+        return walk.result()
+
+    async def _arecover(self, fn: object, args: Any, kwargs: Any, error: BaseException) -> Any:
+        walk = _Walk(self, fn, error, args, kwargs)
+        while (function := walk.next_function()) is not None:
+            try:
+                walk.answer(await resolved(function(*args, **kwargs)))
+            except Exception as failed:
+                walk.failed(failed)
+        return walk.result()
+
+    # -- decoration ----------------------------------------------------------------------------
 
     def __call__(self, fn: F) -> F:
-        """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"fallback decorates a callable, got {fn!r}")
-        name = self.name or callable_name(fn)
-        on = self.on
+        """Decorate ``fn`` (``def`` or ``async def``; see :meth:`call` for awaitables).
+
+        Raises:
+            TypeError: ``fn`` is a generator function, or a plain ``def`` while the fallback
+                function is async (its answer would be a coroutine the caller never awaits).
+        """
+        on, remember = self.on, self._remember
         caching = self.cache is not None
-        remember = self._remember
-        if inspect.iscoroutinefunction(fn):
-            recover_async = self._recover_async
+        if guarded_kind("fallback", fn):
+            arecover = self._arecover
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
                     result = await fn(*args, **kwargs)
                 except on as error:
-                    return await recover_async(name, error, args, kwargs)
+                    return await arecover(fn, args, kwargs, error)
                 if caching:
                     remember(args, kwargs, result)
                 return result
 
             return cast(F, async_wrapper)
-        recover = self._recover_sync
-        if not caching:
-
-            @functools.wraps(fn)
-            def plain_wrapper(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return fn(*args, **kwargs)
-                except on as error:
-                    return recover(name, error, args, kwargs)
-
-            return cast(F, plain_wrapper)
-
-        @functools.wraps(fn)
-        def caching_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                result = fn(*args, **kwargs)
-            except on as error:
-                return recover(name, error, args, kwargs)
-            remember(args, kwargs, result)
-            return result
-
-        return cast(F, caching_wrapper)
-
-    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` with this fallback."""
-        return self(fn)(*args, **kwargs)
-
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` with this fallback."""
-        return await self(fn)(*args, **kwargs)
+        function = self.fallback_function
+        if FallbackStrategy.FUNCTION in self.strategies and is_async(function):
+            raise TypeError(
+                f"fallback_function {callable_name(function)} is async but "
+                f"{callable_name(fn)} is a plain def: its answer would be a coroutine nobody "
+                "awaits. Give a plain fallback function, or guard an async def"
+            )
+        keep = remember if caching else None
+        return cast(F, guard_sync(fn, on, self._recover, self._settle, keep))
 
 
+class _Walk:
+    """One failed call's way down the strategies: every decision, none of the calling.
+
+    The shells ask :meth:`next_function`; when it names the fallback function they call it and
+    report :meth:`answer` or :meth:`failed`. :meth:`result` returns the answer or raises.
+    """
+
+    __slots__ = ("args", "error", "failure", "fn", "kwargs", "policy", "position", "value")
+
+    def __init__(
+        self,
+        policy: Fallback,
+        fn: object,
+        error: BaseException,
+        args: Args,
+        kwargs: Kwargs,
+    ) -> None:
+        self.policy = policy
+        self.fn = fn
+        self.error = error
+        self.args = args
+        self.kwargs = kwargs
+        self.position = 0
+        self.value: Any = _MISSING
+        self.failure: BaseException | None = None  # the fallback function's latest error
+
+    def next_function(self) -> Callable[..., Any] | None:
+        """Walk on to a ``FUNCTION`` step (returns the function to call) or to the end (None)."""
+        policy = self.policy
+        strategies = policy.strategies
+        while self.value is _MISSING and self.position < len(strategies):
+            strategy = strategies[self.position]
+            self.position += 1
+            if strategy is FallbackStrategy.FUNCTION:
+                return policy.fallback_function
+            if strategy is FallbackStrategy.CACHED:
+                assert policy.cache is not None
+                key = policy._key(self.args, self.kwargs)
+                if key is not None:
+                    now = (policy._clock or get_clock()).now()
+                    self._found(strategy, policy.cache.get(key, now))
+            elif strategy is FallbackStrategy.DEFAULT:
+                self._found(strategy, policy.default_value)
+            elif strategy is FallbackStrategy.NONE:
+                self._found(strategy, None)
+            else:  # RAISE: the original error, whatever came before
+                self.failure = None
+                break
+        return None
+
+    def answer(self, value: Any, *, in_sync_call: bool = False) -> None:
+        if in_sync_call and is_awaitable(value):
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()  # never to be awaited: closed rather than left to warn
+            raise TypeError(
+                f"fallback_function {callable_name(self.policy.fallback_function)} returned an "
+                f"awaitable to the plain call {callable_name(self.fn)}; give a plain fallback "
+                "function, or guard an async def"
+            )
+        self._found(FallbackStrategy.FUNCTION, value)
+
+    def failed(self, failure: Exception) -> None:
+        self.failure = failure
+        if _events.wanted("fallback"):
+            self._tell(_events.AttemptFailed, attempt=0, exception=failure)
+
+    def result(self) -> Any:
+        if self.value is not _MISSING:
+            return self.value
+        if self.failure is None:
+            raise self.error
+        if self.failure.__cause__ is None:
+            raise self.failure from self.error
+        raise self.failure
+
+    def _found(self, strategy: FallbackStrategy, value: Any) -> None:
+        if value is _MISSING:
+            return
+        self.value = value
+        if _events.wanted("fallback", logging.INFO):
+            self._tell(_events.FallbackUsed, strategy=strategy.name, exception=self.error)
+
+    def _tell(self, kind: Callable[..., _events.Event], **fields: Any) -> None:
+        now = (self.policy._clock or get_clock()).now()
+        _events.emit(kind(policy="fallback", name=self._name(), at=now, **fields))
+
+    def _name(self) -> str:
+        return self.policy.name or callable_name(self.fn)
+
+
+@overload
+def fallback(fn: F, /) -> F: ...
+@overload
+def fallback(
+    fn: None = None,
+    /,
+    *,
+    strategy: FallbackStrategy | Sequence[FallbackStrategy] = ...,
+    default_value: Any = ...,
+    fallback_function: Callable[..., Any] | None = ...,
+    on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    cache_ttl: float = ...,
+    cache_size: int = ...,
+    key: Callable[[tuple[Any, ...], dict[str, Any]], Hashable | None] | None = ...,
+    name: str | None = ...,
+    clock: Clock | None = ...,
+) -> Fallback: ...
 def fallback(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Fallback decorator: ``@fallback(strategy=FallbackStrategy.DEFAULT, default_value=[])``.
 

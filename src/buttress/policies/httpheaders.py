@@ -26,11 +26,11 @@ import email.utils
 import logging
 import math
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..clock import wall_time
 from ..errors import RateLimitExceeded
 
 __all__ = [
@@ -49,24 +49,37 @@ _DELTA = re.compile(r"[0-9]+(\.[0-9]+)?")
 _EPOCH_THRESHOLD = 1e9
 
 
-def parse_retry_after(value: str | bytes | None, *, now: float | None = None) -> float | None:
+def parse_retry_after(
+    value: str | bytes | float | None, *, now: float | None = None
+) -> float | None:
     """Seconds to wait from a ``Retry-After`` value, or ``None`` when it says nothing usable.
 
-    Accepts delta-seconds (``"120"``; a decimal such as ``"1.5"`` is accepted too) and HTTP dates
+    Accepts delta-seconds (``"120"``; a decimal such as ``"1.5"`` is accepted too), the same as a
+    number (``120``, ``1.5``: a header already parsed by a client or a framework), and HTTP dates
     (IMF-fixdate, and the obsolete RFC 850 and asctime forms). A date in the past gives ``0.0``.
-    Garbage, negative numbers, and waits over :data:`MAX_RETRY_AFTER` give ``None``. Never raises
-    for ``str``/``bytes``/``None``; any other type is a ``TypeError``.
+    Garbage (``True``, NaN and infinities included), negative numbers, and waits over
+    :data:`MAX_RETRY_AFTER` give ``None``. Never raises for ``str``/``bytes``/``int``/``float``/
+    ``None``; any other type is a ``TypeError``.
 
     Args:
         value: the header value.
-        now: the current Unix time for dates (default ``time.time()``).
+        now: the current Unix time for dates (default: the system clock's).
     """
-    if value is None:
+    if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            return None
+        # NaN fails both comparisons; + 0.0 turns -0.0 into 0.0.
+        return seconds + 0.0 if 0.0 <= seconds <= MAX_RETRY_AFTER else None
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if not isinstance(value, str):
-        raise TypeError(f"Retry-After must be str, bytes or None, got {type(value).__name__}")
+        raise TypeError(
+            f"Retry-After must be str, bytes, a number or None, got {type(value).__name__}"
+        )
     text = value.strip()
     if not text or len(text) > 64:
         return None
@@ -83,7 +96,7 @@ def parse_retry_after(value: str | bytes | None, *, now: float | None = None) ->
         stamp = parsed.timestamp()
     except (OverflowError, ValueError, OSError):
         return None
-    wait = stamp - (time.time() if now is None else now)
+    wait = stamp - (wall_time() if now is None else now)
     if not math.isfinite(wait):
         return None
     if wait <= 0:
@@ -160,7 +173,7 @@ def rate_limit_info(response: Any, *, now: float | None = None) -> RateLimitInfo
     """Read status and rate-limit headers of an ``httpx`` / ``aiohttp`` (or similar) response."""
     status = _status(response)
     headers = getattr(response, "headers", None) or {}
-    clock_now = time.time() if now is None else now
+    clock_now = wall_time() if now is None else now
     retry_after = parse_retry_after(_header(headers, "Retry-After"), now=clock_now)
     limit = _int(_header(headers, "X-RateLimit-Limit"))
     remaining = _int(_header(headers, "X-RateLimit-Remaining"))

@@ -11,14 +11,33 @@ algorithm is a *reservation* that says when a request may run.
 * ``acquire`` / ``aacquire`` wait for the request's slot (up to ``max_wait``, then raise). A slot
   is reserved at arrival, so waiters are served first come, first served, in threads and tasks
   alike, without polling.
+* A waiter that gives up before its slot (its task cancelled, a timeout around it) hands the slot
+  back: the most recent reservation is undone, an earlier one goes to the next request that can
+  wait for it (see the machine's "Giving a reservation back" for what is exact). Limits kept in a
+  shared store have no such step: there, a waiter that gives up forfeits its slot.
 
 Exactness: each decision runs under the name's lock, so concurrent callers never over-admit.
 Memory: a key whose state has returned to "fresh" is forgotten by a sweep that runs when the
 number of keys doubles, so millions of one-off keys do not accumulate.
 
+Every cost is checked by one function (:meth:`_Limit.check_cost`) on every path; the hot path
+skips it only for the ``int`` 1 itself, which every limit admits.
+
+Refusals are a hot path under overload. A refusal builds the exception and nothing else unless it
+is read (even its message is written when first read): the
+:class:`buttress.events.CallRejected` event (logged at DEBUG, with the key and the
+``retry_after``) is built only when :func:`buttress.events.wanted`, and the WARNING goes through
+:class:`buttress.events.Repeats`: the first refusal of a limit after a quiet interval, then one
+summary line per interval ("1,234 requests refused by rate limit 'erp' in the last 10 s").
+
 Server hints: :meth:`RateLimiter.block` refuses a key until a time (a 429 with ``Retry-After``);
 :meth:`RateLimiter.set_remaining` lowers what is left when a server says its quota is nearly
 spent.
+
+A limiter that opened its store from a URL (``storage="sqlite:///..."``, or
+``BUTTRESS_STORAGE_URL``) owns it: :meth:`RateLimiter.close` / :meth:`RateLimiter.aclose`, or
+``with`` / ``async with``, release it. A store or client passed in belongs to the caller and is
+never closed.
 """
 
 from __future__ import annotations
@@ -27,18 +46,30 @@ import functools
 import inspect
 import math
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from .. import events as _events
 from .._config import integer, number, optional_seconds
 from .._config import seconds as to_seconds
 from ..backends import open_storage
 from ..clock import Clock, get_clock
-from ..errors import RateLimitExceeded
-from ..machines.ratelimit import EPSILON, Params, RateLimitAlgorithm, idle, reserve, spent
+from ..errors import RateLimitExceeded, UnknownRateLimit
+from ..machines.ratelimit import (
+    EPSILON,
+    Held,
+    Params,
+    RateLimitAlgorithm,
+    State,
+    cancel,
+    idle,
+    one_step,
+    reserve_held,
+    spent,
+    take_hole,
+    with_remaining,
+)
 from ._storeguard import StoreGuard, check_fail_mode, store_faults, store_time
 
 __all__ = [
@@ -54,13 +85,9 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 _TOKEN = RateLimitAlgorithm.TOKEN_BUCKET
-
-
-class UnknownRateLimit(KeyError):
-    """``check_limit`` was asked about a name that was never configured."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown rate limit"
+# The hot path tests ``cost is _ONE``: the int 1 is one cached object in CPython, while True and
+# 1.0 (equal to 1, and refused by ``check_cost``) are other objects and take the checked path.
+_ONE: Final = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,11 +138,14 @@ class RateLimitConfig:
 
 
 class _Limit:
-    """One configured name: its parameters, its keys' states, its lock."""
+    """One configured name, in this process: its parameters, its keys' states, its lock."""
 
     __slots__ = (
         "blocked",
         "config",
+        "epoch",
+        "first_line",
+        "holes",
         "interval",
         "local",
         "lock",
@@ -123,8 +153,10 @@ class _Limit:
         "next_sweep",
         "outage",
         "params",
+        "repeats",
         "seed",
         "states",
+        "step",
         "tau",
         "token",
     )
@@ -134,54 +166,308 @@ class _Limit:
         self.config = config
         self.params = config.params()
         self.lock = threading.Lock()
-        self.states: dict[str | None, list[float] | deque[float]] = {}
+        self.states: dict[str | None, State] = {}
         self.blocked: dict[str | None, float] = {}
+        self.holes: dict[str | None, list[Held]] = {}  # slots given back by waiters (machine)
+        self.epoch = 0  # moves when states are replaced: a reservation from before gives nothing
         self.next_sweep = 1024
-        # The token bucket's single-unit decision is inlined in check_limit (the hot path).
+        # The token bucket's single-unit decision is inlined in check_limit (the hottest path);
+        # the other algorithms run the machine's in-place step.
         self.token = self.params.algorithm is _TOKEN
+        self.step = one_step(self.params)
         self.interval = self.params.interval
         self.tau = self.params.tau
         self.local: _Limit | None = None  # this process's share, during a store outage
         self.outage = 0  # which outage ``local`` belongs to
         self.seed: float | None = None  # keys first seen start spent at this time (outages)
+        # A refusal's first log line is built here, not per refusal.
+        self.repeats = _events.Repeats(
+            "ratelimit", name, f"requests refused by rate limit {name!r}"
+        )
+        self.first_line = (
+            f"rate limit {name!r} is refusing requests ({config.requests_per_second:g}/s, "
+            f"{self.params.algorithm.value})"
+        ).__str__
 
-    def check_cost(self, cost: int) -> None:
-        """Refuse a cost this limit could never admit at once, naming both."""
+    def check_cost(self, cost: object) -> int:
+        """The cost of a request, checked alike on every path: an int from 1 to the capacity."""
         integer("cost", cost, minimum=1)
-        params = self.params
-        capacity = params.burst if params.algorithm in (_TOKEN, _LEAKY) else params.limit
-        if cost > capacity:
-            what = "burst" if params.algorithm in (_TOKEN, _LEAKY) else "limit per window"
+        capacity = self.params.capacity
+        if cast(int, cost) > capacity:
+            what = "burst" if self.params.algorithm.name.endswith("BUCKET") else "limit per window"
             raise ValueError(
                 f"cost {cost} exceeds the {what} of rate limit {self.name!r} ({capacity}); "
                 "such a request could never be admitted"
             )
+        return cast(int, cost)
 
-    def decide(self, key: str | None, now: float, cost: int, max_wait: float) -> tuple[bool, float]:
-        """(admitted, wait or retry_after); call with the lock held."""
+    def decide(
+        self, key: str | None, now: float, cost: int, max_wait: float
+    ) -> tuple[bool, float, Held | None]:
+        """(admitted, wait or retry_after, what a waiter holds); call with the lock held."""
         if self.blocked:
             until = self.blocked.get(key)
             if until is not None:
                 if now < until:
-                    return False, until - now
+                    return False, until - now, None
                 del self.blocked[key]
+        if self.holes and max_wait > 0.0:
+            holes = self.holes.get(key)
+            if holes:
+                held = take_hole(holes, now, cost, max_wait)
+                if not holes:
+                    del self.holes[key]
+                if held is not None:
+                    return True, max(0.0, held.start - now), held
         states = self.states
         state = states.get(key)
         if state is None and self.seed is not None:
             state = spent(self.seed, self.params)
-        new_state, wait = reserve(state, now, cost, max_wait, self.params)
+        new_state, wait, held = reserve_held(state, now, cost, max_wait, self.params)
         if new_state is None:
-            return False, wait
+            return False, wait, None
         states[key] = new_state
         if len(states) >= self.next_sweep:
             self.sweep(now)
-        return True, wait
+        return True, wait, held
+
+    def take(
+        self, key: str | None, now: float, cost: int, max_wait: float, clock: Clock
+    ) -> tuple[bool, float, _Ticket | _Nothing]:
+        """:meth:`decide` under the lock, with a ticket to give the slot back by."""
+        with self.lock:
+            if cost is _ONE and not self.blocked:
+                # Admitted at once, a waiting request is decided as a check is: by the step.
+                state = self.states.get(key)
+                if state is not None and not self.step(state, now):
+                    return True, 0.0, _NOTHING
+            admitted, wait, held = self.decide(key, now, cost, max_wait)
+            epoch = self.epoch
+        if held is None:
+            return admitted, wait, _NOTHING
+        return admitted, wait, _Ticket(self, key, held, epoch, clock)
+
+    def give_back(self, key: str | None, held: Held, epoch: int, now: float) -> None:
+        with self.lock:
+            state = self.states.get(key)
+            if state is None or epoch != self.epoch:
+                return  # reset or replaced meanwhile: there is nothing of it to give back
+            holes = self.holes.get(key, [])
+            cancel(state, holes, held, now, self.params)
+            if holes:
+                self.holes[key] = holes
+            else:
+                self.holes.pop(key, None)
+
+    def block(self, key: str | None, until: float) -> None:
+        with self.lock:
+            if until > self.blocked.get(key, -math.inf):
+                self.blocked[key] = until
+
+    def lower(self, key: str | None, now: float, remaining: int) -> None:
+        with self.lock:
+            self.states[key] = with_remaining(self.states.get(key), now, remaining, self.params)
+            self.holes.pop(key, None)
+            self.epoch += 1
+
+    def forget(self, key: str | None) -> None:
+        with self.lock:
+            self.states.pop(key, None)
+            self.blocked.pop(key, None)
+            self.holes.pop(key, None)
+            self.epoch += 1
 
     def sweep(self, now: float) -> None:
         params = self.params
         for key in [k for k, s in self.states.items() if idle(s, now, params)]:
             del self.states[key]
+            self.holes.pop(key, None)  # an idle state's holes are all in the past
         self.next_sweep = max(1024, 2 * len(self.states))
+
+    def reject(self, key: str | None, now: float, retry_after: float) -> RateLimitExceeded:
+        """Count and report one refusal; returns the error to raise."""
+        self.repeats.hit(now, self.first_line)
+        if _events.wanted("ratelimit"):
+            _events.emit(
+                _events.CallRejected(
+                    policy="ratelimit",
+                    name=self.name,
+                    at=now,
+                    reason="rate_limited",
+                    retry_after=retry_after,
+                    key=key,
+                )
+            )
+        message = _Refusal((self.name, key, retry_after))
+        return RateLimitExceeded(message, retry_after=retry_after, name=self.name)  # type: ignore[arg-type]
+
+
+class _Refusal(tuple[str, str | None, float]):
+    """A refusal's message, written when it is read: under overload refusals are raised far
+    more often than printed, and writing the text would cost as much as raising the error."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        name, key, retry_after = self
+        where = name if key is None else f"{name}[{key}]"
+        return f"rate limit {where} exceeded; retry after {retry_after:.3f}s"
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+
+class _Ticket:
+    """A waiter's reservation: leaving its ``with`` block by an exception gives the slot back."""
+
+    __slots__ = ("clock", "epoch", "held", "key", "limit")
+
+    def __init__(
+        self, limit: _Limit, key: str | None, held: Held, epoch: int, clock: Clock
+    ) -> None:
+        self.limit, self.key, self.held, self.epoch, self.clock = limit, key, held, epoch, clock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        # Any exception out of the sleep (a cancelled task, a deadline, KeyboardInterrupt) means
+        # the request will not run at its slot.
+        if exc[0] is not None:
+            self.limit.give_back(self.key, self.held, self.epoch, self.clock.now())
+
+
+class _Nothing:
+    """The ticket of a reservation that cannot be given back (a stored limit, no wait)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOTHING: Final = _Nothing()
+
+
+class _Shared:
+    """A limiter's shared store, and how it decides while the store does not answer."""
+
+    __slots__ = ("fail_mode", "guard", "local_share", "owned", "retry_interval", "store")
+
+    def __init__(
+        self, store: Any, *, owned: bool, fail_mode: str, retry_interval: float, local_share: float
+    ) -> None:
+        self.store = store
+        self.owned = owned  # opened from a URL by this limiter, so closed by it
+        self.guard = StoreGuard(store, "rate limiter", fail_mode, retry_interval)
+        self.fail_mode = fail_mode
+        self.retry_interval = retry_interval
+        self.local_share = local_share
+
+    def reserve_step(
+        self, limit: _Limit, key: str | None, cost: int, max_wait: float, clock: Clock
+    ) -> tuple[str, str | None, Params, int, float, float | None]:
+        """The arguments of the store's ``reserve`` / ``areserve``."""
+        return limit.name, key, limit.params, cost, max_wait, store_time(clock)
+
+    def decided(
+        self,
+        limit: _Limit,
+        key: str | None,
+        cost: int,
+        max_wait: float,
+        clock: Clock,
+        now: float,
+        answer: tuple[bool, float] | None,
+    ) -> tuple[float, _Ticket | _Nothing]:
+        """The store's answer, or (``None``: it gave none) the decision without it."""
+        ticket: _Ticket | _Nothing = _NOTHING
+        if answer is not None:
+            admitted, wait = answer
+        elif self.fail_mode == "open":
+            admitted, wait = True, 0.0
+        elif self.fail_mode == "closed":
+            admitted, wait = False, self.retry_interval
+        else:
+            local = self.local(limit, now)
+            admitted, wait, ticket = local.take(key, now, cost, max_wait, clock)
+        if not admitted:
+            raise limit.reject(key, now, wait)
+        return wait, ticket
+
+    def local(self, limit: _Limit, now: float) -> _Limit:
+        """This process's share of ``limit`` for the current outage.
+
+        Each outage starts afresh with every key's share *spent* as of its start: what the store
+        admitted just before is unknown, so the local share never adds a burst on top of it.
+        """
+        outage = self.guard.outages
+        local = limit.local
+        if local is not None and limit.outage == outage:
+            return local
+        with limit.lock:
+            if limit.local is not None and limit.outage == outage:
+                return limit.local
+            config = limit.config
+            share = self.local_share
+            scaled = RateLimitConfig(
+                requests_per_second=config.requests_per_second * share,
+                burst_size=max(1, math.floor(limit.params.burst * share)),
+                algorithm=config.algorithm,
+                window_seconds=config.window_seconds,
+                max_wait=config.max_wait,
+            )
+            local = _Limit(limit.name, scaled)
+            local.seed = now
+            limit.local, limit.outage = local, outage
+            return local
+
+
+class _Asking:
+    """Around one step on the store: a fault of the store (not of the caller) starts or continues
+    an outage and is swallowed, so the step has no answer; an answer ends an outage."""
+
+    __slots__ = ("guard", "now")
+
+    def __init__(self, guard: StoreGuard, now: float) -> None:
+        self.guard, self.now = guard, now
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if exc_type is None:
+            self.guard.answered()
+            return False
+        if exc is not None and isinstance(exc, store_faults()):
+            self.guard.failed(exc, self.now)
+            return True
+        return False
+
+
+def _ask(guard: StoreGuard, now: float, step: Callable[..., T], *args: Any) -> T | None:
+    """``step(*args)`` on the store; ``None`` when not asked (an outage) or with no answer."""
+    answer = None
+    if guard.should_try(now):
+        with _Asking(guard, now):
+            answer = step(*args)
+    return answer
+
+
+async def _aask(
+    guard: StoreGuard, now: float, step: Callable[..., Awaitable[T]], *args: Any
+) -> T | None:
+    """:func:`_ask` for the store's ``a``-named steps."""
+    answer = None
+    if guard.should_try(now):
+        with _Asking(guard, now):
+            answer = await step(*args)
+    return answer
 
 
 class RateLimiter:
@@ -199,6 +485,9 @@ class RateLimiter:
         local_share: the fraction of each limit one process may use on local state during a
             store outage (e.g. ``0.25`` with four processes sharing the limit; default 1).
         retry_interval: seconds between attempts to reach the store during an outage.
+
+    A limiter that opened its store from a URL closes it in :meth:`close` / :meth:`aclose` (or at
+    the end of a ``with`` / ``async with`` block); a store or client passed in is left open.
     """
 
     def __init__(
@@ -218,40 +507,50 @@ class RateLimiter:
             "local_share", local_share, minimum=0.0, maximum=1.0, exclusive_minimum=True
         )
         self._retry_interval = to_seconds("retry_interval", retry_interval, allow_zero=False)
-        # None (memory) or the guard of the shared store; the process default (storage=None, from
+        # None (memory), the shared store, or a marker: the process default (storage=None, from
         # BUTTRESS_STORAGE_URL) is resolved at first use, so the environment is read then.
-        self._guard: StoreGuard | object | None = _UNRESOLVED
-        self._guard_lock = threading.Lock()
+        self._shared_store: _Shared | object | None = _UNRESOLVED
+        self._shared_lock = threading.Lock()
         if storage is not None:
-            self._store_guard()  # a bad URL or file is an error here, not at the first call
+            self._shared()  # a bad URL or file is an error here, not at the first call
 
-    def _store_guard(self) -> StoreGuard | None:
-        guard = self._guard
-        if guard is _UNRESOLVED:
-            with self._guard_lock:
-                if self._guard is _UNRESOLVED:
+    def _shared(self) -> _Shared | None:
+        shared = self._shared_store
+        if shared is _UNRESOLVED or shared is _CLOSED:
+            with self._shared_lock:
+                if self._shared_store is _UNRESOLVED:
                     store = open_storage(self._storage)
-                    self._guard = (
+                    self._shared_store = (
                         None
                         if store is None
-                        else StoreGuard(
-                            store, "rate limiter", self._fail_mode, self._retry_interval
+                        else _Shared(
+                            store,
+                            # a URL (or the environment's) was opened here; an object was given
+                            owned=self._storage is None or isinstance(self._storage, str),
+                            fail_mode=self._fail_mode,
+                            retry_interval=self._retry_interval,
+                            local_share=self._local_share,
                         )
                     )
-                guard = self._guard
-        return cast("StoreGuard | None", guard)
+                elif self._shared_store is _CLOSED:
+                    raise RuntimeError("this RateLimiter is closed")
+                shared = self._shared_store
+        return cast("_Shared | None", shared)
 
     @property
     def storage(self) -> str:
         """Where the state lives (``memory://`` or the store's URL)."""
-        guard = self._store_guard()
-        return "memory://" if guard is None else str(getattr(guard.store, "url", guard.store))
+        shared = self._shared()
+        return "memory://" if shared is None else str(getattr(shared.store, "url", shared.store))
 
     @property
     def degraded(self) -> bool:
         """Whether the shared store is unreachable and decisions are being made without it."""
-        guard = self._store_guard()
-        return guard is not None and guard.degraded
+        shared = self._shared_store
+        if shared is _CLOSED:
+            return False
+        shared = self._shared()
+        return shared is not None and shared.guard.degraded
 
     def configure(self, name: str, config: RateLimitConfig) -> None:
         """Set (or replace) the limit called ``name``; replacing forgets its keys' state."""
@@ -284,54 +583,41 @@ class RateLimiter:
             )
         return limit
 
-    def _reject(self, limit: _Limit, key: str | None, now: float, retry_after: float) -> Exception:
-        _events.emit(
-            _events.CallRejected(
-                policy="ratelimit",
-                name=limit.name,
-                at=now,
-                reason="rate_limited",
-                retry_after=retry_after,
-                key=key,
-            )
-        )
-        where = limit.name if key is None else f"{limit.name}[{key}]"
-        return RateLimitExceeded(
-            f"rate limit {where} exceeded; retry after {retry_after:.3f}s",
-            retry_after=retry_after,
-            name=limit.name,
-        )
+    # -- deciding --------------------------------------------------------------------------------
 
     def check_limit(self, name: str, key: str | None = None, cost: int = 1) -> None:
         """Admit one request now, or raise :class:`RateLimitExceeded` with ``retry_after``."""
         limit = self._limits.get(name)
         if limit is None:
             limit = self._limit(name)
-        if self._guard is not None:
-            guard = self._store_guard()
-            if guard is not None:
-                limit.check_cost(cost)
-                self._stored_decision(guard, limit, key, cost, 0.0)
+        if self._shared_store is not None:
+            shared = self._shared()
+            if shared is not None:
+                self._stored(shared, limit, key, limit.check_cost(cost), 0.0)
                 return
         now = (self._clock or get_clock()).now()
-        if cost == 1 and limit.token:
-            # GCRA for one unit, in place: the same arithmetic as machines.ratelimit.reserve.
+        if cost is _ONE:
             with limit.lock:
                 state = limit.states.get(key)
                 if state is not None and not limit.blocked:
-                    tat = state[0] if state[0] > now else now
-                    wait = tat + limit.interval - limit.tau - now
-                    admitted = wait <= EPSILON
-                    if admitted:
-                        state[0] = tat + limit.interval
+                    if limit.token:
+                        # GCRA for one unit, in place: the machine's one_step, inlined.
+                        tat = state[0] if state[0] > now else now
+                        wait = tat + limit.interval - limit.tau - now
+                        admitted = wait <= EPSILON
+                        if admitted:
+                            state[0] = tat + limit.interval
+                    else:
+                        wait = limit.step(state, now)
+                        admitted = not wait
                 else:
-                    admitted, wait = limit.decide(key, now, 1, 0.0)
+                    admitted, wait, _ = limit.decide(key, now, 1, 0.0)
         else:
             limit.check_cost(cost)
             with limit.lock:
-                admitted, wait = limit.decide(key, now, cost, 0.0)
+                admitted, wait, _ = limit.decide(key, now, cost, 0.0)
         if not admitted:
-            raise self._reject(limit, key, now, wait)
+            raise limit.reject(key, now, wait)
         if _events.HOOKS:
             _events.emit(
                 _events.CallCompleted(
@@ -340,135 +626,15 @@ class RateLimiter:
             )
 
     async def acheck_limit(self, name: str, key: str | None = None, cost: int = 1) -> None:
-        """Async twin of :meth:`check_limit` (in memory it never suspends)."""
-        if self._guard is not None:
-            guard = self._store_guard()
-            if guard is not None:
+        """Async twin of :meth:`check_limit`: a shared store is asked without blocking the loop
+        (in memory it never suspends)."""
+        if self._shared_store is not None:
+            shared = self._shared()
+            if shared is not None:
                 limit = self._limit(name)
-                limit.check_cost(cost)
-                await self._astored_decision(guard, limit, key, cost, 0.0)
+                await self._astored(shared, limit, key, limit.check_cost(cost), 0.0)
                 return
         self.check_limit(name, key, cost)
-
-    # -- shared stores ---------------------------------------------------------------------------
-
-    def _local_decision(
-        self,
-        guard: StoreGuard,
-        limit: _Limit,
-        key: str | None,
-        cost: int,
-        max_wait: float,
-        now: float,
-    ) -> tuple[bool, float]:
-        """A decision on this process's share of the limit (during a store outage).
-
-        Each outage starts afresh with every key's share *spent* as of its start: what the store
-        admitted just before is unknown, so the local share never adds a burst on top of it.
-        """
-        if self._fail_mode == "open":
-            return True, 0.0
-        if self._fail_mode == "closed":
-            return False, self._retry_interval
-        local = limit.local
-        if local is None or limit.outage != guard.outages:
-            local = self._local_share_of(limit, guard.outages, now)
-        with local.lock:
-            return local.decide(key, now, cost, max_wait)
-
-    def _local_share_of(self, limit: _Limit, outage: int, now: float) -> _Limit:
-        with limit.lock:
-            if limit.local is not None and limit.outage == outage:
-                return limit.local
-            config = limit.config
-            share = self._local_share
-            params = config.params()
-            scaled = RateLimitConfig(
-                requests_per_second=config.requests_per_second * share,
-                burst_size=max(1, math.floor(params.burst * share)),
-                algorithm=config.algorithm,
-                window_seconds=config.window_seconds,
-                max_wait=config.max_wait,
-            )
-            local = _Limit(limit.name, scaled)
-            local.seed = now
-            limit.local, limit.outage = local, outage
-            return local
-
-    def _finish(
-        self, limit: _Limit, key: str | None, now: float, admitted: bool, wait: float
-    ) -> float:
-        if not admitted:
-            raise self._reject(limit, key, now, wait)
-        return wait
-
-    def _stored_decision(
-        self, guard: StoreGuard, limit: _Limit, key: str | None, cost: int, max_wait: float
-    ) -> float:
-        clock = self._clock or get_clock()
-        now = clock.now()
-        answer = None
-        if guard.should_try(now):
-            try:
-                answer = guard.store.reserve(
-                    limit.name, key, limit.params, cost, max_wait, store_time(clock)
-                )
-            except store_faults() as error:
-                guard.failed(error, now)
-        return self._decided(guard, limit, key, cost, max_wait, now, answer)
-
-    async def _astored_decision(
-        self, guard: StoreGuard, limit: _Limit, key: str | None, cost: int, max_wait: float
-    ) -> float:
-        clock = self._clock or get_clock()
-        now = clock.now()
-        answer = None
-        if guard.should_try(now):
-            store = guard.store
-            ask = (limit.name, key, limit.params, cost, max_wait, store_time(clock))
-            try:
-                areserve = getattr(store, "areserve", None)
-                answer = await areserve(*ask) if areserve is not None else store.reserve(*ask)
-            except store_faults() as error:
-                guard.failed(error, now)
-        return self._decided(guard, limit, key, cost, max_wait, now, answer)
-
-    def _decided(
-        self,
-        guard: StoreGuard,
-        limit: _Limit,
-        key: str | None,
-        cost: int,
-        max_wait: float,
-        now: float,
-        answer: tuple[bool, float] | None,
-    ) -> float:
-        """The store's answer, or (``None``: it did not give one) the local decision."""
-        if answer is None:
-            admitted, wait = self._local_decision(guard, limit, key, cost, max_wait, now)
-        else:
-            guard.answered()
-            admitted, wait = answer
-        return self._finish(limit, key, now, admitted, wait)
-
-    def _reserve(
-        self, name: str, key: str | None, cost: int, max_wait: float | None
-    ) -> tuple[Clock, float]:
-        limit = self._limit(name)
-        limit.check_cost(cost)
-        if max_wait is None:
-            max_wait = limit.config.max_wait
-        longest = math.inf if max_wait is None else to_seconds("max_wait", max_wait)
-        clock = self._clock or get_clock()
-        guard = self._store_guard()
-        if guard is not None:
-            return clock, self._stored_decision(guard, limit, key, cost, longest)
-        now = clock.now()
-        with limit.lock:
-            admitted, wait = limit.decide(key, now, cost, longest)
-        if not admitted:
-            raise self._reject(limit, key, now, wait)
-        return clock, wait
 
     def acquire(
         self, name: str, key: str | None = None, cost: int = 1, max_wait: float | None = None
@@ -477,52 +643,107 @@ class RateLimiter:
 
         The slot is reserved on arrival (first come, first served). Raises
         :class:`RateLimitExceeded` at once when the slot is further away than ``max_wait``
-        (default: the config's ``max_wait``; None waits as long as needed).
+        (default: the config's ``max_wait``; None waits as long as needed). Interrupted while it
+        waits (a deadline, ``KeyboardInterrupt``), it gives its slot back.
         """
-        clock, wait = self._reserve(name, key, cost, max_wait)
+        wait, ticket = self._reserve(name, key, cost, max_wait)
         if wait > 0:
-            clock.sleep(wait)
+            with ticket:
+                (self._clock or get_clock()).sleep(wait)
         return wait
 
     async def aacquire(
         self, name: str, key: str | None = None, cost: int = 1, max_wait: float | None = None
     ) -> float:
-        """Async twin of :meth:`acquire`."""
-        guard = self._store_guard()
-        if guard is not None:
-            limit = self._limit(name)
-            limit.check_cost(cost)
-            if max_wait is None:
-                max_wait = limit.config.max_wait
-            longest = math.inf if max_wait is None else to_seconds("max_wait", max_wait)
-            clock = self._clock or get_clock()
-            wait = await self._astored_decision(guard, limit, key, cost, longest)
-            if wait > 0:
-                await clock.asleep(wait)
-            return wait
-        clock, wait = self._reserve(name, key, cost, max_wait)
+        """Async twin of :meth:`acquire`; a cancelled waiter gives its slot back."""
+        if self._shared_store is None:  # in memory, the decision never suspends
+            wait, ticket = self._reserve(name, key, cost, max_wait)
+        else:
+            wait, ticket = await self._areserve(name, key, cost, max_wait)
         if wait > 0:
-            await clock.asleep(wait)
+            with ticket:
+                await (self._clock or get_clock()).asleep(wait)
         return wait
+
+    def _waiting(self, name: str, cost: int, max_wait: float | None) -> tuple[_Limit, int, float]:
+        """The limit, the checked cost and the longest wait of an ``acquire``."""
+        limit = self._limit(name)
+        if cost is not _ONE:
+            cost = limit.check_cost(cost)
+        if max_wait is None:
+            max_wait = limit.config.max_wait
+        return limit, cost, math.inf if max_wait is None else to_seconds("max_wait", max_wait)
+
+    def _reserve(
+        self, name: str, key: str | None, cost: int, max_wait: float | None
+    ) -> tuple[float, _Ticket | _Nothing]:
+        limit, cost, longest = self._waiting(name, cost, max_wait)
+        shared = self._shared()
+        if shared is not None:
+            return self._stored(shared, limit, key, cost, longest)
+        return self._local(limit, key, cost, longest)
+
+    async def _areserve(
+        self, name: str, key: str | None, cost: int, max_wait: float | None
+    ) -> tuple[float, _Ticket | _Nothing]:
+        limit, cost, longest = self._waiting(name, cost, max_wait)
+        shared = self._shared()
+        if shared is not None:
+            return await self._astored(shared, limit, key, cost, longest)
+        return self._local(limit, key, cost, longest)
+
+    def _local(
+        self, limit: _Limit, key: str | None, cost: int, max_wait: float
+    ) -> tuple[float, _Ticket | _Nothing]:
+        clock = self._clock or get_clock()
+        now = clock.now()
+        admitted, wait, ticket = limit.take(key, now, cost, max_wait, clock)
+        if not admitted:
+            raise limit.reject(key, now, wait)
+        return wait, ticket
+
+    def _stored(
+        self, shared: _Shared, limit: _Limit, key: str | None, cost: int, max_wait: float
+    ) -> tuple[float, _Ticket | _Nothing]:
+        clock = self._clock or get_clock()
+        now = clock.now()
+        step = shared.reserve_step(limit, key, cost, max_wait, clock)
+        answer = _ask(shared.guard, now, shared.store.reserve, *step)
+        return shared.decided(limit, key, cost, max_wait, clock, now, answer)
+
+    async def _astored(
+        self, shared: _Shared, limit: _Limit, key: str | None, cost: int, max_wait: float
+    ) -> tuple[float, _Ticket | _Nothing]:
+        clock = self._clock or get_clock()
+        now = clock.now()
+        step = shared.reserve_step(limit, key, cost, max_wait, clock)
+        answer = await _aask(shared.guard, now, shared.store.areserve, *step)
+        return shared.decided(limit, key, cost, max_wait, clock, now, answer)
+
+    # -- server hints and resets -----------------------------------------------------------------
+
+    def _begin(self, name: str) -> tuple[_Limit, Clock, float, _Shared | None]:
+        limit = self._limit(name)
+        clock = self._clock or get_clock()
+        return limit, clock, clock.now(), self._shared()
 
     def block(self, name: str, key: str | None = None, *, seconds: float) -> None:
         """Refuse ``key`` of ``name`` for the next ``seconds`` (a server said "come back")."""
-        limit = self._limit(name)
         duration = to_seconds("seconds", seconds)
-        clock = self._clock or get_clock()
-        now = clock.now()
-        guard = self._store_guard()
-        if guard is not None and guard.should_try(now):
-            try:
-                guard.store.block(name, key, duration, store_time(clock))
-            except store_faults() as error:
-                guard.failed(error, now)
-            else:
-                guard.answered()
-        with limit.lock:
-            until = now + duration
-            if until > limit.blocked.get(key, -math.inf):
-                limit.blocked[key] = until
+        limit, clock, now, shared = self._begin(name)
+        if shared is not None:
+            _ask(shared.guard, now, shared.store.block, name, key, duration, store_time(clock))
+        limit.block(key, now + duration)
+
+    async def ablock(self, name: str, key: str | None = None, *, seconds: float) -> None:
+        """Async twin of :meth:`block`."""
+        duration = to_seconds("seconds", seconds)
+        limit, clock, now, shared = self._begin(name)
+        if shared is not None:
+            await _aask(
+                shared.guard, now, shared.store.ablock, name, key, duration, store_time(clock)
+            )
+        limit.block(key, now + duration)
 
     def set_remaining(
         self, name: str, key: str | None = None, *, remaining: int, reset_after: float
@@ -532,68 +753,98 @@ class RateLimiter:
         ``remaining == 0`` blocks the key until the reset. Otherwise the key may make at most
         ``remaining`` more requests at once; the local rate still applies after that, so the
         local limiter never admits more than the server allows nor more than its own limit.
+        A shared store has no "lower the remaining" step: what the server says is gone is spent
+        there instead (stricter when the key had already spent some, never looser).
         """
-        integer("remaining", remaining, minimum=0)
-        reset = to_seconds("reset_after", reset_after)
-        if remaining == 0:
-            self.block(name, key, seconds=reset)
+        seconds = _reset_after(remaining, reset_after)
+        if not remaining:
+            self.block(name, key, seconds=seconds)
             return
-        limit = self._limit(name)
-        clock = self._clock or get_clock()
-        now = clock.now()
-        params = limit.params
-        guard = self._store_guard()
-        if guard is not None and guard.should_try(now):
-            # A shared store has no "lower the remaining" step: spend what the server says is
-            # gone instead (stricter when the key had already spent some, never looser).
-            capacity = params.burst if params.algorithm in (_TOKEN, _LEAKY) else params.limit
-            spent = min(capacity, capacity - remaining)
-            if spent > 0:
-                try:
-                    guard.store.reserve(name, key, params, spent, math.inf, store_time(clock))
-                except store_faults() as error:
-                    guard.failed(error, now)
-                else:
-                    guard.answered()
-        with limit.lock:
-            state = limit.states.get(key)
-            if params.algorithm in (RateLimitAlgorithm.TOKEN_BUCKET, _LEAKY):
-                floor = now + params.tau - remaining * params.interval
-                if state is None or state[0] < floor:
-                    limit.states[key] = [floor]
-            elif params.algorithm is RateLimitAlgorithm.FIXED_WINDOW:
-                used = float(max(0, params.limit - remaining))
-                if state is None or state[0] + params.window <= now:
-                    limit.states[key] = [now, used]
-                elif state[1] < used:
-                    state[1] = used
-            else:
-                used = max(0, params.limit - remaining)
-                log = [t for t in (state or []) if t > now - params.window]
-                if len(log) < used:
-                    log = [now] * (used - len(log)) + log
-                    log.sort()
-                limit.states[key] = log[-params.limit :]
+        limit, clock, now, shared = self._begin(name)
+        gone = limit.params.capacity - remaining
+        if shared is not None and gone > 0:
+            _ask(
+                shared.guard,
+                now,
+                shared.store.reserve,
+                *shared.reserve_step(limit, key, gone, math.inf, clock),
+            )
+        limit.lower(key, now, remaining)
+
+    async def aset_remaining(
+        self, name: str, key: str | None = None, *, remaining: int, reset_after: float
+    ) -> None:
+        """Async twin of :meth:`set_remaining`."""
+        seconds = _reset_after(remaining, reset_after)
+        if not remaining:
+            await self.ablock(name, key, seconds=seconds)
+            return
+        limit, clock, now, shared = self._begin(name)
+        gone = limit.params.capacity - remaining
+        if shared is not None and gone > 0:
+            await _aask(
+                shared.guard,
+                now,
+                shared.store.areserve,
+                *shared.reserve_step(limit, key, gone, math.inf, clock),
+            )
+        limit.lower(key, now, remaining)
 
     def reset(self, name: str, key: str | None = None) -> None:
         """Forget the state (and any block) of ``key`` of ``name``."""
-        limit = self._limit(name)
-        guard = self._store_guard()
-        if guard is not None:
-            now = (self._clock or get_clock()).now()
-            try:
-                guard.store.reset(name, key)
-            except store_faults() as error:
-                guard.failed(error, now)  # the stored state stays; the local one goes
-            else:
-                guard.answered()
-        with limit.lock:
-            limit.states.pop(key, None)
-            limit.blocked.pop(key, None)
+        limit, _, now, shared = self._begin(name)
+        if shared is not None:
+            _ask(shared.guard, now, shared.store.reset, name, key)  # if not, the stored state stays
+        limit.forget(key)
+
+    async def areset(self, name: str, key: str | None = None) -> None:
+        """Async twin of :meth:`reset`."""
+        limit, _, now, shared = self._begin(name)
+        if shared is not None:
+            await _aask(shared.guard, now, shared.store.areset, name, key)
+        limit.forget(key)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def _detach(self) -> _Shared | None:
+        """Mark the limiter closed; the store it owns, if any, for the caller to close."""
+        with self._shared_lock:
+            shared, self._shared_store = self._shared_store, _CLOSED
+        return shared if isinstance(shared, _Shared) and shared.owned else None
+
+    def close(self) -> None:
+        """Close the store this limiter opened from a URL; a store or client passed in stays
+        open. The limiter refuses calls afterwards; closing twice is harmless."""
+        shared = self._detach()
+        if shared is not None:
+            shared.store.close()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close` (closes the store's asyncio connections too)."""
+        shared = self._detach()
+        if shared is not None:
+            await shared.store.aclose()
+
+    def __enter__(self) -> RateLimiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RateLimiter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
-_LEAKY = RateLimitAlgorithm.LEAKY_BUCKET
+def _reset_after(remaining: object, reset_after: object) -> float:
+    integer("remaining", remaining, minimum=0)
+    return to_seconds("reset_after", reset_after)
+
+
 _UNRESOLVED = object()
+_CLOSED = object()
 _GLOBAL = RateLimiter()
 
 
@@ -648,18 +899,27 @@ class RateLimit:
         if self.wait:
             await limiter.aacquire(self.name, key, max_wait=self.max_wait)
         else:
-            limiter.check_limit(self.name, key)
+            await limiter.acheck_limit(self.name, key)
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
         if not callable(fn):
             raise TypeError(f"rate_limit decorates a callable, got {fn!r}")
+        # The common use (a fixed key, no waiting) goes straight to check_limit: a refusal is a
+        # hot path under overload, and every frame it unwinds costs.
+        policy = self
         if inspect.iscoroutinefunction(fn):
             aadmit = self._aadmit
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                await aadmit(args, kwargs)
+                limiter = policy.limiter or _GLOBAL
+                if policy.wait or callable(policy.key):
+                    await aadmit(args, kwargs)
+                elif limiter._shared_store is None:  # in memory: no coroutine to await
+                    limiter.check_limit(policy.name, policy.key)
+                else:
+                    await limiter.acheck_limit(policy.name, policy.key)
                 return await fn(*args, **kwargs)
 
             return cast(F, async_wrapper)
@@ -667,7 +927,10 @@ class RateLimit:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            admit(args, kwargs)
+            if policy.wait or callable(policy.key):
+                admit(args, kwargs)
+            else:
+                (policy.limiter or _GLOBAL).check_limit(policy.name, policy.key)
             return fn(*args, **kwargs)
 
         return cast(F, wrapper)

@@ -3,37 +3,57 @@
 Theory of operation
 -------------------
 A guarded call runs once. If it raises an exception the policy retries (``retry_on``, and not in
-``fail_fast_on``), or returns a result ``retry_on_result`` rejects, the policy decides, in one place
-(:meth:`Retry._next_delay`) shared by the sync and async shells, whether another attempt may run
-and after how long:
+``fail_fast_on``), or returns a result ``retry_on_result`` rejects, the call enters the one
+decision loop (:class:`_Attempts`), shared by the sync and async shells, which only wait and call.
+After each attempt it decides whether another may run and after how long:
 
 * no more attempts (``max_attempts`` counts all attempts, ``max_retries`` those after the first);
 * the wait: the backoff schedule, jittered, but never less than a ``retry_after`` the failure
   carries (a :class:`buttress.RejectedError`, or any exception with a numeric ``retry_after``);
-* ``time_limit`` (seconds across all attempts and waits) and the deadline of an enclosing timeout:
-  the policy never sleeps past either, and gives up when the wait plus the shortest attempt seen so
-  far would not fit.
+* ``time_limit`` (seconds across all attempts and waits) and the deadline of an enclosing timeout
+  on the policy's time scale (:mod:`buttress._deadline`): the policy never sleeps past either, and
+  gives up when the wait plus the shortest attempt seen so far would not fit.
 
 When it gives up, the last exception propagates unchanged (the same object; no wrapper), or, for a
 rejected result, the last result is returned. Zero waits do not call ``sleep`` at all.
 
-Cost: the success path is one ``try``/``except`` around the call; nothing is allocated, no clock is
-read (unless ``time_limit`` is set) and no context variable is looked up until something fails.
+Async is decided at decoration when the callable says so (``async def``, a partial of one, an
+object with ``async def __call__``) and otherwise by what the call returns: a plain function that
+returns an awaitable gets a coroutine back that awaits it, and every retry, under the policy.
+``acall`` always awaits what the call returns. Generator functions are refused at decoration.
+
+Cost: the success path is one ``try``/``except`` around the call and one attribute test of the
+result; nothing is allocated, no clock is read (unless ``time_limit`` is set) and no context
+variable is looked up until something fails. ``call`` is that same path with the function as an
+argument: nothing is built per call.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
+import logging
 import random as _random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar, cast, overload
+from typing import Any, ClassVar, cast, overload
 
 from .. import events as _events
+from .._callables import (
+    Args,
+    F,
+    Fn,
+    Kwargs,
+    P,
+    RepeatedWarnings,
+    T,
+    guard_sync,
+    guarded_kind,
+    resolved,
+)
 from .._config import callable_name, env_float, env_int, integer, optional_seconds
-from .._deadline import DEADLINE
-from ..clock import Clock, get_clock
+from .._deadline import deadline_on
+from ..clock import Clock, get_clock, is_real
 from ..machines.backoff import (
     Backoff,
     ExponentialBackoff,
@@ -44,19 +64,9 @@ from ..machines.backoff import (
     combine_with_retry_after,
 )
 
-__all__ = [
-    "Backoff",
-    "ExponentialBackoff",
-    "FibonacciBackoff",
-    "FixedDelay",
-    "LinearBackoff",
-    "Retry",
-    "RetryStrategy",
-    "retry",
-]
+# The backoff schedules it takes are exported from buttress.machines.backoff (and the top level).
+__all__ = ["Retry", "RetryStrategy", "retry"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -99,8 +109,7 @@ def _jitter(value: object) -> Jitter:
 
 def _exception_test(field: str, value: object) -> Callable[[BaseException], bool]:
     if isinstance(value, type) and issubclass(value, BaseException):
-        exc_type = value
-        return lambda exc: isinstance(exc, exc_type)
+        return value.__instancecheck__
     if isinstance(value, tuple):
         for item in value:
             if not (isinstance(item, type) and issubclass(item, BaseException)):
@@ -113,6 +122,15 @@ def _exception_test(field: str, value: object) -> Callable[[BaseException], bool
     raise TypeError(
         f"{field} must be an exception type, a tuple of them, or a predicate, got {value!r}"
     )
+
+
+def _retry_test(retry_on: object, fail_fast_on: object) -> Callable[[BaseException], bool]:
+    """One test of whether an exception is retried: not ``fail_fast_on``, and ``retry_on``."""
+    retried = _exception_test("retry_on", retry_on)
+    if not fail_fast_on:
+        return retried
+    refused = _exception_test("fail_fast_on", fail_fast_on)
+    return lambda exc: not refused(exc) and retried(exc)
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -148,12 +166,12 @@ class Retry:
     __slots__ = (
         "_backoff",
         "_clock",
-        "_fail_fast",
         "_jitter",
+        "_no_wait",
         "_on_retry",
         "_random",
-        "_retry_on",
         "_retry_on_result",
+        "_retryable",
         "max_attempts",
         "name",
         "time_limit",
@@ -216,8 +234,10 @@ class Retry:
             self._backoff = kind.backoff(base_delay=base, max_delay=cap)
 
         self._jitter = _jitter(jitter)
-        self._fail_fast = _exception_test("fail_fast_on", fail_fast_on) if fail_fast_on else None
-        self._retry_on = _exception_test("retry_on", retry_on)
+        # A schedule of the library's own with a zero base never waits (a retry_after still does).
+        backoff = self._backoff
+        self._no_wait = backoff.base_delay == 0 and type(backoff).delay is Backoff.delay
+        self._retryable = _retry_test(retry_on, fail_fast_on)
         if retry_on_result is not None and not callable(retry_on_result):
             raise TypeError(f"retry_on_result must be a predicate, got {retry_on_result!r}")
         self._retry_on_result = retry_on_result
@@ -240,196 +260,274 @@ class Retry:
             f"jitter={self._jitter.value!r})"
         )
 
-    # -- the one decision ---------------------------------------------------------------------
+    # -- the first attempt: the fast path -------------------------------------------------------
 
-    def _retryable(self, exc: BaseException) -> bool:
-        if self._fail_fast is not None and self._fail_fast(exc):
-            return False
-        return self._retry_on(exc)
+    def _started(self) -> float:
+        """The clock's reading as a call starts (read only when a time limit needs it)."""
+        return (self._clock or get_clock()).now()
 
-    def _next_delay(
-        self,
-        name: str,
-        clock: Clock,
-        attempt: int,
-        exc: BaseException | None,
-        result: object,
-        start: float | None,
-        shortest: float | None,
-    ) -> float | None:
-        """The wait before attempt ``attempt + 1``, or ``None`` when there is none."""
-        if exc is not None and not self._retryable(exc):
-            return None
-        now = clock.now()
-        _events.emit(
-            _events.AttemptFailed(
-                policy="retry", name=name, at=now, attempt=attempt, exception=exc, result=result
+    def _rejects(self, result: object) -> bool:
+        return self._retry_on_result is not None and bool(self._retry_on_result(result))
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)`` under this policy.
+
+        If ``fn`` returns an awaitable, the result is a coroutine that awaits it, and the retries,
+        under this policy.
+        """
+        start = None if self.time_limit is None else self._started()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            return cast(T, self._recover(_Attempts(self, fn, args, kwargs, start), exc, None))
+        if hasattr(result, "__await__"):  # what is_awaitable() tests, inlined
+            return cast(T, self._settle(fn, args, kwargs, result, start))
+        check = self._retry_on_result
+        if check is not None and check(result):
+            return cast(T, self._recover(_Attempts(self, fn, args, kwargs, start), None, result))
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await what ``fn(*args, **kwargs)`` returns, under this policy."""
+        start = None if self.time_limit is None else self._started()
+        try:
+            pending = fn(*args, **kwargs)
+        except Exception as exc:
+            return cast(
+                T, await self._arecover(_Attempts(self, fn, args, kwargs, start), exc, None)
             )
-        )
-        if attempt >= self.max_attempts:
-            return self._give_up(name, now, attempt, "attempts", exc)
-        delay = combine_with_retry_after(
-            self._backoff.delay(attempt), _retry_after(exc), self._jitter, self._random()
-        )
-        needed = delay + (shortest or 0.0)
-        if (
-            start is not None
-            and self.time_limit is not None
-            and now + needed > start + self.time_limit
-        ):
-            return self._give_up(name, now, attempt, "time_limit", exc)
-        deadline = DEADLINE.get()
-        if deadline is not None and now + needed >= deadline:
-            return self._give_up(name, now, attempt, "deadline", exc)
-        event = _events.RetryScheduled(
-            policy="retry", name=name, at=now, attempt=attempt, delay=delay, exception=exc
-        )
-        _events.emit(event, cast(_events.Hook | None, self._on_retry))
-        return delay
+        return cast(T, await self._settle(fn, args, kwargs, pending, start))
 
-    @staticmethod
-    def _give_up(
-        name: str, now: float, attempt: int, reason: str, exc: BaseException | None
-    ) -> None:
-        _events.emit(
-            _events.GaveUp(
-                policy="retry", name=name, at=now, attempts=attempt, reason=reason, exception=exc
-            )
-        )
-        return None
-
-    def _timing(self, clock: Clock) -> bool:
-        return self.time_limit is not None or DEADLINE.get() is not None
-
-    # -- shells --------------------------------------------------------------------------------
-
-    def _retry_sync(
+    async def _settle(
         self,
-        name: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: BaseException | None,
-        result: object,
-        start: float | None,
+        fn: Fn,
+        args: Args,
+        kwargs: Kwargs,
+        pending: Any,
+        start: float | None = None,
     ) -> Any:
-        clock = self._clock or get_clock()
-        attempt, shortest = 1, None
-        while True:
-            delay = self._next_delay(name, clock, attempt, exc, result, start, shortest)
-            if delay is None:
-                if exc is not None:
-                    raise exc
-                return result
-            if delay > 0:
-                clock.sleep(delay)
-            attempt += 1
-            timed = self._timing(clock)
-            began = clock.now() if timed else 0.0
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as error:
-                exc, result = error, None
-            else:
-                if self._retry_on_result is None or not self._retry_on_result(result):
-                    return result
-                exc = None
-            if timed:
-                took = clock.now() - began
-                shortest = took if shortest is None else min(shortest, took)
+        """Await the first attempt's ``pending`` outcome, then recover as an async call."""
+        try:
+            result = await pending if hasattr(pending, "__await__") else pending
+        except Exception as exc:
+            return await self._arecover(_Attempts(self, fn, args, kwargs, start), exc, None)
+        if self._rejects(result):
+            return await self._arecover(_Attempts(self, fn, args, kwargs, start), None, result)
+        return result
 
-    async def _retry_async(
-        self,
-        name: str,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: BaseException | None,
-        result: object,
-        start: float | None,
-    ) -> Any:
-        clock = self._clock or get_clock()
-        attempt, shortest = 1, None
-        while True:
-            delay = self._next_delay(name, clock, attempt, exc, result, start, shortest)
-            if delay is None:
-                if exc is not None:
-                    raise exc
-                return result
-            if delay > 0:
-                await clock.asleep(delay)
-            attempt += 1
-            timed = self._timing(clock)
-            began = clock.now() if timed else 0.0
+    def _failed(self, fn: Fn, args: Args, kwargs: Kwargs, exc: Exception) -> Any:
+        return self._recover(_Attempts(self, fn, args, kwargs, None), exc, None)
+
+    # -- after a failure: one decision loop, two thin shells ------------------------------------
+
+    def _recover(self, attempts: _Attempts, exc: BaseException | None, result: object) -> Any:
+        fn, args, kwargs = attempts.fn, attempts.args, attempts.kwargs
+        while attempts.again(exc, result):
+            if attempts.delay > 0:
+                attempts.clock.sleep(attempts.delay)
+            attempts.begin()
             try:
-                result = await fn(*args, **kwargs)
+                result, exc = fn(*args, **kwargs), None
             except Exception as error:
-                exc, result = error, None
-            else:
-                if self._retry_on_result is None or not self._retry_on_result(result):
-                    return result
-                exc = None
-            if timed:
-                took = clock.now() - began
-                shortest = took if shortest is None else min(shortest, took)
+                result, exc = None, error
+        return attempts.outcome(exc, result)
+
+    async def _arecover(
+        self, attempts: _Attempts, exc: BaseException | None, result: object
+    ) -> Any:
+        fn, args, kwargs = attempts.fn, attempts.args, attempts.kwargs
+        while attempts.again(exc, result):
+            if attempts.delay > 0:
+                await attempts.clock.asleep(attempts.delay)
+            attempts.begin()
+            try:
+                result, exc = await resolved(fn(*args, **kwargs)), None
+            except Exception as error:
+                result, exc = None, error
+        return attempts.outcome(exc, result)
 
     # -- decoration ----------------------------------------------------------------------------
 
     def __call__(self, fn: F) -> F:
-        """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"retry decorates a callable, got {fn!r}")
-        name = self.name or callable_name(fn)
-        check = self._retry_on_result
-        timed = self.time_limit is not None
-        if inspect.iscoroutinefunction(fn):
-            slow_async = self._retry_async
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                start = (self._clock or get_clock()).now() if timed else None
-                try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    return await slow_async(name, fn, args, kwargs, exc, None, start)
-                if check is not None and check(result):
-                    return await slow_async(name, fn, args, kwargs, None, result, start)
-                return result
-
-            return cast(F, async_wrapper)
-
-        slow = self._retry_sync
-        if check is None and not timed:
-
-            @functools.wraps(fn)
-            def fast_wrapper(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    return slow(name, fn, args, kwargs, exc, None, None)
-
-            return cast(F, fast_wrapper)
+        """Decorate ``fn`` (``def`` or ``async def``; see :meth:`call` for awaitables)."""
+        if guarded_kind("retry", fn):
+            return cast(F, self._decorate_async(fn))
+        if self._retry_on_result is None and self.time_limit is None:
+            return cast(F, guard_sync(fn, Exception, self._failed, self._settle))
+        call = self.call
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = (self._clock or get_clock()).now() if timed else None
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                return slow(name, fn, args, kwargs, exc, None, start)
-            if check is not None and check(result):
-                return slow(name, fn, args, kwargs, None, result, start)
-            return result
+            return call(fn, *args, **kwargs)
 
         return cast(F, wrapper)
 
-    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` under this policy."""
-        return self(fn)(*args, **kwargs)
+    def _decorate_async(self, fn: Fn) -> Fn:
+        started, check, arecover = self._started, self._retry_on_result, self._arecover
+        timed = self.time_limit is not None
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` under this policy."""
-        return await self(fn)(*args, **kwargs)
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = started() if timed else None
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                return await arecover(_Attempts(self, fn, args, kwargs, start), exc, None)
+            if check is not None and check(result):
+                return await arecover(_Attempts(self, fn, args, kwargs, start), None, result)
+            return result
+
+        return async_wrapper
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _GaveUpDetail(_events.GaveUp):
+    """A give-up told per call at DEBUG; the WARNING goes through the name's :class:`Repeats`."""
+
+    level: ClassVar[int] = logging.DEBUG
+
+
+#: Give-ups: per operation, the first logged at WARNING, then one summary per interval.
+_GIVEN_UP = RepeatedWarnings("retry", "calls to {name!r} failed after retrying")
+_log = logging.getLogger("buttress.retry")
+
+
+class _Attempts:
+    """One failing call's way through its retries: every decision, none of the waiting.
+
+    The shells call :meth:`again` after each attempt; when it says yes they wait :attr:`delay` on
+    :attr:`clock`, call :meth:`begin`, and run the next attempt. :meth:`outcome` ends the call.
+    Events are built only when something reads them (:func:`buttress.events.wanted`).
+    """
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "began",
+        "clock",
+        "deadline",
+        "delay",
+        "fn",
+        "kwargs",
+        "last",
+        "policy",
+        "real",
+        "reason",
+        "shortest",
+        "start",
+        "telling",
+        "timed",
+    )
+
+    def __init__(
+        self,
+        policy: Retry,
+        fn: Fn,
+        args: Args,
+        kwargs: Kwargs,
+        start: float | None,
+    ) -> None:
+        self.policy = policy
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.start = start
+        self.clock = policy._clock or get_clock()
+        self.attempt = 0
+        self.began: float | None = None  # when the attempt running now began, if timed
+        self.shortest: float | None = None
+        # What events.wanted("retry") answers, without its two calls on a path that fails fast.
+        self.telling = bool(_events.HOOKS) or _log.isEnabledFor(logging.DEBUG)
+        # The deadline in force cannot change while this call runs: look it up once.
+        self.real = is_real(self.clock)
+        self.deadline = deadline_on(self.clock, self.real)
+        self.timed = policy.time_limit is not None or self.deadline is not None
+        self.delay: float  # set by again() before the shells read it
+        self.reason: str  # set, with last, on giving up
+        self.last: BaseException | None
+
+    @property
+    def name(self) -> str:
+        return self.policy.name or callable_name(self.fn)
+
+    def begin(self) -> None:
+        if self.timed:
+            self.began = self.clock.now()
+
+    def again(self, exc: BaseException | None, result: object) -> bool:
+        """Whether to try again after the attempt that just ended (``exc`` or ``result``)."""
+        self.attempt += 1
+        policy = self.policy
+        now = self.clock.now() if self.timed or self.telling else 0.0
+        if self.began is not None:
+            took = now - self.began
+            self.shortest = took if self.shortest is None else min(self.shortest, took)
+        if exc is None:
+            if not policy._rejects(result):
+                return False
+        elif not policy._retryable(exc):
+            return False
+        if self.telling:
+            self._tell(
+                _events.AttemptFailed, now, attempt=self.attempt, exception=exc, result=result
+            )
+        if self.attempt >= policy.max_attempts:
+            return self._give_up(now, "attempts", exc)
+        after = getattr(exc, "retry_after", None)  # most failures carry none: skip the parsing
+        if after is None and policy._no_wait:
+            delay = 0.0  # no wait asked for: no schedule, jitter or random number to compute
+        else:
+            delay = combine_with_retry_after(
+                policy._backoff.delay(self.attempt),
+                None if after is None else _retry_after(exc),
+                policy._jitter,
+                policy._random(),
+            )
+        needed = now + delay + (self.shortest or 0.0)
+        limit = policy.time_limit
+        if self.start is not None and limit is not None and needed > self.start + limit:
+            return self._give_up(now, "time_limit", exc)
+        if self.deadline is not None and needed >= self.deadline:
+            return self._give_up(now, "deadline", exc)
+        if self.telling or policy._on_retry is not None:
+            hook = cast(_events.Hook | None, policy._on_retry)
+            self._tell(
+                _events.RetryScheduled, now, hook, attempt=self.attempt, delay=delay, exception=exc
+            )
+        self.delay = delay
+        return True
+
+    def _tell(
+        self,
+        kind: Callable[..., _events.Event],
+        now: float,
+        hook: _events.Hook | None = None,
+        **fields: Any,
+    ) -> None:
+        _events.emit(kind(policy="retry", name=self.name, at=now, **fields), hook)
+
+    def _give_up(self, now: float, reason: str, exc: BaseException | None) -> bool:
+        self.reason, self.last = reason, exc
+        now = now or self.clock.now()
+        site = self.policy.name or getattr(self.fn, "__code__", None) or self.name
+        _GIVEN_UP.hit(site, lambda: self.name, self.clock, self.real, now, self._message)
+        if self.telling:
+            _events.emit(self._event(now))
+        return False
+
+    def _event(self, now: float) -> _events.Event:
+        fields: dict[str, Any] = {"reason": self.reason, "exception": self.last}
+        return _GaveUpDetail(
+            policy="retry", name=self.name, at=now, attempts=self.attempt, **fields
+        )
+
+    def _message(self) -> str:
+        return self._event(0.0).message()
+
+    @staticmethod
+    def outcome(exc: BaseException | None, result: object) -> Any:
+        """The call's end: the last exception raised, or the last result returned."""
+        if exc is not None:
+            raise exc
+        return result
 
 
 @overload

@@ -2,26 +2,40 @@
 
 Theory of operation
 -------------------
-On entry a timeout turns its budget into an absolute deadline on the clock (``now + seconds``),
-keeps the earlier of that and any deadline already in force, and stores it in a context variable
-for the duration of the call. Code below reads it with :func:`buttress.remaining`; a retry below
-never sleeps past it.
+On entry a timeout turns its budget into an absolute deadline on its clock (``now + seconds``),
+keeps the earlier of that and any enclosing deadline on the same time scale, and stores it, with
+the clock, in a context variable for the duration of the call (:mod:`buttress._deadline`). Code
+below reads it with :func:`buttress.remaining`; a retry below on the same scale never sleeps past
+it. Deadlines on another scale (a real-time timeout inside one on a fake clock, or the reverse) do
+not bind each other; each binds the policies on its own clock.
 
-What happens at the deadline depends on what can honestly be done:
+What happens at the deadline depends on what can honestly be done, and on whether the clock is
+real (:attr:`buttress.Clock.real`; any :class:`buttress.SystemClock` is):
 
-* ``async def``: the task is cancelled (``asyncio.timeout_at``), the work really stops, and the
-  caller gets :class:`buttress.OperationTimeout`.
-* ``def`` with the real clock: Python cannot kill a thread. The call runs in a worker thread (with
+* async (an ``async def``, or a callable that returns an awaitable), real clock: the task is
+  cancelled at the deadline, the work really stops, and the caller gets
+  :class:`buttress.OperationTimeout`. A call that swallows the cancellation and returns anyway
+  still gets ``OperationTimeout``; its late value is dropped. The cancellation follows
+  ``asyncio.timeout``'s rules (a timer handle cancels the task; ``Task.uncancel`` tells our
+  cancellation from anyone else's, which propagates untouched), without its context-manager
+  objects: that is what keeps the guarded success path below a hand-written
+  ``async with asyncio.timeout(...)``.
+* ``def``, real clock: Python cannot kill a thread. The call runs in a worker thread (with
   a copy of the caller's context, so the deadline is visible there); at the deadline the caller
   gets ``OperationTimeout`` and the work is *abandoned*: it runs on to completion in its worker,
   and its result or exception is discarded (logged at DEBUG). :func:`abandoned_calls` counts the
   abandoned calls still running. Past ``max_abandoned`` of them, new calls are refused at once
   with ``OperationTimeout`` rather than piling up more threads on a dependency that hangs. Code
   that can stop early should check :func:`buttress.remaining` between steps.
-* any clock other than the system clock (a :class:`buttress.testing.FakeClock`): enforcement is
-  virtual and deterministic. The call runs inline; sleeping on the fake clock past the deadline
-  stops there and raises ``OperationTimeout``, and a call that returns after its deadline raises
-  it too.
+* a virtual clock (a :class:`buttress.testing.FakeClock`, or any clock not marked real):
+  enforcement is virtual and deterministic. The call runs inline; sleeping on the fake clock past
+  the deadline stops there and raises ``OperationTimeout``, and a call that returns after its
+  deadline raises it too.
+
+Whether a call is async is decided at decoration when the callable says so (``async def``, a
+partial of one, an object with ``async def __call__``), and otherwise by what the call returns: an
+awaitable returned by a plain function is awaited within the same deadline. ``acall`` always
+awaits what the call returns. Generator functions are refused at decoration.
 
 Workers are idle threads kept for reuse (starting a thread costs ~100 µs); a call never waits for
 a free worker, so a timeout nested inside another's worker cannot deadlock.
@@ -32,38 +46,46 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from enum import Enum
-from types import TracebackType
-from typing import Any, TypeVar, cast
+from types import MappingProxyType
+from typing import Any, ClassVar, cast
 
 from .. import events as _events
+from .._callables import (
+    Args,
+    F,
+    Fn,
+    Kwargs,
+    P,
+    RepeatedWarnings,
+    T,
+    guarded_kind,
+    is_awaitable,
+    resolved,
+)
 from .._config import callable_name, integer, seconds
-from .._deadline import DEADLINE
-from ..clock import SYSTEM_CLOCK, Clock, get_clock
+from .._deadline import DEADLINE, Deadline, within
+from ..clock import Clock, get_clock
 from ..errors import OperationTimeout
 
-__all__ = [
-    "DEFAULT_TIMEOUTS",
-    "OperationType",
-    "Timeout",
-    "abandoned_calls",
-    "deadline",
-    "timeout",
-]
+__all__ = ["DEFAULT_TIMEOUTS", "OperationType", "Timeout", "abandoned_calls", "deadline", "timeout"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 _log = logging.getLogger("buttress.timeout")
 
 
 class OperationType(Enum):
     """Kinds of operation with a recommended time budget (:attr:`default_timeout`)."""
+
+    @property
+    def default_timeout(self) -> float:
+        """The recommended budget in seconds (from :data:`DEFAULT_TIMEOUTS`)."""
+        return DEFAULT_TIMEOUTS[self]
 
     FACTOR_LOOKUP = "factor_lookup"
     LLM_INFERENCE = "llm_inference"
@@ -72,20 +94,19 @@ class OperationType(Enum):
     REPORT_GENERATION = "report_generation"
     EXTERNAL_API = "external_api"
 
-    @property
-    def default_timeout(self) -> float:
-        """The recommended budget in seconds."""
-        return DEFAULT_TIMEOUTS[self]
 
-
-DEFAULT_TIMEOUTS: dict[OperationType, float] = {
-    OperationType.FACTOR_LOOKUP: 5.0,
-    OperationType.LLM_INFERENCE: 30.0,
-    OperationType.ERP_API_CALL: 10.0,
-    OperationType.DATABASE_QUERY: 10.0,
-    OperationType.REPORT_GENERATION: 60.0,
-    OperationType.EXTERNAL_API: 10.0,
-}
+#: The recommended budget of each :class:`OperationType`, read-only (pass ``timeout_seconds=`` to
+#: use another budget).
+DEFAULT_TIMEOUTS: Mapping[OperationType, float] = MappingProxyType(
+    {
+        OperationType.FACTOR_LOOKUP: 5.0,
+        OperationType.LLM_INFERENCE: 30.0,
+        OperationType.ERP_API_CALL: 10.0,
+        OperationType.DATABASE_QUERY: 10.0,
+        OperationType.REPORT_GENERATION: 60.0,
+        OperationType.EXTERNAL_API: 10.0,
+    }
+)
 
 
 # -- worker threads for sync calls ------------------------------------------------------------
@@ -185,6 +206,33 @@ def abandoned_calls() -> int:
 # -- the policy -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _TimedOutDetail(_events.TimedOut):
+    """A time-out told per call at DEBUG; the WARNING goes through the name's :class:`Repeats`."""
+
+    level: ClassVar[int] = logging.DEBUG
+
+
+#: Time-outs: per operation, the first logged at WARNING, then one summary per interval.
+_TIMED_OUT = RepeatedWarnings("timeout", "calls to {name!r} timed out")
+
+_CALL: Any = object()  # "no awaitable yet: call the function"
+
+
+class _Alarm:
+    """Cancels a task at its deadline, and remembers that it did."""
+
+    __slots__ = ("rang", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.rang = False
+
+    def __call__(self) -> None:
+        self.rang = True
+        self.task.cancel()
+
+
 class Timeout:
     """A time budget for each call; use as a decorator, or with :meth:`call` / :meth:`acall`.
 
@@ -211,12 +259,12 @@ class Timeout:
         clock: Clock | None = None,
         max_abandoned: int = 64,
     ) -> None:
-        if timeout_seconds is not None and operation_type is not None:
-            raise ValueError(
-                "give timeout_seconds or operation_type, not both; got "
-                f"timeout_seconds={timeout_seconds!r} and operation_type={operation_type!r}"
-            )
         if operation_type is not None:
+            if timeout_seconds is not None:
+                raise ValueError(
+                    "give timeout_seconds or operation_type, not both; got "
+                    f"timeout_seconds={timeout_seconds!r} and operation_type={operation_type!r}"
+                )
             if not isinstance(operation_type, OperationType):
                 raise ValueError(f"operation_type must be an OperationType, got {operation_type!r}")
             self.seconds = operation_type.default_timeout
@@ -231,149 +279,172 @@ class Timeout:
     def __repr__(self) -> str:
         return f"Timeout(timeout_seconds={self.seconds!r})"
 
-    def _deadline(self, clock: Clock) -> tuple[float, float]:
-        now = clock.now()
-        mine = now + self.seconds
-        outer = DEADLINE.get()
-        return now, (mine if outer is None or mine < outer else outer)
+    # -- the decisions, shared by every shell -----------------------------------------------------
 
-    def _expired(self, name: str, clock: Clock, budget: float) -> OperationTimeout:
-        _events.emit(_events.TimedOut(policy="timeout", name=name, at=clock.now(), timeout=budget))
+    def _enter(self, fn: object) -> tuple[Deadline, float]:
+        """This call's deadline and budget; raises at once when an enclosing deadline has passed."""
+        clock = self._clock or get_clock()
+        now = clock.now()
+        entry = within(clock, now + self.seconds)
+        budget = entry[0] - now
+        if budget <= 0:
+            raise self._expired(fn, entry, 0.0)
+        return entry, budget
+
+    def _expired(self, fn: object, entry: Deadline, budget: float) -> OperationTimeout:
+        name = self.name or callable_name(fn)
+        now = entry[1].now()
+        event = _TimedOutDetail(policy="timeout", name=name, at=now, timeout=budget)
+        site = self.name or getattr(fn, "__code__", None) or name
+        _TIMED_OUT.hit(site, lambda: name, entry[1], entry[2], now, event.message)
+        if _events.wanted("timeout"):
+            _events.emit(event)
         return OperationTimeout(
             f"{name} did not finish within {budget:.3f}s", timeout=budget, name=name
         )
 
-    def _run_sync(
-        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        clock = self._clock or get_clock()
-        now, deadline_at = self._deadline(clock)
-        budget = deadline_at - now
-        if budget <= 0:
-            raise self._expired(name, clock, max(budget, 0.0))
-        token = DEADLINE.set(deadline_at)
+    def _overran(self, fn: object, entry: Deadline, budget: float, reached: bool) -> None:
+        """Virtual clock: raise ours if the call ran past (``reached``: or up to) the deadline."""
+        now = entry[1].now()
+        if now > entry[0] or (reached and now == entry[0]):
+            raise self._expired(fn, entry, budget) from None
+
+    # -- shells ------------------------------------------------------------------------------------
+
+    def _run(self, fn: Fn, args: Args, kwargs: Kwargs) -> Any:
+        entry, budget = self._enter(fn)
+        token = DEADLINE.set(entry)
         try:
-            if clock is not SYSTEM_CLOCK:
+            if entry[2]:
+                future = self._submit(fn, args, kwargs, budget)
+            else:
                 try:
                     result = fn(*args, **kwargs)
                 except OperationTimeout:
-                    if clock.now() >= deadline_at:
-                        raise self._expired(name, clock, budget) from None
+                    self._overran(fn, entry, budget, True)
                     raise
-                if clock.now() > deadline_at:
-                    raise self._expired(name, clock, budget)
-                return result
-            if _WORKERS.abandoned >= self.max_abandoned:
-                raise OperationTimeout(
-                    f"{name} refused: {_WORKERS.abandoned} timed-out calls are still running "
-                    f"(max_abandoned={self.max_abandoned})",
-                    timeout=budget,
-                    name=name,
-                )
-            context = contextvars.copy_context()
-            future = _WORKERS.submit(functools.partial(context.run, fn, *args, **kwargs))
+                self._overran(fn, entry, budget, False)
         finally:
             DEADLINE.reset(token)
-        try:
-            return future.result(timeout=budget)
-        except FutureTimeout:
-            if future.cancel():  # never started: nothing to abandon
-                raise self._expired(name, clock, budget) from None
-            _WORKERS.abandon(future, name)
-            raise self._expired(name, clock, budget) from None
-
-    async def _run_async(
-        self,
-        name: str,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        clock = self._clock or get_clock()
-        now, deadline_at = self._deadline(clock)
-        budget = deadline_at - now
-        if budget <= 0:
-            raise self._expired(name, clock, max(budget, 0.0))
-        token = DEADLINE.set(deadline_at)
-        try:
-            if clock is not SYSTEM_CLOCK:
-                try:
-                    result = await fn(*args, **kwargs)
-                except OperationTimeout:
-                    if clock.now() >= deadline_at:
-                        raise self._expired(name, clock, budget) from None
-                    raise
-                if clock.now() > deadline_at:
-                    raise self._expired(name, clock, budget)
-                return result
-            scope = asyncio.timeout(budget)
+        if entry[2]:
             try:
-                async with scope:
-                    return await fn(*args, **kwargs)
-            except TimeoutError:
-                if scope.expired():
-                    raise self._expired(name, clock, budget) from None
-                raise
+                result = future.result(timeout=budget)
+            except FutureTimeout:
+                if not future.cancel():  # it started: it runs on, abandoned
+                    _WORKERS.abandon(future, self.name or callable_name(fn))
+                raise self._expired(fn, entry, budget) from None
+        if is_awaitable(result):  # a plain function's awaitable: awaited within the deadline
+            return self._awaited(fn, (), {}, entry, budget, result)
+        return result
+
+    def _submit(self, fn: Fn, args: Args, kwargs: Kwargs, budget: float) -> Future[Any]:
+        if _WORKERS.abandoned >= self.max_abandoned:
+            name = self.name or callable_name(fn)
+            raise OperationTimeout(
+                f"{name} refused: {_WORKERS.abandoned} timed-out calls are still running "
+                f"(max_abandoned={self.max_abandoned})",
+                timeout=budget,
+                name=name,
+            )
+        context = contextvars.copy_context()
+        return _WORKERS.submit(functools.partial(context.run, fn, *args, **kwargs))
+
+    async def _awaited(
+        self,
+        fn: Fn,
+        args: Args,
+        kwargs: Kwargs,
+        entry: Deadline,
+        budget: float,
+        pending: Any,
+    ) -> Any:
+        """Await ``pending`` (or, given ``_CALL``, what ``fn`` returns) within ``entry``."""
+        if not entry[2]:  # a virtual clock: await inline, then judge by the clock
+            token = DEADLINE.set(entry)
+            try:
+                call = fn(*args, **kwargs) if pending is _CALL else pending
+                return await self._judged(fn, entry, budget, call)
+            finally:
+                DEADLINE.reset(token)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("an async timeout must run inside an asyncio task")
+        alarm = _Alarm(task)
+        cancelling = task.cancelling()
+        # From a sync wrapper's awaitable, time has passed since the budget was fixed.
+        left = budget if pending is _CALL else entry[0] - entry[1].now()
+        handle = loop.call_at(loop.time() + left, alarm)
+        token = DEADLINE.set(entry)
+        try:
+            result = fn(*args, **kwargs) if pending is _CALL else pending
+            if hasattr(result, "__await__"):  # what is_awaitable() tests, inlined
+                result = await result
+        except BaseException as exc:
+            # As asyncio.timeout: ours only if no other cancellation was asked for meanwhile.
+            ours = alarm.rang and task.uncancel() <= cancelling
+            if ours and isinstance(exc, asyncio.CancelledError):
+                raise self._expired(fn, entry, budget) from None
+            raise
         finally:
+            handle.cancel()
             DEADLINE.reset(token)
+        if alarm.rang:  # the call swallowed its cancellation: its late value is dropped
+            task.uncancel()
+            raise self._expired(fn, entry, budget)
+        return result
+
+    async def _judged(self, fn: object, entry: Deadline, budget: float, pending: Any) -> Any:
+        try:
+            result = await resolved(pending)
+        except OperationTimeout:
+            self._overran(fn, entry, budget, True)
+            raise
+        self._overran(fn, entry, budget, False)
+        return result
+
+    # -- decoration --------------------------------------------------------------------------------
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"timeout decorates a callable, got {fn!r}")
-        name = self.name or callable_name(fn)
-        if inspect.iscoroutinefunction(fn):
-            run_async = self._run_async
+        if guarded_kind("timeout", fn):
+            enter, awaited = self._enter, self._awaited
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await run_async(name, fn, args, kwargs)
+                entry, budget = enter(fn)
+                return await awaited(fn, args, kwargs, entry, budget, _CALL)
 
             return cast(F, async_wrapper)
-        run_sync = self._run_sync
+        run = self._run
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return run_sync(name, fn, args, kwargs)
+            return run(fn, args, kwargs)
 
         return cast(F, wrapper)
 
-    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` within the budget."""
-        return self(fn)(*args, **kwargs)
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)`` within the budget (see the module notes on awaitables)."""
+        return cast(T, self._run(fn, args, kwargs))
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` within the budget."""
-        return await self(fn)(*args, **kwargs)
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await what ``fn(*args, **kwargs)`` returns, within the budget."""
+        entry, budget = self._enter(fn)
+        return cast(T, await self._awaited(fn, args, kwargs, entry, budget, _CALL))
 
 
-def timeout(
-    *,
-    timeout_seconds: float | None = None,
-    operation_type: OperationType | None = None,
-    name: str | None = None,
-    clock: Clock | None = None,
-    max_abandoned: int = 64,
-) -> Timeout:
-    """Timeout decorator: ``@timeout(timeout_seconds=30.0)`` or ``@timeout(operation_type=...)``.
-
-    See :class:`Timeout` for the arguments and for what happens to the work at the deadline.
-    """
-    return Timeout(
-        timeout_seconds=timeout_seconds,
-        operation_type=operation_type,
-        name=name,
-        clock=clock,
-        max_abandoned=max_abandoned,
-    )
+#: The decorator's spelling, ``@timeout(timeout_seconds=30.0)`` or ``@timeout(operation_type=...)``:
+#: the policy class itself, so the two cannot drift apart. See :class:`Timeout`.
+timeout = Timeout
 
 
 class deadline:
     """Set a deadline for a block without enforcing it: code inside plans within it.
 
     ``with deadline(5): ...`` (or ``async with``) makes :func:`buttress.remaining` and retries
-    inside see a budget of 5 seconds (or less, if an enclosing deadline is earlier). Nothing is
-    interrupted; use :func:`timeout` to enforce.
+    inside see a budget of 5 seconds (or less, if an enclosing deadline on the same clock is
+    earlier). Nothing is interrupted; use :func:`timeout` to enforce.
     """
 
     __slots__ = ("_clock", "_seconds", "_tokens")
@@ -381,31 +452,19 @@ class deadline:
     def __init__(self, seconds_: float, *, clock: Clock | None = None) -> None:
         self._seconds = seconds("seconds", seconds_)
         self._clock = clock
-        self._tokens: list[contextvars.Token[float | None]] = []
+        self._tokens: list[contextvars.Token[Deadline | None]] = []
 
     def __enter__(self) -> float:
-        now = (self._clock or get_clock()).now()
-        mine = now + self._seconds
-        outer = DEADLINE.get()
-        at = mine if outer is None or mine < outer else outer
-        self._tokens.append(DEADLINE.set(at))
-        return at
+        clock = self._clock or get_clock()
+        entry = within(clock, clock.now() + self._seconds)
+        self._tokens.append(DEADLINE.set(entry))
+        return entry[0]
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         DEADLINE.reset(self._tokens.pop())
 
     async def __aenter__(self) -> float:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+    async def __aexit__(self, *exc_info: object) -> None:
+        DEADLINE.reset(self._tokens.pop())

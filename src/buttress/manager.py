@@ -1,0 +1,527 @@
+"""A team's resilience in one object: its resources, components, breakers, tier and health report.
+
+Theory of operation
+-------------------
+``ResilienceManager("marketing-team")`` owns, for one team:
+
+* a :class:`buttress.health.ResourceManager` that checks the team's resources on a schedule
+  (``register_*_monitor``; started by ``await start()`` or, in a sync application,
+  ``start_in_thread()``);
+* a :class:`buttress.health.HealthMonitor` of its components (``register_component``, fed by the
+  policies' events or by ``record_success`` / ``record_failure``);
+* a :class:`buttress.DegradationManager` named after the team, fed by resource status: a resource
+  that turns CRITICAL or UNAVAILABLE reports its service unhealthy, any better status healthy,
+  and the tier follows by the degradation rules and their hysteresis. The service is the
+  resource's key (``"database:orders"``) and its category comes from the resource type:
+
+  ==========================================  ===========================================
+  resource type                               while CRITICAL or UNAVAILABLE
+  ==========================================  ===========================================
+  ``DATABASE``                                ``DATABASE``: ``TIER_4_MAINTENANCE``
+  ``NETWORK``, ``MCP_SERVER``, ``DOCKER``,    ``EXTERNAL_API``: ``TIER_3_READ_ONLY``
+  ``K8S_POD``
+  ``API_QUOTA``                               ``LLM``: ``TIER_2_CORE`` (the quotas a team
+                                              watches are its model providers')
+  ``MEMORY``, ``CPU``                         ``TIER_2_CORE`` (shed optional features)
+  ==========================================  ===========================================
+
+  ``category=`` on any ``register_*`` call overrides it (a :class:`ServiceCategory`, or a
+  :class:`DegradationTier` for a tier of its own; ``TIER_1_FULL`` never degrades the team).
+
+:meth:`ResilienceManager.get_health_report` answers from what the monitors last saw: no check
+runs to answer it. Several managers in one process are independent (their own resources,
+components, schedule and degradation manager); circuit breakers are process-wide by name, so the
+report's ``circuits`` shows the registered breakers (all, or the names given in ``circuits=``).
+
+The ``register_*`` methods for system, database, network, Docker, Kubernetes and MCP resources
+import their check factories only when called, so the optional dependencies they need are never
+imported otherwise; bad arguments fail at registration with the factory's error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from .clock import Clock, get_clock
+from .degradation import DegradationManager, DegradationTier, ServiceCategory
+from .health.component import ComponentState, HealthMonitor
+from .health.manager import (
+    CRITICAL,
+    Monitor,
+    OverallHealth,
+    ResourceManager,
+    ResourceState,
+    _Stopping,
+    aggregate,
+    resource_type,
+)
+from .health.quota import QuotaTracker, quota_check
+from .health.types import ResourceStatus, ResourceType
+from .policies.circuit import CircuitState, circuit_breakers
+
+__all__ = ["DEGRADATION_CATEGORIES", "ResilienceManager"]
+
+#: How a resource type degrades the team while CRITICAL or UNAVAILABLE (module documentation).
+DEGRADATION_CATEGORIES: Mapping[ResourceType, ServiceCategory | DegradationTier] = {
+    ResourceType.DATABASE: ServiceCategory.DATABASE,
+    ResourceType.NETWORK: ServiceCategory.EXTERNAL_API,
+    ResourceType.MCP_SERVER: ServiceCategory.EXTERNAL_API,
+    ResourceType.DOCKER: ServiceCategory.EXTERNAL_API,
+    ResourceType.K8S_POD: ServiceCategory.EXTERNAL_API,
+    ResourceType.API_QUOTA: ServiceCategory.LLM,
+    ResourceType.MEMORY: DegradationTier.TIER_2_CORE,
+    ResourceType.CPU: DegradationTier.TIER_2_CORE,
+}
+
+_CONFIG_KEYS = frozenset(
+    {
+        "check_interval",
+        "check_timeout",
+        "fail_threshold",
+        "success_threshold",
+        "horizon",
+        "thresholds",
+        "fallback_strategies",
+        "circuits",
+    }
+)
+
+
+def _factory(module: str, name: str) -> Callable[..., Any]:
+    """The check factory ``buttress.health.<module>.<name>``, imported on first use (the
+    modules import their optional dependencies lazily in turn)."""
+    factory: Callable[..., Any] = getattr(
+        importlib.import_module(f"buttress.health.{module}"), name
+    )
+    return factory
+
+
+def _check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping like {{'check_interval': 20}}, got {config!r}")
+    unknown = sorted(str(k) for k in config if k not in _CONFIG_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown configuration key(s) {', '.join(map(repr, unknown))}; expected some of "
+            f"{', '.join(sorted(_CONFIG_KEYS))}"
+        )
+    return dict(config)
+
+
+def _fallback_strategies(value: object) -> dict[ResourceType, tuple[object, ...]]:
+    """The ``fallback_strategies`` of a team's configuration: actions per resource type."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"fallback_strategies must map resource types to lists of actions, got {value!r}"
+        )
+    out: dict[ResourceType, tuple[object, ...]] = {}
+    for key, actions in value.items():
+        rtype = resource_type(key)
+        if isinstance(actions, str | bytes) or not isinstance(actions, Sequence):
+            raise TypeError(
+                f"fallback_strategies[{rtype.value}] must be a list of actions, got {actions!r}"
+            )
+        if any(action is None for action in actions):
+            raise ValueError(f"fallback_strategies[{rtype.value}] holds None")
+        out[rtype] = tuple(actions)
+    return out
+
+
+class ResilienceManager:
+    """One team's resource monitoring, component health, degradation tier and health report.
+
+    Args:
+        team: the team's name (the report's ``team``; names its metrics, logs and tier).
+        config: the team's configuration: ``check_interval``, ``check_timeout``,
+            ``fail_threshold``, ``success_threshold``, ``horizon``, ``thresholds``
+            (``{ResourceType.MEMORY: {"degraded": 70, "critical": 90}}``), ``circuits`` and
+            ``fallback_strategies`` (kept as :attr:`fallback_strategies` for the fallback
+            protocols). Unknown keys are a ``ValueError``.
+        check_interval: overrides ``config["check_interval"]`` and ``RESILIENCE_CHECK_INTERVAL``.
+        degradation: the degradation manager to feed (default: a new one named after the team).
+        circuits: breaker names shown in the report (default: every registered breaker).
+        clock: the clock of the schedule, components and tier (default: the process default).
+
+    Raises:
+        ValueError / TypeError: a bad setting or environment variable, naming it.
+    """
+
+    def __init__(
+        self,
+        team: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        check_interval: float | None = None,
+        degradation: DegradationManager | None = None,
+        circuits: Iterable[str] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(team, str) or not team:
+            raise ValueError(f"team must be a non-empty string, got {team!r}")
+        settings = _check_config(config)
+        self.team = team
+        self.config: Mapping[str, Any] = settings
+        self.fallback_strategies = _fallback_strategies(settings.get("fallback_strategies"))
+        self.resources = ResourceManager(
+            team,
+            check_interval=check_interval
+            if check_interval is not None
+            else settings.get("check_interval"),
+            check_timeout=settings.get("check_timeout"),
+            fail_threshold=settings.get("fail_threshold", 3),
+            success_threshold=settings.get("success_threshold", 2),
+            horizon=settings.get("horizon", 600.0),
+            thresholds=settings.get("thresholds"),
+            clock=clock,
+        )
+        self.health = HealthMonitor(team, clock=clock)
+        if degradation is not None and not isinstance(degradation, DegradationManager):
+            raise TypeError(f"degradation must be a DegradationManager, got {degradation!r}")
+        self.degradation = degradation or DegradationManager(name=team, clock=clock)
+        circuits = circuits if circuits is not None else settings.get("circuits")
+        if circuits is not None:
+            if isinstance(circuits, str) or not isinstance(circuits, Iterable):
+                raise TypeError(f"circuits must be a list of breaker names, got {circuits!r}")
+            circuits = tuple(circuits)
+            if not all(isinstance(c, str) and c for c in circuits):
+                raise ValueError(f"circuits must be breaker names, got {circuits!r}")
+        self._circuits: tuple[str, ...] | None = circuits
+        self._clock = clock
+        self.resources.on_status_change(self._feed_degradation)
+
+    def __repr__(self) -> str:
+        return f"ResilienceManager({self.team!r}, resources={len(self.resources.monitors())})"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start monitoring on the running event loop (``RuntimeError`` if already running)."""
+        await self.resources.start()
+
+    def start_in_thread(self) -> None:
+        """Start monitoring on a background thread of its own (sync applications)."""
+        self.resources.start_in_thread()
+
+    def stop(self) -> _Stopping:
+        """Stop monitoring; ``await`` it in asyncio code, call it plainly otherwise."""
+        return self.resources.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.resources.running
+
+    async def __aenter__(self) -> ResilienceManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- resources -------------------------------------------------------------------------------
+
+    def register_monitor(
+        self,
+        rtype: ResourceType | str,
+        name: str,
+        check: Callable[[], Any],
+        *,
+        category: ServiceCategory | DegradationTier | None = None,
+        **options: Any,
+    ) -> Monitor:
+        """Watch a resource with any check (see :meth:`ResourceManager.register` for options).
+
+        ``check`` (``def`` or ``async def``, no arguments) returns a :class:`Reading`, a usage
+        percentage, a bool (healthy or not) or ``None`` (healthy), and raises when the resource
+        failed. May be called before or after :meth:`start`.
+        """
+        rtype = resource_type(rtype)
+        degrades = DEGRADATION_CATEGORIES[rtype] if category is None else category
+        if not isinstance(degrades, ServiceCategory | DegradationTier):
+            raise TypeError(
+                f"category must be a ServiceCategory or a DegradationTier, got {category!r}"
+            )
+        if degrades is ServiceCategory.CUSTOM:
+            raise ValueError("category: give the tier itself (a DegradationTier) for a custom rule")
+        monitor = self.resources.register(rtype, name, check, **options)
+        if isinstance(degrades, DegradationTier):
+            self.degradation.register_service(
+                monitor.key, ServiceCategory.CUSTOM, unhealthy_tier=degrades
+            )
+        else:
+            self.degradation.register_service(monitor.key, degrades)
+        return monitor
+
+    def unregister(self, rtype: ResourceType | str, name: str) -> bool:
+        """Stop watching a resource (its health no longer counts for the tier)."""
+        removed = self.resources.unregister(rtype, name)
+        if removed:
+            self.degradation.remove_service(f"{resource_type(rtype).value}:{name}")
+        return removed
+
+    def register_api_quota_monitor(
+        self, name: str, fn: Callable[[], Any] | QuotaTracker | None = None, **options: Any
+    ) -> Monitor:
+        """Watch an API quota: ``fn()`` returns its figure, or a :class:`QuotaTracker` is fed the
+        API's responses (without ``fn``, one is made: ``monitor.check.observe(response)``).
+
+        See :mod:`buttress.health.quota` for what ``fn`` may return.
+        """
+        check = QuotaTracker(name, clock=self._clock) if fn is None else quota_check(fn)
+        return self.register_monitor(ResourceType.API_QUOTA, name, check, **options)
+
+    def register_memory_monitor(
+        self,
+        name: str = "system",
+        *,
+        scope: str = "auto",
+        cgroup_root: str = "/sys/fs/cgroup",
+        proc_root: str = "/proc",
+        **options: Any,
+    ) -> Monitor:
+        """Watch memory (``scope``: ``auto``, ``process``, ``host`` or ``container``)."""
+        check = _factory("system", "memory_check")(
+            scope=scope, cgroup_root=cgroup_root, proc_root=proc_root
+        )
+        return self.register_monitor(ResourceType.MEMORY, name, check, **options)
+
+    def register_cpu_monitor(
+        self,
+        name: str = "system",
+        *,
+        scope: str = "auto",
+        cgroup_root: str = "/sys/fs/cgroup",
+        proc_root: str = "/proc",
+        **options: Any,
+    ) -> Monitor:
+        """Watch CPU (``scope``: ``auto``, ``process``, ``host`` or ``container``)."""
+        check = _factory("system", "cpu_check")(
+            scope=scope, cgroup_root=cgroup_root, proc_root=proc_root
+        )
+        return self.register_monitor(ResourceType.CPU, name, check, **options)
+
+    def register_database_monitor(
+        self, name: str, target: object, *, query: str = "SELECT 1", **options: Any
+    ) -> Monitor:
+        """Watch a database: a SQLAlchemy engine, a psycopg/asyncpg pool or connection, a DSN,
+        or a SQLite path (ping with ``query`` plus the pool's figures)."""
+        check = _factory("database", "database_check")(target, query=query)
+        return self.register_monitor(ResourceType.DATABASE, name, check, **options)
+
+    def register_network_monitor(
+        self,
+        name: str,
+        target: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        expect_status: int | Collection[int] = 200,
+        latency_budget: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Monitor:
+        """Watch a network endpoint: an ``http(s)://`` URL (GET, expected status, latency
+        budget), or a TCP endpoint as ``host=``/``port=``, ``"tcp://host:port"`` or
+        ``"host:port"`` (connect)."""
+        check: Callable[[], Any]
+        if target is not None and (host is not None or port is not None):
+            raise ValueError("give a target, or host= and port=, not both")
+        if target is None:
+            if host is None or port is None:
+                raise ValueError(f"network monitor {name!r} needs a URL, or host= and port=")
+            check = _factory("network", "tcp_check")(host, port)
+        elif not isinstance(target, str):
+            raise TypeError(f"network target must be a URL or 'host:port', got {target!r}")
+        elif target.lower().startswith(("http://", "https://")):
+            check = _factory("network", "http_check")(
+                target,
+                expect_status=expect_status,
+                latency_budget=latency_budget,
+                headers=headers,
+            )
+        else:
+            address = target[len("tcp://") :] if target.lower().startswith("tcp://") else target
+            where, sep, number = address.rpartition(":")
+            where = where.strip("[]")  # [::1]:5432
+            if not sep or not where or not number.isdigit() or "/" in address:
+                raise ValueError(
+                    f"network target must be http(s)://..., tcp://host:port or host:port; "
+                    f"got {target!r}"
+                )
+            check = _factory("network", "tcp_check")(where, int(number))
+        return self.register_monitor(ResourceType.NETWORK, name, check, **options)
+
+    def register_docker_monitor(
+        self,
+        name: str = "docker",
+        container: str | None = None,
+        *,
+        socket: str = "/var/run/docker.sock",
+        **options: Any,
+    ) -> Monitor:
+        """Watch the Docker daemon (``/_ping``) or one container's state, health and restarts."""
+        check = _factory("docker", "docker_check")(container, socket=socket)
+        return self.register_monitor(ResourceType.DOCKER, name, check, **options)
+
+    def register_k8s_monitor(
+        self,
+        name: str = "pod",
+        *,
+        pod: str | None = None,
+        namespace: str | None = None,
+        **options: Any,
+    ) -> Monitor:
+        """Watch a Kubernetes pod's conditions and restarts from inside the cluster (the pod
+        itself by default; ``host=``, ``port=``, ``token_path=``, ``ca_path=`` and
+        ``namespace_path=`` go to the check)."""
+        factory_keys = ("host", "port", "token_path", "ca_path", "namespace_path")
+        factory = {key: options.pop(key) for key in factory_keys if key in options}
+        check = _factory("kubernetes", "pod_check")(pod=pod, namespace=namespace, **factory)
+        return self.register_monitor(ResourceType.K8S_POD, name, check, **options)
+
+    def register_mcp_monitor(
+        self,
+        name: str,
+        *,
+        command: str | None = None,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        url: str | None = None,
+        config: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> Monitor:
+        """Watch an MCP server: with only a name, found in the MCP configuration file
+        (``MCP_CONFIG``, else ``./mcp.json``); or started with ``command``/``args``/``env``
+        (stdio); or reached at ``url`` (streamable HTTP)."""
+        check = _factory("mcp", "mcp_check")(
+            name, command=command, args=args, env=env, url=url, config=config
+        )
+        return self.register_monitor(ResourceType.MCP_SERVER, name, check, **options)
+
+    def get_resource_status(self, rtype: ResourceType | str, name: str) -> ResourceStatus | None:
+        """A resource's current status (``None`` before its first check); runs no check."""
+        return self.resources.status(rtype, name)
+
+    def resource_state(self, rtype: ResourceType | str, name: str) -> ResourceState:
+        """A resource's current state; runs no check."""
+        return self.resources.state(rtype, name)
+
+    # -- components ------------------------------------------------------------------------------
+
+    def register_component(
+        self,
+        name: str,
+        *,
+        critical: bool = True,
+        watch: str | Iterable[str] | None = None,
+        policies: Iterable[str] | None = None,
+    ) -> None:
+        """Declare a component, optionally fed by the events of the policies named in ``watch``
+        (see :class:`buttress.health.HealthMonitor`)."""
+        self.health.register(name, critical=critical, watch=watch, policies=policies)
+
+    def record_success(self, component: str) -> None:
+        self.health.record_success(component)
+
+    def record_failure(self, component: str, error: str | BaseException | None = None) -> None:
+        self.health.record_failure(component, error)
+
+    def component_state(self, name: str) -> ComponentState:
+        return self.health.component(name)
+
+    # -- the report ------------------------------------------------------------------------------
+
+    def _circuit_report(self) -> dict[str, dict[str, object]]:
+        breakers = circuit_breakers()
+        names = sorted(breakers) if self._circuits is None else self._circuits
+        out: dict[str, dict[str, object]] = {}
+        for name in names:
+            breaker = breakers.get(name)
+            if breaker is None:
+                continue
+            state = breaker.state
+            # An open breaker refuses every call, whatever its counters say after tripping.
+            failure_rate = 1.0 if state is CircuitState.OPEN else breaker.failure_rate
+            out[name] = {
+                "state": state.value,
+                "success_rate": round(1.0 - failure_rate, 4),
+                "failure_rate": round(failure_rate, 4),
+            }
+        return out
+
+    def overall_health(self) -> OverallHealth:
+        """The team's health: resources and components by the aggregation table, and at least
+        ``degraded`` while a reported circuit breaker is not closed."""
+        return self._overall(
+            self.resources.states().values(), self.health.components().values(), None
+        )
+
+    def _overall(
+        self,
+        resources: Iterable[ResourceState],
+        components: Iterable[ComponentState],
+        circuits: Mapping[str, Mapping[str, object]] | None,
+    ) -> OverallHealth:
+        members = [(s.status, s.critical) for s in resources]
+        members += [(c.status, c.critical) for c in components]
+        overall = aggregate(members)
+        if circuits is None:
+            circuits = self._circuit_report()
+        if overall is OverallHealth.HEALTHY and any(
+            c["state"] != CircuitState.CLOSED.value for c in circuits.values()
+        ):
+            overall = OverallHealth.DEGRADED
+        return overall
+
+    def health_report(self) -> dict[str, Any]:
+        """The team's health report as JSON-able data (what :meth:`get_health_report` returns)."""
+        states = self.resources.states()
+        components = self.health.components()
+        circuits = self._circuit_report()
+        tier = self.degradation.get_current_tier()
+        unhealthy = sorted(
+            key
+            for key, s in states.items()
+            if s.status is not None and s.status.rank >= CRITICAL.rank
+        )
+        return {
+            "team": self.team,
+            "overall_health": self._overall(states.values(), components.values(), circuits).value,
+            "components": {name: c.as_dict() for name, c in components.items()},
+            "resources": {key: s.as_dict() for key, s in states.items()},
+            "circuits": circuits,
+            "degradation_tier": int(tier),
+            "degradation_tier_name": tier.name,
+            "unhealthy_resources": unhealthy,
+            "monitoring": self.resources.running,
+            "check_interval": self.resources.check_interval,
+            "generated_at": (self._clock or get_clock()).wall(),
+        }
+
+    async def get_health_report(self) -> dict[str, Any]:
+        """The team's health report (the documented JSON shape), from the last results: no check
+        runs to answer it."""
+        return self.health_report()
+
+    # -- degradation -----------------------------------------------------------------------------
+
+    def _feed_degradation(self, state: ResourceState, old: ResourceStatus | None) -> None:
+        status = state.status
+        if status is None:
+            return
+        healthy = status.rank < CRITICAL.rank
+        was_healthy = old is None or old.rank < CRITICAL.rank
+        if healthy and was_healthy and old is not None:
+            return  # healthy <-> degraded: nothing for the tier
+        self.degradation.update_health(
+            state.key,
+            healthy=healthy,
+            response_time_ms=None if state.latency is None else state.latency * 1000.0,
+            error=None if healthy else (state.last_error or state.reason),
+        )
