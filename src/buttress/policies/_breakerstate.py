@@ -10,8 +10,9 @@ which is one of two kinds behind one small interface:
 * :class:`StoredState`: a store (SQLite, Redis, ...) that applies each step atomically for every
   process using the breaker's name, the :class:`~._storeguard.StoreGuard` that watches the store's
   health, and a :class:`LocalState` to decide on while the store cannot answer (``fail_mode``
-  ``"local"``; ``"open"`` admits uncounted calls, ``"closed"`` refuses them). Every method that
-  asks the store has an async twin that awaits it (``store.abreaker``), never blocking the loop.
+  ``"local"``; ``"open"`` admits uncounted calls, ``"closed"`` refuses them). The steps of a
+  call have async twins that await the store (``aadmit``, ``asettle``: ``store.abreaker``), so
+  async callers never block the loop; so does ``aclose``.
 
 The interface:
 
