@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
+import pickle
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ from buttress import (
     CircuitState,
     circuit_breaker,
     circuit_breakers,
+    events,
     get_circuit_breaker,
 )
 from buttress.events import CircuitStateChanged
@@ -303,3 +308,224 @@ def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_configuration(kwargs: dict[str, Any], text: str) -> None:
     with pytest.raises(ValueError, match=text):
         CircuitBreakerConfig(**kwargs)
+
+
+# --- late outcomes: the generation a call was admitted in -----------------------------------------
+
+
+def _through(entry: str, mode: str, cb: CircuitBreaker, body: Callable[[], Any]) -> Any:
+    """Run ``body`` through ``cb`` by ``entry`` (decorator, call, with) as ``def`` or ``async def``;
+    returns the result, or raises what it raised."""
+    fn = make(mode, body)
+    if entry == "decorator":
+        return run(cb(fn)())
+    if entry == "call":
+        return run(cb.acall(fn) if mode == "async" else cb.call(fn))
+    if mode == "sync":
+        with cb:
+            return fn()
+
+    async def block() -> Any:
+        async with cb:
+            return await fn()
+
+    return run(block())
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["no hook", "hook"])
+@pytest.mark.parametrize("entry", ["decorator", "call", "with"])
+def test_a_failure_admitted_before_a_trip_cannot_reopen_the_recovered_breaker(
+    entry: str, mode: str, hooked: bool, clock: FakeClock
+) -> None:
+    cb = CircuitBreaker(fail_max=1, timeout_duration=10)
+
+    def admitted_before_the_trip() -> None:
+        trip(cb, 1)  # other calls trip the breaker ...
+        clock.advance(10)
+        assert cb.call(ok) == "ok"  # ... and a probe closes it again
+        raise ConnectionError("the late failure of a call admitted in the old generation")
+
+    hook = events.add_hook(lambda event: None) if hooked else None
+    try:
+        with pytest.raises(ConnectionError, match="late failure"):
+            _through(entry, mode, cb, admitted_before_the_trip)
+    finally:
+        if hook is not None:
+            events.remove_hook(hook)
+    assert cb.state is CircuitState.CLOSED  # installing a hook changes nothing it decides
+    assert cb.failure_count == 0
+
+
+def test_a_late_success_does_not_clear_failures_counted_since(clock: FakeClock) -> None:
+    cb = CircuitBreaker(fail_max=2, timeout_duration=10)
+
+    def admitted_before_the_trip() -> str:
+        trip(cb, 2)
+        clock.advance(10)
+        cb.call(ok)  # closed again, generation moved on
+        trip(cb, 1)  # one failure in the new generation
+        return "late"
+
+    assert cb(admitted_before_the_trip)() == "late"
+    assert cb.failure_count == 1
+
+
+def test_every_entry_point_counts_and_resets(mode: str, clock: FakeClock) -> None:
+    for entry in ("decorator", "call", "with"):
+        cb = CircuitBreaker(fail_max=2)
+        with pytest.raises(ConnectionError):
+            _through(entry, mode, cb, failing)
+        assert cb.failure_count == 1
+        assert _through(entry, mode, cb, ok) == "ok"
+        assert cb.failure_count == 0
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                _through(entry, mode, cb, failing)
+        with pytest.raises(CircuitOpenError):
+            _through(entry, mode, cb, ok)
+
+
+def test_nested_blocks_settle_their_own_admissions(clock: FakeClock) -> None:
+    cb = CircuitBreaker(fail_max=1, timeout_duration=10)
+    trip(cb, 1)
+    clock.advance(10)
+    # the probe, and inside it a second caller, refused while the probe runs
+    with cb, pytest.raises(CircuitOpenError), cb:
+        pass
+    assert cb.state is CircuitState.CLOSED
+
+
+# --- refusals: cheap, counted, summarised ---------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def log() -> Iterator[tuple[_Records, logging.Logger]]:
+    handler = _Records()
+    logger = logging.getLogger("buttress.circuit")
+    logger.addHandler(handler)
+    level = logger.level
+    yield handler, logger
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_refusals_log_one_warning_then_a_summary_per_interval(
+    log: tuple[_Records, logging.Logger], clock: FakeClock
+) -> None:
+    handler, logger = log
+    logger.setLevel(logging.DEBUG)
+    name = unique("erp")
+    cb = CircuitBreaker(name=name, fail_max=1, timeout_duration=3600)
+    trip(cb, 1)
+    for _ in range(1234):
+        with contextlib.suppress(CircuitOpenError):
+            cb.call(ok)
+        clock.advance(0.008)  # 9.9 s of refusals
+    clock.advance(0.2)
+    with contextlib.suppress(CircuitOpenError):
+        cb.call(ok)
+    warnings = [r.getMessage() for r in handler.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"circuit {name!r}: CLOSED -> OPEN (1 consecutive failures)",
+        f"circuit breaker {name!r} is open: rejecting calls",
+        f"1,234 calls rejected by circuit breaker {name!r} in the last 10 s",  # after the first
+    ]
+    detail = [r for r in handler.records if r.levelno == logging.DEBUG]
+    assert len(detail) == 1235  # the per-call detail, at DEBUG
+    assert {r.getMessage() for r in detail} == {f"circuit {name!r}: rejected (circuit_open)"}
+
+
+def test_a_refusal_nobody_reads_builds_no_event(
+    log: tuple[_Records, logging.Logger], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, logger = log
+    logger.setLevel(logging.WARNING)
+    built: list[events.CallRejected] = []
+
+    class Spy(events.CallRejected):
+        def __init__(self, **fields: Any) -> None:
+            super().__init__(**fields)
+            built.append(self)
+
+    monkeypatch.setattr(events, "CallRejected", Spy)
+    cb = CircuitBreaker(fail_max=1, timeout_duration=3600)
+    trip(cb, 1)
+    for _ in range(50):
+        with contextlib.suppress(CircuitOpenError):
+            cb.call(ok)
+    assert built == []
+    heard: list[events.Event] = []
+    hook = events.add_hook(heard.append)
+    try:
+        for _ in range(50):
+            with contextlib.suppress(CircuitOpenError):
+                cb.call(ok)
+    finally:
+        events.remove_hook(hook)
+    assert len(built) == 50  # hooks (metrics) still see every refusal
+    assert sum(isinstance(e, events.CallRejected) for e in heard) == 50
+
+
+def test_the_refusal_names_the_breaker_and_when_to_retry(clock: FakeClock) -> None:
+    name = unique("erp")
+    cb = CircuitBreaker(name=name, fail_max=1, timeout_duration=30)
+    trip(cb, 1)
+    clock.advance(4.25)
+    with pytest.raises(CircuitOpenError) as info:
+        cb.call(ok)
+    error = info.value
+    assert (error.name, error.retry_after) == (name, pytest.approx(25.75))
+    assert str(error) == f"circuit breaker {name!r} is open; retry after 25.750s"
+    assert repr(error) == f"CircuitOpenError({str(error)!r})"
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.retry_after, copy.name) == (
+        CircuitOpenError,
+        str(error),
+        error.retry_after,
+        name,
+    )
+    assert str(CircuitOpenError("in its own words", retry_after=1.0)) == "in its own words"
+
+
+def test_a_window_breaker_refuses_while_open(clock: FakeClock) -> None:
+    cb = CircuitBreaker(fail_max=100, failure_rate_threshold=0.5, window_size=2, minimum_calls=2)
+    trip(cb, 2)
+    clock.advance(1)
+    with pytest.raises(CircuitOpenError) as info:
+        cb.call(ok)
+    assert info.value.retry_after == pytest.approx(59)
+
+
+# --- readings and disposal ------------------------------------------------------------------------
+
+
+def test_failure_rates_are_published_for_scrapes(clock: FakeClock) -> None:
+    name = unique("rate")
+    cb = CircuitBreaker(name=name, fail_max=4)
+    trip(cb, 1)
+    assert dict(events.readings("circuit_failure_rate"))[name] == 0.25
+    cb.dispose()
+    assert name not in dict(events.readings("circuit_failure_rate"))
+
+
+def test_a_disposed_breaker_frees_its_name_and_refuses_new_calls(clock: FakeClock) -> None:
+    name = unique("disposed")
+    cb = CircuitBreaker(name=name, fail_max=1)
+    with cb:  # a call in flight when the breaker is disposed finishes quietly
+        cb.dispose()
+        cb.dispose()  # twice is once
+    assert name not in circuit_breakers()
+    with pytest.raises(RuntimeError, match=f"circuit breaker '{name}' was disposed"):
+        cb.call(ok)
+    fresh = CircuitBreaker(name=name, fail_max=7)  # the name is free for another configuration
+    assert fresh.call(ok) == "ok"
+    assert repr(cb) == f"CircuitBreaker(name='{name}', state='closed')"

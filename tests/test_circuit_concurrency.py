@@ -112,13 +112,13 @@ def test_stress_no_lost_or_illegal_transitions() -> None:
         for _ in range(400):
             clock.advance(rng.random() * 0.01)
             fails = rng.random() < 0.4
-            half_open = cb._shared.machine.state is CircuitState.HALF_OPEN
+            half_open = cb._core.local.machine.state is CircuitState.HALF_OPEN
 
             def body(half_open: bool = half_open, fails: bool = fails) -> None:
                 nonlocal in_probe, peak_probes
                 if half_open:
                     with lock:
-                        probes_now = cb._shared.machine.probes_in_flight()
+                        probes_now = cb._core.local.machine.probes_in_flight()
                         peak_probes = max(peak_probes, probes_now)
                 if fails:
                     raise ConnectionError
@@ -136,7 +136,7 @@ def test_stress_no_lost_or_illegal_transitions() -> None:
         assert (event.old, event.new) in LEGAL
     # Listeners run outside the lock, so their order may interleave; the counts may not: every
     # state is entered as often as it is left, except the initial and the final one.
-    final = cb._shared.machine.state
+    final = cb._core.local.machine.state
     for state in CircuitState:
         entered = sum(e.new is state for e in seen)
         left = sum(e.old is state for e in seen)
@@ -204,7 +204,7 @@ class BreakerModel(RuleBasedStateMachine):
 
     @invariant()
     def same_state(self) -> None:
-        assert self.cb._shared.machine.state is self.state
+        assert self.cb._core.local.machine.state is self.state
 
 
 TestBreakerModel = BreakerModel.TestCase

@@ -100,7 +100,6 @@ def test_full_bulkhead(
     assert {e.name for e in rejected} == {"outage-pool"}
 
 
-@pending
 def test_open_breaker(
     mode: str,
     clock: FakeClock,

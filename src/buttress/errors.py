@@ -64,7 +64,20 @@ def _rebuild(
 
 
 class CircuitOpenError(RejectedError):
-    """The circuit breaker is open (or its half-open probes are all taken)."""
+    """The circuit breaker is open (or its half-open probes are all taken).
+
+    A breaker raises it for every call of an outage, so it builds it without a message (no
+    ``__init__``, no float formatting); the message is formatted when read: "circuit breaker
+    'erp' is open; retry after 4.250s".
+    """
+
+    def __str__(self) -> str:
+        if self.args:
+            return super().__str__()
+        return f"circuit breaker {self.name!r} is open; retry after {self.retry_after or 0.0:.3f}s"
+
+    def __repr__(self) -> str:
+        return super().__repr__() if self.args else f"{type(self).__name__}({str(self)!r})"
 
 
 class BulkheadFull(RejectedError):

@@ -18,6 +18,14 @@ Half-open admits at most ``half_open_max_calls`` probes at once. Each admission 
 machine's *generation*, bumped at every transition; an outcome reported with an old generation
 (a call admitted before the breaker moved on, or a probe already written off by its timeout) is
 ignored, so a late answer cannot undo a newer decision.
+
+Two attributes let a shell decide the common cases without its lock, each by reading one value
+(so a decision cannot pair a new state with an old number):
+
+* ``closed_generation`` is the generation while CLOSED and -1 otherwise: a call admitted by
+  reading it is stamped with the generation it was admitted in;
+* ``reopens_at`` is, while OPEN, the time it turns HALF_OPEN, and -inf otherwise: a call arriving
+  before it is refused, with ``reopens_at - now`` as its ``retry_after``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class CircuitState(StrEnum):
 
 _CODES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_OPEN: 2}
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+_NEVER = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +101,12 @@ class BreakerMachine:
         "_outcomes",
         "_probe_starts",
         "_tickets",
+        "closed_generation",
         "failures",
         "generation",
         "opened_at",
         "probe_successes",
+        "reopens_at",
         "settings",
         "state",
         "window_calls",
@@ -107,8 +118,10 @@ class BreakerMachine:
         self.settings = settings
         self.state = CLOSED
         self.generation = 0
+        self.closed_generation = 0
         self.failures = 0
         self.opened_at = 0.0
+        self.reopens_at = _NEVER
         self.probe_successes = 0
         self._probe_starts: dict[int, float] = {}  # probe ticket -> start time
         self._tickets = 0
@@ -122,6 +135,9 @@ class BreakerMachine:
 
     def _move(self, new: CircuitState, now: float, reason: str) -> Transition:
         old = self.state
+        # first: a lock-free reader never admits into, nor refuses out of, the new state
+        self.closed_generation = -1
+        self.reopens_at = _NEVER
         self.state = new
         self.generation += 1
         self.failures = 0
@@ -129,10 +145,12 @@ class BreakerMachine:
         self._probe_starts.clear()
         if new is OPEN:
             self.opened_at = now
+            self.reopens_at = now + self.settings.recovery
         if new is CLOSED:
             self._outcomes.clear()
             self._buckets.clear()
             self.window_calls = self.window_failures = self.window_slow = 0
+            self.closed_generation = self.generation
         return Transition(old, new, reason)
 
     def force(self, new: CircuitState, now: float, reason: str) -> Transition | None:
@@ -302,6 +320,9 @@ class BreakerMachine:
             if not isinstance(probes, dict):
                 raise ValueError(f"probes must be an object, got {probes!r}")
             machine._probe_starts = {int(t): _float(probes, t) for t in probes}
+            machine.closed_generation = machine.generation if machine.state is CLOSED else -1
+            if machine.state is OPEN:
+                machine.reopens_at = machine.opened_at + settings.recovery
         except KeyError as exc:
             raise ValueError(f"breaker state lacks {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:

@@ -2,24 +2,41 @@
 
 Theory of operation
 -------------------
-The states and transitions live in :mod:`buttress.machines.breaker` (see its table). This module
-is the shell: it holds the lock and the clock, classifies outcomes, raises
-:class:`buttress.CircuitOpenError` (with ``retry_after``) for rejected calls, and tells listeners,
+The states and transitions live in :mod:`buttress.machines.breaker` (see its table); where that
+state lives (this process, or a store shared by processes) is a *state* object from
+:mod:`buttress.policies._breakerstate`, behind one small interface (admit, settle, snapshot). This
+module is the shell: it holds the clock, classifies outcomes, raises
+:class:`buttress.CircuitOpenError` (with ``retry_after``) for refused calls, and tells listeners,
 logs and hooks about transitions.
 
 Guarantees:
 
-* Thread- and task-safe: admissions and outcomes go through one lock, held only for a few
+* Thread- and task-safe: admissions and outcomes go through the state's lock, held only for a few
   arithmetic steps (never across the guarded call, never across an ``await``). Under any number of
   concurrent callers, at most ``half_open_max_calls`` probes run at once.
-* A late outcome cannot undo a newer decision (admissions carry a generation).
-* Cost: in CLOSED state with the consecutive-failure rule, a successful call reads one attribute
-  before the call and, only if failures were counted, resets them after: no lock, no clock, no
-  allocation. Sliding windows, slow-call detection and installed event hooks take the general path.
+* A late outcome cannot undo a newer decision: every admission carries the generation it was
+  admitted in, on the fast path too, so a call admitted before a trip cannot re-open a breaker that
+  has recovered since, whether or not a hook is installed.
+* One fast path for every entry point (decorator, ``call``/``acall``, ``with``): in CLOSED state
+  with the consecutive-failure rule, in memory and with no hook installed, a call is admitted by
+  reading one attribute (the machine's ``closed_generation``, also the ticket its failure is
+  stamped with) and, only if failures were counted, a success resets them: no lock, no clock, no
+  allocation. Anything else (OPEN or HALF_OPEN, windows, slow-call detection, a store, a hook)
+  takes the one general path. The decisions are made in one place; each entry point only holds
+  the few lines around the call, because delegating them would cost a Python frame, a tenth of
+  the whole success path.
+* Refusing is cheap: an OPEN breaker in memory refuses without its lock; the
+  :class:`buttress.events.CallRejected` event is built only when a hook or a DEBUG logger reads it,
+  and the WARNING line is one per burst of refusals, then a summary per interval ("1,234 calls
+  rejected by circuit breaker 'erp' in the last 10 s", :class:`buttress.events.Repeats`).
+* ``repr`` and metrics never do I/O: they show a stored breaker as this process last saw it. The
+  ``state``, ``failure_count`` and ``retry_after`` properties ask the store.
 
 Breakers with a name are registered: every :class:`CircuitBreaker` built with the same name shares
 one state (the same dependency seen from several places). A different configuration under the same
-name is an error. ``name=None`` gives a private breaker.
+name is an error. ``name=None`` gives a private breaker. :meth:`CircuitBreaker.dispose` takes a
+breaker out of the registry and closes the store it opened (``close()`` already means closing the
+circuit, and ``with breaker:`` guards a block).
 """
 
 from __future__ import annotations
@@ -27,18 +44,17 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from time import time as _wall
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
 from .._config import env_float, env_int, integer, number, optional_seconds, seconds
-from ..backends import BreakerReply, open_storage
-from ..backends.base import ACQUIRE, READ, BreakerStep
+from ..backends import open_storage
 from ..clock import Clock, get_clock
 from ..errors import CircuitOpenError
 from ..machines.breaker import (
@@ -48,7 +64,8 @@ from ..machines.breaker import (
     CircuitState,
     Transition,
 )
-from ._storeguard import StoreGuard, check_fail_mode, store_faults, store_time
+from ._breakerstate import NO_GATE, DisposedState, Gate, LocalState, Snapshot, StoredState
+from ._storeguard import StoreGuard, check_fail_mode
 
 __all__ = [
     "CircuitBreaker",
@@ -62,7 +79,10 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 ExcTypes = tuple[type[BaseException], ...]
-_CLOSED = CircuitState.CLOSED
+_HOOKS = _events.HOOKS
+_blank_refusal = CircuitOpenError.__new__
+_detail = logging.getLogger("buttress.circuit")
+_DEBUG = logging.DEBUG
 
 
 def _types(field_name: str, value: object) -> ExcTypes:
@@ -226,38 +246,254 @@ class CircuitBreakerConfig:
         )
 
 
-class _Shared:
-    """One breaker's state, shared by every CircuitBreaker object with its name."""
+Ticket = int | tuple[Admission, float]  # a fast-path generation, or an admission and its start
 
-    __slots__ = ("clock", "config", "guard", "listeners", "lock", "machine", "seen", "simple")
+
+class _Core:
+    """One breaker: its configuration, state, listeners and paths; shared by every
+    :class:`CircuitBreaker` object with its name."""
+
+    __slots__ = (
+        "clock",
+        "config",
+        "counted",
+        "excluded",
+        "first_refusal",
+        "gate",
+        "listeners",
+        "local",
+        "name",
+        "open_gate",
+        "repeats",
+        "slow_after",
+        "state",
+        "stored",
+        "tickets",
+        "where",
+    )
 
     def __init__(self, config: CircuitBreakerConfig, clock: Clock | None) -> None:
         self.config = config
-        self.machine = BreakerMachine(config.settings())
-        self.lock = threading.Lock()
-        self.listeners: list[Callable[[_events.CircuitStateChanged], None]] = []
         self.clock = clock
-        self.guard: StoreGuard | None = None
-        windowed = self.machine.settings.windowed or config.slow_call_duration is not None
+        self.name = config.name or f"breaker-{id(self):x}"
+        self.listeners: list[Callable[[_events.CircuitStateChanged], None]] = []
+        self.excluded, self.counted = config.excluded_exceptions, config.failure_exceptions
+        self.slow_after = config.slow_call_duration
+        settings = config.settings()
+        windowed = settings.windowed or config.slow_call_duration is not None
+        self.local = LocalState(settings, self.announce)
+        self.state: LocalState | StoredState | DisposedState = self.local
+        self.stored: StoredState | None = None
+        self.where = "memory://"
         # BUTTRESS_STORAGE_URL applies to named breakers that can be stored; explicit storage=
         # without a name or with a window was refused by the config.
         if config.storage is not None or (config.name is not None and not windowed):
             store = open_storage(config.storage)
             if store is not None:
-                owner = f"circuit breaker {config.name or 'unnamed'!r}"
-                self.guard = StoreGuard(store, owner, config.fail_mode, 1.0)
-        self.seen = CircuitState.CLOSED  # the stored state as this process last saw it
-        # The fast path applies when nothing but consecutive failures is counted in memory.
-        self.simple = not windowed and self.guard is None
+                guard = StoreGuard(store, f"circuit breaker {self.name!r}", config.fail_mode, 1.0)
+                owned = store is not config.storage  # opened here: from a URL, or around a client
+                self.where = str(getattr(store, "url", store))
+                self.state = self.stored = StoredState(
+                    self.name, settings, guard, owned=owned, clock=clock, announce=self.announce
+                )
+        # The machine's lock-free reads: admitting in CLOSED state when nothing but consecutive
+        # failures is counted, refusing in OPEN state whenever the state is local.
+        self.open_gate: BreakerMachine | Gate = (
+            self.local.machine if self.stored is None else NO_GATE
+        )
+        self.gate = self.open_gate if not windowed else NO_GATE
+        self.tickets: contextvars.ContextVar[tuple[Ticket, ...]] = contextvars.ContextVar(
+            f"buttress_breaker_{id(self):x}", default=()
+        )
+        what = f"circuit breaker {self.name!r}"
+        self.first_refusal = f"{what} is open: rejecting calls".__str__
+        self.repeats = _events.Repeats("circuit", self.name, f"calls rejected by {what}")
+
+    def now(self) -> float:
+        return (self.clock or get_clock()).now()
+
+    # -- the general path (the fast one is in CircuitBreaker's entry points) --------------------
+
+    def run(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        began = (self.clock or get_clock()).now()  # admit(), inlined for the refusals of outages
+        wait = self.open_gate.reopens_at - began
+        admission = self.state.admit(began) if wait <= 0 else wait
+        if isinstance(admission, float):
+            raise self.refuse(admission, began)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as error:
+            self.finish(admission, began, error)
+            raise
+        self.finish(admission, began, None)
+        return result
+
+    def arun(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Awaitable[Any]:
+        """The general async path. A local breaker decides before making a coroutine, so a
+        refusal raises at once, as cheap as a sync one."""
+        if self.stored is not None:
+            return self.arun_stored(fn, args, kwargs)
+        began = (self.clock or get_clock()).now()  # admit(), inlined as in run()
+        wait = self.open_gate.reopens_at - began
+        admission = self.state.admit(began) if wait <= 0 else wait
+        if isinstance(admission, float):
+            raise self.refuse(admission, began)
+        return self.arun_admitted(fn, args, kwargs, (admission, began))
+
+    async def arun_stored(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+        return await self.arun_admitted(fn, args, kwargs, await self.aadmit())
+
+    async def arun_admitted(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: Any,
+        kwargs: Any,
+        ticket: tuple[Admission, float],
+    ) -> Any:
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as error:
+            await self.afinish(*ticket, error)
+            raise
+        await self.afinish(*ticket, None)
+        return result
+
+    def failed(self, ticket: int, error: BaseException) -> None:
+        """A call admitted on the fast path raised: count it in the generation it came in."""
+        if isinstance(error, self.counted) and not isinstance(error, self.excluded):
+            self.local.settle(Admission(True, generation=ticket), self.now(), True)
+
+    # -- admissions and outcomes -------------------------------------------------------------------
+
+    def admit(self) -> tuple[Admission, float]:
+        """Admit a call now, or raise :class:`CircuitOpenError`; returns it with the time."""
+        now = (self.clock or get_clock()).now()
+        wait = self.open_gate.reopens_at - now  # an OPEN local breaker refuses without its lock
+        admission = self.state.admit(now) if wait <= 0 else wait
+        if isinstance(admission, float):
+            raise self.refuse(admission, now)
+        return admission, now
+
+    async def aadmit(self) -> tuple[Admission, float]:
+        now = self.now()
+        admission = await cast(StoredState, self.stored).aadmit(now)
+        if isinstance(admission, float):
+            raise self.refuse(admission, now)
+        return admission, now
+
+    def refuse(self, wait: float, now: float) -> CircuitOpenError:
+        """Count one refused call and return the error to raise (its message is formatted only
+        if it is read)."""
+        self.repeats.hit(now, self.first_refusal)
+        if _HOOKS or _detail.isEnabledFor(_DEBUG):  # events.wanted("circuit"), inlined
+            _events.emit(
+                _events.CallRejected(
+                    policy="circuit",
+                    name=self.name,
+                    at=now,
+                    reason="circuit_open",
+                    retry_after=wait,
+                )
+            )
+        error = _blank_refusal(CircuitOpenError)
+        error.retry_after, error.name = wait, self.name
+        return error
+
+    def outcome(self, error: BaseException | None, began: float) -> tuple[float, bool | None, bool]:
+        """``now``; whether the call failed (``None``: it does not count); whether it was slow."""
+        now = self.now()
+        failed: bool | None = None  # cancelled, interrupted, excluded: no verdict on the dependency
+        if error is None:
+            failed = False
+        elif isinstance(error, Exception) and isinstance(error, self.counted):
+            failed = None if isinstance(error, self.excluded) else True
+        slow = self.slow_after is not None and now - began > self.slow_after
+        return now, failed, slow
+
+    def finish(self, admission: Admission, began: float, error: BaseException | None) -> None:
+        now, failed, slow = self.outcome(error, began)
+        self.state.settle(admission, now, failed, slow)
+        self.completed(error, failed, now - began, now)
+
+    async def afinish(
+        self, admission: Admission, began: float, error: BaseException | None
+    ) -> None:
+        stored = self.stored
+        if stored is None:
+            self.finish(admission, began, error)
+            return
+        now, failed, slow = self.outcome(error, began)
+        await stored.asettle(admission, now, failed, slow)
+        self.completed(error, failed, now - began, now)
+
+    def completed(
+        self, error: BaseException | None, failed: bool | None, duration: float, now: float
+    ) -> None:
+        if _HOOKS and (error is None or isinstance(error, Exception)):
+            outcome = "ignored" if failed is None else "failure" if failed else "success"
+            _events.emit(
+                _events.CallCompleted(
+                    policy="circuit", name=self.name, at=now, outcome=outcome, duration=duration
+                )
+            )
+
+    # -- a guarded block (``with breaker:``) -------------------------------------------------------
+
+    def enter(self, ticket: Ticket | None = None) -> None:
+        if ticket is None:
+            generation = self.gate.closed_generation
+            ticket = generation if generation >= 0 and not _HOOKS else self.admit()
+        self.tickets.set((*self.tickets.get(), ticket))
+
+    def leave(self) -> Ticket:
+        """Pop the innermost block's ticket."""
+        stack = self.tickets.get()
+        self.tickets.set(stack[:-1])
+        return stack[-1]
+
+    def exit(self, ticket: Ticket, error: BaseException | None) -> None:
+        """Settle a block's ticket (a stored admission, in async code: ``afinish``)."""
+        if not isinstance(ticket, int):
+            self.finish(*ticket, error)
+        elif error is None:
+            if self.gate.failures:
+                self.local.succeeded(ticket)
+        elif isinstance(error, Exception):
+            self.failed(ticket, error)
+
+    # -- transitions -------------------------------------------------------------------------------
+
+    def announce(self, transition: Transition, now: float) -> None:
+        event = _events.CircuitStateChanged(
+            policy="circuit",
+            name=self.name,
+            at=now,
+            old=transition.old,
+            new=transition.new,
+            reason=transition.reason,
+        )
+        _events.emit(event)
+        for listener in tuple(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                _events._log.exception("circuit breaker listener %r failed", listener)
+
+    def dispose(self) -> StoredState | None:
+        """Unregister; returns the stored state whose store is still to be closed."""
+        with _REGISTRY_LOCK:
+            if _REGISTRY.get(self.name) is self:
+                del _REGISTRY[self.name]
+        state = self.state
+        if isinstance(state, DisposedState):
+            return None
+        self.gate = self.open_gate = NO_GATE
+        self.stored = None
+        self.state = DisposedState(self.name, state.snapshot(self.now()))
+        return state if isinstance(state, StoredState) else None
 
 
-class _StoredAdmission(Admission):
-    """An admission the store granted (its outcome is reported to the store)."""
-
-    __slots__ = ()
-
-
-_REGISTRY: dict[str, _Shared] = {}
+_REGISTRY: dict[str, _Core] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -281,7 +517,7 @@ class CircuitBreaker:
             of the same name.
     """
 
-    __slots__ = ("_shared", "_tickets")
+    __slots__ = ("_core",)
 
     def __init__(
         self,
@@ -297,512 +533,209 @@ class CircuitBreaker:
         if not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
         if config.name is None:
-            self._shared = _Shared(config, clock)
-        else:
-            with _REGISTRY_LOCK:
-                shared = _REGISTRY.get(config.name)
-                if shared is None:
-                    shared = _REGISTRY[config.name] = _Shared(config, clock)
-                elif shared.config != config:
-                    raise ValueError(
-                        f"circuit breaker {config.name!r} is already registered with another "
-                        f"configuration: {', '.join(_differences(config, shared.config))}"
-                    )
-            self._shared = shared
-        self._tickets: contextvars.ContextVar[tuple[tuple[Admission, float], ...]] = (
-            contextvars.ContextVar(f"buttress_breaker_{id(self)}", default=())
-        )
+            self._core = _Core(config, clock)
+            return
+        with _REGISTRY_LOCK:
+            core = _REGISTRY.get(config.name)
+            if core is None:
+                core = _REGISTRY[config.name] = _Core(config, clock)
+            elif core.config != config:
+                raise ValueError(
+                    f"circuit breaker {config.name!r} is already registered with another "
+                    f"configuration: {', '.join(_differences(config, core.config))}"
+                )
+        self._core = core
 
-    # -- introspection ---------------------------------------------------------------------------
+    @classmethod
+    def _of(cls, core: _Core) -> CircuitBreaker:
+        breaker = cls.__new__(cls)
+        breaker._core = core
+        return breaker
+
+    # -- introspection -----------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        return self._shared.config.name or f"breaker-{id(self._shared):x}"
+        return self._core.name
 
     @property
     def config(self) -> CircuitBreakerConfig:
-        return self._shared.config
+        return self._core.config
+
+    def _read(self) -> Snapshot:
+        core = self._core
+        return core.state.read(core.now())
 
     @property
     def state(self) -> CircuitState:
-        """The current state; an OPEN breaker past its recovery time reads as HALF_OPEN."""
-        reply = self._stored(READ)
-        if reply is not None:
-            state, opened_at = reply.state, reply.opened_at
-            now = self._store_now()
-        else:
-            machine = self._shared.machine
-            state, opened_at, now = machine.state, machine.opened_at, self._now()
-        if state is CircuitState.OPEN and now >= opened_at + self._shared.machine.settings.recovery:
-            return CircuitState.HALF_OPEN
-        return state
+        """The current state (a stored breaker asks its store); an OPEN breaker past its recovery
+        time reads as HALF_OPEN."""
+        return self._read().state
 
     @property
     def failure_count(self) -> int:
-        """Consecutive failures counted in CLOSED state."""
-        reply = self._stored(READ)
-        return reply.failures if reply is not None else self._shared.machine.failures
+        """Consecutive failures counted in CLOSED state (a stored breaker asks its store)."""
+        return self._read().failures
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until an OPEN breaker will admit a probe, 0 otherwise (asks a store)."""
+        return self._read().retry_after
+
+    @property
+    def failure_rate(self) -> float:
+        """Failures over calls in the window; without a window, consecutive failures/fail_max.
+
+        Never asks a store: a stored breaker reports the failures it last heard of.
+        """
+        core = self._core
+        return core.state.snapshot(core.now()).failure_rate
 
     @property
     def storage(self) -> str:
         """Where the state lives (``memory://`` or the store's URL)."""
-        guard = self._shared.guard
-        return "memory://" if guard is None else str(getattr(guard.store, "url", guard.store))
+        return self._core.where
 
     @property
     def degraded(self) -> bool:
         """Whether the store is unreachable and this process decides on its own."""
-        guard = self._shared.guard
-        return guard is not None and guard.degraded
-
-    @property
-    def failure_rate(self) -> float:
-        """Failures over calls in the window; without a window, consecutive failures/fail_max."""
-        with self._shared.lock:
-            return self._shared.machine.failure_rate(self._now())
-
-    @property
-    def retry_after(self) -> float:
-        """Seconds until an OPEN breaker will admit a probe (0 otherwise)."""
-        machine = self._shared.machine
-        reply = self._stored(READ)
-        if reply is not None:
-            if reply.state is not CircuitState.OPEN:
-                return 0.0
-            return max(0.0, reply.opened_at + machine.settings.recovery - self._store_now())
-        if machine.state is not CircuitState.OPEN:
-            return 0.0
-        return max(0.0, machine.opened_at + machine.settings.recovery - self._now())
-
-    # -- the store -------------------------------------------------------------------------------
-
-    def _store_now(self) -> float:
-        now = store_time(self._shared.clock)
-        return _wall() if now is None else now
-
-    def _stored(self, step: BreakerStep) -> BreakerReply | None:
-        """One step on the store; ``None`` without a store or while it is unreachable."""
-        shared = self._shared
-        guard = shared.guard
-        if guard is None:
-            return None
-        local_now = self._now()
-        if not guard.should_try(local_now):
-            return None
-        try:
-            reply: BreakerReply = guard.store.breaker(
-                self.name, shared.machine.settings, step, store_time(shared.clock)
-            )
-        except store_faults() as error:
-            guard.failed(error, local_now)
-            return None
-        return self._heard(guard, reply, local_now)
-
-    async def _astored(self, step: BreakerStep) -> BreakerReply | None:
-        """Async twin of :meth:`_stored` (the store's async step when it has one)."""
-        shared = self._shared
-        guard = shared.guard
-        if guard is None:
-            return None
-        local_now = self._now()
-        if not guard.should_try(local_now):
-            return None
-        store = guard.store
-        abreaker = getattr(store, "abreaker", None)
-        ask = (self.name, shared.machine.settings, step, store_time(shared.clock))
-        try:
-            if abreaker is not None:
-                reply: BreakerReply = await abreaker(*ask)
-            else:
-                reply = store.breaker(*ask)
-        except store_faults() as error:
-            guard.failed(error, local_now)
-            return None
-        return self._heard(guard, reply, local_now)
-
-    def _heard(self, guard: StoreGuard, reply: BreakerReply, now: float) -> BreakerReply:
-        guard.answered()
-        self._observe(reply, now)
-        return reply
-
-    def _observe(self, reply: BreakerReply, now: float) -> None:
-        """Announce what the step changed, or what another process changed since last seen."""
-        shared = self._shared
-        with shared.lock:
-            seen, shared.seen = shared.seen, reply.state
-        if reply.transition is not None:
-            old, new, reason = reply.transition
-            if old is not seen:
-                self._announce(Transition(seen, old, "changed by another process"), now)
-            self._announce(Transition(old, new, reason), now)
-        elif reply.state is not seen:
-            self._announce(Transition(seen, reply.state, "changed by another process"), now)
-
-    def _from_reply(self, reply: BreakerReply | None, now: float) -> Admission:
-        if reply is not None:
-            if reply.allowed:
-                return _StoredAdmission(True, reply.probe, reply.ticket)
-            return Admission(False, retry_after=reply.retry_after)
-        mode = self._shared.config.fail_mode
-        if mode == "open":
-            return Admission(True, generation=-1)  # counted nowhere
-        if mode == "closed":
-            return Admission(False, retry_after=1.0)
-        shared = self._shared
-        with shared.lock:
-            admission, transition = shared.machine.acquire(now)
-        self._announce(transition, now)
-        return admission
-
-    def _refuse(self, admission: Admission, now: float) -> CircuitOpenError:
-        _events.emit(
-            _events.CallRejected(
-                policy="circuit",
-                name=self.name,
-                at=now,
-                reason="circuit_open",
-                retry_after=admission.retry_after,
-            )
-        )
-        return CircuitOpenError(
-            f"circuit breaker {self.name!r} is open; retry after {admission.retry_after:.3f}s",
-            retry_after=admission.retry_after,
-            name=self.name,
-        )
-
-    def _settle_stored(self, admission: Admission, failed: bool | None) -> BreakerStep | None:
-        """The store step that settles ``admission`` (``None``: settle locally instead)."""
-        if not isinstance(admission, _StoredAdmission):
-            return None
-        if failed is None:
-            return BreakerStep.release(admission.generation, probe=admission.probe)
-        return BreakerStep.record(admission.generation, probe=admission.probe, failed=failed)
+        stored = self._core.stored
+        return stored is not None and stored.guard.degraded
 
     def __repr__(self) -> str:
-        return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
+        core = self._core
+        state = core.state.snapshot(core.now()).state  # as last seen: repr never asks a store
+        return f"CircuitBreaker(name={core.name!r}, state={state.value!r})"
 
-    def _now(self) -> float:
-        return (self._shared.clock or get_clock()).now()
-
-    # -- listeners and manual control -----------------------------------------------------------
+    # -- listeners, manual control, disposal -------------------------------------------------------
 
     def add_listener(self, listener: Callable[[_events.CircuitStateChanged], None]) -> None:
         """Call ``listener(event)`` on every state change of this breaker."""
         if not callable(listener):
             raise TypeError(f"listener must be callable, got {listener!r}")
-        self._shared.listeners.append(listener)
+        self._core.listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[_events.CircuitStateChanged], None]) -> None:
-        if listener in self._shared.listeners:
-            self._shared.listeners.remove(listener)
-
-    def _announce(self, transition: Transition | None, now: float) -> None:
-        if transition is None:
-            return
-        event = _events.CircuitStateChanged(
-            policy="circuit",
-            name=self.name,
-            at=now,
-            old=transition.old,
-            new=transition.new,
-            reason=transition.reason,
-        )
-        _events.emit(event)
-        for listener in tuple(self._shared.listeners):
-            try:
-                listener(event)
-            except Exception:
-                _events._log.exception("circuit breaker listener %r failed", listener)
+        if listener in self._core.listeners:
+            self._core.listeners.remove(listener)
 
     def _force(self, state: CircuitState, reason: str) -> None:
-        now = self._now()
-        with self._shared.lock:
-            transition = self._shared.machine.force(state, now, reason)
-        if self._shared.guard is not None:
-            self._stored(BreakerStep.force(state, reason))
-            return
-        self._announce(transition, now)
+        core = self._core
+        core.state.force(state, core.now(), reason)
 
     def open(self) -> None:
         """Open the breaker now (calls are rejected until the recovery timeout)."""
         self._force(CircuitState.OPEN, "opened manually")
 
     def close(self) -> None:
-        """Close the breaker now and clear its counts."""
+        """Close the circuit now and clear its counts (see :meth:`dispose` to release a store)."""
         self._force(CircuitState.CLOSED, "closed manually")
 
     def reset(self) -> None:
         """Back to a fresh CLOSED breaker."""
         self._force(CircuitState.CLOSED, "reset")
 
-    # -- the general path ------------------------------------------------------------------------
+    def dispose(self) -> None:
+        """Retire this breaker: take its name out of the registry and close the store it opened.
 
-    def _admit(self) -> tuple[Admission, float]:
-        shared = self._shared
-        if shared.guard is not None:
-            reply = self._stored(ACQUIRE)
-            now = self._now()
-            admission = self._from_reply(reply, now)
-            if not admission.allowed:
-                raise self._refuse(admission, now)
-            return admission, now
-        now = self._now()
-        with shared.lock:
-            admission, transition = shared.machine.acquire(now)
-        self._announce(transition, now)
-        if not admission.allowed:
-            _events.emit(
-                _events.CallRejected(
-                    policy="circuit",
-                    name=self.name,
-                    at=now,
-                    reason="circuit_open",
-                    retry_after=admission.retry_after,
-                )
-            )
-            raise CircuitOpenError(
-                f"circuit breaker {self.name!r} is {shared.machine.state.value}; retry after "
-                f"{admission.retry_after:.3f}s",
-                retry_after=admission.retry_after,
-                name=self.name,
-            )
-        return admission, now
+        A store opened for the breaker from a URL (``storage="sqlite:///…"`` or
+        ``BUTTRESS_STORAGE_URL``) is closed, releasing its connections and files; a store or
+        client passed in as ``storage=`` is left to its owner. Every object using this breaker's
+        name is affected: calls already running finish, new ones raise ``RuntimeError``, and a new
+        ``CircuitBreaker`` with the name starts afresh (from the stored state, for a stored one).
+        Idempotent. Async code with a store uses :meth:`adispose`.
+        """
+        stored = self._core.dispose()
+        if stored is not None:
+            stored.close()
 
-    def _outcome(self, error: BaseException | None) -> bool | None:
-        """``True`` failed, ``False`` succeeded, ``None`` does not count."""
-        config = self._shared.config
-        if error is not None and (
-            isinstance(error, config.excluded_exceptions)
-            or not isinstance(error, config.failure_exceptions)
-        ):
-            return None
-        return error is not None
+    async def adispose(self) -> None:
+        """:meth:`dispose`, closing the store's async connections without blocking the loop."""
+        stored = self._core.dispose()
+        if stored is not None:
+            await stored.aclose()
 
-    def _completed(self, failed: bool | None, began: float, now: float) -> None:
-        if _events.HOOKS:
-            outcome = "ignored" if failed is None else "failure" if failed else "success"
-            _events.emit(
-                _events.CallCompleted(
-                    policy="circuit", name=self.name, at=now, outcome=outcome, duration=now - began
-                )
-            )
+    # -- decoration and calls ----------------------------------------------------------------------
 
-    def _settle(self, admission: Admission, began: float, error: BaseException | None) -> None:
-        shared = self._shared
-        config = shared.config
-        now = self._now()
-        duration = now - began
-        if shared.guard is not None and admission.generation != -1:
-            failed = self._outcome(error)
-            step = self._settle_stored(admission, failed)
-            if step is not None:
-                self._stored(step)
-            else:
-                self._settle_local(admission, failed, now)
-            self._completed(failed, began, now)
-            return
-        if error is not None and (
-            isinstance(error, config.excluded_exceptions)
-            or not isinstance(error, config.failure_exceptions)
-        ):
-            with shared.lock:
-                shared.machine.release(admission)
-            outcome = "ignored"
-            transition = None
-        else:
-            failed = error is not None
-            slow = config.slow_call_duration is not None and duration > config.slow_call_duration
-            with shared.lock:
-                transition = shared.machine.record(admission, now, failed=failed, slow=slow)
-            outcome = "failure" if failed else "success"
-        self._announce(transition, now)
-        if _events.HOOKS:
-            _events.emit(
-                _events.CallCompleted(
-                    policy="circuit", name=self.name, at=now, outcome=outcome, duration=duration
-                )
-            )
-
-    def _settle_local(self, admission: Admission, failed: bool | None, now: float) -> None:
-        shared = self._shared
-        with shared.lock:
-            if failed is None:
-                shared.machine.release(admission)
-                transition = None
-            else:
-                transition = shared.machine.record(admission, now, failed=failed)
-        self._announce(transition, now)
-
-    async def _aadmit(self) -> tuple[Admission, float]:
-        reply = await self._astored(ACQUIRE)
-        now = self._now()
-        admission = self._from_reply(reply, now)
-        if not admission.allowed:
-            raise self._refuse(admission, now)
-        return admission, now
-
-    async def _asettle(
-        self, admission: Admission, began: float, error: BaseException | None
-    ) -> None:
-        now = self._now()
-        failed = self._outcome(error)
-        if admission.generation != -1:
-            step = self._settle_stored(admission, failed)
-            if step is not None:
-                await self._astored(step)
-            else:
-                self._settle_local(admission, failed, now)
-        self._completed(failed, began, now)
-
-    def _fail(self, error: BaseException) -> None:
-        """Fast-path failure in CLOSED state (consecutive counting)."""
-        shared = self._shared
-        config = shared.config
-        if isinstance(error, config.excluded_exceptions) or not isinstance(
-            error, config.failure_exceptions
-        ):
-            return
-        now = self._now()
-        with shared.lock:
-            machine = shared.machine
-            admission = Admission(True, generation=machine.generation)
-            transition = machine.record(admission, now, failed=True)
-        self._announce(transition, now)
-
-    def _succeed(self) -> None:
-        shared = self._shared
-        with shared.lock:
-            if shared.machine.state is _CLOSED:
-                shared.machine.failures = 0
-
-    def _call_general(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        admission, began = self._admit()
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as error:
-            self._settle(admission, began, error)
-            raise
-        except BaseException:
-            self._release(admission)
-            raise
-        self._settle(admission, began, None)
-        return result
-
-    def _release(self, admission: Admission) -> None:
-        if isinstance(admission, _StoredAdmission):
-            self._stored(BreakerStep.release(admission.generation, probe=admission.probe))
-            return
-        with self._shared.lock:
-            self._shared.machine.release(admission)
-
-    async def _acall_general(
-        self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
-    ) -> Any:
-        if self._shared.guard is not None:
-            return await self._acall_stored(fn, args, kwargs)
-        admission, began = self._admit()
-        try:
-            result = await fn(*args, **kwargs)
-        except Exception as error:
-            self._settle(admission, began, error)
-            raise
-        except BaseException:
-            with self._shared.lock:
-                self._shared.machine.release(admission)
-            raise
-        self._settle(admission, began, None)
-        return result
-
-    async def _acall_stored(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
-        admission, began = await self._aadmit()
-        try:
-            result = await fn(*args, **kwargs)
-        except Exception as error:
-            await self._asettle(admission, began, error)
-            raise
-        except BaseException:
-            self._release(admission)  # cancelled: give the probe slot back at once
-            raise
-        await self._asettle(admission, began, None)
-        return result
-
-    # -- decoration and calls -------------------------------------------------------------------
+    # Every entry point opens with the same fast path (see the module documentation): read the
+    # gate, call, and hand a failure (with the generation it was admitted in) or a reset to the
+    # shared methods; anything else goes to the general path, core.run or core.arun.
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
         if not callable(fn):
             raise TypeError(f"a circuit breaker decorates a callable, got {fn!r}")
-        shared = self._shared
-        machine = shared.machine
-        hooks = _events.HOOKS
-        fail, succeed = self._fail, self._succeed
+        core = self._core
         if inspect.iscoroutinefunction(fn):
-            general_async = self._acall_general
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if machine.state is not _CLOSED or not shared.simple or hooks:
-                    return await general_async(fn, args, kwargs)
+                ticket = core.gate.closed_generation
+                if ticket < 0 or _HOOKS:
+                    return await core.arun(fn, args, kwargs)
                 try:
                     result = await fn(*args, **kwargs)
                 except Exception as error:
-                    fail(error)
+                    core.failed(ticket, error)
                     raise
-                if machine.failures:
-                    succeed()
+                if core.gate.failures:
+                    core.local.succeeded(ticket)
                 return result
 
             return cast(F, async_wrapper)
-        general = self._call_general
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if machine.state is not _CLOSED or not shared.simple or hooks:
-                return general(fn, args, kwargs)
+            ticket = core.gate.closed_generation
+            if ticket < 0 or _HOOKS:
+                return core.run(fn, args, kwargs)
             try:
                 result = fn(*args, **kwargs)
             except Exception as error:
-                fail(error)
+                core.failed(ticket, error)
                 raise
-            if machine.failures:
-                succeed()
+            if core.gate.failures:
+                core.local.succeeded(ticket)
             return result
 
         return cast(F, wrapper)
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Call the sync ``fn(*args, **kwargs)`` through the breaker."""
-        shared = self._shared
-        if shared.machine.state is not _CLOSED or not shared.simple or _events.HOOKS:
-            return cast(T, self._call_general(fn, args, kwargs))
+        core = self._core
+        ticket = core.gate.closed_generation
+        if ticket < 0 or _HOOKS:
+            outcome: T = core.run(fn, args, kwargs)
+            return outcome
         try:
             result = fn(*args, **kwargs)
         except Exception as error:
-            self._fail(error)
+            core.failed(ticket, error)
             raise
-        if shared.machine.failures:
-            self._succeed()
+        if core.gate.failures:
+            core.local.succeeded(ticket)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await the async ``fn(*args, **kwargs)`` through the breaker."""
-        shared = self._shared
-        if shared.machine.state is not _CLOSED or not shared.simple or _events.HOOKS:
-            return cast(T, await self._acall_general(fn, args, kwargs))
+        core = self._core
+        ticket = core.gate.closed_generation
+        if ticket < 0 or _HOOKS:
+            outcome: T = await core.arun(fn, args, kwargs)
+            return outcome
         try:
             result = await fn(*args, **kwargs)
         except Exception as error:
-            self._fail(error)
+            core.failed(ticket, error)
             raise
-        if shared.machine.failures:
-            self._succeed()
+        if core.gate.failures:
+            core.local.succeeded(ticket)
         return result
 
-    # -- context manager -------------------------------------------------------------------------
+    # -- context manager ---------------------------------------------------------------------------
 
     def __enter__(self) -> CircuitBreaker:
-        ticket = self._admit()
-        self._tickets.set((*self._tickets.get(), ticket))
+        self._core.enter()
         return self
 
     def __exit__(
@@ -811,19 +744,11 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack = self._tickets.get()
-        admission, began = stack[-1]
-        self._tickets.set(stack[:-1])
-        if exc is not None and not isinstance(exc, Exception):
-            self._release(admission)
-            return
-        self._settle(admission, began, exc)
+        self._core.exit(self._core.leave(), exc)
 
     async def __aenter__(self) -> CircuitBreaker:
-        if self._shared.guard is None:
-            return self.__enter__()
-        ticket = await self._aadmit()
-        self._tickets.set((*self._tickets.get(), ticket))
+        core = self._core
+        core.enter(await core.aadmit() if core.stored is not None else None)
         return self
 
     async def __aexit__(
@@ -832,16 +757,12 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._shared.guard is None:
-            self.__exit__(exc_type, exc, tb)
-            return
-        stack = self._tickets.get()
-        admission, began = stack[-1]
-        self._tickets.set(stack[:-1])
-        if exc is not None and not isinstance(exc, Exception):
-            self._release(admission)
-            return
-        await self._asettle(admission, began, exc)
+        core = self._core
+        ticket = core.leave()
+        if isinstance(ticket, tuple) and core.stored is not None:
+            await core.afinish(*ticket, exc)  # a stored admission: settled by the store
+        else:
+            core.exit(ticket, exc)
 
 
 def get_circuit_breaker(name: str, **options: Any) -> CircuitBreaker:
@@ -854,9 +775,9 @@ def get_circuit_breaker(name: str, **options: Any) -> CircuitBreaker:
     clock = options.pop("clock", None)
     if not options:
         with _REGISTRY_LOCK:
-            shared = _REGISTRY.get(name)
-        if shared is not None:
-            return CircuitBreaker(shared.config, clock=clock)
+            core = _REGISTRY.get(name)
+        if core is not None:
+            return CircuitBreaker._of(core)
     return CircuitBreaker(CircuitBreakerConfig(name=name, **options), clock=clock)
 
 
@@ -872,5 +793,16 @@ def circuit_breaker(name: str, **options: Any) -> CircuitBreaker:
 def circuit_breakers() -> dict[str, CircuitBreaker]:
     """A snapshot of the registered breakers by name."""
     with _REGISTRY_LOCK:
-        configs = {name: shared.config for name, shared in _REGISTRY.items()}
-    return {name: CircuitBreaker(config) for name, config in configs.items()}
+        cores = dict(_REGISTRY)
+    return {name: CircuitBreaker._of(core) for name, core in cores.items()}
+
+
+def _failure_rates() -> Iterator[tuple[str, float]]:
+    """Every registered breaker's failure rate, for metrics read when scraped (no I/O)."""
+    with _REGISTRY_LOCK:
+        cores = list(_REGISTRY.values())
+    for core in cores:
+        yield core.name, core.state.snapshot(core.now()).failure_rate
+
+
+_events.add_reading("circuit_failure_rate", _failure_rates)
