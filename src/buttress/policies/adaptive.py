@@ -44,7 +44,7 @@ from .. import events as _events
 from .._config import number
 from ..clock import Clock, get_clock
 from ..errors import RejectedError
-from ..machines.limit import AIMD, Gradient2, LimitAlgorithm, LimitChange
+from ..machines.limit import AIMD, Gradient2, LimitAlgorithm
 from .bulkhead import Bulkhead
 
 __all__ = ["AdaptiveConcurrency", "adaptive_concurrency"]
