@@ -40,13 +40,15 @@ Three faults of the published algorithms are avoided on purpose:
   baseline is a windowed *minimum*, and every cut lands at the knee, so each saw-tooth cycle
   re-measures the uncontended latency: the limit oscillates between about 0.9 and
   ``tolerance`` times the capacity, however long the overload lasts.
-* **Growth while the application is the limit.** A window whose highest in-flight count did not
-  reach the limit does not grow it (nothing was learnt about a limit that was never reached), so
-  an application using half of it, or 90%, leaves it where it is.
+* **Growth while the application is the limit.** A window grows the limit only if its calls
+  started, on average, with at least 90% of it in flight (``GROW_AT``): nothing is learnt about a
+  limit that was never reached, so an application using half of it leaves it where it is. (The
+  published rule, "not while under half", still lets a modest overload push the limit up.)
 * **Shedding load to re-measure the baseline.** No probe lowers the limit to find the baseline.
-  When a cut did not bring latency down (the next cut is due and latency is not 5% lower than at
-  the previous one) the dependency itself got slower: the baseline is reset to the new latency and
-  the limit restored to where it stood before the cuts (reason ``"rebaseline"``).
+  When a cut did not bring latency down (two windows later, latency is still above the tolerance
+  and not 5% lower than at the cut; the first window is left for the dependency to drain what was
+  queued before the cut) the dependency itself got slower: the baseline is reset to the new
+  latency and the limit restored to where it stood before the cuts (reason ``"rebaseline"``).
 """
 
 from __future__ import annotations
@@ -289,6 +291,7 @@ class Gradient2(LimitAlgorithm):
         self._index = 0
         self._cut_at: float | None = None  # the window mean at the last cut, while cutting
         self._before_cuts = self._limit
+        self._held = False
 
     @property
     def baseline(self) -> float | None:
@@ -316,19 +319,27 @@ class Gradient2(LimitAlgorithm):
             return min(self._limit * self.backoff, self._limit - 1), "drop"
         if mean > baseline * self.tolerance:
             if self._cut_at is not None and mean >= self._cut_at * 0.95:
-                # The last cut did not bring latency down: not our queue but the dependency's
-                # own pace. Take it as the new baseline, and give back what the cuts took.
+                if not self._held:
+                    # Calls admitted before the cut may still be queued in the dependency,
+                    # slowing those admitted after it: give it one window to drain.
+                    self._held = True
+                    return self._limit, ""
+                # Two windows after the cut latency is still not down: not our queue but the
+                # dependency's own pace. Take it as the new baseline, give back what was cut.
+                self._held = False
                 self._rebase(mean)
                 self._cut_at = None
                 return self._before_cuts, "rebaseline"
             if self._cut_at is None:
                 self._before_cuts = self._limit
             self._cut_at = mean
+            self._held = False
             # A little under the knee: if calls still queue there (a baseline measured while
             # overloaded), latency falls below the baseline, which follows it down.
             gradient = max(self.min_gradient, 0.9 * baseline / mean)
             return self._limit * gradient, "latency"
         self._cut_at = None
+        self._held = False
         if self._app_limited(load):
             return self._limit, ""
         return self._limit + max(1.0, math.sqrt(self._limit) / 2), "increase"
