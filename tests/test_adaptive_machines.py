@@ -239,3 +239,25 @@ def test_set_clamps_to_the_bounds() -> None:
 def test_bad_settings_are_refused_by_name(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make()  # type: ignore[operator]
+
+
+def test_a_cut_still_draining_is_not_mistaken_for_a_slower_dependency() -> None:
+    """Right after a cut the calls admitted before it are still queued in the dependency (and in
+    flight here): latency has not fallen yet, but neither has the load, so that is no reason to
+    take the queued latency as the new baseline."""
+    algorithm = gradient(initial_limit=40, max_limit=40)
+    clock = FakeClock()
+
+    def window(rtt: float, inflight: int) -> list[str]:
+        clock.advance(2.0)
+        changes = [algorithm.sample(clock.now(), rtt, inflight) for _ in range(10)]
+        return [change.reason for change in changes if change]
+
+    for _ in range(5):
+        assert window(0.1, 40) == []
+    assert window(0.4, 40) == ["latency"]
+    assert window(0.4, 40) == []
+    assert window(0.4, 40) == []
+    assert window(0.2, 20) == ["latency"]
+    assert algorithm.baseline == pytest.approx(0.1)
+    assert algorithm.limit == 10

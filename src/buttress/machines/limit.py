@@ -45,9 +45,10 @@ Three faults of the published algorithms are avoided on purpose:
   limit that was never reached, so an application using half of it leaves it where it is. (The
   published rule, "not while under half", still lets a modest overload push the limit up.)
 * **Shedding load to re-measure the baseline.** No probe lowers the limit to find the baseline.
-  When a cut did not bring latency down (two windows later, latency is still above the tolerance
-  and not 5% lower than at the cut; the first window is left for the dependency to drain what was
-  queued before the cut) the dependency itself got slower: the baseline is reset to the new
+  When a cut did not bring latency down although it brought the calls in flight down (latency
+  still above the tolerance and not 5% lower than at the cut, in-flight 10% lower; at least one
+  window is left for the dependency to drain what was queued before the cut, at most three) the
+  dependency itself got slower: the baseline is reset to the new
   latency and the limit restored to where it stood before the cuts (reason ``"rebaseline"``).
 """
 
@@ -291,7 +292,8 @@ class Gradient2(LimitAlgorithm):
         self._index = 0
         self._cut_at: float | None = None  # the window mean at the last cut, while cutting
         self._before_cuts = self._limit
-        self._held = False
+        self._cut_load = 0.0
+        self._holds = 0
 
     @property
     def baseline(self) -> float | None:
@@ -319,27 +321,28 @@ class Gradient2(LimitAlgorithm):
             return min(self._limit * self.backoff, self._limit - 1), "drop"
         if mean > baseline * self.tolerance:
             if self._cut_at is not None and mean >= self._cut_at * 0.95:
-                if not self._held:
-                    # Calls admitted before the cut may still be queued in the dependency,
-                    # slowing those admitted after it: give it one window to drain.
-                    self._held = True
+                if self._holds < 3 and (not self._holds or load > 0.9 * self._cut_load):
+                    # Calls admitted before the cut may still be queued in the dependency (and
+                    # still in flight here): give the cut a window to take effect.
+                    self._holds += 1
                     return self._limit, ""
-                # Two windows after the cut latency is still not down: not our queue but the
+                # Fewer calls in flight, yet latency is not down: not our queue but the
                 # dependency's own pace. Take it as the new baseline, give back what was cut.
-                self._held = False
+                self._holds = 0
                 self._rebase(mean)
                 self._cut_at = None
                 return self._before_cuts, "rebaseline"
             if self._cut_at is None:
                 self._before_cuts = self._limit
             self._cut_at = mean
-            self._held = False
+            self._cut_load = load
+            self._holds = 0
             # A little under the knee: if calls still queue there (a baseline measured while
             # overloaded), latency falls below the baseline, which follows it down.
             gradient = max(self.min_gradient, 0.9 * baseline / mean)
             return self._limit * gradient, "latency"
         self._cut_at = None
-        self._held = False
+        self._holds = 0
         if self._app_limited(load):
             return self._limit, ""
         return self._limit + max(1.0, math.sqrt(self._limit) / 2), "increase"
