@@ -291,3 +291,21 @@ def test_the_default_initial_limit_is_pulled_into_the_bounds() -> None:
 def test_bad_settings_are_refused_by_name(make: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         make()
+
+
+def test_prometheus_exports_the_limit_as_a_gauge() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from buttress.instrumentation.prometheus import enable_prometheus
+
+    registry = prometheus_client.CollectorRegistry()
+    metrics = enable_prometheus(registry, namespace="adaptive_test")
+    limiter = AdaptiveConcurrency(initial_limit=12, name="orders")
+    try:
+        value = registry.get_sample_value("adaptive_test_adaptive_limit", {"name": "orders"})
+        assert value == 12.0
+        limiter.scale_down(0.5)
+        value = registry.get_sample_value("adaptive_test_adaptive_limit", {"name": "orders"})
+        assert value == 6.0
+    finally:
+        limiter.close()
+        metrics.disable()
