@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -105,16 +106,7 @@ class AdaptiveConcurrency(Bulkhead):
             "buttress_adaptive_start", default=None
         )
         super().__init__(self._machine.limit, max_wait, name=name)
-        self._reading = _events.add_reading("adaptive_limit", self._publish)
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def _publish(self) -> Iterable[tuple[Hashable, float]]:
-        return ((self._name, float(self._limit)),)
-
-    def close(self) -> None:
-        """Withdraw the ``adaptive_limit`` reading (the limiter keeps working)."""
-        _events.remove_reading("adaptive_limit", self._reading)
+        _LIVE.add(self)
 
     @property
     def limit(self) -> int:
@@ -329,6 +321,18 @@ class AdaptiveConcurrency(Bulkhead):
             super().release()
         else:
             self._end(started, exc)
+
+
+# Live limiters, for the ``adaptive_limit`` reading; held weakly, so a limiter that is dropped
+# leaves the metrics with it.
+_LIVE: weakref.WeakSet[AdaptiveConcurrency] = weakref.WeakSet()
+
+
+def _limit_readings() -> Iterable[tuple[Hashable, float]]:
+    return [(limiter.name, float(limiter.limit)) for limiter in list(_LIVE)]
+
+
+_events.add_reading("adaptive_limit", _limit_readings)
 
 
 def _machine(
