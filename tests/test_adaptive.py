@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 from typing import Any
 
@@ -308,3 +309,22 @@ def test_prometheus_exports_the_limit_as_a_gauge() -> None:
         assert value == 6.0
     finally:
         metrics.disable()
+
+
+def test_cuts_are_logged_at_info_without_debug_logging(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    limiter = aimd(clock, initial_limit=1)
+    caplog.set_level(logging.INFO, logger="buttress.adaptive")
+
+    def work() -> None:
+        clock.advance(1.0)
+
+    def timeout() -> None:
+        clock.advance(1.0)
+        raise TimeoutError
+
+    limiter.call(work)  # growth: DEBUG, not shown
+    with pytest.raises(TimeoutError):
+        limiter.call(timeout)
+    messages = [r.getMessage() for r in caplog.records if r.name == "buttress.adaptive"]
+    assert messages == ["adaptive 'db': limit 2 -> 1 (drop)"]

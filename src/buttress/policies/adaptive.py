@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import logging
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
@@ -150,8 +151,11 @@ class AdaptiveConcurrency(Bulkhead):
         return old, new, reason
 
     def _announce(self, change: tuple[int, int, str] | None, now: float) -> None:
-        if change is not None and _events.wanted(self._policy):
-            old, new, reason = change
+        if change is None:
+            return
+        old, new, reason = change
+        # Cuts are logged at INFO, growth (every window) at DEBUG: ask at the level it will have.
+        if _events.wanted(self._policy, logging.DEBUG if new > old else logging.INFO):
             _events.emit(
                 _events.LimitChanged(
                     policy=self._policy, name=self._name, at=now, old=old, new=new, reason=reason
