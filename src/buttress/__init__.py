@@ -54,6 +54,7 @@ from .machines.backoff import (
     LinearBackoff,
 )
 from .manager import ResilienceManager
+from .policies.adaptive import AdaptiveConcurrency, adaptive_concurrency
 from .policies.bulkhead import Bulkhead, bulkhead
 from .policies.circuit import (
     CircuitBreaker,
@@ -98,6 +99,7 @@ def enable_prometheus(registry: Any = None, namespace: str = "buttress") -> Any:
 
 
 __all__ = [
+    "AdaptiveConcurrency",
     "Backoff",
     "Bulkhead",
     "BulkheadFull",
@@ -148,6 +150,7 @@ __all__ = [
     "Timeout",
     "UnknownRateLimit",
     "abandoned_calls",
+    "adaptive_concurrency",
     "add_hook",
     "bulkhead",
     "circuit_breaker",

@@ -40,6 +40,7 @@ __all__ = [
     "FallbackUsed",
     "GaveUp",
     "Hook",
+    "LimitChanged",
     "Repeats",
     "ResourceStatusChanged",
     "RetryScheduled",
@@ -217,6 +218,28 @@ class TierChanged(Event):
         old = getattr(self.old, "name", self.old)
         new = getattr(self.new, "name", self.new)
         return f"{self.policy} {self.name!r}: tier {old} -> {new} ({self.reason})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitChanged(Event):
+    """An adaptive concurrency limit moved from ``old`` to ``new`` calls.
+
+    ``reason``: ``increase``, ``latency`` (calls queueing in the dependency), ``drop`` (a call
+    dropped or timed out), ``rebaseline`` (the dependency's own latency changed), ``scaled_down``,
+    ``restored`` or ``set``. Cuts are logged at INFO, growth at DEBUG (it happens every window).
+    """
+
+    kind: ClassVar[str] = "limit_changed"
+    old: int
+    new: int
+    reason: str
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return logging.DEBUG if self.new > self.old else logging.INFO
+
+    def message(self) -> str:
+        return f"{self.policy} {self.name!r}: limit {self.old} -> {self.new} ({self.reason})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -415,7 +438,8 @@ def add_reading(kind: str, provider: Reading) -> Reading:
     ``"resource_status"`` (0 healthy, 1 degraded, 2 critical, 3 unavailable),
     ``"resource_usage"`` (percent), ``"resource_exhaustion_seconds"`` (predicted time to 100%)
     and ``"resource_check_latency_seconds"``; for components, ``"component_error_rate"``
-    (labels: ``(monitor name, component)``).
+    (labels: ``(monitor name, component)``); ``"adaptive_limit"`` (labels: the adaptive
+    concurrency limiter's name, value its current limit).
     """
     if not callable(provider):
         raise TypeError(f"provider must be callable, got {provider!r}")

@@ -225,6 +225,12 @@ class _ReadingsCollector:
                 "resource_check_latency_seconds",
             ),
             (
+                f"{namespace}_adaptive_limit",
+                "Current limit of each adaptive concurrency limiter (calls at once)",
+                ("name",),
+                "adaptive_limit",
+            ),
+            (
                 f"{namespace}_component_error_rate",
                 "Error rate of each component over its sliding window",
                 ("name", "component"),

@@ -82,6 +82,10 @@ class Bulkhead:
         ValueError: a bad setting, naming it.
     """
 
+    #: Logger suffix and ``policy`` of its events; the label names it in messages.
+    _policy = "bulkhead"
+    _label = "bulkhead"
+
     def __init__(self, max_concurrent: int = 10, max_wait: float = 0.0, *, name: str = "") -> None:
         self._limit = integer("max_concurrent", max_concurrent, minimum=1)
         self.max_wait = seconds("max_wait", max_wait)
@@ -90,7 +94,7 @@ class Bulkhead:
         self._active = 0
         self._waiters: deque[_Waiter] = deque()
         self._repeats = _events.Repeats(
-            "bulkhead", self._name, f"calls rejected by bulkhead {self._name!r}"
+            self._policy, self._name, f"calls rejected by {self._label} {self._name!r}"
         )
         self._refusal = ""
         self._first_line: Callable[[], str] = str
@@ -135,7 +139,7 @@ class Bulkhead:
         # A refusal's messages are built when the limit changes, not on every refusal; the
         # first line is handed to Repeats as the bound __str__ of a ready string.
         running = f"{self._limit} call{'s' if self._limit != 1 else ''} running"
-        self._refusal = f"bulkhead {self._name!r} is full ({running})"
+        self._refusal = f"{self._label} {self._name!r} is full ({running})"
         self._first_line = f"{self._refusal}: call rejected".__str__
 
     def _hand_over(self) -> list[_Waiter]:
@@ -155,10 +159,10 @@ class Bulkhead:
         if self.max_wait > 0:
             refusal = f"{refusal} after waiting {self.max_wait:g}s"
         self._repeats.hit(now, self._first_line)
-        if _events.wanted("bulkhead"):
+        if _events.wanted(self._policy):
             _events.emit(
                 _events.CallRejected(
-                    policy="bulkhead", name=self._name, at=now, reason="bulkhead_full"
+                    policy=self._policy, name=self._name, at=now, reason="bulkhead_full"
                 )
             )
         return BulkheadFull(refusal, name=self._name)

@@ -1,0 +1,146 @@
+"""Adaptive concurrency against fixed limits, on a real local HTTP server with a capacity.
+
+Run: ``python benchmarks/bench_adaptive.py [seconds]`` (default 10 s per row).
+
+The server (``tests/capacity_server.py``, its own process on 127.0.0.1) serves ``GET /work`` in
+40 ms while at most K requests are inside, and ``40 ms * inside / K`` beyond: requests over the
+capacity queue inside it and everyone's latency grows. ``2K + 8`` asyncio workers call it in a
+closed loop through each limiter (waiting in it for a slot), so the offered load is always over
+the capacity. For each K, over the last two thirds of the run: requests/s, goodput (requests/s
+answered within twice the uncontended latency), p50/p99 latency of the calls, and the mean
+limit. Then the capacity drop: K from 64 to 8 at run time, how long the limit took to come within
+30% of 8, and where it settled. Last, the pure algorithm on a fake clock: a 10% overload for
+10,000 windows, the highest and mean limit over the capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from buttress import AdaptiveConcurrency, Bulkhead
+from capacity_server import Client, capacity_server
+
+SERVICE = 0.04
+
+
+async def load(port: int, limiter: Bulkhead, workers: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    limits: list[int] = []
+    series: list[tuple[float, int]] = []
+    clients = [await Client.open(port) for _ in range(workers)]
+    start = time.monotonic()
+    stop = start + seconds
+    warm = start + seconds / 3  # the figures leave out the first third: finding the limit
+
+    async def worker(client: Client) -> None:
+        while time.monotonic() < stop:
+            async with limiter:
+                began = time.monotonic()
+                await client.get()
+                if began >= warm:
+                    latencies.append(time.monotonic() - began)
+
+    async def watch() -> None:
+        while time.monotonic() < stop:
+            limits.append(limiter.max_concurrent)
+            series.append((time.monotonic() - start, limiter.max_concurrent))
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(watch(), *(worker(client) for client in clients))
+    for client in clients:
+        client.close()
+    elapsed = time.monotonic() - warm
+    good = sum(1 for latency in latencies if latency < 2 * SERVICE * 1.1)
+    return {
+        "rps": len(latencies) / elapsed,
+        "goodput": good / elapsed,
+        "p50": statistics.median(latencies),
+        "p99": statistics.quantiles(latencies, n=100)[98],
+        "limit": statistics.mean(limits[len(limits) // 3 :]),
+        "series": series,
+    }
+
+
+def limiters(capacity: int) -> list[tuple[str, Bulkhead]]:
+    return [
+        ("fixed 4", Bulkhead(4, max_wait=600)),
+        ("fixed 16", Bulkhead(16, max_wait=600)),
+        ("fixed 64", Bulkhead(64, max_wait=600)),
+        ("fixed 128", Bulkhead(128, max_wait=600)),
+        ("adaptive gradient2", AdaptiveConcurrency(max_wait=600)),
+        ("adaptive aimd (timeout 2x)", AdaptiveConcurrency("aimd", max_wait=600, timeout=0.08)),
+    ]
+
+
+def capacities(seconds: float) -> None:
+    print("| K | limiter | req/s | goodput/s | p50 ms | p99 ms | mean limit |")
+    print("|---|---|---|---|---|---|---|")
+    for capacity in (4, 16, 64):
+        with capacity_server(capacity, SERVICE) as server:
+            for label, limiter in limiters(capacity):
+                row = asyncio.run(load(server.port, limiter, 2 * capacity + 8, seconds))
+                print(
+                    f"| {capacity} | {label} | {row['rps']:,.0f} | {row['goodput']:,.0f} | "
+                    f"{row['p50'] * 1000:.0f} | {row['p99'] * 1000:.0f} | {row['limit']:.1f} |",
+                    flush=True,
+                )
+
+
+def capacity_drop() -> None:
+    for label, limiter in (
+        ("gradient2", AdaptiveConcurrency(max_wait=600)),
+        ("aimd", AdaptiveConcurrency("aimd", max_wait=600, timeout=0.08)),
+    ):
+        with capacity_server(64, SERVICE) as server:
+
+            async def scenario(
+                port: int, limiter: Bulkhead = limiter
+            ) -> tuple[float | None, float]:
+                await load(port, limiter, 136, 5.0)
+                await server.set_capacity(8)
+                after = await load(port, limiter, 136, 15.0)
+                series = after["series"]
+                took = next((at for at, limit in series if limit <= 1.3 * 8), None)
+                return took, statistics.mean(limit for at, limit in series if at >= 10)
+
+            took, settled = asyncio.run(scenario(server.port))
+        shown = "not within 15 s" if took is None else f"{took:.2f} s"
+        print(
+            f"capacity 64 -> 8, {label}: limit within 30% of 8 after {shown}; "
+            f"mean limit over the last 5 s {settled:.1f}",
+            flush=True,
+        )
+
+
+def simulated_overload() -> None:
+    from test_adaptive_machines import Server, drive, gradient
+
+    for capacity in (4, 16, 64):
+        limits = drive(gradient(min_limit=2), Server(capacity), windows=10_000, demand=1.1, dt=0.25)
+        tail = limits[50:]
+        print(
+            f"fake clock, 10% overload, K={capacity}, 10,000 windows: highest limit "
+            f"{max(tail) / capacity:.2f}x K, mean {statistics.mean(tail) / capacity:.2f}x K, "
+            f"lowest {min(limits)}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+    capacities(seconds)
+    print()
+    capacity_drop()
+    print()
+    simulated_overload()
+
+
+if __name__ == "__main__":
+    main()

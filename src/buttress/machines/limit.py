@@ -1,0 +1,348 @@
+"""Concurrency-limit algorithms as state machines: no clock, no locks, no I/O.
+
+The caller (``AdaptiveConcurrency``) measures every call it admits and reports it with
+:meth:`LimitAlgorithm.sample` (``now``, round-trip time, how many calls were in flight when it
+started, whether it was dropped); the machine answers with a :class:`LimitChange` when the limit
+moves. The caller holds any lock.
+
+Windows
+-------
+Samples are summarised per *window*: a window closes at the first sample at least ``window``
+seconds (or twice the last window's mean round trip, if longer) after it opened, once it holds
+``min_samples`` samples; a drop closes it at once. One decision is made per window. After every
+change a new window opens and samples of calls that *started* before it are left out, so a
+window measures only calls admitted under the current limit (a cut is judged by what it did,
+not by calls already queued).
+
+AIMD
+----
+A window with a drop (a timeout, a rejection by the dependency, or a round trip over ``timeout``)
+cuts the limit by ``backoff`` (default 0.9); a clean window adds one. That is the whole algorithm:
+it reacts only to loss, so it fits dependencies that shed load themselves.
+
+Gradient2
+---------
+As in Netflix's concurrency-limits, a short window's latency is compared with a long-term one.
+The short value is the window's mean round trip. The long-term value here is the *baseline*: the
+lowest window mean over the last ``baseline_windows`` windows, i.e. the latency with nothing
+queued. While the short stays within ``tolerance`` times the baseline the limit grows by
+``max(1, sqrt(limit) / 2)`` per window; above it, the limit is multiplied by
+``0.9 * baseline / short`` (no smaller than ``min_gradient``): if latency grows in proportion to the
+calls queued in the dependency, ``limit * baseline / short`` is its capacity, so the cut lands just
+under the knee and the next window measures latency with nothing queued. Landing under it also
+corrects a baseline first measured while overloaded: the latency there is lower than that
+baseline, which follows it down, cycle after cycle, to the true one.
+
+Three faults of the published algorithms are avoided on purpose:
+
+* **Growth without bound under modest overload.** An exponentially averaged long window follows a
+  latency that stays high, the gradient returns to 1 and the limit grows every window. Here the
+  baseline is a windowed *minimum*, and every cut lands at the knee, so each saw-tooth cycle
+  re-measures the uncontended latency: the limit oscillates between about 0.9 and
+  ``tolerance`` times the capacity, however long the overload lasts.
+* **Growth while the application is the limit.** A window grows the limit only if its calls
+  started, on average, with at least 90% of it in flight (``GROW_AT``): nothing is learnt about a
+  limit that was never reached, so an application using half of it leaves it where it is. (The
+  published rule, "not while under half", still lets a modest overload push the limit up.)
+* **Shedding load to re-measure the baseline.** No probe lowers the limit to find the baseline.
+  When a cut did not bring latency down although it brought the calls in flight down (latency
+  still above the tolerance and not 5% lower than at the cut, in-flight 10% lower; at least one
+  window is left for the dependency to drain what was queued before the cut, at most three) the
+  dependency itself got slower: the baseline is reset to the new
+  latency and the limit restored to where it stood before the cuts (reason ``"rebaseline"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from .._config import integer, number, seconds
+
+__all__ = ["AIMD", "Gradient2", "LimitAlgorithm", "LimitChange"]
+
+#: A window earns growth only if its calls started, on average, with at least this share of the
+#: limit in flight.
+GROW_AT = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """The limit moved from ``old`` to ``new``; ``reason`` says why.
+
+    Reasons: ``"increase"``, ``"drop"`` (a dropped or timed-out call), ``"latency"`` (queueing
+    seen in the round trip), ``"rebaseline"`` (the dependency's own latency changed), ``"set"``.
+    """
+
+    old: int
+    new: int
+    reason: str
+
+
+class LimitAlgorithm:
+    """Windowing, bounds and bookkeeping shared by the algorithms; subclasses implement ``_decide``.
+
+    Args:
+        initial_limit: the limit before anything is measured.
+        min_limit: the limit never goes below this (>= 1).
+        max_limit: nor above this.
+        window: shortest window, seconds.
+        min_samples: samples a window needs before it is judged.
+    """
+
+    name = "limit"
+
+    def __init__(
+        self,
+        *,
+        initial_limit: int = 20,
+        min_limit: int = 1,
+        max_limit: int = 1000,
+        window: float = 0.1,
+        min_samples: int = 10,
+    ) -> None:
+        self.min_limit = integer("min_limit", min_limit, minimum=1)
+        self.max_limit = integer("max_limit", max_limit, minimum=1)
+        if self.max_limit < self.min_limit:
+            raise ValueError(f"max_limit ({max_limit}) must be >= min_limit ({min_limit})")
+        initial = integer("initial_limit", initial_limit, minimum=1)
+        if not self.min_limit <= initial <= self.max_limit:
+            raise ValueError(
+                f"initial_limit must be within min_limit..max_limit "
+                f"({min_limit}..{max_limit}), got {initial_limit!r}"
+            )
+        self.window = seconds("window", window, allow_zero=False)
+        self.min_samples = integer("min_samples", min_samples, minimum=1)
+        self._limit = float(initial)
+        self._opened: float | None = None
+        self._count = 0
+        self._total = 0.0
+        self._peak = 0
+        self._load = 0
+        self._drops = 0
+        self._last_mean = 0.0
+        self.reason = "initial"
+
+    @property
+    def limit(self) -> int:
+        """The current limit (a whole number of calls within ``min_limit..max_limit``)."""
+        return int(self._limit)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(limit={self.limit}, min_limit={self.min_limit}, "
+            f"max_limit={self.max_limit}, reason={self.reason!r})"
+        )
+
+    def set(self, now: float, limit: float, reason: str = "set") -> LimitChange | None:
+        """Put the limit at ``limit`` (clamped); a new window opens at ``now``."""
+        return self._move(now, limit, reason)
+
+    def sample(
+        self, now: float, rtt: float, inflight: int, dropped: bool = False
+    ) -> LimitChange | None:
+        """One finished call: ``rtt`` seconds long, started with ``inflight`` calls in flight
+        (itself included), ``dropped`` if it timed out or was refused by the dependency."""
+        if self._opened is None:
+            self._opened = now - rtt
+        if now - rtt < self._opened:
+            return None  # admitted under an earlier limit
+        self._count += 1
+        self._total += rtt
+        self._load += inflight
+        if inflight > self._peak:
+            self._peak = inflight
+        if dropped or self._is_drop(rtt):
+            self._drops += 1
+        if not self._drops and (
+            self._count < self.min_samples
+            or now - self._opened < max(self.window, 2 * self._last_mean)
+        ):
+            return None
+        mean = self._total / self._count
+        self._last_mean = mean
+        target, reason = self._decide(mean, self._load / self._count, self._drops)
+        if reason:
+            return self._move(now, target, reason)
+        self._open(now)
+        return None
+
+    def _is_drop(self, rtt: float) -> bool:
+        return False
+
+    def _decide(self, mean: float, load: float, drops: int) -> tuple[float, str]:
+        raise NotImplementedError
+
+    def _app_limited(self, load: float) -> bool:
+        # Growth is earned only by a window that reached the limit: a limit the application
+        # never hit says nothing about a higher one (and growing it anyway is how a limit ends
+        # up far above the capacity under a modest overload).
+        return load < GROW_AT * self.limit
+
+    def _open(self, now: float) -> None:
+        self._opened = now
+        self._count = 0
+        self._total = 0.0
+        self._peak = 0
+        self._load = 0
+        self._drops = 0
+
+    def _move(self, now: float, target: float, reason: str) -> LimitChange | None:
+        old = self.limit
+        self._limit = min(float(self.max_limit), max(float(self.min_limit), target))
+        self._open(now)
+        if self.limit == old:
+            return None
+        self.reason = reason
+        return LimitChange(old, self.limit, reason)
+
+
+class AIMD(LimitAlgorithm):
+    """Additive increase (one per clean window), multiplicative decrease on a drop.
+
+    Args:
+        backoff: factor applied to the limit on a window with a drop (0.5 <= backoff < 1).
+        timeout: a round trip longer than this counts as a drop (``None``: only reported drops).
+
+    The other arguments are :class:`LimitAlgorithm`'s.
+    """
+
+    name = "aimd"
+
+    def __init__(
+        self,
+        *,
+        backoff: float = 0.9,
+        timeout: float | None = None,
+        initial_limit: int = 20,
+        min_limit: int = 1,
+        max_limit: int = 1000,
+        window: float = 0.1,
+        min_samples: int = 10,
+    ) -> None:
+        super().__init__(
+            initial_limit=initial_limit,
+            min_limit=min_limit,
+            max_limit=max_limit,
+            window=window,
+            min_samples=min_samples,
+        )
+        self.backoff = number("backoff", backoff, minimum=0.5, maximum=1.0)
+        if self.backoff == 1.0:
+            raise ValueError("backoff must be < 1, got 1.0")
+        self.timeout = None if timeout is None else seconds("timeout", timeout, allow_zero=False)
+
+    def _is_drop(self, rtt: float) -> bool:
+        return self.timeout is not None and rtt > self.timeout
+
+    def _decide(self, mean: float, load: float, drops: int) -> tuple[float, str]:
+        if drops:
+            # Always at least one less, or a small limit would never come down.
+            return min(self._limit * self.backoff, self._limit - 1), "drop"
+        if self._app_limited(load):
+            return self._limit, ""
+        return self._limit + 1, "increase"
+
+
+class Gradient2(LimitAlgorithm):
+    """Latency-gradient limit: grows while the round trip stays near its uncontended baseline,
+    cuts to ``limit * baseline / latency`` when calls queue in the dependency.
+
+    Args:
+        tolerance: how far above the baseline a window's mean may go before the limit is cut
+            (> 1; default 1.2).
+        min_gradient: the deepest single cut (default 0.5: at most halved per window).
+        backoff: factor applied on a window with a drop.
+        baseline_windows: how many windows the baseline (lowest window mean) looks back over.
+
+    The other arguments are :class:`LimitAlgorithm`'s.
+    """
+
+    name = "gradient2"
+
+    def __init__(
+        self,
+        *,
+        tolerance: float = 1.2,
+        min_gradient: float = 0.5,
+        backoff: float = 0.9,
+        baseline_windows: int = 600,
+        initial_limit: int = 20,
+        min_limit: int = 1,
+        max_limit: int = 1000,
+        window: float = 0.1,
+        min_samples: int = 10,
+    ) -> None:
+        super().__init__(
+            initial_limit=initial_limit,
+            min_limit=min_limit,
+            max_limit=max_limit,
+            window=window,
+            min_samples=min_samples,
+        )
+        self.tolerance = number("tolerance", tolerance, minimum=1.0, exclusive_minimum=True)
+        self.min_gradient = number(
+            "min_gradient", min_gradient, minimum=0.0, maximum=1.0, exclusive_minimum=True
+        )
+        self.backoff = number("backoff", backoff, minimum=0.5, maximum=1.0)
+        self.baseline_windows = integer("baseline_windows", baseline_windows, minimum=1)
+        # Monotonic deque of (window index, mean): its head is the lowest mean in the horizon.
+        self._means: deque[tuple[int, float]] = deque()
+        self._index = 0
+        self._cut_at: float | None = None  # the window mean at the last cut, while cutting
+        self._before_cuts = self._limit
+        self._cut_load = 0.0
+        self._holds = 0
+
+    @property
+    def baseline(self) -> float | None:
+        """The uncontended round trip now assumed (seconds), or ``None`` before any window."""
+        return self._means[0][1] if self._means else None
+
+    def _remember(self, mean: float) -> float:
+        self._index += 1
+        means = self._means
+        while means and means[-1][1] >= mean:
+            means.pop()
+        means.append((self._index, mean))
+        while means[0][0] <= self._index - self.baseline_windows:
+            means.popleft()
+        return means[0][1]
+
+    def _rebase(self, mean: float) -> None:
+        self._means.clear()
+        self._means.append((self._index, mean))
+
+    def _decide(self, mean: float, load: float, drops: int) -> tuple[float, str]:
+        baseline = self._remember(mean)
+        if drops:
+            self._cut_at = None
+            return min(self._limit * self.backoff, self._limit - 1), "drop"
+        if mean > baseline * self.tolerance:
+            if self._cut_at is not None and mean >= self._cut_at * 0.95:
+                if self._holds < 3 and (not self._holds or load > 0.9 * self._cut_load):
+                    # Calls admitted before the cut may still be queued in the dependency (and
+                    # still in flight here): give the cut a window to take effect.
+                    self._holds += 1
+                    return self._limit, ""
+                # Fewer calls in flight, yet latency is not down: not our queue but the
+                # dependency's own pace. Take it as the new baseline, give back what was cut.
+                self._holds = 0
+                self._rebase(mean)
+                self._cut_at = None
+                return self._before_cuts, "rebaseline"
+            if self._cut_at is None:
+                self._before_cuts = self._limit
+            self._cut_at = mean
+            self._cut_load = load
+            self._holds = 0
+            # A little under the knee: if calls still queue there (a baseline measured while
+            # overloaded), latency falls below the baseline, which follows it down.
+            gradient = max(self.min_gradient, 0.9 * baseline / mean)
+            return self._limit * gradient, "latency"
+        self._cut_at = None
+        self._holds = 0
+        if self._app_limited(load):
+            return self._limit, ""
+        return self._limit + max(1.0, math.sqrt(self._limit) / 2), "increase"

@@ -1,0 +1,391 @@
+"""Adaptive concurrency: a bulkhead whose limit follows what the dependency can take.
+
+Theory of operation
+-------------------
+:class:`AdaptiveConcurrency` is a :class:`buttress.Bulkhead` (same admission, first-come-first-
+served waiting up to ``max_wait``, same :class:`buttress.BulkheadFull` refusal, threads and tasks
+alike) whose limit is set by a limit algorithm from :mod:`buttress.machines.limit` instead of by
+hand. Every call it admits is timed on the policy clock and reported to the algorithm with the
+number of calls in flight when it started; the algorithm answers, once per window, with a new
+limit:
+
+* ``"gradient2"`` (default): latency-driven. The limit grows while the round trip stays near the
+  dependency's uncontended latency and is cut to about the dependency's capacity as soon as calls
+  queue inside it (see the machine's notes for how it avoids the published algorithms' faults:
+  unbounded growth under modest overload, growth while the application is the limit, shedding
+  load to re-measure).
+* ``"aimd"``: loss-driven. One more per clean window, times ``backoff`` on a drop.
+
+A *drop* is a call that raised one of ``drops`` (default: ``TimeoutError``, which includes
+:class:`buttress.OperationTimeout`) or a refusal of the dependency (:class:`buttress.RejectedError`
+from a policy inside). Any other exception is not a measurement: the call is not sampled.
+
+Lowering the limit never interrupts a running call; waiters are admitted when it grows.
+:meth:`scale_down` lets an outer protocol impose a share of whatever the algorithm finds (the
+algorithm keeps learning underneath); :meth:`restore` lifts it.
+
+Every change is a :class:`buttress.events.LimitChanged` event (cuts at INFO, growth at DEBUG on the
+``buttress.adaptive`` logger) and the current limit is published as the ``"adaptive_limit"``
+reading, which Prometheus exports as ``buttress_adaptive_limit{name=...}``.
+
+The algorithm runs under the bulkhead's lock; it is arithmetic on a handful of numbers per call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from .. import events as _events
+from .._config import number
+from ..clock import Clock, get_clock
+from ..errors import RejectedError
+from ..machines.limit import AIMD, Gradient2, LimitAlgorithm
+from .bulkhead import Bulkhead
+
+__all__ = ["AdaptiveConcurrency", "adaptive_concurrency"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+_ALGORITHMS: dict[str, type[LimitAlgorithm]] = {"gradient2": Gradient2, "aimd": AIMD}
+
+
+class AdaptiveConcurrency(Bulkhead):
+    """A concurrency limit found by measuring the dependency; use like :class:`Bulkhead`.
+
+    Args:
+        algorithm: ``"gradient2"`` (default), ``"aimd"``, or a
+            :class:`buttress.machines.limit.LimitAlgorithm` instance (then the limits and
+            ``settings`` come from it and must not be given here).
+        initial_limit: the limit before anything is measured (default 20).
+        min_limit: never below this (default 1).
+        max_limit: never above this (default 1000).
+        max_wait: seconds a call may wait for a slot (default 0: refuse at once).
+        drops: exception types that count as a drop (default ``(TimeoutError,)``; a
+            :class:`buttress.RejectedError` always counts).
+        name: name in events, logs, errors and metrics.
+        clock: the clock that times calls (default: the process default at the time of use).
+        **settings: passed to the algorithm (``window``, ``min_samples``, ``tolerance``,
+            ``backoff``, ``timeout``, ...).
+
+    Raises:
+        ValueError, TypeError: a bad setting, naming it.
+    """
+
+    _policy = "adaptive"
+    _label = "adaptive concurrency limit"
+
+    def __init__(
+        self,
+        algorithm: str | LimitAlgorithm = "gradient2",
+        *,
+        initial_limit: int | None = None,
+        min_limit: int | None = None,
+        max_limit: int | None = None,
+        max_wait: float = 0.0,
+        drops: tuple[type[BaseException], ...] = (TimeoutError,),
+        name: str = "",
+        clock: Clock | None = None,
+        **settings: Any,
+    ) -> None:
+        self._machine = _machine(algorithm, initial_limit, min_limit, max_limit, settings)
+        if not isinstance(drops, tuple) or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in drops
+        ):
+            raise TypeError(f"drops must be a tuple of exception types, got {drops!r}")
+        self._drops = (*drops, RejectedError)
+        self._clock = clock
+        self._scale = 1.0
+        self._started: contextvars.ContextVar[tuple[float, int] | None] = contextvars.ContextVar(
+            "buttress_adaptive_start", default=None
+        )
+        super().__init__(self._machine.limit, max_wait, name=name)
+        _LIVE.add(self)
+
+    @property
+    def limit(self) -> int:
+        """The limit now in force (the algorithm's, times any :meth:`scale_down`)."""
+        return self._limit
+
+    @property
+    def reason(self) -> str:
+        """Why the limit last changed."""
+        return self._reason
+
+    @property
+    def algorithm(self) -> LimitAlgorithm:
+        return self._machine
+
+    def __repr__(self) -> str:
+        return (
+            f"AdaptiveConcurrency(name={self._name!r}, algorithm={self._machine.name!r}, "
+            f"limit={self._limit}, active={self._active}, waiting={len(self._waiters)})"
+        )
+
+    # -- limit changes ---------------------------------------------------------------------
+
+    _reason = "initial"
+
+    def _now(self) -> float:
+        return (self._clock or get_clock()).now()
+
+    def _effective(self) -> int:
+        machine = self._machine
+        return max(machine.min_limit, int(machine.limit * self._scale))
+
+    def _apply(self, reason: str) -> tuple[int, int, str] | None:
+        """Bring the bulkhead's limit to the algorithm's (lock held); the change, if any."""
+        old, new = self._limit, self._effective()
+        self._reason = reason
+        if new == old:
+            return None
+        self._limit = new
+        self._describe()
+        return old, new, reason
+
+    def _announce(self, change: tuple[int, int, str] | None, now: float) -> None:
+        if change is None:
+            return
+        old, new, reason = change
+        # Cuts are logged at INFO, growth (every window) at DEBUG: ask at the level it will have.
+        if _events.wanted(self._policy, logging.DEBUG if new > old else logging.INFO):
+            _events.emit(
+                _events.LimitChanged(
+                    policy=self._policy, name=self._name, at=now, old=old, new=new, reason=reason
+                )
+            )
+
+    def set_limit(self, max_concurrent: int) -> None:
+        """Put the algorithm's limit at ``max_concurrent`` (clamped to its bounds); it adapts on
+        from there."""
+        limit = number("max_concurrent", max_concurrent, minimum=1)
+        self._adjust(lambda now: self._machine.set(now, limit), "set")
+
+    def scale_down(self, factor: float) -> None:
+        """Hold the limit at ``factor`` (0 < factor <= 1) of what the algorithm finds, until
+        :meth:`restore`; successive calls multiply. Never below ``min_limit``."""
+        factor = number("factor", factor, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+
+        def scale(now: float) -> None:
+            self._scale *= factor
+
+        self._adjust(scale, "scaled_down")
+
+    def restore(self) -> None:
+        """Lift any :meth:`scale_down`: the algorithm's limit is in force again."""
+
+        def unscale(now: float) -> None:
+            self._scale = 1.0
+
+        self._adjust(unscale, "restored")
+
+    @property
+    def scale(self) -> float:
+        """The share imposed by :meth:`scale_down` (1.0 when none)."""
+        return self._scale
+
+    def _adjust(self, step: Callable[[float], object], reason: str) -> None:
+        now = self._now()
+        with self._lock:
+            step(now)
+            change = self._apply(reason)
+            woken = self._hand_over()
+        for waiter in woken:
+            waiter.wake()
+        self._announce(change, now)
+
+    # -- measuring -------------------------------------------------------------------------
+
+    def _begin(self) -> tuple[float, int]:
+        """Right after admission: when it started and how many were in flight (itself too)."""
+        return self._now(), self._active
+
+    def _end(self, started: tuple[float, int], error: BaseException | None) -> None:
+        """Give the slot back and report the call to the algorithm."""
+        now = self._now()
+        start, inflight = started
+        dropped = error is not None and isinstance(error, self._drops)
+        with self._lock:
+            self._active -= 1
+            change = None
+            if error is None or dropped:
+                moved = self._machine.sample(now, now - start, inflight, dropped)
+                if moved is not None:
+                    change = self._apply(moved.reason)
+            woken = self._hand_over()
+        for waiter in woken:
+            waiter.wake()
+        if change is not None:
+            self._announce(change, now)
+
+    def release(self) -> None:
+        """Give a slot back without a measurement (for a slot taken with :meth:`acquire`)."""
+        super().release()
+
+    def __call__(self, fn: F) -> F:
+        """Decorate ``fn`` (``def`` or ``async def``)."""
+        if not callable(fn):
+            raise TypeError(f"an adaptive concurrency limit decorates a callable, got {fn!r}")
+        acquire, begin, end = self.acquire, self._begin, self._end
+        if inspect.iscoroutinefunction(fn):
+            aacquire = self.aacquire
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                await aacquire()
+                started = begin()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    end(started, exc)
+                    raise
+                end(started, None)
+                return result
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            acquire()
+            started = begin()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                end(started, exc)
+                raise
+            end(started, None)
+            return result
+
+        return cast(F, wrapper)
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Call the sync ``fn(*args, **kwargs)`` inside the limit, measured."""
+        self.acquire()
+        started = self._begin()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._end(started, exc)
+            raise
+        self._end(started, None)
+        return result
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Await the async ``fn(*args, **kwargs)`` inside the limit, measured."""
+        await self.aacquire()
+        started = self._begin()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._end(started, exc)
+            raise
+        self._end(started, None)
+        return result
+
+    # ``with`` / ``async with``: the start is kept per thread and per task (a context variable),
+    # so one limiter may be entered by many at once.
+
+    def __enter__(self) -> AdaptiveConcurrency:
+        self.acquire()
+        self._started.set(self._begin())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> AdaptiveConcurrency:
+        await self.aacquire()
+        self._started.set(self._begin())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    def _exit(self, exc: BaseException | None) -> None:
+        started = self._started.get()
+        self._started.set(None)
+        if started is None:
+            super().release()
+        else:
+            self._end(started, exc)
+
+
+# Live limiters, for the ``adaptive_limit`` reading; held weakly, so a limiter that is dropped
+# leaves the metrics with it.
+_LIVE: weakref.WeakSet[AdaptiveConcurrency] = weakref.WeakSet()
+
+
+def _limit_readings() -> Iterable[tuple[Hashable, float]]:
+    return [(limiter.name, float(limiter.limit)) for limiter in list(_LIVE)]
+
+
+_events.add_reading("adaptive_limit", _limit_readings)
+
+
+def _machine(
+    algorithm: str | LimitAlgorithm,
+    initial_limit: int | None,
+    min_limit: int | None,
+    max_limit: int | None,
+    settings: dict[str, Any],
+) -> LimitAlgorithm:
+    if isinstance(algorithm, LimitAlgorithm):
+        given = [
+            field
+            for field, value in (
+                ("initial_limit", initial_limit),
+                ("min_limit", min_limit),
+                ("max_limit", max_limit),
+            )
+            if value is not None
+        ] + sorted(settings)
+        if given:
+            raise TypeError(
+                f"{', '.join(given)} cannot be given with an algorithm instance "
+                f"(set them on the {type(algorithm).__name__})"
+            )
+        return algorithm
+    if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:
+        raise ValueError(
+            f"algorithm must be one of {', '.join(map(repr, _ALGORITHMS))} or a LimitAlgorithm, "
+            f"got {algorithm!r}"
+        )
+    kind = _ALGORITHMS[algorithm]
+    low = 1 if min_limit is None else min_limit
+    high = 1000 if max_limit is None else max_limit
+    initial = initial_limit
+    if initial is None:
+        # The default initial limit is pulled into the bounds rather than refused.
+        initial = min(max(20, low), high) if isinstance(low, int) and isinstance(high, int) else 20
+    limits = {"initial_limit": initial, "min_limit": low, "max_limit": high}
+    try:
+        return kind(**limits, **settings)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise TypeError(f"{algorithm} does not take {exc}".replace("__init__() ", "")) from None
+        raise
+
+
+def adaptive_concurrency(
+    algorithm: str | LimitAlgorithm = "gradient2", **options: Any
+) -> AdaptiveConcurrency:
+    """Decorator: ``@adaptive_concurrency("aimd", max_limit=50)``; see
+    :class:`AdaptiveConcurrency`."""
+    return AdaptiveConcurrency(algorithm, **options)
