@@ -38,6 +38,7 @@ __all__ = [
     "guarded_kind",
     "is_async",
     "is_awaitable",
+    "refused_awaitable",
     "resolved",
 ]
 
@@ -80,6 +81,24 @@ def is_awaitable(value: object) -> bool:
 async def resolved(value: Any) -> Any:
     """``value`` awaited when it is awaitable, else ``value`` itself."""
     return await value if hasattr(value, "__await__") else value
+
+
+def refused_awaitable(policy: str, fn: object, result: object) -> TypeError:
+    """The error for a plain callable that returned an awaitable to a policy that cannot await it.
+
+    A policy whose sync wrapper only gates the call (a breaker counting its outcome, a bulkhead
+    holding a slot while it runs) would hand back work that runs later, outside it. The awaitable
+    is closed when it is a coroutine (no "never awaited" warning), and the caller is told what to
+    do instead.
+    """
+    close = getattr(result, "close", None)
+    if inspect.iscoroutine(result) and close is not None:
+        close()
+    return TypeError(
+        f"{policy}: {callable_name(fn)} is a plain callable that returned an awaitable "
+        f"({type(result).__name__}); its work would run outside the {policy}. Decorate an "
+        f"'async def', or use 'await <{policy}>.acall(fn, ...)'"
+    )
 
 
 def guarded_kind(policy: str, fn: object) -> bool:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
@@ -43,6 +42,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
+from .._callables import guarded_kind, refused_awaitable
 from .._config import number
 from ..clock import Clock, get_clock
 from ..errors import RejectedError
@@ -231,10 +231,8 @@ class AdaptiveConcurrency(Bulkhead):
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"an adaptive concurrency limit decorates a callable, got {fn!r}")
         acquire, begin, end = self.acquire, self._begin, self._end
-        if inspect.iscoroutinefunction(fn):
+        if guarded_kind(self._label, fn):
             aacquire = self.aacquire
 
             @functools.wraps(fn)
@@ -251,6 +249,8 @@ class AdaptiveConcurrency(Bulkhead):
 
             return cast(F, async_wrapper)
 
+        label = self._label
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             acquire()
@@ -261,6 +261,8 @@ class AdaptiveConcurrency(Bulkhead):
                 end(started, exc)
                 raise
             end(started, None)
+            if hasattr(result, "__await__"):  # its work would run outside the limit
+                raise refused_awaitable(label, fn, result)
             return result
 
         return cast(F, wrapper)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
+from .._callables import guarded_kind, refused_awaitable
 from .._config import integer, seconds
 from ..clock import get_clock
 from ..errors import BulkheadFull
@@ -231,10 +231,8 @@ class Bulkhead:
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"a bulkhead decorates a callable, got {fn!r}")
         acquire, release = self.acquire, self.release
-        if inspect.iscoroutinefunction(fn):
+        if guarded_kind(self._label, fn):
             aacquire = self.aacquire
 
             @functools.wraps(fn)
@@ -247,13 +245,18 @@ class Bulkhead:
 
             return cast(F, async_wrapper)
 
+        label = self._label
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             acquire()
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             finally:
                 release()
+            if hasattr(result, "__await__"):  # its work would run after the slot is released
+                raise refused_awaitable(label, fn, result)
+            return result
 
         return cast(F, wrapper)
 

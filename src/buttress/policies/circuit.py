@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -53,6 +52,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
+from .._callables import guarded_kind, refused_awaitable
 from .._config import env_float, env_int, integer, number, optional_seconds, seconds
 from ..backends import open_storage
 from ..clock import Clock, get_clock
@@ -663,10 +663,8 @@ class CircuitBreaker:
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"a circuit breaker decorates a callable, got {fn!r}")
         core = self._core
-        if inspect.iscoroutinefunction(fn):
+        if guarded_kind("circuit breaker", fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -688,14 +686,20 @@ class CircuitBreaker:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ticket = core.gate.closed_generation
             if ticket < 0 or _HOOKS:
-                return core.run(fn, args, kwargs)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as error:
-                core.failed(ticket, error)
-                raise
-            if core.gate.failures:
-                core.local.succeeded(ticket)
+                result = core.run(fn, args, kwargs)
+            else:
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as error:
+                    core.failed(ticket, error)
+                    raise
+                if hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
+                    raise refused_awaitable("circuit breaker", fn, result)
+                if core.gate.failures:
+                    core.local.succeeded(ticket)
+                return result
+            if hasattr(result, "__await__"):
+                raise refused_awaitable("circuit breaker", fn, result)
             return result
 
         return cast(F, wrapper)

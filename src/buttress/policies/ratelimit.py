@@ -43,7 +43,6 @@ never closed.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
 from .. import events as _events
+from .._callables import guarded_kind
 from .._config import integer, number, optional_seconds
 from .._config import seconds as to_seconds
 from ..backends import open_storage
@@ -903,12 +903,11 @@ class RateLimit:
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
-        if not callable(fn):
-            raise TypeError(f"rate_limit decorates a callable, got {fn!r}")
+        is_async = guarded_kind("rate_limit", fn)
         # The common use (a fixed key, no waiting) goes straight to check_limit: a refusal is a
         # hot path under overload, and every frame it unwinds costs.
         policy = self
-        if inspect.iscoroutinefunction(fn):
+        if is_async:
             aadmit = self._aadmit
 
             @functools.wraps(fn)

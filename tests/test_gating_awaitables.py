@@ -1,0 +1,108 @@
+"""Gating policies (breaker, bulkhead, adaptive limit, rate limit) never hand back unguarded work.
+
+A plain callable that returns an awaitable, or an object with ``async def __call__``, or a
+generator function: the policy either guards the real work or refuses clearly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from buttress import (
+    Bulkhead,
+    CircuitBreaker,
+    CircuitState,
+    RateLimitConfig,
+    RateLimiter,
+    rate_limit,
+)
+from buttress.policies.adaptive import AdaptiveConcurrency
+
+
+def _breaker() -> CircuitBreaker:
+    return CircuitBreaker(name=f"gate-{uuid.uuid4().hex[:8]}", fail_max=1)
+
+
+def _limit() -> Callable[[Any], Any]:
+    limiter = RateLimiter()
+    limiter.configure("gate", RateLimitConfig(requests_per_second=1000.0, burst_size=1000))
+    return rate_limit("gate", limiter=limiter)
+
+
+POLICIES: dict[str, Callable[[], Any]] = {
+    "breaker": _breaker,
+    "bulkhead": lambda: Bulkhead(max_concurrent=1),
+    "adaptive": lambda: AdaptiveConcurrency(),
+    "rate_limit": _limit,
+}
+
+
+@pytest.fixture(params=sorted(POLICIES))
+def policy(request: pytest.FixtureRequest) -> Any:
+    return POLICIES[request.param]()
+
+
+async def _fails() -> None:
+    raise ConnectionError("down")
+
+
+def test_a_generator_function_is_refused_at_decoration(policy: Any) -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    async def anumbers() -> Any:
+        yield 1
+
+    for fn in (numbers, anumbers):
+        with pytest.raises(TypeError, match="generator function"):
+            policy(fn)
+
+
+def test_an_async_callable_object_is_guarded_as_async(policy: Any) -> None:
+    class Client:
+        async def __call__(self) -> str:
+            return "ok"
+
+    guarded = policy(Client())
+    assert asyncio.run(guarded()) == "ok"  # awaited inside the async wrapper
+
+
+def test_a_partial_of_an_async_function_is_guarded_as_async(policy: Any) -> None:
+    async def fetch(x: int) -> int:
+        return x
+
+    guarded = policy(functools.partial(fetch, 3))
+    assert asyncio.run(guarded()) == 3
+
+
+@pytest.mark.parametrize("name", ["breaker", "bulkhead", "adaptive"])
+def test_a_plain_callable_returning_a_coroutine_is_refused_not_handed_back(name: str) -> None:
+    policy = POLICIES[name]()
+    guarded = policy(lambda: _fails())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the coroutine is closed: no "never awaited" warning
+        with pytest.raises(TypeError, match="returned an awaitable"):
+            guarded()
+
+
+def test_the_refused_coroutine_does_not_count_for_the_breaker() -> None:
+    breaker = _breaker()
+    guarded = breaker(lambda: _fails())
+    for _ in range(3):
+        with pytest.raises(TypeError):
+            guarded()
+    assert breaker.state is CircuitState.CLOSED
+    assert asyncio.run(_acall_fails(breaker))
+
+
+async def _acall_fails(breaker: CircuitBreaker) -> bool:
+    with pytest.raises(ConnectionError):
+        await breaker.acall(lambda: _fails())  # acall awaits it under the breaker: it counts
+    return breaker.state is CircuitState.OPEN
