@@ -455,13 +455,13 @@ class RequestQueue:
 
     # -- consuming --------------------------------------------------------------------------------
 
-    def _claim(self) -> list[Item]:
+    def _claim(self, limit: int | None = None) -> list[Item]:
         got: Claimed = self._store.claim(
             self.name,
             self.owner,
             self._wall(),
             self.visibility_timeout,
-            self.batch,
+            self.batch if limit is None else min(self.batch, limit),
             self.max_attempts,
         )
         self.counts["skipped"] += got.skipped
@@ -536,13 +536,10 @@ class RequestQueue:
         """
         delivered = 0
         while limit is None or delivered < limit:
-            items = self._claim()
+            items = self._claim(None if limit is None else limit - delivered)
             if not items:
                 break
-            for n, item in enumerate(items):
-                if limit is not None and delivered >= limit:
-                    self._give_back(items[n:])
-                    break
+            for item in items:
                 self._run_sync(item)
                 delivered += 1
         return delivered
@@ -552,24 +549,17 @@ class RequestQueue:
         delivered = 0
         while limit is None or delivered < limit:
             if isinstance(self._store, MemoryQueueStore):
-                items = self._claim()
+                items = self._claim(None if limit is None else limit - delivered)
             else:
-                items = await asyncio.to_thread(self._claim)
+                items = await asyncio.to_thread(
+                    self._claim, None if limit is None else limit - delivered
+                )
             if not items:
                 break
-            for n, item in enumerate(items):
-                if limit is not None and delivered >= limit:
-                    self._give_back(items[n:])
-                    break
+            for item in items:
                 await self._run_async(item)
                 delivered += 1
         return delivered
-
-    def _give_back(self, items: list[Item]) -> None:
-        for item in items:
-            self._heartbeat.release(item.id)
-        # not a failure: the lease ends now and the attempt is not counted against it
-        self._store.renew(self.name, self.owner, [i.id for i in items], self._wall())
 
     def run(self, stop: threading.Event, *, poll: float = 0.5) -> int:
         """Handle requests until ``stop`` is set, waiting ``poll`` seconds when none is due."""
@@ -595,9 +585,11 @@ class RequestQueue:
             )
             delivered = 0
             while limit is None or delivered < limit:
-                limiter.acquire("replay")
-                if self.process(1) == 0:
+                items = self._claim(1)  # claimed first: no wait is spent on an empty queue
+                if not items:
                     break
+                limiter.acquire("replay")
+                self._run_sync(items[0])
                 delivered += 1
             return delivered
 
