@@ -63,7 +63,7 @@ def with_log(q: RequestQueue, log: list[tuple[str, Any, int]], name: str = "work
 def test_refuses_unknown_handler_and_non_json(make: MakeQueue) -> None:
     q = make()
     with_log(q, [])
-    with pytest.raises(UnknownHandler, match="no handler named 'nope'.*registered: work"):
+    with pytest.raises(UnknownHandler, match=r"no handler named 'nope'.*registered: work"):
         q.put("nope", [1])
     with pytest.raises(TypeError, match="must be JSON"):
         q.put("work", [object()])
@@ -178,10 +178,12 @@ def test_poison_goes_to_dead_letters_while_the_rest_flows(
     assert dead.attempts == 5
     assert dead.first_error == "ValueError: bad 3 on attempt 1"
     assert dead.last_error == "ValueError: bad 3 on attempt 5"
-    assert dead.first_error_at is not None and dead.last_error_at is not None
+    assert dead.first_error_at is not None
+    assert dead.last_error_at is not None
     assert dead.first_error_at < dead.last_error_at
     assert q.stats().dead == 1
-    assert q.counts["dead"] == 1 and q.counts["retried"] == 4
+    assert q.counts["dead"] == 1
+    assert q.counts["retried"] == 4
 
 
 def test_retries_back_off(make: MakeQueue, clock: FakeClock) -> None:
@@ -221,7 +223,8 @@ def test_a_worker_dying_every_time_ends_in_dead_letters(make: MakeQueue, clock: 
     assert q._claim() == []
     (dead,) = q.dead_letters()
     assert dead.attempts == 3
-    assert dead.last_error is not None and "lease ran out" in dead.last_error
+    assert dead.last_error is not None
+    assert "lease ran out" in dead.last_error
 
 
 def test_expired_items_are_dropped_and_counted(make: MakeQueue, clock: FakeClock) -> None:
@@ -378,7 +381,8 @@ def test_async_api(make: MakeQueue) -> None:
     async def main() -> int:
         a = await q.aput("work", [1], key="k1")
         b = await q.aput("plain", [2], key="k2")
-        assert a.added and b.added
+        assert a.added
+        assert b.added
         return await q.aprocess()
 
     assert asyncio.run(main()) == 2
