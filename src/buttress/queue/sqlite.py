@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS buttress_queue (
     last_error_at REAL,
     UNIQUE (queue, key)
 );
-CREATE INDEX IF NOT EXISTS buttress_queue_resource ON buttress_queue (queue, resource, id);
+CREATE INDEX IF NOT EXISTS buttress_queue_resource ON buttress_queue (queue, resource, id)
+    WHERE resource IS NOT NULL;
 CREATE INDEX IF NOT EXISTS buttress_queue_expires ON buttress_queue (queue, expires)
     WHERE expires IS NOT NULL;
 CREATE TABLE IF NOT EXISTS buttress_queue_dead (
@@ -98,16 +99,29 @@ CREATE TABLE IF NOT EXISTS buttress_queue_done (
     until REAL NOT NULL,
     PRIMARY KEY (queue, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS buttress_queue_done_until ON buttress_queue_done (until);
 CREATE TABLE IF NOT EXISTS buttress_queue_counts (
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
     value INTEGER NOT NULL,
     PRIMARY KEY (queue, name)
 ) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS buttress_queue_added AFTER INSERT ON buttress_queue BEGIN
+    INSERT INTO buttress_queue_counts (queue, name, value) VALUES (NEW.queue, 'depth', 1)
+        ON CONFLICT (queue, name) DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS buttress_queue_removed AFTER DELETE ON buttress_queue BEGIN
+    UPDATE buttress_queue_counts SET value = value - 1
+        WHERE queue = OLD.queue AND name = 'depth';
+END;
+CREATE TRIGGER IF NOT EXISTS buttress_queue_handled AFTER INSERT ON buttress_queue_done BEGIN
+    DELETE FROM buttress_queue WHERE queue = NEW.queue AND key = NEW.key;
+END;
 """
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
-SWEEP_EVERY = 1000  # acknowledgements between sweeps of done keys past their time
+# acknowledgements between sweeps of done keys past their time (a scan of the done keys:
+# unindexed by time, so that an acknowledgement writes one index the fewer)
+SWEEP_EVERY = 1000
+_UNLIMITED = 2**62
 
 
 class SQLiteQueueStore:
@@ -189,14 +203,17 @@ class SQLiteQueueStore:
                     f"version of buttress reads version {QUEUE_SCHEMA_VERSION}"
                 )
         SQLiteStore(self.path, busy_timeout=self.busy_timeout).close()  # its checks, its tables
-        with self._transaction() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT OR IGNORE INTO buttress_meta (name, value) VALUES (?, ?)",
-                ("queue_schema_version", str(QUEUE_SCHEMA_VERSION)),
-            )
+        # one script, one transaction: two processes creating the file at once both succeed
+        script = (
+            f"BEGIN IMMEDIATE;{_SCHEMA}INSERT OR IGNORE INTO buttress_meta (name, value) "
+            f"VALUES ('queue_schema_version', '{QUEUE_SCHEMA_VERSION}');COMMIT;"
+        )
+        try:
+            self._conn().executescript(script)
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -255,28 +272,17 @@ class SQLiteQueueStore:
     # -- steps ------------------------------------------------------------------------------------
 
     def put(self, queue: str, item: Item, max_depth: int | None, now: float) -> tuple[int, bool]:
-        with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT id FROM buttress_queue WHERE queue = ? AND key = ?", (queue, item.key)
-            ).fetchone()
-            if row is not None:
-                return int(row[0]), False
-            if conn.execute(
-                "SELECT 1 FROM buttress_queue_done WHERE queue = ? AND key = ? AND until > ?",
-                (queue, item.key, now),
-            ).fetchone():
-                return 0, False
-            if max_depth is not None:
-                # counted only up to the limit: the check costs no more as the queue grows
-                (depth,) = conn.execute(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM buttress_queue WHERE queue = ? LIMIT ?)",
-                    (queue, max_depth),
-                ).fetchone()
-                if depth >= max_depth:
-                    return -1, False
+        # One statement, so one implicit transaction: the insert happens only when the key is
+        # neither queued (the unique index) nor done, and the queue is below its depth (a count
+        # the triggers keep, so the check costs the same at any depth).
+        try:
+            conn = self._conn()
             cursor = conn.execute(
                 "INSERT INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
-                "expires, visible) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "expires, visible) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 "
+                "FROM buttress_queue_done WHERE queue = ? AND key = ? AND until > ?) AND "
+                "COALESCE((SELECT value FROM buttress_queue_counts WHERE queue = ? AND "
+                "name = 'depth'), 0) < ? ON CONFLICT (queue, key) DO NOTHING",
                 (
                     queue,
                     item.key,
@@ -286,9 +292,27 @@ class SQLiteQueueStore:
                     item.enqueued,
                     item.expires,
                     item.visible,
+                    queue,
+                    item.key,
+                    now,
+                    queue,
+                    _UNLIMITED if max_depth is None else max_depth,
                 ),
             )
-            return int(cursor.lastrowid or 0), True
+            if cursor.rowcount:
+                return int(cursor.lastrowid or 0), True
+            row = conn.execute(
+                "SELECT id FROM buttress_queue WHERE queue = ? AND key = ?", (queue, item.key)
+            ).fetchone()
+            if row is not None:
+                return int(row[0]), False
+            if self.is_done(queue, item.key, now):
+                return 0, False
+            return -1, False
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
 
     def claim(
         self, queue: str, owner: str, now: float, lease: float, limit: int, max_attempts: int
@@ -303,14 +327,15 @@ class SQLiteQueueStore:
             out.expired = cursor.rowcount
             if out.expired:
                 _count(conn, queue, "expired", out.expired)
-            # a resource's items go one at a time, oldest first: only its head may be claimed
+            # a resource's items go one at a time, oldest first: only its head may be claimed.
+            # (+queue: walk the rows in id order rather than sort the queue's by id)
             rows = conn.execute(
                 f"SELECT {_COLUMNS}, "
                 "EXISTS (SELECT 1 FROM buttress_queue_done d WHERE d.queue = q.queue "
                 "AND d.key = q.key AND d.until > ?) "
-                "FROM buttress_queue q WHERE queue = ? AND visible <= ? AND (resource IS NULL "
+                "FROM buttress_queue q WHERE +queue = ? AND visible <= ? AND (resource IS NULL "
                 "OR id = (SELECT MIN(id) FROM buttress_queue h WHERE h.queue = q.queue "
-                "AND h.resource = q.resource)) ORDER BY id LIMIT ?",
+                "AND h.resource = q.resource AND h.resource IS NOT NULL)) ORDER BY id LIMIT ?",
                 (now, queue, now, limit),
             ).fetchall()
             for row in rows:
@@ -348,15 +373,20 @@ class SQLiteQueueStore:
         return held
 
     def ack(self, queue: str, item_id: int, key: str, now: float, done_until: float) -> None:
-        with self._transaction() as conn:
+        # One statement: recording the key deletes the item (a trigger), in one transaction.
+        try:
+            conn = self._conn()
             conn.execute(
                 "INSERT OR REPLACE INTO buttress_queue_done (queue, key, until) VALUES (?, ?, ?)",
                 (queue, key, done_until),
             )
-            conn.execute("DELETE FROM buttress_queue WHERE id = ?", (item_id,))
             self._acks += 1
             if self._acks % SWEEP_EVERY == 0:
                 conn.execute("DELETE FROM buttress_queue_done WHERE until <= ?", (now,))
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
 
     def fail(
         self,
