@@ -183,9 +183,18 @@ def open_queue_store(spec: object = None) -> QueueStore:
             else:
                 path = _sqlite_path(spec, f"storage={spec!r}")
             return SQLiteQueueStore(path)
+        if scheme in ("redis", "rediss", "unix"):
+            from .redis import RedisQueueStore
+
+            return RedisQueueStore(spec)
         raise ValueError(
-            f"storage={spec!r}: a queue is stored in 'memory://' or 'sqlite:///path/queue.db'"
+            f"storage={spec!r}: a queue is stored in 'memory://', 'sqlite:///path/queue.db' or "
+            "'redis://host:port/db'"
         )
+    if type(spec).__module__.startswith("redis."):
+        from .redis import RedisQueueStore
+
+        return RedisQueueStore(spec)
     wanted = ("put", "claim", "renew", "ack", "fail", "stats", "close")
     missing = [name for name in wanted if not callable(getattr(spec, name, None))]
     if missing:
@@ -309,8 +318,13 @@ class RequestQueue:
         self.batch = int(_count("batch", batch) or 0)
         self.replay_rate = _positive("replay_rate", replay_rate, allow_none=True)
         self._clock = clock
-        self._owns_store = not hasattr(storage, "claim")
+        self._owns_store = (
+            not hasattr(storage, "claim") and type(storage).__module__.split(".")[0] != "redis"
+        )
         self._store: QueueStore = open_queue_store(storage)
+        set_lease = getattr(self._store, "set_lease", None)
+        if set_lease is not None:  # a store that measures leases itself (Redis)
+            set_lease(name, self.visibility_timeout)
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._with_request: set[str] = set()
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
