@@ -83,6 +83,7 @@ from .policies.timeout import (
     timeout,
 )
 from .presets import OperationProfile, preset
+from .queue import QueueFull, RequestQueue, current_request
 
 __version__ = "0.1.0"
 
@@ -123,6 +124,7 @@ __all__ = [
     "OperationType",
     "OverallHealth",
     "Pipeline",
+    "QueueFull",
     "QuotaTracker",
     "RateLimit",
     "RateLimitAlgorithm",
@@ -132,6 +134,7 @@ __all__ = [
     "RateLimiter",
     "Reading",
     "RejectedError",
+    "RequestQueue",
     "ResilienceManager",
     "ResourceManager",
     "ResourceState",
@@ -152,6 +155,7 @@ __all__ = [
     "bulkhead",
     "circuit_breaker",
     "circuit_breakers",
+    "current_request",
     "deadline",
     "degradation_handler",
     "enable_prometheus",
