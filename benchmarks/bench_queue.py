@@ -9,6 +9,7 @@ selects the oldest row and deletes it. Rates are items per second; ratios are to
 same run (compare ratios: the machine is shared and noisy).
 
     PYTHONPATH=src python benchmarks/bench_queue.py [--items 2000] [--synchronous normal|full]
+        [--redis-port PORT]   (a redis-server of your own on 127.0.0.1; it is flushed)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from buttress.queue import RequestQueue
 from buttress.queue.sqlite import SQLiteQueueStore
@@ -118,11 +120,74 @@ def huey_queue(path: Path, n: int, sync: str) -> tuple[float, float] | None:
     return enqueue, consume
 
 
+def redis_floor(client: Any, n: int) -> tuple[float, float]:
+    client.flushdb()
+    client.xgroup_create("floor", "g", id="0", mkstream=True)
+
+    def put() -> None:
+        for i in range(n):
+            client.xadd("floor", {"a": f'{{"args":[{i}]}}'})
+
+    def take() -> None:
+        while True:
+            got = client.xreadgroup("g", "c", {"floor": ">"}, count=1)
+            if not got:
+                return
+            ((_, ((sid, _fields),)),) = got
+            pipe = client.pipeline(transaction=False)
+            pipe.xack("floor", "g", sid)
+            pipe.xdel("floor", sid)
+            pipe.execute()
+
+    return timed(put), timed(take)
+
+
+def redis_queue(client: Any, n: int) -> tuple[float, float]:
+    client.flushdb()
+    q = RequestQueue("bench", storage=client, max_depth=None)
+    seen = 0
+
+    @q.handler
+    def work(i: int) -> None:
+        nonlocal seen
+        seen += 1
+
+    enqueue = timed(lambda: [q.put("work", [i]) for i in range(n)] and None)
+    consume = timed(lambda: q.process() and None)
+    assert seen == n, seen
+    q.close()
+    return enqueue, consume
+
+
+def redis_table(port: int, n: int, repeat: int) -> None:
+    import redis
+
+    client = redis.Redis(port=port)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(repeat):
+        for name, runner in (
+            ("floor (XADD / XREADGROUP+XACK)", redis_floor),
+            ("buttress RequestQueue", redis_queue),
+        ):
+            got = runner(client, n)
+            old = best.get(name, got)
+            best[name] = (min(old[0], got[0]), min(old[1], got[1]))
+    client.flushdb()
+    base = best["floor (XADD / XREADGROUP+XACK)"]
+    print(f"\n{n} items, Redis on 127.0.0.1:{port}, best of {repeat}")
+    for name, got in best.items():
+        print(
+            f"{name:34} {n / got[0]:10.0f} {base[0] / got[0]:8.2f} "
+            f"{n / got[1]:10.0f} {base[1] / got[1]:8.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--synchronous", choices=["off", "normal", "full"], default="normal")
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs")
+    parser.add_argument("--redis-port", type=int, default=0, help="also run on this Redis")
     opts = parser.parse_args()
     n, sync = opts.items, opts.synchronous
     runners = {
@@ -153,6 +218,8 @@ def main() -> None:
             f"{name:34} {n / got[0]:10.0f} {base[0] / got[0]:8.2f} "
             f"{n / got[1]:10.0f} {base[1] / got[1]:8.2f}"
         )
+    if opts.redis_port:
+        redis_table(opts.redis_port, n, opts.repeat)
 
 
 if __name__ == "__main__":
