@@ -134,15 +134,15 @@ def current_request() -> Request:
     return request
 
 
+# one encoder for every request: json.dumps with options builds a new one per call
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+).encode
+
+
 def _canonical(handler: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     try:
-        return json.dumps(
-            {"args": list(args), "kwargs": kwargs},
-            sort_keys=True,
-            separators=(",", ":"),
-            allow_nan=False,
-            ensure_ascii=False,
-        )
+        return _ENCODE({"args": list(args), "kwargs": kwargs})
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the arguments of a request for {handler!r} must be JSON (str, numbers, bool, None, "
