@@ -41,9 +41,10 @@ def main() -> int:
     parser.add_argument("--die-at", type=int, default=0)
     parser.add_argument("--until-flag", default="")
     opts = parser.parse_args()
+    storage = opts.queue_db if "://" in opts.queue_db else f"sqlite:///{opts.queue_db}"
     q = RequestQueue(
         "kill",
-        storage=f"sqlite:///{opts.queue_db}",
+        storage=storage,
         batch=opts.batch,
         visibility_timeout=opts.lease,
         max_depth=None,

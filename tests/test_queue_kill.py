@@ -105,3 +105,43 @@ def test_four_producers_four_consumers(tmp_path: Path) -> None:
     assert len(done) == 4000
     assert set(done) == {f"p{p}-{i}" for p in range(4) for i in range(1000)}
     assert len(ran) == 4000  # leases held: nothing handled twice
+
+
+def test_twenty_kills_lose_nothing_and_repeat_no_effect(tmp_path: Path) -> None:
+    db, effects = tmp_path / "q.db", tmp_path / "effects.db"
+    finish(spawn("produce", str(db), "600", "k"))
+    for kill in range(20):
+        worker = spawn("consume", str(db), str(effects), "--lease", "0.3", "--batch", "8")
+        assert worker.stdout is not None
+        for _ in range(5 + kill % 7):  # killed at a different point each time
+            if worker.stdout.readline() != "ran\n":
+                break
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate(timeout=60)
+    assert "drained" in finish(spawn("consume", str(db), str(effects), "--lease", "0.3"))
+    ran, done = runs(effects)
+    assert sorted(done) == sorted(f"k{i}" for i in range(600))  # none lost, each effect once
+    assert len(ran) >= 600
+
+
+def test_redis_consumer_killed_mid_handler(redis_port: int, tmp_path: Path) -> None:
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(port=redis_port)
+    client.flushdb()
+    url, effects = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "effects.db"
+    finish(spawn("produce", url, "200", "k"))
+    doomed = spawn(
+        "consume", url, str(effects), "--lease", "0.5", "--batch", "10", "--die-at", "25"
+    )
+    other = spawn("consume", url, str(effects), "--lease", "0.5", "--batch", "10")
+    doomed.communicate(timeout=120)
+    assert doomed.returncode == -signal.SIGKILL
+    assert "drained" in finish(other)
+    ran, done = runs(effects)
+    assert sorted(done) == sorted(f"k{i}" for i in range(200))
+    twice = {k for k, n in Counter(k for k, _ in ran).items() if n > 1}
+    assert len(twice) <= 10  # only the batch the killed consumer held ...
+    assert {k for k, a in ran if a > 1} >= twice  # ... redelivered after its lease
+    assert all(a <= 2 for _, a in ran)
+    client.flushdb()
+    client.close()
