@@ -466,3 +466,26 @@ def test_shares_the_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert q.store.url == f"sqlite:///{tmp_path / 'state.db'}"
     store = open_storage("sqlite://")  # the breaker/rate-limit store opens the same file
     store.close()
+
+
+def test_replay_on_a_schedule(store: QueueStore) -> None:
+    if "redis" in store.url:
+        pytest.skip("on Redis a failed item comes back after its lease; replay cannot hasten it")
+    q = RequestQueue("jobs", storage=store, retry_delay=3600)
+    handled = threading.Event()
+    down = True
+
+    @q.handler
+    def work() -> None:
+        if down:
+            raise ConnectionError("down")
+        handled.set()
+
+    q.put("work")
+    q.process()
+    down = False
+    stop = q.replay_every(0.01)
+    assert handled.wait(30)
+    stop()
+    assert q.stats().depth == 0
+    q.close()

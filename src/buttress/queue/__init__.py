@@ -330,6 +330,7 @@ class RequestQueue:
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat = _Heartbeat(self)
         self._hooks: list[Callable[[Event], None]] = []
+        self._stoppers: list[Callable[[], None]] = []
         self._replaying = threading.Lock()
         #: counts since this object was made: handled, skipped (done), retried, dead, expired
         self.counts = {"handled": 0, "skipped": 0, "retried": 0, "dead": 0, "expired": 0}
@@ -576,10 +577,17 @@ class RequestQueue:
         return delivered
 
     def run(self, stop: threading.Event, *, poll: float = 0.5) -> int:
-        """Handle requests until ``stop`` is set, waiting ``poll`` seconds when none is due."""
+        """Handle requests until ``stop`` is set, waiting ``poll`` seconds when none is due.
+
+        A store that does not answer (:class:`StorageUnavailable`) is asked again after ``poll``:
+        what it holds is not lost, and a worker outlives the outage.
+        """
         total = 0
         while not stop.is_set():
-            n = self.process()
+            try:
+                n = self.process()
+            except StorageUnavailable:
+                n = 0
             total += n
             if n == 0:
                 stop.wait(poll)
@@ -606,6 +614,29 @@ class RequestQueue:
                 self._run_sync(items[0])
                 delivered += 1
             return delivered
+
+    def replay_every(self, seconds: float) -> Callable[[], None]:
+        """Replay every ``seconds`` in a thread of its own; returns a function that stops it."""
+        interval = float(_positive("seconds", seconds) or 0)
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                with contextlib.suppress(StorageUnavailable):
+                    self.replay()
+
+        thread = threading.Thread(
+            target=loop, name=f"buttress-queue-every-{self.name}", daemon=True
+        )
+        thread.start()
+
+        def cancel() -> None:
+            stop.set()
+            if thread is not threading.current_thread():
+                thread.join()
+
+        self._stoppers.append(cancel)
+        return cancel
 
     def replay_when(
         self,
@@ -677,6 +708,9 @@ class RequestQueue:
         for hook in list(self._hooks):
             remove_hook(hook)
         self._hooks.clear()
+        for stop in self._stoppers:
+            stop()
+        self._stoppers.clear()
         self._heartbeat.stop()
         if self._owns_store:
             self._store.close()
