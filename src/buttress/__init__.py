@@ -84,6 +84,7 @@ from .policies.timeout import (
     timeout,
 )
 from .presets import OperationProfile, preset
+from .queue import QueueFull, RequestQueue, current_request
 
 __version__ = "0.1.0"
 
@@ -125,6 +126,7 @@ __all__ = [
     "OperationType",
     "OverallHealth",
     "Pipeline",
+    "QueueFull",
     "QuotaTracker",
     "RateLimit",
     "RateLimitAlgorithm",
@@ -134,6 +136,7 @@ __all__ = [
     "RateLimiter",
     "Reading",
     "RejectedError",
+    "RequestQueue",
     "ResilienceManager",
     "ResourceManager",
     "ResourceState",
@@ -155,6 +158,7 @@ __all__ = [
     "bulkhead",
     "circuit_breaker",
     "circuit_breakers",
+    "current_request",
     "deadline",
     "degradation_handler",
     "enable_prometheus",

@@ -40,6 +40,8 @@ from .policies.pipeline import Pipeline
 from .policies.ratelimit import RateLimit, RateLimitConfig, RateLimiter
 from .policies.retry import Retry
 from .policies.timeout import Timeout
+from .queue.cli import add_parser as add_queue_parser
+from .queue.cli import run as run_queue
 
 PHASES = (
     # (name, share of the run, error rate, slow share)
@@ -272,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["DEBUG", "INFO", "WARNING"],
         help="also show buttress's own log records at this level",
     )
+    add_queue_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "queue":
+        return run_queue(args)
     if args.concurrency < 1:
         parser.error(f"--concurrency must be >= 1, got {args.concurrency}")
     if args.log_level:

@@ -1,0 +1,226 @@
+"""Queue throughput: buttress's RequestQueue beside a plain-SQL floor, persist-queue and huey.
+
+Every queue runs in one process on a fresh SQLite file in WAL mode at the same ``synchronous``
+setting (``--synchronous``, default ``normal``, buttress's default: a committed step survives
+the process dying; a power loss may take the last commits. ``full`` fsyncs every commit and is
+what persist-queue and huey use unless told otherwise). The floors do the least a durable queue
+can: enqueue is one ``INSERT`` committed per item; consume is, per item, one transaction that
+selects the oldest row and deletes it. Rates are items per second; ratios are to the floor of the
+same run (compare ratios: the machine is shared and noisy).
+
+    PYTHONPATH=src python benchmarks/bench_queue.py [--items 2000] [--synchronous normal|full]
+        [--redis-port PORT]   (a redis-server of your own on 127.0.0.1; it is flushed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from buttress.queue import RequestQueue
+from buttress.queue.sqlite import SQLiteQueueStore
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def floor(path: Path, n: int, sync: str) -> tuple[float, float]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {sync}")
+    conn.execute("CREATE TABLE q (id INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT)")
+
+    def put() -> None:
+        for i in range(n):
+            conn.execute("INSERT INTO q (payload) VALUES (?)", (f'{{"args":[{i}]}}',))
+
+    def take() -> None:
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT id, payload FROM q ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                conn.execute("COMMIT")
+                return
+            conn.execute("DELETE FROM q WHERE id = ?", (row[0],))
+            conn.execute("COMMIT")
+
+    return timed(put), timed(take)
+
+
+def buttress_queue(path: Path, n: int, sync: str) -> tuple[float, float]:
+    store = SQLiteQueueStore(path, synchronous=sync)
+    q = RequestQueue("bench", storage=store, max_depth=None)
+    seen = 0
+
+    @q.handler
+    def work(i: int) -> None:
+        nonlocal seen
+        seen += 1
+
+    enqueue = timed(lambda: [q.put("work", [i]) for i in range(n)] and None)
+    consume = timed(lambda: q.process() and None)
+    assert seen == n, seen
+    q.close()
+    store.close()
+    return enqueue, consume
+
+
+def persist_queue(path: Path, n: int, sync: str) -> tuple[float, float] | None:
+    try:
+        from persistqueue import SQLiteAckQueue
+    except ImportError:
+        return None
+    q = SQLiteAckQueue(str(path), auto_commit=True, multithreading=False)
+    for conn in (q._putter, q._getter):
+        conn.execute(f"PRAGMA synchronous = {sync}")
+
+    def take() -> None:
+        for _ in range(n):
+            item = q.get(block=False)
+            q.ack(item)
+
+    enqueue = timed(lambda: [q.put({"args": [i]}) for i in range(n)] and None)
+    consume = timed(take)
+    return enqueue, consume
+
+
+def huey_queue(path: Path, n: int, sync: str) -> tuple[float, float] | None:
+    try:
+        from huey import SqliteHuey
+    except ImportError:
+        return None
+    if sync not in ("off", "full"):
+        return None  # huey sets synchronous only to 0 or 2 (its fsync flag)
+    huey = SqliteHuey(filename=str(path), fsync=sync == "full", results=False)
+    seen = 0
+
+    @huey.task()
+    def work(i: int) -> None:
+        nonlocal seen
+        seen += 1
+
+    def take() -> None:
+        while True:
+            task = huey.dequeue()
+            if task is None:
+                return
+            huey.execute(task)
+
+    enqueue = timed(lambda: [work(i) for i in range(n)] and None)
+    consume = timed(take)
+    assert seen == n, seen
+    return enqueue, consume
+
+
+def redis_floor(client: Any, n: int) -> tuple[float, float]:
+    client.flushdb()
+    client.xgroup_create("floor", "g", id="0", mkstream=True)
+
+    def put() -> None:
+        for i in range(n):
+            client.xadd("floor", {"a": f'{{"args":[{i}]}}'})
+
+    def take() -> None:
+        while True:
+            got = client.xreadgroup("g", "c", {"floor": ">"}, count=1)
+            if not got:
+                return
+            ((_, ((sid, _fields),)),) = got
+            pipe = client.pipeline(transaction=False)
+            pipe.xack("floor", "g", sid)
+            pipe.xdel("floor", sid)
+            pipe.execute()
+
+    return timed(put), timed(take)
+
+
+def redis_queue(client: Any, n: int) -> tuple[float, float]:
+    client.flushdb()
+    q = RequestQueue("bench", storage=client, max_depth=None)
+    seen = 0
+
+    @q.handler
+    def work(i: int) -> None:
+        nonlocal seen
+        seen += 1
+
+    enqueue = timed(lambda: [q.put("work", [i]) for i in range(n)] and None)
+    consume = timed(lambda: q.process() and None)
+    assert seen == n, seen
+    q.close()
+    return enqueue, consume
+
+
+def redis_table(port: int, n: int, repeat: int) -> None:
+    import redis
+
+    client = redis.Redis(port=port)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(repeat):
+        for name, runner in (
+            ("floor (XADD / XREADGROUP+XACK)", redis_floor),
+            ("buttress RequestQueue", redis_queue),
+        ):
+            got = runner(client, n)
+            old = best.get(name, got)
+            best[name] = (min(old[0], got[0]), min(old[1], got[1]))
+    client.flushdb()
+    base = best["floor (XADD / XREADGROUP+XACK)"]
+    print(f"\n{n} items, Redis on 127.0.0.1:{port}, best of {repeat}")
+    for name, got in best.items():
+        print(
+            f"{name:34} {n / got[0]:10.0f} {base[0] / got[0]:8.2f} "
+            f"{n / got[1]:10.0f} {base[1] / got[1]:8.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--synchronous", choices=["off", "normal", "full"], default="normal")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs")
+    parser.add_argument("--redis-port", type=int, default=0, help="also run on this Redis")
+    opts = parser.parse_args()
+    n, sync = opts.items, opts.synchronous
+    runners = {
+        "floor (INSERT / SELECT+DELETE)": floor,
+        "buttress RequestQueue": buttress_queue,
+        "persist-queue SQLiteAckQueue": persist_queue,
+        "huey SqliteHuey": huey_queue,
+    }
+    best: dict[str, tuple[float, float] | None] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(opts.repeat):
+            for name, runner in runners.items():
+                got = runner(Path(tmp) / f"{r}-{len(best)}-{name.split()[0]}.db", n, sync)
+                old = best.get(name)
+                if got is None or old is None:
+                    best[name] = got if old is None else old
+                else:
+                    best[name] = (min(old[0], got[0]), min(old[1], got[1]))
+    base = best["floor (INSERT / SELECT+DELETE)"]
+    assert base is not None
+    print(f"{n} items, SQLite WAL, synchronous={sync}, best of {opts.repeat}")
+    print(f"{'queue':34} {'enqueue/s':>10} {'x floor':>8} {'consume/s':>10} {'x floor':>8}")
+    for name, got in best.items():
+        if got is None:
+            print(f"{name:34} {'n/a':>10}")
+            continue
+        print(
+            f"{name:34} {n / got[0]:10.0f} {base[0] / got[0]:8.2f} "
+            f"{n / got[1]:10.0f} {base[1] / got[1]:8.2f}"
+        )
+    if opts.redis_port:
+        redis_table(opts.redis_port, n, opts.repeat)
+
+
+if __name__ == "__main__":
+    main()

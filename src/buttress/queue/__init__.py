@@ -1,0 +1,726 @@
+"""A durable request queue: requests that must run later survive the process that made them.
+
+Theory of operation
+-------------------
+A request is a handler *name* and JSON arguments (never pickle: a queue outlives the code that
+wrote it, and unpickling runs code), an idempotency key, an enqueue time, a count of attempts, an
+optional TTL and an optional resource it waits for. Handlers are registered by name
+(``@queue.handler("charge")``); a request for a name with no handler, or with arguments JSON
+cannot hold, is refused at enqueue, where the caller can still act on it.
+
+Delivery is at least once; effects are exactly once by the idempotency key. A worker *claims*
+items: each claim counts an attempt and leases the item for ``visibility_timeout`` seconds, and a
+heartbeat renews the leases of the items the worker holds while their handlers run. A worker that
+dies stops renewing; its items become visible again when their leases run out and another worker
+(or the same one, restarted) takes them: nothing needs unlocking. A handled request is
+acknowledged in one step that deletes the item and records its key as *done* (kept for
+``done_for`` seconds); an item whose key is done is acknowledged without running, and an enqueue
+of a done or queued key adds nothing. A handler receives the key (:func:`current_request`) so that
+its own effect can be made idempotent (a unique key in the table it writes): then a worker killed
+between the effect and the acknowledgement causes no second effect either.
+
+A failing handler's item is retried after ``retry_delay`` (doubling per attempt, at most
+``max_retry_delay``); after ``max_attempts`` attempts (default 5) it moves to the dead letters with
+its attempts and its first and last errors and their times, while the rest of the queue flows.
+An item whose worker died ``max_attempts`` times goes there too. Items past their TTL are dropped
+at the next claim and counted. Items of one resource are handled one at a time in enqueue order.
+
+Replay: :meth:`RequestQueue.replay` handles what is queued now, paced by ``replay_rate`` (a
+:class:`buttress.RateLimiter`), so that a dependency that has just recovered is not flooded;
+:meth:`RequestQueue.replay_when` does it when a named breaker closes, a resource turns healthy or
+a service becomes healthy (hooked on the events the policies already emit).
+
+Storage is chosen like the rest of buttress (``storage=``): SQLite by default (the file
+``sqlite://`` names, see :func:`buttress.backends.default_sqlite_path`), ``"memory://"`` for tests,
+or a :class:`~buttress.queue.store.QueueStore`. Stores raise only :class:`StorageUnavailable` and
+:class:`StorageError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import inspect
+import json
+import math
+import os
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..backends import default_sqlite_path
+from ..clock import Clock, get_clock
+from ..errors import RejectedError, StorageUnavailable
+from ..events import (
+    CircuitStateChanged,
+    Event,
+    ResourceStatusChanged,
+    ServiceHealthChanged,
+    add_hook,
+    remove_hook,
+)
+from ..policies.ratelimit import RateLimitConfig, RateLimiter
+from .store import Claimed, Item, MemoryQueueStore, QueueStore, Stats
+
+__all__ = [
+    "Item",
+    "MemoryQueueStore",
+    "QueueFull",
+    "QueueStore",
+    "QueuedRequest",
+    "Request",
+    "RequestQueue",
+    "Stats",
+    "UnknownHandler",
+    "current_request",
+    "idempotency_key",
+    "open_queue_store",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class QueueFull(RejectedError):
+    """The queue holds ``max_depth`` requests; ``retry_after`` is unknown (``None``)."""
+
+
+class UnknownHandler(ValueError):
+    """A request names a handler that is not registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The request a handler is running (see :func:`current_request`)."""
+
+    id: int
+    key: str
+    handler: str
+    attempt: int
+    resource: str | None
+    enqueued: float
+    queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """What an enqueue did: the item's ``id`` and ``key``; ``added`` is False when the key was
+    already queued (``id`` is that item's) or already done (``id`` is 0)."""
+
+    id: int
+    key: str
+    added: bool
+
+
+_CURRENT: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "buttress_queue_request", default=None
+)
+
+
+def current_request() -> Request:
+    """The request the calling handler is running (its ``key`` makes effects idempotent).
+
+    Raises:
+        LookupError: called outside a queue handler.
+    """
+    request = _CURRENT.get()
+    if request is None:
+        raise LookupError("current_request() is only available inside a queue handler")
+    return request
+
+
+# one encoder for every request: json.dumps with options builds a new one per call
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+).encode
+
+
+def _canonical(handler: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    try:
+        return _ENCODE({"args": list(args), "kwargs": kwargs})
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the arguments of a request for {handler!r} must be JSON (str, numbers, bool, None, "
+            f"lists, dicts with str keys; no NaN): {exc}"
+        ) from None
+
+
+def idempotency_key(handler: str, *args: Any, **kwargs: Any) -> str:
+    """The key a request gets when none is given: a hash of the handler and canonical JSON args."""
+    body = _canonical(handler, args, kwargs)
+    return hashlib.sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
+
+
+def open_queue_store(spec: object = None) -> QueueStore:
+    """The queue store for ``storage=``: None (the default SQLite file), ``"memory://"``,
+    ``"sqlite:///path"``, ``"redis://..."`` or a store object.
+
+    Raises:
+        ValueError: an unknown or malformed URL.
+        TypeError: an object that is not a queue store.
+        StorageError: a file that is not buttress's.
+    """
+    if spec is None:
+        spec = "sqlite://"
+    if isinstance(spec, str):
+        scheme = spec.partition("://")[0].lower() if "://" in spec else ""
+        if scheme == "memory":
+            if spec.lower() != "memory://":
+                raise ValueError(f"storage={spec!r}: a memory store takes no address")
+            return MemoryQueueStore()
+        if scheme == "sqlite":
+            from ..backends import _sqlite_path
+            from .sqlite import SQLiteQueueStore
+
+            if spec.lower() in ("sqlite://", "sqlite:///"):
+                path = default_sqlite_path()
+                path.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                path = _sqlite_path(spec, f"storage={spec!r}")
+            return SQLiteQueueStore(path)
+        if scheme in ("redis", "rediss", "unix"):
+            from .redis import RedisQueueStore
+
+            return RedisQueueStore(spec)
+        raise ValueError(
+            f"storage={spec!r}: a queue is stored in 'memory://', 'sqlite:///path/queue.db' or "
+            "'redis://host:port/db'"
+        )
+    if type(spec).__module__.startswith("redis."):
+        from .redis import RedisQueueStore
+
+        return RedisQueueStore(spec)
+    wanted = ("put", "claim", "renew", "ack", "fail", "stats", "close")
+    missing = [name for name in wanted if not callable(getattr(spec, name, None))]
+    if missing:
+        raise TypeError(
+            f"storage must be a URL or a queue store, got {spec!r}: it lacks {', '.join(missing)}"
+        )
+    return spec  # type: ignore[return-value]
+
+
+def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: object, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+class _Heartbeat:
+    """Renews the leases a worker holds, every third of the visibility timeout."""
+
+    def __init__(self, queue: RequestQueue) -> None:
+        self._queue = queue
+        self._held: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, ids: list[int]) -> None:
+        with self._lock:
+            self._held.update(ids)
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run,
+                    name=f"buttress-queue-heartbeat-{self._queue.name}",
+                    daemon=True,
+                )
+                self._thread.start()
+
+    def release(self, item_id: int) -> None:
+        with self._lock:
+            self._held.discard(item_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def beat(self) -> None:
+        with self._lock:
+            ids = sorted(self._held)
+        if ids:
+            q = self._queue
+            # a failed beat is tried again at the next; the lease has two more beats of slack
+            with contextlib.suppress(StorageUnavailable):
+                q._store.renew(q.name, q.owner, ids, q._wall() + q.visibility_timeout)
+
+    def _run(self) -> None:
+        interval = self._queue.visibility_timeout / 3
+        while not self._stop.wait(interval):
+            with self._lock:
+                if not self._held:
+                    self._thread = None
+                    return
+            self.beat()
+
+
+class RequestQueue:
+    """A named durable queue of requests for registered handlers.
+
+    Args:
+        name: the queue's name (several queues share one store).
+        storage: where it lives (see :func:`open_queue_store`; default: the SQLite state file).
+        max_depth: requests it may hold; past it, enqueue raises :class:`QueueFull`.
+        visibility_timeout: seconds a claimed item stays leased without a heartbeat.
+        max_attempts: deliveries before an item goes to the dead letters.
+        ttl: default seconds a request may wait before it is dropped (None: forever).
+        retry_delay: seconds before a failed item is tried again (doubling per attempt).
+        max_retry_delay: the longest such delay.
+        done_for: seconds a handled key is remembered (a re-enqueue of it within that adds nothing).
+        batch: items one claim takes (one transaction for all).
+        replay_rate: requests per second :meth:`replay` runs (None: as fast as they go).
+        clock: the clock (default: the process default at the time of use).
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        storage: object = None,
+        max_depth: int | None = 100_000,
+        visibility_timeout: float = 30.0,
+        max_attempts: int = 5,
+        ttl: float | None = None,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 300.0,
+        done_for: float = 7 * 86400.0,
+        batch: int = 16,
+        replay_rate: float | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.max_depth = _count("max_depth", max_depth, allow_none=True)
+        self.visibility_timeout = float(_positive("visibility_timeout", visibility_timeout) or 0)
+        self.max_attempts = int(_count("max_attempts", max_attempts) or 0)
+        self.ttl = _positive("ttl", ttl, allow_none=True)
+        self.retry_delay = float(_positive("retry_delay", retry_delay) or 0)
+        self.max_retry_delay = float(_positive("max_retry_delay", max_retry_delay) or 0)
+        self.done_for = float(_positive("done_for", done_for) or 0)
+        self.batch = int(_count("batch", batch) or 0)
+        self.replay_rate = _positive("replay_rate", replay_rate, allow_none=True)
+        self._clock = clock
+        self._owns_store = (
+            not hasattr(storage, "claim") and type(storage).__module__.split(".")[0] != "redis"
+        )
+        self._store: QueueStore = open_queue_store(storage)
+        set_lease = getattr(self._store, "set_lease", None)
+        if set_lease is not None:  # a store that measures leases itself (Redis)
+            set_lease(name, self.visibility_timeout)
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        self._with_request: set[str] = set()
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._heartbeat = _Heartbeat(self)
+        self._hooks: list[Callable[[Event], None]] = []
+        self._stoppers: list[Callable[[], None]] = []
+        self._replaying = threading.Lock()
+        #: counts since this object was made: handled, skipped (done), retried, dead, expired
+        self.counts = {"handled": 0, "skipped": 0, "retried": 0, "dead": 0, "expired": 0}
+
+    def __repr__(self) -> str:
+        return f"RequestQueue({self.name!r}, storage={self._store.url!r})"
+
+    @property
+    def store(self) -> QueueStore:
+        return self._store
+
+    def _wall(self) -> float:
+        return (self._clock or get_clock()).wall()
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    def handler(
+        self, name: str | Callable[..., Any] | None = None, *, with_request: bool = False
+    ) -> Any:
+        """Register a handler: ``@queue.handler``, ``@queue.handler("name")``.
+
+        ``with_request=True`` passes the :class:`Request` as the first argument.
+        """
+
+        def register(fn: F, registered: str | None = None) -> F:
+            key = registered or getattr(fn, "__name__", None)
+            if not key or not isinstance(key, str):
+                raise ValueError(f"a handler needs a name; {fn!r} has none")
+            if key in self._handlers and self._handlers[key] is not fn:
+                raise ValueError(f"queue {self.name!r} already has a handler named {key!r}")
+            self._handlers[key] = fn
+            if with_request:
+                self._with_request.add(key)
+            return fn
+
+        if callable(name):
+            return register(name)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"handler name must be a string, got {name!r}")
+        return lambda fn: register(fn, name)
+
+    @property
+    def handlers(self) -> list[str]:
+        return sorted(self._handlers)
+
+    # -- enqueue ----------------------------------------------------------------------------------
+
+    def _item(
+        self,
+        handler: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        key: str | None,
+        resource: str | None,
+        ttl: float | None,
+        delay: float | None,
+    ) -> Item:
+        if handler not in self._handlers:
+            known = ", ".join(self.handlers) or "none"
+            raise UnknownHandler(
+                f"queue {self.name!r} has no handler named {handler!r} (registered: {known})"
+            )
+        if not isinstance(args, tuple | list):
+            raise TypeError(f"args must be a tuple or list, got {type(args).__name__}")
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        body = _canonical(handler, tuple(args), kwargs)
+        if key is None:
+            key = hashlib.sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
+        elif not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty string, got {key!r}")
+        if resource is not None and not isinstance(resource, str):
+            raise TypeError(f"resource must be a string or None, got {resource!r}")
+        ttl = self.ttl if ttl is None else _positive("ttl", ttl)
+        now = self._wall()
+        visible = now if delay is None else now + float(_positive("delay", delay) or 0)
+        return Item(
+            id=0,
+            key=key,
+            handler=handler,
+            args=body,
+            resource=resource,
+            enqueued=now,
+            expires=None if ttl is None else now + ttl,
+            visible=visible,
+        )
+
+    def put(
+        self,
+        handler: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        resource: str | None = None,
+        ttl: float | None = None,
+        delay: float | None = None,
+    ) -> QueuedRequest:
+        """Queue a request for ``handler(*args, **kwargs)``.
+
+        Raises:
+            UnknownHandler: no handler of that name is registered.
+            TypeError: arguments that are not JSON.
+            QueueFull: the queue holds ``max_depth`` requests.
+            StorageUnavailable: the store did not answer (nothing was queued).
+        """
+        item = self._item(handler, args, kwargs, key, resource, ttl, delay)
+        return self._put(item)
+
+    def _put(self, item: Item) -> QueuedRequest:
+        item_id, added = self._store.put(self.name, item, self.max_depth, item.enqueued)
+        if item_id < 0:
+            raise QueueFull(
+                f"queue {self.name!r} is full ({self.max_depth} requests); {item.handler!r} "
+                "was not queued",
+                name=self.name,
+            )
+        return QueuedRequest(item_id, item.key, added)
+
+    async def aput(
+        self,
+        handler: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        resource: str | None = None,
+        ttl: float | None = None,
+        delay: float | None = None,
+    ) -> QueuedRequest:
+        """Async twin of :meth:`put` (the store step runs in a worker thread)."""
+        item = self._item(handler, args, kwargs, key, resource, ttl, delay)
+        if isinstance(self._store, MemoryQueueStore):
+            return self._put(item)
+        return await asyncio.to_thread(self._put, item)
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    def _claim(self, limit: int | None = None) -> list[Item]:
+        got: Claimed = self._store.claim(
+            self.name,
+            self.owner,
+            self._wall(),
+            self.visibility_timeout,
+            self.batch if limit is None else min(self.batch, limit),
+            self.max_attempts,
+        )
+        self.counts["skipped"] += got.skipped
+        self.counts["expired"] += got.expired
+        self.counts["dead"] += got.dead
+        if got.items:
+            self._heartbeat.hold([item.id for item in got.items])
+        return got.items
+
+    @contextmanager
+    def _delivering(
+        self, item: Item
+    ) -> Iterator[tuple[Callable[..., Any], list[Any], dict[str, Any]]]:
+        fn = self._handlers.get(item.handler)
+        body = json.loads(item.args)
+        args, kwargs = list(body.get("args", [])), dict(body.get("kwargs", {}))
+        request = Request(
+            item.id, item.key, item.handler, item.attempts, item.resource, item.enqueued, self.name
+        )
+        if item.handler in self._with_request:
+            args.insert(0, request)
+        token = _CURRENT.set(request)
+        try:
+            if fn is None:
+                raise UnknownHandler(f"no handler named {item.handler!r} in this process")
+            yield fn, args, kwargs
+        except Exception as exc:
+            self._failed(item, exc)
+        else:
+            self._store.ack(
+                self.name, item.id, item.key, self._wall(), self._wall() + self.done_for
+            )
+            self.counts["handled"] += 1
+        finally:
+            _CURRENT.reset(token)
+            self._heartbeat.release(item.id)
+
+    def _failed(self, item: Item, exc: Exception) -> None:
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+        now = self._wall()
+        if item.attempts >= self.max_attempts:
+            retry_at = None
+        else:
+            delay = min(self.retry_delay * 2 ** (item.attempts - 1), self.max_retry_delay)
+            retry_at = now + delay
+        outcome = self._store.fail(self.name, item.id, self.owner, error, now, retry_at)
+        if outcome == "dead":
+            self.counts["dead"] += 1
+        elif outcome == "retry":
+            self.counts["retried"] += 1
+
+    def _run_sync(self, item: Item) -> None:
+        with self._delivering(item) as (fn, args, kwargs):
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                asyncio.run(_awaited(result))
+
+    async def _run_async(self, item: Item) -> None:
+        with self._delivering(item) as (fn, args, kwargs):
+            if inspect.iscoroutinefunction(fn):
+                await fn(*args, **kwargs)
+            else:
+                ctx = contextvars.copy_context()
+                result = await asyncio.to_thread(ctx.run, fn, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    await result
+
+    def process(self, limit: int | None = None) -> int:
+        """Handle what is due now, up to ``limit`` items; returns how many were delivered.
+
+        Returns when a claim finds nothing (items in flight elsewhere or backing off stay).
+        """
+        delivered = 0
+        while limit is None or delivered < limit:
+            items = self._claim(None if limit is None else limit - delivered)
+            if not items:
+                break
+            for item in items:
+                self._run_sync(item)
+                delivered += 1
+        return delivered
+
+    async def aprocess(self, limit: int | None = None) -> int:
+        """Async twin of :meth:`process`; async handlers run on the caller's loop."""
+        delivered = 0
+        while limit is None or delivered < limit:
+            if isinstance(self._store, MemoryQueueStore):
+                items = self._claim(None if limit is None else limit - delivered)
+            else:
+                items = await asyncio.to_thread(
+                    self._claim, None if limit is None else limit - delivered
+                )
+            if not items:
+                break
+            for item in items:
+                await self._run_async(item)
+                delivered += 1
+        return delivered
+
+    def run(self, stop: threading.Event, *, poll: float = 0.5) -> int:
+        """Handle requests until ``stop`` is set, waiting ``poll`` seconds when none is due.
+
+        A store that does not answer (:class:`StorageUnavailable`) is asked again after ``poll``:
+        what it holds is not lost, and a worker outlives the outage.
+        """
+        total = 0
+        while not stop.is_set():
+            try:
+                n = self.process()
+            except StorageUnavailable:
+                n = 0
+            total += n
+            if n == 0:
+                stop.wait(poll)
+        return total
+
+    # -- replay -----------------------------------------------------------------------------------
+
+    def replay(self, limit: int | None = None) -> int:
+        """Handle what is queued now (backoff delays ended), at ``replay_rate`` per second."""
+        with self._replaying:
+            self._store.replay(self.name, self._wall())
+            if self.replay_rate is None:
+                return self.process(limit)
+            limiter = RateLimiter(clock=self._clock, storage="memory://")
+            limiter.configure(
+                "replay", RateLimitConfig(requests_per_second=self.replay_rate, burst_size=1)
+            )
+            delivered = 0
+            while limit is None or delivered < limit:
+                items = self._claim(1)  # claimed first: no wait is spent on an empty queue
+                if not items:
+                    break
+                limiter.acquire("replay")
+                self._run_sync(items[0])
+                delivered += 1
+            return delivered
+
+    def replay_every(self, seconds: float) -> Callable[[], None]:
+        """Replay every ``seconds`` in a thread of its own; returns a function that stops it."""
+        interval = float(_positive("seconds", seconds) or 0)
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                with contextlib.suppress(StorageUnavailable):
+                    self.replay()
+
+        thread = threading.Thread(
+            target=loop, name=f"buttress-queue-every-{self.name}", daemon=True
+        )
+        thread.start()
+
+        def cancel() -> None:
+            stop.set()
+            if thread is not threading.current_thread():
+                thread.join()
+
+        self._stoppers.append(cancel)
+        return cancel
+
+    def replay_when(
+        self,
+        *,
+        breaker: str | None = None,
+        resource: str | None = None,
+        service: str | None = None,
+        background: bool = True,
+    ) -> Callable[[], None]:
+        """Replay when the named breaker closes, resource turns healthy or service recovers.
+
+        The replay runs in a thread of its own (``background=False``: in the thread that emitted
+        the event). Returns a function that removes the hook.
+        """
+        if breaker is None and resource is None and service is None:
+            raise ValueError("replay_when needs a breaker, a resource or a service to watch")
+
+        def recovered(event: Event) -> bool:
+            if isinstance(event, CircuitStateChanged) and breaker is not None:
+                return event.name == breaker and getattr(event.new, "name", event.new) == "CLOSED"
+            if isinstance(event, ResourceStatusChanged) and resource is not None:
+                return event.resource == resource and event.new == "healthy"
+            if isinstance(event, ServiceHealthChanged) and service is not None:
+                return event.service == service and event.healthy
+            return False
+
+        def hook(event: Event) -> None:
+            if not recovered(event):
+                return
+            if background:
+                threading.Thread(
+                    target=self.replay, name=f"buttress-queue-replay-{self.name}", daemon=True
+                ).start()
+            else:
+                self.replay()
+
+        add_hook(hook)
+        self._hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+                remove_hook(hook)
+
+        return remove
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        return self._store.stats(self.name, self._wall())
+
+    def items(self, limit: int = 100) -> list[Item]:
+        return self._store.items(self.name, limit)
+
+    def dead_letters(self, limit: int = 100) -> list[Item]:
+        return self._store.items(self.name, limit, dead=True)
+
+    def requeue_dead(self, ids: list[int] | None = None) -> int:
+        return self._store.requeue_dead(self.name, ids, self._wall())
+
+    def purge_dead(self, ids: list[int] | None = None) -> int:
+        return self._store.purge_dead(self.name, ids)
+
+    def is_done(self, key: str) -> bool:
+        return self._store.is_done(self.name, key, self._wall())
+
+    def close(self) -> None:
+        """Stop the heartbeat and replay hooks; close the store if this queue opened it."""
+        for hook in list(self._hooks):
+            remove_hook(hook)
+        self._hooks.clear()
+        for stop in self._stoppers:
+            stop()
+        self._stoppers.clear()
+        self._heartbeat.stop()
+        if self._owns_store:
+            self._store.close()
+
+    def __enter__(self) -> RequestQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable

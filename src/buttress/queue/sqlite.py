@@ -1,0 +1,538 @@
+"""Queued requests in an SQLite file, shared by the processes of one machine.
+
+Theory of operation
+-------------------
+The queue's tables live beside buttress's state tables (``buttress_meta`` records their schema
+version under ``queue_schema_version``): the default file is the one ``sqlite://`` names. Every
+step is one ``BEGIN IMMEDIATE`` transaction, so producers and consumers in several processes
+serialise on SQLite's write lock; ``busy_timeout`` makes one wait for another (bounded) instead
+of failing at once, and the WAL journal keeps readers out of the writers' way.
+
+Durability: ``synchronous=NORMAL`` by default. In WAL mode a committed transaction survives the
+death of the process (SIGKILL, a crash) at any point; what a power loss or an OS crash may take is
+the last transactions before it (an enqueue reported done, a handled request that will then run
+again, under its idempotency key). The database is never corrupted. ``synchronous="full"`` makes
+every commit wait for the disk and survive power loss too, at the price of an fsync per step.
+
+A claim takes up to ``limit`` items in one transaction (one commit for a batch); an
+acknowledgement is one transaction that records the key as done and deletes the item, so a
+request is never both gone and not done.
+
+Opening checks the file first and never touches one that is not buttress's: a file that is not an
+SQLite database, one with tables buttress does not know, or the queue tables at another schema
+version raise :class:`StorageError` naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import StorageError, StorageUnavailable
+from ..backends.sqlite import SQLiteStore
+from .store import Claimed, Item, Stats
+
+__all__ = ["QUEUE_SCHEMA_VERSION", "SQLiteQueueStore"]
+
+QUEUE_SCHEMA_VERSION = 1
+_STATE_TABLES = {"buttress_meta", "buttress_state"}
+_QUEUE_TABLES = {
+    "buttress_queue",
+    "buttress_queue_dead",
+    "buttress_queue_done",
+    "buttress_queue_counts",
+}
+_KNOWN = _STATE_TABLES | _QUEUE_TABLES | {"sqlite_sequence"}
+_COLUMNS = (
+    "id, key, handler, args, resource, enqueued, expires, attempts, visible, owner, "
+    "first_error, first_error_at, last_error, last_error_at"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buttress_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    key TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    args TEXT NOT NULL,
+    resource TEXT,
+    enqueued REAL NOT NULL,
+    expires REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    visible REAL NOT NULL,
+    owner TEXT,
+    first_error TEXT,
+    first_error_at REAL,
+    last_error TEXT,
+    last_error_at REAL,
+    UNIQUE (queue, key)
+);
+CREATE INDEX IF NOT EXISTS buttress_queue_resource ON buttress_queue (queue, resource, id)
+    WHERE resource IS NOT NULL;
+CREATE INDEX IF NOT EXISTS buttress_queue_expires ON buttress_queue (queue, expires)
+    WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS buttress_queue_dead (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    key TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    args TEXT NOT NULL,
+    resource TEXT,
+    enqueued REAL NOT NULL,
+    expires REAL,
+    attempts INTEGER NOT NULL,
+    visible REAL NOT NULL,
+    owner TEXT,
+    first_error TEXT,
+    first_error_at REAL,
+    last_error TEXT,
+    last_error_at REAL,
+    died REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS buttress_queue_done (
+    queue TEXT NOT NULL,
+    key TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (queue, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buttress_queue_counts (
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (queue, name)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS buttress_queue_added AFTER INSERT ON buttress_queue BEGIN
+    INSERT INTO buttress_queue_counts (queue, name, value) VALUES (NEW.queue, 'depth', 1)
+        ON CONFLICT (queue, name) DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS buttress_queue_removed AFTER DELETE ON buttress_queue BEGIN
+    UPDATE buttress_queue_counts SET value = value - 1
+        WHERE queue = OLD.queue AND name = 'depth';
+END;
+CREATE TRIGGER IF NOT EXISTS buttress_queue_handled AFTER INSERT ON buttress_queue_done BEGIN
+    DELETE FROM buttress_queue WHERE queue = NEW.queue AND key = NEW.key;
+END;
+"""
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
+# acknowledgements between sweeps of done keys past their time (a scan of the done keys:
+# unindexed by time, so that an acknowledgement writes one index the fewer)
+SWEEP_EVERY = 1000
+_UNLIMITED = 2**62
+
+
+class SQLiteQueueStore:
+    """Queues in the SQLite file at ``path`` (created if missing).
+
+    Args:
+        path: the database file (may be the state file of ``sqlite://`` stores).
+        busy_timeout: seconds a step waits for another process's transaction before raising
+            :class:`StorageUnavailable`.
+        synchronous: SQLite's ``synchronous`` setting: ``"normal"`` (default, see the module
+            notes) or ``"full"`` (each commit survives power loss); ``"off"`` for throwaway work.
+
+    Raises:
+        StorageError: the file is not buttress's (it is left untouched).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "normal",
+    ) -> None:
+        self.path = Path(path)
+        if not isinstance(busy_timeout, int | float) or not 0 < busy_timeout < 1e9:
+            raise ValueError(
+                f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}"
+            )
+        if not isinstance(synchronous, str) or synchronous.lower() not in _SYNCHRONOUS:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
+            )
+        self.busy_timeout = float(busy_timeout)
+        self.synchronous = synchronous.lower()
+        self.url = f"sqlite:///{self.path}"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._acks = 0
+        self._closed = False
+        self._check_and_create()
+
+    def __repr__(self) -> str:
+        return f"SQLiteQueueStore({str(self.path)!r})"
+
+    # -- the file ---------------------------------------------------------------------------------
+
+    def _check_and_create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+                try:
+                    tables = {
+                        row[0]
+                        for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                    }
+                    version = None
+                    if "buttress_meta" in tables:
+                        row = conn.execute(
+                            "SELECT value FROM buttress_meta WHERE name = 'queue_schema_version'"
+                        ).fetchone()
+                        version = None if row is None else row[0]
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as exc:
+                raise StorageError(
+                    f"{self.path} is not a usable SQLite database ({exc}); buttress will not "
+                    "overwrite it"
+                ) from None
+            foreign = tables - _KNOWN
+            if foreign or (tables and not tables >= _STATE_TABLES):
+                raise StorageError(
+                    f"{self.path} is an SQLite database of something else (tables: "
+                    f"{', '.join(sorted(tables))}); buttress will not write to it"
+                )
+            if tables & _QUEUE_TABLES and version != str(QUEUE_SCHEMA_VERSION):
+                raise StorageError(
+                    f"{self.path} holds buttress queues of schema version {version!r}; this "
+                    f"version of buttress reads version {QUEUE_SCHEMA_VERSION}"
+                )
+        SQLiteStore(self.path, busy_timeout=self.busy_timeout).close()  # its checks, its tables
+        # one script, one transaction: two processes creating the file at once both succeed
+        script = (
+            f"BEGIN IMMEDIATE;{_SCHEMA}INSERT OR IGNORE INTO buttress_meta (name, value) "
+            f"VALUES ('queue_schema_version', '{QUEUE_SCHEMA_VERSION}');COMMIT;"
+        )
+        try:
+            self._conn().executescript(script)
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError(f"{self.url}: the queue store was closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        pid = getattr(self._local, "pid", None)
+        if conn is None or pid != os.getpid():
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,  # only so that close() may close every thread's
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._local.conn, self._local.pid = conn, os.getpid()
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close this store's connections (idempotent); the file stays."""
+        self._closed = True
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with suppress(sqlite3.Error):
+                conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._conn()
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def put(self, queue: str, item: Item, max_depth: int | None, now: float) -> tuple[int, bool]:
+        # One statement, so one implicit transaction: the insert happens only when the key is
+        # neither queued (the unique index) nor done, and the queue is below its depth (a count
+        # the triggers keep, so the check costs the same at any depth).
+        try:
+            conn = self._conn()
+            cursor = conn.execute(
+                "INSERT INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
+                "expires, visible) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 "
+                "FROM buttress_queue_done WHERE queue = ? AND key = ? AND until > ?) AND "
+                "COALESCE((SELECT value FROM buttress_queue_counts WHERE queue = ? AND "
+                "name = 'depth'), 0) < ? ON CONFLICT (queue, key) DO NOTHING",
+                (
+                    queue,
+                    item.key,
+                    item.handler,
+                    item.args,
+                    item.resource,
+                    item.enqueued,
+                    item.expires,
+                    item.visible,
+                    queue,
+                    item.key,
+                    now,
+                    queue,
+                    _UNLIMITED if max_depth is None else max_depth,
+                ),
+            )
+            if cursor.rowcount:
+                return int(cursor.lastrowid or 0), True
+            row = conn.execute(
+                "SELECT id FROM buttress_queue WHERE queue = ? AND key = ?", (queue, item.key)
+            ).fetchone()
+            if row is not None:
+                return int(row[0]), False
+            if self.is_done(queue, item.key, now):
+                return 0, False
+            return -1, False
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def claim(
+        self, queue: str, owner: str, now: float, lease: float, limit: int, max_attempts: int
+    ) -> Claimed:
+        out = Claimed()
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM buttress_queue WHERE queue = ? AND expires IS NOT NULL "
+                "AND expires <= ?",
+                (queue, now),
+            )
+            out.expired = cursor.rowcount
+            if out.expired:
+                _count(conn, queue, "expired", out.expired)
+            # a resource's items go one at a time, oldest first: only its head may be claimed.
+            # (+queue: walk the rows in id order rather than sort the queue's by id)
+            rows = conn.execute(
+                f"SELECT {_COLUMNS}, "
+                "EXISTS (SELECT 1 FROM buttress_queue_done d WHERE d.queue = q.queue "
+                "AND d.key = q.key AND d.until > ?) "
+                "FROM buttress_queue q WHERE +queue = ? AND visible <= ? AND (resource IS NULL "
+                "OR id = (SELECT MIN(id) FROM buttress_queue h WHERE h.queue = q.queue "
+                "AND h.resource = q.resource AND h.resource IS NOT NULL)) ORDER BY id LIMIT ?",
+                (now, queue, now, limit),
+            ).fetchall()
+            for row in rows:
+                item = _item(row)
+                if row[-1]:
+                    conn.execute("DELETE FROM buttress_queue WHERE id = ?", (item.id,))
+                    out.skipped += 1
+                elif item.owner is not None and item.attempts >= max_attempts:
+                    _bury(conn, item, "the lease ran out (its worker stopped)", now)
+                    out.dead += 1
+                else:
+                    item.attempts += 1
+                    item.owner = owner
+                    item.visible = now + lease
+                    out.items.append(item)
+            conn.executemany(
+                "UPDATE buttress_queue SET attempts = attempts + 1, owner = ?, visible = ? "
+                "WHERE id = ?",
+                [(owner, now + lease, item.id) for item in out.items],
+            )
+        return out
+
+    def renew(self, queue: str, owner: str, ids: list[int], until: float) -> list[int]:
+        if not ids:
+            return []
+        held = []
+        with self._transaction() as conn:
+            for item_id in ids:
+                cursor = conn.execute(
+                    "UPDATE buttress_queue SET visible = ? WHERE id = ? AND owner = ?",
+                    (until, item_id, owner),
+                )
+                if cursor.rowcount:
+                    held.append(item_id)
+        return held
+
+    def ack(self, queue: str, item_id: int, key: str, now: float, done_until: float) -> None:
+        # One statement: recording the key deletes the item (a trigger), in one transaction.
+        try:
+            conn = self._conn()
+            conn.execute(
+                "INSERT OR REPLACE INTO buttress_queue_done (queue, key, until) VALUES (?, ?, ?)",
+                (queue, key, done_until),
+            )
+            self._acks += 1
+            if self._acks % SWEEP_EVERY == 0:
+                conn.execute("DELETE FROM buttress_queue_done WHERE until <= ?", (now,))
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def fail(
+        self,
+        queue: str,
+        item_id: int,
+        owner: str,
+        error: str,
+        now: float,
+        retry_at: float | None,
+    ) -> str:
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM buttress_queue WHERE id = ? AND owner = ?",
+                (item_id, owner),
+            ).fetchone()
+            if row is None:
+                return "lost"
+            item = _item(row)
+            if retry_at is None:
+                _bury(conn, item, error, now)
+                return "dead"
+            first = item.first_error is None
+            conn.execute(
+                "UPDATE buttress_queue SET owner = NULL, visible = ?, last_error = ?, "
+                "last_error_at = ?, first_error = CASE WHEN ? THEN ? ELSE first_error END, "
+                "first_error_at = CASE WHEN ? THEN ? ELSE first_error_at END WHERE id = ?",
+                (retry_at, error, now, first, error, first, now, item_id),
+            )
+            return "retry"
+
+    def is_done(self, queue: str, key: str, now: float) -> bool:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM buttress_queue_done WHERE queue = ? AND key = ? AND until > ?",
+                (queue, key, now),
+            ).fetchone()
+        return row is not None
+
+    def stats(self, queue: str, now: float) -> Stats:
+        with self._reading() as conn:
+            waiting, in_flight, delayed = conn.execute(
+                "SELECT COALESCE(SUM(visible <= ?), 0), "
+                "COALESCE(SUM(visible > ? AND owner IS NOT NULL), 0), "
+                "COALESCE(SUM(visible > ? AND owner IS NULL), 0) FROM buttress_queue "
+                "WHERE queue = ?",
+                (now, now, now, queue),
+            ).fetchone()
+            (dead,) = conn.execute(
+                "SELECT COUNT(*) FROM buttress_queue_dead WHERE queue = ?", (queue,)
+            ).fetchone()
+            (done,) = conn.execute(
+                "SELECT COUNT(*) FROM buttress_queue_done WHERE queue = ? AND until > ?",
+                (queue, now),
+            ).fetchone()
+            row = conn.execute(
+                "SELECT value FROM buttress_queue_counts WHERE queue = ? AND name = 'expired'",
+                (queue,),
+            ).fetchone()
+        return Stats(queue, waiting, in_flight, delayed, dead, 0 if row is None else row[0], done)
+
+    def items(self, queue: str, limit: int, dead: bool = False) -> list[Item]:
+        table = "buttress_queue_dead" if dead else "buttress_queue"
+        extra = ", died" if dead else ""
+        with self._reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS}{extra} FROM {table} WHERE queue = ? ORDER BY id LIMIT ?",
+                (queue, limit),
+            ).fetchall()
+        return [_item(row, dead) for row in rows]
+
+    def get(self, queue: str, item_id: int, dead: bool = False) -> Item | None:
+        table = "buttress_queue_dead" if dead else "buttress_queue"
+        extra = ", died" if dead else ""
+        with self._reading() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS}{extra} FROM {table} WHERE queue = ? AND id = ?",
+                (queue, item_id),
+            ).fetchone()
+        return None if row is None else _item(row, dead)
+
+    def replay(self, queue: str, now: float) -> int:
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE buttress_queue SET visible = ? WHERE queue = ? AND owner IS NULL "
+                "AND visible > ?",
+                (now, queue, now),
+            ).rowcount
+
+    def requeue_dead(self, queue: str, ids: list[int] | None, now: float) -> int:
+        where, params = _chosen(queue, ids)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, "
+                "enqueued, expires, attempts, visible, owner, first_error, first_error_at, "
+                "last_error, last_error_at) SELECT id, queue, key, handler, args, resource, "
+                "enqueued, expires, 0, ?, NULL, first_error, first_error_at, last_error, "
+                f"last_error_at FROM buttress_queue_dead WHERE {where}",
+                (now, *params),
+            )
+            return conn.execute(f"DELETE FROM buttress_queue_dead WHERE {where}", params).rowcount
+
+    def purge_dead(self, queue: str, ids: list[int] | None) -> int:
+        where, params = _chosen(queue, ids)
+        with self._transaction() as conn:
+            return conn.execute(f"DELETE FROM buttress_queue_dead WHERE {where}", params).rowcount
+
+    def queues(self) -> list[str]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT queue FROM buttress_queue UNION SELECT queue FROM buttress_queue_dead "
+                "ORDER BY 1"
+            ).fetchall()
+        return [row[0] for row in rows]
+
+
+def _chosen(queue: str, ids: list[int] | None) -> tuple[str, tuple[Any, ...]]:
+    if ids is None:
+        return "queue = ?", (queue,)
+    marks = ", ".join("?" * len(ids)) or "NULL"
+    return f"queue = ? AND id IN ({marks})", (queue, *ids)
+
+
+def _item(row: Any, dead: bool = False) -> Item:
+    item = Item(*row[:14])
+    if dead:
+        item.died = row[14]
+    return item
+
+
+def _count(conn: sqlite3.Connection, queue: str, name: str, n: int) -> None:
+    conn.execute(
+        "INSERT INTO buttress_queue_counts (queue, name, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (queue, name) DO UPDATE SET value = value + excluded.value",
+        (queue, name, n),
+    )
+
+
+def _bury(conn: sqlite3.Connection, item: Item, error: str, now: float) -> None:
+    first, first_at = (item.first_error, item.first_error_at)
+    if first is None:
+        first, first_at = error, now
+    conn.execute(
+        "INSERT OR REPLACE INTO buttress_queue_dead (id, queue, key, handler, args, resource, "
+        "enqueued, expires, attempts, visible, owner, first_error, first_error_at, last_error, "
+        "last_error_at, died) SELECT id, queue, key, handler, args, resource, enqueued, expires, "
+        "attempts, visible, NULL, ?, ?, ?, ?, ? FROM buttress_queue WHERE id = ?",
+        (first, first_at, error, now, now, item.id),
+    )
+    conn.execute("DELETE FROM buttress_queue WHERE id = ?", (item.id,))

@@ -1,0 +1,491 @@
+"""The request queue's contract, on every store: the same tests on memory and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buttress import events
+from buttress.errors import RejectedError, StorageError
+from buttress.machines.breaker import CircuitState
+from buttress.queue import (
+    MemoryQueueStore,
+    QueueFull,
+    QueueStore,
+    RequestQueue,
+    UnknownHandler,
+    current_request,
+    idempotency_key,
+)
+from buttress.queue.sqlite import SQLiteQueueStore
+from buttress.testing import FakeClock
+
+MakeQueue = Callable[..., RequestQueue]
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueStore]:
+    made: QueueStore
+    if request.param == "memory":
+        made = MemoryQueueStore()
+    elif request.param == "sqlite":
+        made = SQLiteQueueStore(tmp_path / "q.db")
+    else:
+        import redis
+
+        from buttress.queue.redis import RedisQueueStore
+
+        client = redis.Redis(port=request.getfixturevalue("redis_port"))
+        client.flushdb()
+        made = RedisQueueStore(client)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def virtual_leases(store: QueueStore) -> None:
+    """Tests whose leases and delays follow the test clock: Redis measures them itself."""
+    if type(store).__name__ == "RedisQueueStore":
+        pytest.skip("Redis measures leases and retry delays by its own clock")
+
+
+@pytest.fixture
+def make(store: QueueStore, clock: FakeClock) -> Iterator[MakeQueue]:
+    queues: list[RequestQueue] = []
+
+    def build(**options: Any) -> RequestQueue:
+        options.setdefault("clock", clock)
+        q = RequestQueue("jobs", storage=store, **options)
+        queues.append(q)
+        return q
+
+    yield build
+    for q in queues:
+        q.close()
+
+
+def with_log(q: RequestQueue, log: list[tuple[str, Any, int]], name: str = "work") -> None:
+    @q.handler(name)
+    def work(x: Any) -> None:
+        log.append((current_request().key, x, current_request().attempt))
+
+
+def test_refuses_unknown_handler_and_non_json(make: MakeQueue) -> None:
+    q = make()
+    with_log(q, [])
+    with pytest.raises(UnknownHandler, match=r"no handler named 'nope'.*registered: work"):
+        q.put("nope", [1])
+    with pytest.raises(TypeError, match="must be JSON"):
+        q.put("work", [object()])
+    with pytest.raises(TypeError, match="must be JSON"):
+        q.put("work", [float("nan")])
+    with pytest.raises(ValueError, match="key must be a non-empty string"):
+        q.put("work", [1], key="")
+    assert q.stats().depth == 0
+
+
+def test_full_queue_is_a_rejection(make: MakeQueue) -> None:
+    q = make(max_depth=2)
+    with_log(q, [])
+    q.put("work", [1])
+    q.put("work", [2])
+    with pytest.raises(QueueFull, match="full \\(2 requests\\)") as caught:
+        q.put("work", [3])
+    assert isinstance(caught.value, RejectedError)
+    assert q.stats().depth == 2
+
+
+def test_keys_derived_and_deduplicated(make: MakeQueue) -> None:
+    q = make()
+    log: list[tuple[str, Any, int]] = []
+    with_log(q, log)
+    first = q.put("work", kwargs={"b": 1, "a": [1, 2]})
+    assert first.key == idempotency_key("work", a=[1, 2], b=1)
+    again = q.put("work", kwargs={"a": [1, 2], "b": 1})
+    assert (again.id, again.added) == (first.id, False)
+    assert q.process() == 1
+    assert q.put("work", kwargs={"a": [1, 2], "b": 1}).added is False  # done already
+    assert q.put("work", kwargs={"a": [1, 2], "b": 1}, key="other").added is True
+
+
+def test_handles_in_order_and_passes_the_key(make: MakeQueue) -> None:
+    q = make()
+    log: list[tuple[str, Any, int]] = []
+    with_log(q, log)
+    keys = [q.put("work", [i]).key for i in range(40)]
+    assert q.process() == 40
+    assert [x for _, x, _ in log] == list(range(40))
+    assert [k for k, _, _ in log] == keys
+    assert q.stats().depth == 0
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_lease_expiry_redelivers_to_another_consumer(make: MakeQueue, clock: FakeClock) -> None:
+    a, b = make(visibility_timeout=10), make(visibility_timeout=10)
+    log: list[tuple[str, Any, int]] = []
+    with_log(b, log)
+    item = a.put("work", ["x"]) if with_log(a, []) is None else None
+    assert item is not None
+    held = a._claim()  # a's worker dies holding it: no ack, no heartbeat
+    a._heartbeat.release(held[0].id)
+    assert b.process() == 0  # the lease holds
+    clock.advance(9.9)
+    assert b.process() == 0
+    clock.advance(0.2)
+    assert b.process() == 1
+    assert log == [(item.key, "x", 2)]
+
+
+def test_heartbeat_keeps_a_long_handler_leased(store: QueueStore) -> None:
+    # real time: a 0.1 s lease and a handler that works for ten of them while a peer polls
+    a = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
+    b = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
+    stolen: list[int] = []
+    polls = 0
+
+    @b.handler("work")
+    def taken(x: int) -> None:
+        stolen.append(x)
+
+    @a.handler("work")
+    def slow(x: int) -> None:
+        nonlocal polls
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            polls += 1
+            assert b.process() == 0
+            threading.Event().wait(0.01)  # the handler's work, not a wait for state
+
+    a.put("work", [1])
+    assert a.process() == 1
+    assert stolen == []
+    assert polls > 10
+    assert a.stats().depth == 0
+    a.close()
+    b.close()
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_poison_goes_to_dead_letters_while_the_rest_flows(
+    make: MakeQueue, clock: FakeClock
+) -> None:
+    q = make(retry_delay=1, max_attempts=5)
+    done: list[int] = []
+
+    @q.handler
+    def work(x: int) -> None:
+        if x == 3:
+            raise ValueError(f"bad {x} on attempt {current_request().attempt}")
+        done.append(x)
+
+    for i in range(6):
+        q.put("work", [i])
+    rounds = 0
+    while q.stats().depth and rounds < 20:
+        q.process()
+        clock.advance(100)
+        rounds += 1
+    assert sorted(done) == [0, 1, 2, 4, 5]
+    (dead,) = q.dead_letters()
+    assert dead.attempts == 5
+    assert dead.first_error == "ValueError: bad 3 on attempt 1"
+    assert dead.last_error == "ValueError: bad 3 on attempt 5"
+    assert dead.first_error_at is not None
+    assert dead.last_error_at is not None
+    assert dead.first_error_at < dead.last_error_at
+    assert q.stats().dead == 1
+    assert q.counts["dead"] == 1
+    assert q.counts["retried"] == 4
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_retries_back_off(make: MakeQueue, clock: FakeClock) -> None:
+    q = make(retry_delay=2)
+    calls: list[int] = []
+
+    @q.handler
+    def flaky() -> None:
+        calls.append(current_request().attempt)
+        if len(calls) < 3:
+            raise ConnectionError("down")
+
+    q.put("flaky")
+    assert q.process() == 1
+    assert q.stats().delayed == 1
+    clock.advance(1.9)
+    assert q.process() == 0
+    clock.advance(0.2)
+    assert q.process() == 1  # second attempt fails: now 4 s
+    clock.advance(3.9)
+    assert q.process() == 0
+    clock.advance(0.2)
+    assert q.process() == 1
+    assert calls == [1, 2, 3]
+    assert q.stats().depth == 0
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_a_worker_dying_every_time_ends_in_dead_letters(make: MakeQueue, clock: FakeClock) -> None:
+    q = make(visibility_timeout=5, max_attempts=3)
+    with_log(q, [])
+    q.put("work", [1])
+    for _ in range(3):
+        held = q._claim()
+        assert len(held) == 1
+        q._heartbeat.release(held[0].id)
+        clock.advance(6)
+    assert q._claim() == []
+    (dead,) = q.dead_letters()
+    assert dead.attempts == 3
+    assert dead.last_error is not None
+    assert "lease ran out" in dead.last_error
+
+
+def test_expired_items_are_dropped_and_counted(make: MakeQueue, clock: FakeClock) -> None:
+    q = make(ttl=60)
+    log: list[tuple[str, Any, int]] = []
+    with_log(q, log)
+    q.put("work", [1])
+    q.put("work", [2], ttl=600)
+    clock.advance(61)
+    assert q.process() == 1
+    assert [x for _, x, _ in log] == [2]
+    assert q.stats().expired == 1
+    assert q.counts["expired"] == 1
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_fifo_per_resource_one_at_a_time(make: MakeQueue, clock: FakeClock) -> None:
+    q = make(retry_delay=10)
+    order: list[str] = []
+    fail_once = {"a1"}
+
+    @q.handler
+    def work(tag: str) -> None:
+        if tag in fail_once:
+            fail_once.discard(tag)
+            raise ConnectionError(tag)
+        order.append(tag)
+
+    for tag in ("a1", "b1", "a2", "x", "b2", "a3"):
+        q.put("work", [tag], resource=None if tag == "x" else tag[0])
+    held = q._claim()
+    assert [i.args for i in held] == [
+        '{"args":["a1"],"kwargs":{}}',
+        '{"args":["b1"],"kwargs":{}}',
+        '{"args":["x"],"kwargs":{}}',
+    ]
+    for item in held:
+        q._run_sync(item)
+    q.process()
+    assert order == ["b1", "x", "b2"]  # a1 backs off and holds a2, a3 back
+    clock.advance(11)
+    q.process()
+    assert order == ["b1", "x", "b2", "a1", "a2", "a3"]
+
+
+def test_done_key_is_acknowledged_without_running(make: MakeQueue) -> None:
+    q = make(max_attempts=1)
+    runs: list[int] = []
+
+    @q.handler
+    def work(x: int) -> None:
+        runs.append(x)
+        if len(runs) == 1:
+            raise RuntimeError("down")
+
+    q.put("work", [1], key="k")
+    q.process()
+    assert q.stats().dead == 1
+    q.put("work", [1], key="k")  # queued again by its producer and handled
+    assert q.process() == 1
+    assert q.requeue_dead() == 1  # the dead letter's key is done already
+    assert q.process() == 0
+    assert runs == [1, 1]
+    # dropped at its claim (SQLite, memory) or refused at its requeue (Redis)
+    assert q.counts["skipped"] == (0 if "redis" in q.store.url else 1)
+    assert q.stats().depth == 0
+
+
+def test_dead_letters_requeue_and_purge(make: MakeQueue, clock: FakeClock) -> None:
+    q = make(max_attempts=1)
+    healthy = False
+
+    @q.handler
+    def work(x: int) -> None:
+        if not healthy:
+            raise RuntimeError("down")
+
+    for i in range(3):
+        q.put("work", [i])
+    q.process()
+    assert [d.attempts for d in q.dead_letters()] == [1, 1, 1]
+    ids = [d.id for d in q.dead_letters()]
+    assert q.purge_dead([ids[0]]) == 1
+    healthy = True
+    assert q.requeue_dead() == 2
+    assert q.stats().dead == 0
+    assert q.process() == 2
+    assert q.stats().depth == 0
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_replay_when_breaker_closes_is_paced(make: MakeQueue, clock: FakeClock) -> None:
+    q = make(retry_delay=100, replay_rate=10)
+    down = True
+    handled: list[int] = []
+
+    @q.handler
+    def work(x: int) -> None:
+        if down:
+            raise ConnectionError("down")
+        handled.append(x)
+
+    for i in range(5):
+        q.put("work", [i])
+    q.process()
+    assert q.stats().delayed == 5
+    remove = q.replay_when(breaker="payments", background=False)
+    down = False
+    events.emit(
+        events.CircuitStateChanged(
+            policy="circuit_breaker",
+            name="other",
+            at=0,
+            old=CircuitState.OPEN,
+            new=CircuitState.CLOSED,
+        )
+    )
+    assert handled == []
+    events.emit(
+        events.CircuitStateChanged(
+            policy="circuit_breaker",
+            name="payments",
+            at=0,
+            old=CircuitState.HALF_OPEN,
+            new=CircuitState.CLOSED,
+        )
+    )
+    assert handled == [0, 1, 2, 3, 4]
+    assert sum(clock.sleeps) == pytest.approx(0.4)  # 10 per second: 4 waits of 0.1 s
+    remove()
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_replay_when_resource_healthy(make: MakeQueue) -> None:
+    q = make(retry_delay=100)
+    log: list[tuple[str, Any, int]] = []
+    with_log(q, log)
+    q.put("work", [1], delay=50)
+    with pytest.raises(ValueError, match="needs a breaker, a resource or a service"):
+        q.replay_when()
+    q.replay_when(resource="database:orders", background=False)
+    events.emit(
+        events.ResourceStatusChanged(
+            policy="resources",
+            name="m",
+            at=0,
+            resource="database:orders",
+            old="critical",
+            new="healthy",
+        )
+    )
+    assert [x for _, x, _ in log] == [1]
+
+
+def test_async_api(make: MakeQueue) -> None:
+    q = make()
+    seen: list[tuple[int, str]] = []
+
+    @q.handler
+    async def work(x: int) -> None:
+        await asyncio.sleep(0)
+        seen.append((x, current_request().key))
+
+    @q.handler(with_request=True)
+    def plain(request: Any, x: int) -> None:
+        seen.append((x, request.key))
+
+    async def main() -> int:
+        a = await q.aput("work", [1], key="k1")
+        b = await q.aput("plain", [2], key="k2")
+        assert a.added
+        assert b.added
+        return await q.aprocess()
+
+    assert asyncio.run(main()) == 2
+    assert seen == [(1, "k1"), (2, "k2")]
+
+
+def test_configuration_errors() -> None:
+    with pytest.raises(ValueError, match="visibility_timeout must be a positive number"):
+        RequestQueue(storage="memory://", visibility_timeout=0)
+    with pytest.raises(ValueError, match="max_attempts must be an integer >= 1"):
+        RequestQueue(storage="memory://", max_attempts=0)
+    with pytest.raises(ValueError, match="a queue is stored in"):
+        RequestQueue(storage="ftp://x")
+    with pytest.raises(TypeError, match="lacks put"):
+        RequestQueue(storage=object())
+    with pytest.raises(LookupError, match="only available inside a queue handler"):
+        current_request()
+
+
+def test_corrupt_file_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    path.write_bytes(b"this is not a database" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="not a usable SQLite database"):
+        RequestQueue(storage=f"sqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="something else \\(tables: orders\\)"):
+        RequestQueue(storage=f"sqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+def test_shares_the_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buttress.backends import open_storage
+
+    monkeypatch.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "state.db"))
+    with RequestQueue(storage=None) as q:
+        assert q.store.url == f"sqlite:///{tmp_path / 'state.db'}"
+    store = open_storage("sqlite://")  # the breaker/rate-limit store opens the same file
+    store.close()
+
+
+def test_replay_on_a_schedule(store: QueueStore) -> None:
+    if "redis" in store.url:
+        pytest.skip("on Redis a failed item comes back after its lease; replay cannot hasten it")
+    q = RequestQueue("jobs", storage=store, retry_delay=3600)
+    handled = threading.Event()
+    down = True
+
+    @q.handler
+    def work() -> None:
+        if down:
+            raise ConnectionError("down")
+        handled.set()
+
+    q.put("work")
+    q.process()
+    down = False
+    stop = q.replay_every(0.01)
+    assert handled.wait(30)
+    stop()
+    assert q.stats().depth == 0
+    q.close()
