@@ -945,13 +945,6 @@ class RateLimit:
         return await fn(*args, **kwargs)
 
 
-def rate_limit(
-    name: str,
-    *,
-    limiter: RateLimiter | None = None,
-    key: str | Callable[..., str | None] | None = None,
-    wait: bool = False,
-    max_wait: float | None = None,
-) -> RateLimit:
-    """Decorator: ``@rate_limit("erp_api")``; see :class:`RateLimit`."""
-    return RateLimit(name, limiter=limiter, key=key, wait=wait, max_wait=max_wait)
+#: Decorator spelling of :class:`RateLimit`: ``@rate_limit("erp_api")`` (one signature, not two
+#: that could drift apart).
+rate_limit = RateLimit
