@@ -615,7 +615,12 @@ async def test_a_hung_def_check_holds_at_most_one_thread(clock: FakeClock) -> No
 
 
 def test_a_sync_application_runs_monitors_on_one_thread_it_starts() -> None:
-    before = threading.active_count()
+    # threads of earlier tests may end meanwhile: count only threads that were not there before
+    before = set(threading.enumerate())
+
+    def started() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before]
+
     checked = threading.Event()
     calls = 0
 
@@ -627,7 +632,7 @@ def test_a_sync_application_runs_monitors_on_one_thread_it_starts() -> None:
     manager = ResourceManager("sync-app", check_interval=3600)
     monitor = manager.register(ResourceType.CPU, "cpu", check)
     manager.on_status_change(lambda state, old: checked.set())
-    assert threading.active_count() == before  # nothing starts on construction
+    assert started() == []  # nothing starts on construction
     manager.start_in_thread()
     try:
         assert checked.wait(10)
@@ -643,7 +648,7 @@ def test_a_sync_application_runs_monitors_on_one_thread_it_starts() -> None:
     finally:
         manager.stop()
     assert not manager.running
-    assert threading.active_count() == before
+    assert started() == []
 
 
 def test_stopping_lets_the_worker_threads_end() -> None:
