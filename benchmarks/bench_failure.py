@@ -27,6 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 import buttress
+from bench_core import async_hand_retry, hand_retry
 from buttress import events
 
 Row = tuple[str, str, float, float, int, int, float]
@@ -182,32 +183,6 @@ def async_hand_guard(fn: Any) -> Any:
     return wrapper
 
 
-def hand_retry(fn: Any, attempts: int = 3) -> Any:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for attempt in range(attempts):
-            try:
-                return fn(*args, **kwargs)
-            except Exception:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError
-
-    return wrapper
-
-
-def async_hand_retry(fn: Any, attempts: int = 3) -> Any:
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for attempt in range(attempts):
-            try:
-                return await fn(*args, **kwargs)
-            except Exception:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError
-
-    return wrapper
-
-
 # --- subjects, each fresh per row so one row's warnings do not silence the next's --------------
 
 
@@ -297,7 +272,7 @@ def retries(sync: bool) -> list[tuple[str, Callable[[], Any]]]:
     return [
         (
             "hand-written loop, 3 failures (floor)",
-            wrap((hand_retry if sync else async_hand_retry)(failing), 1),
+            wrap((hand_retry if sync else async_hand_retry)(failing, 3), 1),
         ),
         (
             "buttress @retry(max_attempts=3, base_delay=0)",

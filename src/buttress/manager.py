@@ -286,10 +286,8 @@ class ResilienceManager:
         **options: Any,
     ) -> Monitor:
         """Watch memory (``scope``: ``auto``, ``process``, ``host`` or ``container``)."""
-        check = _factory("system", "memory_check")(
-            scope=scope, cgroup_root=cgroup_root, proc_root=proc_root
-        )
-        return self.register_monitor(ResourceType.MEMORY, name, check, **options)
+        system = {"scope": scope, "cgroup_root": cgroup_root, "proc_root": proc_root}
+        return self._system_monitor(ResourceType.MEMORY, name, system, options)
 
     def register_cpu_monitor(
         self,
@@ -301,10 +299,15 @@ class ResilienceManager:
         **options: Any,
     ) -> Monitor:
         """Watch CPU (``scope``: ``auto``, ``process``, ``host`` or ``container``)."""
-        check = _factory("system", "cpu_check")(
-            scope=scope, cgroup_root=cgroup_root, proc_root=proc_root
-        )
-        return self.register_monitor(ResourceType.CPU, name, check, **options)
+        system = {"scope": scope, "cgroup_root": cgroup_root, "proc_root": proc_root}
+        return self._system_monitor(ResourceType.CPU, name, system, options)
+
+    def _system_monitor(
+        self, kind: ResourceType, name: str, system: dict[str, str], options: dict[str, Any]
+    ) -> Monitor:
+        factory = "memory_check" if kind is ResourceType.MEMORY else "cpu_check"
+        check = _factory("system", factory)(**system)
+        return self.register_monitor(kind, name, check, **options)
 
     def register_database_monitor(
         self, name: str, target: object, *, query: str = "SELECT 1", **options: Any
