@@ -130,9 +130,11 @@ def test_redis_consumer_killed_mid_handler(redis_port: int, tmp_path: Path) -> N
     client.flushdb()
     url, effects = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "effects.db"
     finish(spawn("produce", url, "200", "k"))
-    doomed = spawn(
-        "consume", url, str(effects), "--lease", "0.5", "--batch", "10", "--die-at", "25"
-    )
+    doomed = spawn("consume", url, str(effects), "--lease", "0.5", "--batch", "10", "--die-at", "5")
+    # The other consumer starts only once the doomed one holds a claimed batch of 10, so the
+    # doomed one reaches its 5th run whatever the scheduling (else the other may drain it all).
+    assert doomed.stdout is not None
+    assert doomed.stdout.readline() == "ran\n"
     other = spawn("consume", url, str(effects), "--lease", "0.5", "--batch", "10")
     doomed.communicate(timeout=120)
     assert doomed.returncode == -signal.SIGKILL
