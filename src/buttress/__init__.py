@@ -12,6 +12,7 @@ from typing import Any
 
 from ._deadline import remaining
 from .clock import Clock, SystemClock, get_clock, set_clock
+from .config import ConfigError, TeamConfig, build_manager, load_config, load_settings
 from .degradation import (
     DegradationManager,
     DegradationTier,
@@ -111,6 +112,7 @@ __all__ = [
     "CircuitState",
     "Clock",
     "ComponentState",
+    "ConfigError",
     "DEFAULT_TIMEOUTS",
     "DegradationManager",
     "DegradationTier",
@@ -150,11 +152,13 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "SystemClock",
+    "TeamConfig",
     "Timeout",
     "UnknownRateLimit",
     "abandoned_calls",
     "adaptive_concurrency",
     "add_hook",
+    "build_manager",
     "bulkhead",
     "circuit_breaker",
     "circuit_breakers",
@@ -167,6 +171,8 @@ __all__ = [
     "get_clock",
     "get_degradation_manager",
     "get_rate_limiter",
+    "load_config",
+    "load_settings",
     "parse_retry_after",
     "preset",
     "quota_check",

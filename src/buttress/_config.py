@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TypeVar
 
@@ -71,11 +72,51 @@ def number(
     return result
 
 
+ENVIRONMENTS = ("development", "production")
+ENV_ALIASES = {
+    "dev": "development",
+    "development": "development",
+    "prod": "production",
+    "production": "production",
+}
+#: Defaults that differ by profile (the resilience-patterns design's recommendations); any
+#: variable not listed here has one default. Production's values are the policies' own defaults.
+PROFILE_DEFAULTS: dict[str, dict[str, float]] = {
+    "development": {
+        "CIRCUIT_FAILURE_THRESHOLD": 10,
+        "RETRY_MAX_ATTEMPTS": 3,
+        "RETRY_BASE_DELAY": 0.5,
+    },
+    "production": {},
+}
+
+
+def environment(environ: Mapping[str, str] | None = None) -> str:
+    """The profile named by ``BUTTRESS_ENV`` (``development`` or ``production``, the default)."""
+    raw = (os.environ if environ is None else environ).get("BUTTRESS_ENV", "").strip()
+    if not raw:
+        return "production"
+    resolved = ENV_ALIASES.get(raw.lower())
+    if resolved is None:
+        raise ValueError(
+            f"environment variable BUTTRESS_ENV must be one of {', '.join(ENVIRONMENTS)}, "
+            f"got {raw!r}"
+        )
+    return resolved
+
+
+def profile_default(name: str, default: T, profile: str | None = None) -> T:
+    """``default``, or the value the profile (``BUTTRESS_ENV``) recommends for ``name``."""
+    table = PROFILE_DEFAULTS.get(profile or environment(), {})
+    value = table.get(name)
+    return default if value is None else type(default)(value)  # type: ignore[call-arg]
+
+
 def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    """The float in environment variable ``name``, or ``default`` when it is unset or empty."""
+    """The float in environment variable ``name``, or the profile's ``default`` when unset."""
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return profile_default(name, default)
     try:
         value = float(raw)
     except ValueError:
@@ -88,10 +129,10 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
-    """The integer in environment variable ``name``, or ``default`` when it is unset or empty."""
+    """The integer in environment variable ``name``, or the profile's ``default`` when unset."""
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return profile_default(name, default)
     try:
         value = int(raw)
     except ValueError:

@@ -21,23 +21,17 @@ timeouts doubled, 100 req/s, ``fail_max=10``. Bursts are two seconds' worth of t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _config
 from .policies.fallback import FallbackStrategy
 from .policies.ratelimit import RateLimitConfig
 from .policies.timeout import OperationType
 
 __all__ = ["ENVIRONMENTS", "OperationProfile", "preset"]
 
-ENVIRONMENTS = ("development", "production")
-_ENV_ALIASES = {
-    "dev": "development",
-    "development": "development",
-    "prod": "production",
-    "production": "production",
-}
+ENVIRONMENTS = _config.ENVIRONMENTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,13 +87,11 @@ _ALIASES = {
 
 
 def _environment(env: str | None) -> str:
-    source = "env"
     if env is None:
-        env, source = os.environ.get("BUTTRESS_ENV", "").strip() or "production", "BUTTRESS_ENV"
-    resolved = _ENV_ALIASES.get(env.lower()) if isinstance(env, str) else None
+        return _config.environment()
+    resolved = _config.ENV_ALIASES.get(env.lower()) if isinstance(env, str) else None
     if resolved is None:
-        where = "environment variable BUTTRESS_ENV" if source == "BUTTRESS_ENV" else "env"
-        raise ValueError(f"{where} must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
+        raise ValueError(f"env must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
     return resolved
 
 
