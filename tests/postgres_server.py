@@ -39,7 +39,7 @@ def _free_port() -> int:
 def find_bin_dir() -> Path | None:
     on_path = shutil.which("initdb")
     if on_path is not None:
-        return Path(on_path).parent
+        return Path(on_path).resolve().parent  # a symlink on PATH points at the real bin dir
     candidates = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
         key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
@@ -148,3 +148,53 @@ def start() -> PostgresServer:
         server.destroy()
         raise
     return server
+
+
+class ReplicaServer(PostgresServer):
+    """A streaming replica of ``primary``: ``pg_basebackup -R`` of its data, read-only, on a port
+    of its own. It follows the primary while both run; it is never promoted."""
+
+    def __init__(self, primary: PostgresServer) -> None:  # no initdb: the data is a base backup
+        self.bin_dir = primary.bin_dir
+        self.host = "127.0.0.1"
+        self.port = _free_port()
+        self.password = PASSWORD
+        self.user = USER
+        self.root = Path(tempfile.mkdtemp(prefix="buttress-pg-replica-"))
+        self.data = self.root / "data"
+        self.sockets = self.root / "sockets"
+        self.log = self.root / "postgres.log"
+        self._as_postgres = primary._as_postgres
+        self.sockets.mkdir()
+        if self._as_postgres:
+            import pwd
+
+            owner = pwd.getpwnam(USER)
+            for path in (self.root, self.sockets):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        command = [
+            str(self.bin_dir / "pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream",
+            "-h", primary.host, "-p", str(primary.port), "-U", USER, "--no-sync",
+        ]  # fmt: skip
+        if self._as_postgres:
+            command = ["runuser", "-u", USER, "--", *command]
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PGPASSWORD": PASSWORD},
+        )
+        if result.returncode != 0:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise PostgresUnavailable(f"pg_basebackup failed: {result.stderr[-600:]}")
+
+
+def start_replica(primary: PostgresServer) -> ReplicaServer:
+    replica = ReplicaServer(primary)
+    try:
+        replica.start()
+    except BaseException:
+        replica.destroy()
+        raise
+    return replica
