@@ -96,7 +96,15 @@ def exercise(tag: str, clock: FakeClock) -> list[Any]:
     resources = ResourceManager(name=f"{tag}-team")
     keep.append(resources)
     resources.register("memory", "heap", lambda: 85.5, horizon=None)
-    asyncio.run(resources.check_now())
+    quota = iter(range(10, 100, 5))  # a steady climb: exhaustion gets predicted
+    resources.register("api_quota", "openai", lambda: float(next(quota)))
+
+    async def check(times: int) -> None:
+        for _ in range(times):
+            await resources.check_now()
+            clock.advance(30)
+
+    asyncio.run(check(9))
 
     components = HealthMonitor(name=f"{tag}-team")
     keep.append(components)

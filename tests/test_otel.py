@@ -143,6 +143,7 @@ def test_otel_counts_equal_prometheus_counts_for_the_same_run(otel: Otel, clock:
         "buttress.service.health",
         "buttress.resource.status",
         "buttress.resource.usage",
+        "buttress.resource.exhaustion",
         "buttress.resource.check_latency",
         "buttress.adaptive.limit",
         "buttress.component.error_rate",
