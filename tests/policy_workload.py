@@ -3,9 +3,10 @@
 ``exercise(tag)`` drives real policies on the fake clock the caller installed: a breaker that
 succeeds, fails, trips, rejects, recovers through half-open; a retry that retries and gives up; a
 timeout; fallbacks; a rate-limit refusal; a full bulkhead; an adaptive limit; a degradation
-manager changing tier; a resource manager and a health monitor publishing their readings. Every
-name carries ``tag`` so runs never share state. It returns the objects that publish readings, to be
-kept alive while the metrics are read (readings of collected objects vanish).
+manager changing tier; a resource manager and a health monitor publishing their readings; and,
+once buttress has them, a fallback protocol's steps. Every name carries ``tag`` so runs never
+share state. It returns the objects that publish readings, to be kept alive while the metrics are
+read (readings of collected objects vanish).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import buttress
 from buttress import (
     AdaptiveConcurrency,
     Bulkhead,
@@ -29,6 +31,7 @@ from buttress import (
     RateLimitConfig,
     RateLimiter,
     RateLimitExceeded,
+    ResilienceManager,
     ResourceManager,
     Retry,
     Timeout,
@@ -111,4 +114,22 @@ def exercise(tag: str, clock: FakeClock) -> list[Any]:
     components.register("llm")
     components.record_success("llm")
     components.record_failure("llm", "boom")
+
+    if hasattr(buttress, "with_fallback"):  # the fallback protocols: one failure, then a retry
+        answers = iter([ConnectionError("429"), "ok"])
+
+        class Team:
+            def __init__(self) -> None:
+                self.resilience = ResilienceManager(f"{tag}-protocol")
+
+            @buttress.with_fallback("api_quota")
+            def generate(self) -> object:
+                answer = next(answers)
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+
+        team = Team()
+        keep.append(team)
+        assert team.generate() == "ok"
     return keep

@@ -343,8 +343,7 @@ class OTelInstrumentation:
         attrs = {"name": event.name}
         for field in _STEP_LABELS:
             value = getattr(event, field, None)
-            if value is not None:
-                attrs[field] = _label(value)
+            attrs[field] = "" if value is None else _label(value)  # as the Prometheus labels
         self.protocol_steps.add(1, attrs)
         self._span(event)
 
