@@ -1,35 +1,41 @@
-"""Fallback protocols, "Basic Team Integration": a team's LLM call under its API-quota protocol.
+"""Fallback protocols, "Basic Team Integration": a team's LLM calls under its API-quota protocol.
 
-The LLM is a local stand-in on 127.0.0.1 speaking for OpenAI: it answers the first request with
-429 and ``Retry-After: 0`` (quota exhausted for the moment), then answers. The API_QUOTA protocol's
-first step, a retry, honours the wait and gets the answer. The quota monitor reads the same
-stand-in.
+Three local stand-ins on 127.0.0.1 play the providers: "OpenAI" answers 429 with
+``Retry-After: 60`` (quota spent), "Anthropic" answers 500, the local model answers. The team
+names them as the targets of its API quota, in order; the LLM client calls the provider the
+running call was switched to (``buttress.current_target()``). The first call switches through
+them at once (no retry backoff is slept while an untried provider remains); later calls go
+straight to the local model while the others cool down. The quota monitor reads OpenAI's figures
+from the same stand-in.
 """
-# requires: buttress.with_fallback
+# requires: buttress.with_fallback, buttress.current_target
 
 import asyncio
 
 from _standins import AsyncServiceClient, ServiceClient, service
 
+import buttress
 from buttress import ResilienceManager
 from buttress import with_fallback, ResourceType
 
 
 class LLM:
-    """A stand-in LLM client: ``invoke`` posts the prompt to the provider."""
+    """A stand-in chat client: ``invoke`` sends the prompt to the current provider."""
 
-    def __init__(self, url):
-        self.http = AsyncServiceClient(url)
+    def __init__(self, urls):
+        self.providers = {name: AsyncServiceClient(url) for name, url in urls.items()}
 
     async def invoke(self, prompt):
-        return await self.http.invoke(prompt)
+        provider = buttress.current_target() or "openai"
+        return await self.providers[provider].chat(prompt)
 
 
 class MarketingTeam:
-    def __init__(self, url):
+    def __init__(self, urls):
         self.resilience = ResilienceManager("marketing-team")
-        self.llm = LLM(url)
-        self.quota_api = ServiceClient(url)
+        self.llm = LLM(urls)
+        self.quota_api = ServiceClient(urls["openai"])
+        self.resilience.register_targets(ResourceType.API_QUOTA, list(urls))
 
     async def start(self):
         # Start resilience monitoring
@@ -51,18 +57,23 @@ class MarketingTeam:
         return await self.llm.invoke(prompt)
 
 
-async def main(url):
-    team = MarketingTeam(url)
+async def main(urls):
+    team = MarketingTeam(urls)
     await team.start()
     try:
-        print("content:", await team.generate_content("a tagline for solar panels"))
+        for n in range(3):
+            print(f"post {n}:", await team.generate_content(f"a tagline for solar panels, take {n}"))
+        states = team.resilience.provider_states()["api_quota"]
+        for name, state in states.items():
+            print(f"provider {name}: {state['state']}", state.get("last_error") or "")
     finally:
         await team.resilience.stop()
 
 
-with service(
-    invoke=[(429, {"error": "quota"}, {"Retry-After": "0"}), (200, "Power your day with the sun.")],
-    quota=[(200, {"used": 120, "limit": 200})],
-) as openai:
-    asyncio.run(main(openai.url))
-    print("requests to the provider:", openai.hits["/invoke"])
+with service(chat=[(429, {"error": "quota"}, {"Retry-After": "60"})],
+             quota=[(200, {"used": 200, "limit": 200})]) as openai, \
+        service(chat=[(500, {"error": "internal"})]) as anthropic, \
+        service(chat=[(200, "Power your day with the sun.")]) as local:
+    asyncio.run(main({"openai": openai.url, "anthropic": anthropic.url, "local": local.url}))
+    print("requests:", {"openai": openai.hits["/chat"], "anthropic": anthropic.hits["/chat"],
+                        "local": local.hits["/chat"]})

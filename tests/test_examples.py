@@ -90,15 +90,23 @@ EXPECTED: dict[str, list[str]] = {
         '"usage": 85.5',
     ],
     "seed000_marketing_team.py": [
-        "content: Power your day with the sun.",
-        "requests to the provider: 2",
+        "post 0: Power your day with the sun.",
+        "post 2: Power your day with the sun.",
+        "provider openai: cooling ServiceError",
+        "provider anthropic: cooling ServiceError",
+        "provider local: healthy",
+        "requests: {'openai': 1, 'anthropic': 1, 'local': 3}",
     ],
     "seed000_full_stack.py": ["result: {'status': 'processed'}", "requests: 2"],
-    "seed000_mcp_client.py": ["tool result: {'rows': 1}", "requests: 2"],
+    "seed000_mcp_client.py": [
+        "tool result: {'rows': 1}",
+        "tool result: {'rows': 1}",
+        "requests: {'primary': 1, 'secondary': 2}",
+    ],
     "seed000_team_config.py": [
         "check interval: 20",
         "api_quota step: SWITCH_PROVIDER anthropic",
-        "api_quota step: USE_CACHE",
+        "api_quota step: CACHED",  # USE_CACHE is CACHED's alias
     ],
     "fastapi_service.py": [
         "serving on http://127.0.0.1:<port>",
