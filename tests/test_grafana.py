@@ -1,10 +1,10 @@
 """The Grafana dashboard cannot rot: every metric its queries name is one buttress exports.
 
-The exposition is what a scrape returns after every policy took every kind of decision
-(``policy_workload.exercise``), on a private registry; metric names are collected from it with
-their series suffixes (``_total``, ``_bucket``, ``_count``, ``_sum``), and the metric names are
-parsed out of every PromQL expression of the dashboard (panel targets, template variables,
-annotations).
+The exposition is scraped over HTTP from an app serving the metrics under uvicorn on 127.0.0.1,
+after every policy took every kind of decision (``policy_workload.exercise``); metric names are
+collected from it with their series suffixes (``_total``, ``_bucket``, ``_count``, ``_sum``), and
+the metric names are parsed out of every PromQL expression of the dashboard (panel targets,
+template variables, annotations).
 
 Two families are awaited from features still being built: the request queue's and the fallback
 protocols' metrics. A dashboard name of those families may be missing only while buttress exports
@@ -17,11 +17,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+import uvicorn
+from prometheus_client import CollectorRegistry, generate_latest, make_asgi_app
 from prometheus_client.parser import text_string_to_metric_families
 
 from buttress.instrumentation.prometheus import enable_prometheus
@@ -123,16 +126,40 @@ def exported_names(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def exposition() -> str:
+    """What a Prometheus scrape of a running app returns after the workload."""
     registry = CollectorRegistry()
     metrics = enable_prometheus(registry)
     try:
         with FakeClock() as clock:
             keep = exercise(f"grafana{next(_n)}", clock)
-            text = generate_latest(registry).decode()
-            assert keep
+        text = _scrape(make_asgi_app(registry))
+        assert keep
     finally:
         metrics.disable()
+    assert text == generate_latest(registry).decode()  # the scrape is the registry's exposition
     return text
+
+
+def _scrape(app: Any) -> str:
+    """GET /metrics from ``app`` served by uvicorn on a free port of 127.0.0.1."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(1000):  # bounded: uvicorn says when it listens
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert server.started, "uvicorn did not start"
+        (sock,) = [s for listener in server.servers for s in listener.sockets]
+        host, port = sock.getsockname()[:2]
+        response = httpx.get(f"http://{host}:{port}/metrics", timeout=10)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        return response.text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_every_query_names_only_exported_metrics(exposition: str) -> None:
