@@ -299,11 +299,16 @@ def test_protocol_steps_are_counted_and_traced_by_class_name(otel: Otel) -> None
     assert spans[1].attributes["buttress.target"] == "anthropic"
 
 
-def test_enable_is_idempotent_and_disable_stops_recording(otel: Otel, clock: FakeClock) -> None:
+def test_disable_stops_recording(otel: Otel, clock: FakeClock) -> None:
     from buttress import Retry
 
-    meter_provider = otel.instrumentation.meter
-    assert meter_provider is not None
+    name = f"off{next(_n)}"
+    retry = Retry(max_attempts=2, base_delay=0, name=name)
+    with pytest.raises(ConnectionError):
+        retry.call(_fail)
+    assert [
+        p.value for p in otel.points()["buttress.retry.attempts"] if p.attributes["name"] == name
+    ] == [1]
     otel.instrumentation.disable()
     name = f"off{next(_n)}"
     with pytest.raises(ConnectionError):
