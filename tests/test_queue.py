@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -143,8 +144,49 @@ def test_lease_expiry_redelivers_to_another_consumer(make: MakeQueue, clock: Fak
     assert log == [(item.key, "x", 2)]
 
 
-def test_heartbeat_keeps_a_long_handler_leased(store: QueueStore) -> None:
-    # real time: a 0.1 s lease and a handler that works for ten of them while a peer polls
+@pytest.mark.usefixtures("virtual_leases")
+def test_heartbeat_keeps_a_handler_of_ten_leases_leased(make: MakeQueue, clock: FakeClock) -> None:
+    # The test clock drives the lease: the first consumer's handler runs for ten visibility
+    # timeouts, beating a third of one apart, while the second polls at every step.
+    a, b = make(visibility_timeout=10), make(visibility_timeout=10)
+    taken: list[int] = []
+    polls = 0
+
+    @b.handler("work")
+    def other(x: int) -> None:
+        taken.append(x)
+
+    @a.handler("work")
+    def slow(x: int) -> None:
+        nonlocal polls
+        if x == 1:  # heartbeats go on: 30 beats over 100 s
+            for _ in range(30):
+                clock.advance(10 / 3)
+                a._heartbeat.beat()
+                polls += 1
+                assert b.process() == 0, "redelivered while its handler ran and beat"
+        else:  # the heartbeat stops (its thread died): the lease runs out, the other takes it
+            a._heartbeat.stop()
+            clock.advance(9.9)
+            assert b.process() == 0
+            clock.advance(0.2)
+            assert b.process() == 1
+
+    a.put("work", [1])
+    assert a.process() == 1
+    assert (polls, taken) == (30, [])
+    assert a.stats().depth == 0
+    a.put("work", [2])
+    assert a.process() == 1
+    assert taken == [2]
+    assert a.stats().depth == 0
+
+
+def test_heartbeat_keeps_a_long_handler_leased_on_redis(store: QueueStore) -> None:
+    # Redis measures leases by its own clock: real time, a 0.1 s lease and a handler that works
+    # for ten of them while a peer polls (memory and SQLite: the test above, on the test clock)
+    if "redis" not in store.url:
+        pytest.skip("the test clock drives this on memory and SQLite")
     a = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
     b = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
     stolen: list[int] = []
@@ -187,12 +229,18 @@ def test_poison_goes_to_dead_letters_while_the_rest_flows(
 
     for i in range(6):
         q.put("work", [i])
+    assert q.process() == 6
+    assert (sorted(done), q.stats().delayed) == ([0, 1, 2, 4, 5], 1)  # the rest went by
+    for i in range(6, 9):  # and what comes while the poison waits for its retry goes by too
+        q.put("work", [i])
+    assert q.process() == 3
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7, 8]
     rounds = 0
     while q.stats().depth and rounds < 20:
         q.process()
         clock.advance(100)
         rounds += 1
-    assert sorted(done) == [0, 1, 2, 4, 5]
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7, 8]
     (dead,) = q.dead_letters()
     assert dead.attempts == 5
     assert dead.first_error == "ValueError: bad 3 on attempt 1"
@@ -398,6 +446,50 @@ def test_replay_when_resource_healthy(make: MakeQueue) -> None:
         )
     )
     assert [x for _, x, _ in log] == [1]
+
+
+@pytest.mark.usefixtures("virtual_leases")
+def test_replay_starts_at_the_first_healthy_check_and_keeps_its_pace(
+    make: MakeQueue, clock: FakeClock
+) -> None:
+    from buttress.health.manager import ResourceManager
+    from buttress.health.types import ResourceType
+
+    q = make(retry_delay=1000, replay_rate=5)
+    up = False
+    handled: list[tuple[int, float]] = []
+
+    def check() -> bool:
+        if not up:
+            raise ConnectionError("orders database down")
+        return True
+
+    @q.handler
+    def work(x: int) -> None:
+        if not up:
+            raise ConnectionError("down")
+        handled.append((x, clock.now()))
+
+    manager = ResourceManager("queue", check_interval=10, fail_threshold=1, success_threshold=1)
+    manager.register(ResourceType.DATABASE, "orders", check)
+    q.replay_when(resource="database:orders", background=False)
+    asyncio.run(manager.check_now())  # down: unavailable
+    for i in range(6):
+        q.put("work", [i])
+    assert q.process() == 6
+    assert q.stats().delayed == 6  # waiting 1000 s for their retry
+    clock.advance(10)
+    asyncio.run(manager.check_now())  # still down: no replay
+    assert handled == []
+    up = True
+    clock.advance(10)
+    turned = clock.now()
+    asyncio.run(manager.check_now())  # the first check that finds it healthy replays
+    assert [x for x, _ in handled] == [0, 1, 2, 3, 4, 5]
+    assert handled[0][1] == pytest.approx(turned)
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(handled)]
+    assert gaps == pytest.approx([0.2] * 5)  # 5 per second
+    assert q.stats().depth == 0
 
 
 def test_async_api(make: MakeQueue) -> None:
