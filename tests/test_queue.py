@@ -550,6 +550,51 @@ def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
+def test_queue_schema_versions(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    SQLiteQueueStore(path).close()
+    conn = sqlite3.connect(path)
+    # what version 1 had on top of version 2: a depth counted by triggers on every put
+    conn.execute(
+        "CREATE TRIGGER buttress_queue_added AFTER INSERT ON buttress_queue BEGIN "
+        "INSERT INTO buttress_queue_counts (queue, name, value) VALUES (NEW.queue, 'depth', 1) "
+        "ON CONFLICT (queue, name) DO UPDATE SET value = value + 1; END"
+    )
+    conn.execute("UPDATE buttress_meta SET value = '1' WHERE name = 'queue_schema_version'")
+    conn.commit()
+    with RequestQueue(storage=f"sqlite:///{path}") as q:  # brought to version 2
+        with_log(q, [])
+        q.put("work", [1])
+        assert q.process() == 1
+    triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    assert triggers == []
+    version = "SELECT value FROM buttress_meta WHERE name = 'queue_schema_version'"
+    assert conn.execute(version).fetchone() == ("2",)
+    conn.execute("UPDATE buttress_meta SET value = '3' WHERE name = 'queue_schema_version'")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="schema version '3'"):
+        RequestQueue(storage=f"sqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+def test_a_full_queue_counts_exactly_when_ids_are_spread(tmp_path: Path) -> None:
+    # ids spread wider than max_depth (an old item still queued): the span no longer bounds the
+    # depth below the limit, so the put counts, and admits up to the limit exactly
+    with RequestQueue(storage=f"sqlite:///{tmp_path / 'q.db'}", max_depth=3) as q:
+        with_log(q, [])
+        q.put("work", [0], delay=3600)  # stays queued while the rest come and go
+        for i in range(1, 10):
+            q.put("work", [i])
+            assert q.process() == 1
+        q.put("work", [10])
+        q.put("work", [11])
+        with pytest.raises(QueueFull):
+            q.put("work", [12])
+        assert q.stats().depth == 3
+
+
 def test_shares_the_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from buttress.backends import open_storage
 

@@ -15,7 +15,11 @@ dies stops renewing; its items become visible again when their leases run out an
 (or the same one, restarted) takes them: nothing needs unlocking. A handled request is
 acknowledged in one step that deletes the item and records its key as *done* (kept for
 ``done_for`` seconds); an item whose key is done is acknowledged without running, and an enqueue
-of a done or queued key adds nothing. A handler receives the key (:func:`current_request`) so that
+of a done or queued key adds nothing. On a store where a commit per acknowledgement is the main
+cost (SQLite: :class:`~buttress.queue.store.GroupedAcks`), the acknowledgements of a batch are
+committed together with the next claim, or when the worker stops consuming, or at the next
+heartbeat, whichever comes first; until then their items stay leased, and a crash runs them again
+under their keys. A handler receives the key (:func:`current_request`) so that
 its own effect can be made idempotent (a unique key in the table it writes): then a worker killed
 between the effect and the acknowledgement causes no second effect either.
 

@@ -8,15 +8,31 @@ step is one ``BEGIN IMMEDIATE`` transaction, so producers and consumers in sever
 serialise on SQLite's write lock; ``busy_timeout`` makes one wait for another (bounded) instead
 of failing at once, and the WAL journal keeps readers out of the writers' way.
 
-Durability: ``synchronous=NORMAL`` by default. In WAL mode a committed transaction survives the
-death of the process (SIGKILL, a crash) at any point; what a power loss or an OS crash may take is
-the last transactions before it (an enqueue reported done, a handled request that will then run
-again, under its idempotency key). The database is never corrupted. ``synchronous="full"`` makes
-every commit wait for the disk and survive power loss too, at the price of an fsync per step.
+Durability: ``synchronous=NORMAL`` by default, chosen deliberately. In WAL mode a transaction
+is durable against the death of the process (SIGKILL, a crash, an exception anywhere) as soon as
+it commits: a put that returned is queued, an acknowledgement that committed is done. What
+NORMAL risks is a power loss or an OS crash: the commits since the last checkpoint's fsync may be
+lost (a put reported done that is then not queued, a handled request that runs again under its
+idempotency key). The database is never corrupted. ``synchronous="full"`` makes every commit wait
+for the disk and survive power loss too, at the price of an fsync per put and per claim.
 
-A claim takes up to ``limit`` items in one transaction (one commit for a batch); an
-acknowledgement is one transaction that records the key as done and deletes the item, so a
-request is never both gone and not done.
+What each step writes. A put is one statement (one implicit transaction) that writes two pages:
+the row and its key's entry in the unique ``(queue, key)`` index, the least an idempotent queue
+can write (the bare-INSERT floor writes the row and the AUTOINCREMENT counter). So the depth is
+not counted by triggers: the span of ids (``MAX(id) - MIN(id) + 1``, two index probes) bounds it
+from above, and only a queue whose span reaches ``max_depth`` counts its rows exactly. Item ids
+come from the rowid (one past the largest): an id freed by an item handled may be given again, so
+steps that could meet a reused id check the owner (renew, fail) or go by key (acknowledgement).
+
+A claim takes up to ``limit`` items in one transaction (one commit for a batch). A consumer does
+not commit each acknowledgement on its own: :class:`~buttress.queue.RequestQueue` keeps the
+``(id, key)`` of the requests it handled and commits them with its next claim, in the same
+transaction (:meth:`SQLiteQueueStore.ack_and_claim`), or on their own (:meth:`ack_many`) when it
+stops consuming or at the next heartbeat. An acknowledgement records the key as done and deletes
+the item in one transaction, so a request is never both gone and not done. What a crash may
+re-run: the requests handled since the last such commit, at most one claimed batch (16 by
+default) and at most one heartbeat interval's worth, each under its key with its attempt raised;
+a handler that makes its effect idempotent by the key repeats no effect.
 
 Opening checks the file first and never touches one that is not buttress's: a file that is not an
 SQLite database, one with tables buttress does not know, or the queue tables at another schema
