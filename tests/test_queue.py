@@ -492,6 +492,18 @@ def test_replay_starts_at_the_first_healthy_check_and_keeps_its_pace(
     assert q.stats().depth == 0
 
 
+def test_a_request_for_a_handler_this_process_lacks_is_a_failed_delivery(
+    make: MakeQueue,
+) -> None:
+    producer, consumer = make(max_attempts=1), make(max_attempts=1)
+    with_log(producer, [])
+    producer.put("work", [1])
+    assert consumer.process() == 1
+    (dead,) = consumer.dead_letters()
+    assert dead.last_error is not None
+    assert dead.last_error.endswith("UnknownHandler: no handler named 'work' in this process")
+
+
 def test_async_api(make: MakeQueue) -> None:
     q = make()
     seen: list[tuple[int, str]] = []

@@ -577,41 +577,8 @@ class RequestQueue:
             self._heartbeat.hold([item.id for item in got.items])
         return got.items
 
-    @contextmanager
-    def _delivering(
-        self, item: Item
-    ) -> Iterator[tuple[Callable[..., Any], list[Any], dict[str, Any]]]:
-        fn = self._handlers.get(item.handler)
-        body = _DECODE(item.args)  # fresh lists and dicts: the handler may keep them
-        args, kwargs = body.get("args") or [], body.get("kwargs") or {}
-        request = Request(
-            item.id, item.key, item.handler, item.attempts, item.resource, item.enqueued, self.name
-        )
-        if item.handler in self._with_request:
-            args.insert(0, request)
-        token = _CURRENT.set(request)
-        held = True
-        try:
-            if fn is None:
-                raise UnknownHandler(f"no handler named {item.handler!r} in this process")
-            yield fn, args, kwargs
-        except Exception as exc:
-            self._failed(item, exc)
-        else:
-            self.counts["handled"] += 1
-            if self._grouped is not None:
-                # acknowledged with the next claim, or on its own when the consumer stops or at
-                # the next heartbeat; its lease is renewed until then
-                with self._handled_lock:
-                    self._handled.append((item.id, item.key))
-                held = False
-            else:
-                now = self._wall()
-                self._store.ack(self.name, item.id, item.key, now, now + self.done_for)
-        finally:
-            _CURRENT.reset(token)
-            if held:
-                self._heartbeat.release(item.id)
+    def _delivering(self, item: Item) -> _Delivery:
+        return _Delivery(self, item)
 
     def _failed(self, item: Item, exc: Exception) -> None:
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
@@ -843,6 +810,61 @@ class RequestQueue:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Delivery:
+    """One delivery: the handler's call, then its outcome recorded (a class, not a generator:
+    this runs once per request)."""
+
+    __slots__ = ("_item", "_queue", "_token")
+
+    def __init__(self, queue: RequestQueue, item: Item) -> None:
+        self._queue, self._item = queue, item
+
+    def __enter__(self) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
+        q, item = self._queue, self._item
+        body = _DECODE(item.args)  # fresh lists and dicts: the handler may keep them
+        args, kwargs = body.get("args") or [], body.get("kwargs") or {}
+        request = Request(
+            item.id, item.key, item.handler, item.attempts, item.resource, item.enqueued, q.name
+        )
+        if item.handler in q._with_request:
+            args.insert(0, request)
+        self._token = _CURRENT.set(request)
+        fn = q._handlers.get(item.handler)
+        return _missing(item.handler) if fn is None else fn, args, kwargs
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        q, item = self._queue, self._item
+        held = True
+        try:
+            if exc is None:
+                q.counts["handled"] += 1
+                if q._grouped is not None:
+                    # acknowledged with the next claim, or on its own when the consumer stops or
+                    # at the next heartbeat; its lease is renewed until then
+                    with q._handled_lock:
+                        q._handled.append((item.id, item.key))
+                    held = False
+                else:
+                    now = q._wall()
+                    q._store.ack(q.name, item.id, item.key, now, now + q.done_for)
+                return False
+            if isinstance(exc, Exception):
+                q._failed(item, exc)
+                return True  # a failed request is recorded, not raised
+            return False
+        finally:
+            _CURRENT.reset(self._token)
+            if held:
+                q._heartbeat.release(item.id)
+
+
+def _missing(name: str) -> Callable[..., Any]:
+    def missing(*args: Any, **kwargs: Any) -> None:
+        raise UnknownHandler(f"no handler named {name!r} in this process")
+
+    return missing
 
 
 async def _awaited(awaitable: Any) -> Any:
