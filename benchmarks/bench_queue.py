@@ -40,6 +40,18 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+def take_oldest(conn: sqlite3.Connection) -> None:
+    """The consume floor: per item, one transaction that selects the oldest row and deletes it."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute("SELECT id, payload FROM q ORDER BY id LIMIT 1").fetchone()
+        if row is None:
+            conn.execute("COMMIT")
+            return
+        conn.execute("DELETE FROM q WHERE id = ?", (row[0],))
+        conn.execute("COMMIT")
+
+
 def floor(path: Path, n: int, sync: str) -> tuple[float, float]:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -50,17 +62,7 @@ def floor(path: Path, n: int, sync: str) -> tuple[float, float]:
         for i in range(n):
             conn.execute("INSERT INTO q (payload) VALUES (?)", (f'{{"args":[{i}]}}',))
 
-    def take() -> None:
-        while True:
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT id, payload FROM q ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                conn.execute("COMMIT")
-                return
-            conn.execute("DELETE FROM q WHERE id = ?", (row[0],))
-            conn.execute("COMMIT")
-
-    return timed(put), timed(take)
+    return timed(put), timed(lambda: take_oldest(conn))
 
 
 def keyed_floor(path: Path, n: int, sync: str) -> tuple[float, float]:
@@ -79,17 +81,7 @@ def keyed_floor(path: Path, n: int, sync: str) -> tuple[float, float]:
             key = hashlib.sha256(payload.encode()).hexdigest()[:32]
             conn.execute("INSERT OR IGNORE INTO q (key, payload) VALUES (?, ?)", (key, payload))
 
-    def take() -> None:
-        while True:
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT id, payload FROM q ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                conn.execute("COMMIT")
-                return
-            conn.execute("DELETE FROM q WHERE id = ?", (row[0],))
-            conn.execute("COMMIT")
-
-    return timed(put), timed(take)
+    return timed(put), timed(lambda: take_oldest(conn))
 
 
 def buttress_queue(path: Path, n: int, sync: str) -> tuple[float, float]:
