@@ -154,14 +154,23 @@ def _not_json(value: object) -> Any:
 # The same encoding without JSONEncoder.encode's set-up per call (about a tenth of a put): the C
 # encoder, made once. It keeps no markers (a marker left by a failed call would refuse a later
 # object at the same address), so a circular structure ends in RecursionError instead.
-_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
-_ENCODE_C = (
-    None
-    if _C_ENCODER is None
-    else _C_ENCODER(
-        None, _not_json, json.encoder.encode_basestring, None, ":", ",", True, False, False
-    )
-)
+def _c_encoder() -> Callable[[Any, int], Any] | None:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:  # the private signature of CPython's; anything unexpected: the public encoder
+        encode = make(
+            None, _not_json, json.encoder.encode_basestring, None, ":", ",", True, False, False
+        )
+        sample = {"args": [1, 2.5, "é", None, True], "kwargs": {"b": {"y": 1, "x": []}, "a": 0}}
+        if "".join(encode(sample, 0)) != _ENCODE(sample):
+            return None
+    except Exception:
+        return None
+    return encode  # type: ignore[no-any-return]
+
+
+_ENCODE_C = _c_encoder()
 
 
 def _canonical(handler: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
