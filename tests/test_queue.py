@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -143,8 +144,49 @@ def test_lease_expiry_redelivers_to_another_consumer(make: MakeQueue, clock: Fak
     assert log == [(item.key, "x", 2)]
 
 
-def test_heartbeat_keeps_a_long_handler_leased(store: QueueStore) -> None:
-    # real time: a 0.1 s lease and a handler that works for ten of them while a peer polls
+@pytest.mark.usefixtures("virtual_leases")
+def test_heartbeat_keeps_a_handler_of_ten_leases_leased(make: MakeQueue, clock: FakeClock) -> None:
+    # The test clock drives the lease: the first consumer's handler runs for ten visibility
+    # timeouts, beating a third of one apart, while the second polls at every step.
+    a, b = make(visibility_timeout=10), make(visibility_timeout=10)
+    taken: list[int] = []
+    polls = 0
+
+    @b.handler("work")
+    def other(x: int) -> None:
+        taken.append(x)
+
+    @a.handler("work")
+    def slow(x: int) -> None:
+        nonlocal polls
+        if x == 1:  # heartbeats go on: 30 beats over 100 s
+            for _ in range(30):
+                clock.advance(10 / 3)
+                a._heartbeat.beat()
+                polls += 1
+                assert b.process() == 0, "redelivered while its handler ran and beat"
+        else:  # the heartbeat stops (its thread died): the lease runs out, the other takes it
+            a._heartbeat.stop()
+            clock.advance(9.9)
+            assert b.process() == 0
+            clock.advance(0.2)
+            assert b.process() == 1
+
+    a.put("work", [1])
+    assert a.process() == 1
+    assert (polls, taken) == (30, [])
+    assert a.stats().depth == 0
+    a.put("work", [2])
+    assert a.process() == 1
+    assert taken == [2]
+    assert a.stats().depth == 0
+
+
+def test_heartbeat_keeps_a_long_handler_leased_on_redis(store: QueueStore) -> None:
+    # Redis measures leases by its own clock: real time, a 0.1 s lease and a handler that works
+    # for ten of them while a peer polls (memory and SQLite: the test above, on the test clock)
+    if "redis" not in store.url:
+        pytest.skip("the test clock drives this on memory and SQLite")
     a = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
     b = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
     stolen: list[int] = []
@@ -187,12 +229,18 @@ def test_poison_goes_to_dead_letters_while_the_rest_flows(
 
     for i in range(6):
         q.put("work", [i])
+    assert q.process() == 6
+    assert (sorted(done), q.stats().delayed) == ([0, 1, 2, 4, 5], 1)  # the rest went by
+    for i in range(6, 9):  # and what comes while the poison waits for its retry goes by too
+        q.put("work", [i])
+    assert q.process() == 3
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7, 8]
     rounds = 0
     while q.stats().depth and rounds < 20:
         q.process()
         clock.advance(100)
         rounds += 1
-    assert sorted(done) == [0, 1, 2, 4, 5]
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7, 8]
     (dead,) = q.dead_letters()
     assert dead.attempts == 5
     assert dead.first_error == "ValueError: bad 3 on attempt 1"
@@ -400,6 +448,62 @@ def test_replay_when_resource_healthy(make: MakeQueue) -> None:
     assert [x for _, x, _ in log] == [1]
 
 
+@pytest.mark.usefixtures("virtual_leases")
+def test_replay_starts_at_the_first_healthy_check_and_keeps_its_pace(
+    make: MakeQueue, clock: FakeClock
+) -> None:
+    from buttress.health.manager import ResourceManager
+    from buttress.health.types import ResourceType
+
+    q = make(retry_delay=1000, replay_rate=5)
+    up = False
+    handled: list[tuple[int, float]] = []
+
+    def check() -> bool:
+        if not up:
+            raise ConnectionError("orders database down")
+        return True
+
+    @q.handler
+    def work(x: int) -> None:
+        if not up:
+            raise ConnectionError("down")
+        handled.append((x, clock.now()))
+
+    manager = ResourceManager("queue", check_interval=10, fail_threshold=1, success_threshold=1)
+    manager.register(ResourceType.DATABASE, "orders", check)
+    q.replay_when(resource="database:orders", background=False)
+    asyncio.run(manager.check_now())  # down: unavailable
+    for i in range(6):
+        q.put("work", [i])
+    assert q.process() == 6
+    assert q.stats().delayed == 6  # waiting 1000 s for their retry
+    clock.advance(10)
+    asyncio.run(manager.check_now())  # still down: no replay
+    assert handled == []
+    up = True
+    clock.advance(10)
+    turned = clock.now()
+    asyncio.run(manager.check_now())  # the first check that finds it healthy replays
+    assert [x for x, _ in handled] == [0, 1, 2, 3, 4, 5]
+    assert handled[0][1] == pytest.approx(turned)
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(handled)]
+    assert gaps == pytest.approx([0.2] * 5)  # 5 per second
+    assert q.stats().depth == 0
+
+
+def test_a_request_for_a_handler_this_process_lacks_is_a_failed_delivery(
+    make: MakeQueue,
+) -> None:
+    producer, consumer = make(max_attempts=1), make(max_attempts=1)
+    with_log(producer, [])
+    producer.put("work", [1])
+    assert consumer.process() == 1
+    (dead,) = consumer.dead_letters()
+    assert dead.last_error is not None
+    assert dead.last_error.endswith("UnknownHandler: no handler named 'work' in this process")
+
+
 def test_async_api(make: MakeQueue) -> None:
     q = make()
     seen: list[tuple[int, str]] = []
@@ -456,6 +560,51 @@ def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="something else \\(tables: orders\\)"):
         RequestQueue(storage=f"sqlite:///{path}")
     assert path.read_bytes() == before
+
+
+def test_queue_schema_versions(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    SQLiteQueueStore(path).close()
+    conn = sqlite3.connect(path)
+    # what version 1 had on top of version 2: a depth counted by triggers on every put
+    conn.execute(
+        "CREATE TRIGGER buttress_queue_added AFTER INSERT ON buttress_queue BEGIN "
+        "INSERT INTO buttress_queue_counts (queue, name, value) VALUES (NEW.queue, 'depth', 1) "
+        "ON CONFLICT (queue, name) DO UPDATE SET value = value + 1; END"
+    )
+    conn.execute("UPDATE buttress_meta SET value = '1' WHERE name = 'queue_schema_version'")
+    conn.commit()
+    with RequestQueue(storage=f"sqlite:///{path}") as q:  # brought to version 2
+        with_log(q, [])
+        q.put("work", [1])
+        assert q.process() == 1
+    triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    assert triggers == []
+    version = "SELECT value FROM buttress_meta WHERE name = 'queue_schema_version'"
+    assert conn.execute(version).fetchone() == ("2",)
+    conn.execute("UPDATE buttress_meta SET value = '3' WHERE name = 'queue_schema_version'")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="schema version '3'"):
+        RequestQueue(storage=f"sqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+def test_a_full_queue_counts_exactly_when_ids_are_spread(tmp_path: Path) -> None:
+    # ids spread wider than max_depth (an old item still queued): the span no longer bounds the
+    # depth below the limit, so the put counts, and admits up to the limit exactly
+    with RequestQueue(storage=f"sqlite:///{tmp_path / 'q.db'}", max_depth=3) as q:
+        with_log(q, [])
+        q.put("work", [0], delay=3600)  # stays queued while the rest come and go
+        for i in range(1, 10):
+            q.put("work", [i])
+            assert q.process() == 1
+        q.put("work", [10])
+        q.put("work", [11])
+        with pytest.raises(QueueFull):
+            q.put("work", [12])
+        assert q.stats().depth == 3
 
 
 def test_shares_the_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

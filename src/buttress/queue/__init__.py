@@ -15,7 +15,11 @@ dies stops renewing; its items become visible again when their leases run out an
 (or the same one, restarted) takes them: nothing needs unlocking. A handled request is
 acknowledged in one step that deletes the item and records its key as *done* (kept for
 ``done_for`` seconds); an item whose key is done is acknowledged without running, and an enqueue
-of a done or queued key adds nothing. A handler receives the key (:func:`current_request`) so that
+of a done or queued key adds nothing. On a store where a commit per acknowledgement is the main
+cost (SQLite: :class:`~buttress.queue.store.GroupedAcks`), the acknowledgements of a batch are
+committed together with the next claim, or when the worker stops consuming, or at the next
+heartbeat, whichever comes first; until then their items stay leased, and a crash runs them again
+under their keys. A handler receives the key (:func:`current_request`) so that
 its own effect can be made idempotent (a unique key in the table it writes): then a worker killed
 between the effect and the acknowledgement causes no second effect either.
 
@@ -66,7 +70,7 @@ from ..events import (
     remove_hook,
 )
 from ..policies.ratelimit import RateLimitConfig, RateLimiter
-from .store import Claimed, Item, MemoryQueueStore, QueueStore, Stats
+from .store import GroupedAcks, Item, MemoryQueueStore, QueueStore, Stats
 
 __all__ = [
     "Item",
@@ -140,9 +144,46 @@ _ENCODE = json.JSONEncoder(
 ).encode
 
 
-def _canonical(handler: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+_DECODE = json.JSONDecoder().decode
+
+
+def _not_json(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The same encoding without JSONEncoder.encode's set-up per call (about a tenth of a put): the C
+# encoder, made once. It keeps no markers (a marker left by a failed call would refuse a later
+# object at the same address), so a circular structure ends in RecursionError instead.
+def _c_encoder() -> Callable[[Any, int], Any] | None:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:  # the private signature of CPython's; anything unexpected: the public encoder
+        encode = make(
+            None, _not_json, json.encoder.encode_basestring, None, ":", ",", True, False, False
+        )
+        sample = {"args": [1, 2.5, "é", None, True], "kwargs": {"b": {"y": 1, "x": []}, "a": 0}}
+        if "".join(encode(sample, 0)) != _ENCODE(sample):
+            return None
+    except Exception:
+        return None
+    return encode  # type: ignore[no-any-return]
+
+
+_ENCODE_C = _c_encoder()
+
+
+def _canonical(handler: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+    body = {"args": args if type(args) is list else list(args), "kwargs": kwargs}
     try:
-        return _ENCODE({"args": list(args), "kwargs": kwargs})
+        if _ENCODE_C is not None:
+            return "".join(_ENCODE_C(body, 0))
+        return _ENCODE(body)
+    except RecursionError:
+        raise TypeError(
+            f"the arguments of a request for {handler!r} must be JSON: they are circular or "
+            "nested too deeply"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the arguments of a request for {handler!r} must be JSON (str, numbers, bool, None, "
@@ -246,6 +287,10 @@ class _Heartbeat:
         with self._lock:
             self._held.discard(item_id)
 
+    def release_all(self, ids: list[int]) -> None:
+        with self._lock:
+            self._held.difference_update(ids)
+
     def stop(self) -> None:
         self._stop.set()
         thread = self._thread
@@ -253,10 +298,13 @@ class _Heartbeat:
             thread.join()
 
     def beat(self) -> None:
+        q = self._queue
+        # acknowledgements waiting for the next claim wait one beat at most
+        with contextlib.suppress(StorageUnavailable):
+            q._flush_acks()
         with self._lock:
             ids = sorted(self._held)
         if ids:
-            q = self._queue
             # a failed beat is tried again at the next; the lease has two more beats of slack
             with contextlib.suppress(StorageUnavailable):
                 q._store.renew(q.name, q.owner, ids, q._wall() + q.visibility_timeout)
@@ -329,6 +377,15 @@ class RequestQueue:
         self._with_request: set[str] = set()
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat = _Heartbeat(self)
+        # handled requests whose acknowledgement waits to share a commit (see _flush_acks)
+        self._grouped: GroupedAcks | None = (
+            self._store  # type: ignore[assignment]
+            if callable(getattr(self._store, "ack_and_claim", None))
+            and callable(getattr(self._store, "ack_many", None))
+            else None
+        )
+        self._handled: list[tuple[int, str]] = []
+        self._handled_lock = threading.Lock()
         self._hooks: list[Callable[[Event], None]] = []
         self._stoppers: list[Callable[[], None]] = []
         self._replaying = threading.Lock()
@@ -393,12 +450,13 @@ class RequestQueue:
             raise UnknownHandler(
                 f"queue {self.name!r} has no handler named {handler!r} (registered: {known})"
             )
-        if not isinstance(args, tuple | list):
+        if not isinstance(args, (tuple, list)):
             raise TypeError(f"args must be a tuple or list, got {type(args).__name__}")
-        kwargs = {} if kwargs is None else kwargs
-        if not isinstance(kwargs, dict):
+        if kwargs is None:
+            kwargs = {}
+        elif not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-        body = _canonical(handler, tuple(args), kwargs)
+        body = _canonical(handler, args, kwargs)
         if key is None:
             key = hashlib.sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
         elif not isinstance(key, str) or not key:
@@ -470,15 +528,57 @@ class RequestQueue:
 
     # -- consuming --------------------------------------------------------------------------------
 
+    def _take_handled(self) -> list[tuple[int, str]]:
+        with self._handled_lock:
+            handled, self._handled = self._handled, []
+        return handled
+
+    def _settled(self, handled: list[tuple[int, str]], ok: bool) -> None:
+        if ok:
+            self._heartbeat.release_all([item_id for item_id, _ in handled])
+        else:  # still to acknowledge, ahead of what was handled meanwhile
+            with self._handled_lock:
+                self._handled[:0] = handled
+
+    def _flush_acks(self) -> None:
+        """Commit the acknowledgements that wait for the next claim, on their own."""
+        if self._grouped is None:
+            return
+        handled = self._take_handled()
+        if not handled:
+            return
+        now = self._wall()
+        ok = False
+        try:
+            self._grouped.ack_many(self.name, handled, now, now + self.done_for)
+            ok = True
+        finally:
+            self._settled(handled, ok)
+
     def _claim(self, limit: int | None = None) -> list[Item]:
-        got: Claimed = self._store.claim(
-            self.name,
-            self.owner,
-            self._wall(),
-            self.visibility_timeout,
-            self.batch if limit is None else min(self.batch, limit),
-            self.max_attempts,
-        )
+        now = self._wall()
+        batch = self.batch if limit is None else min(self.batch, limit)
+        handled = self._take_handled() if self._grouped is not None else []
+        if handled and self._grouped is not None:
+            ok = False
+            try:
+                got = self._grouped.ack_and_claim(
+                    self.name,
+                    handled,
+                    now + self.done_for,
+                    self.owner,
+                    now,
+                    self.visibility_timeout,
+                    batch,
+                    self.max_attempts,
+                )
+                ok = True
+            finally:
+                self._settled(handled, ok)
+        else:
+            got = self._store.claim(
+                self.name, self.owner, now, self.visibility_timeout, batch, self.max_attempts
+            )
         self.counts["skipped"] += got.skipped
         self.counts["expired"] += got.expired
         self.counts["dead"] += got.dead
@@ -486,33 +586,8 @@ class RequestQueue:
             self._heartbeat.hold([item.id for item in got.items])
         return got.items
 
-    @contextmanager
-    def _delivering(
-        self, item: Item
-    ) -> Iterator[tuple[Callable[..., Any], list[Any], dict[str, Any]]]:
-        fn = self._handlers.get(item.handler)
-        body = json.loads(item.args)
-        args, kwargs = list(body.get("args", [])), dict(body.get("kwargs", {}))
-        request = Request(
-            item.id, item.key, item.handler, item.attempts, item.resource, item.enqueued, self.name
-        )
-        if item.handler in self._with_request:
-            args.insert(0, request)
-        token = _CURRENT.set(request)
-        try:
-            if fn is None:
-                raise UnknownHandler(f"no handler named {item.handler!r} in this process")
-            yield fn, args, kwargs
-        except Exception as exc:
-            self._failed(item, exc)
-        else:
-            self._store.ack(
-                self.name, item.id, item.key, self._wall(), self._wall() + self.done_for
-            )
-            self.counts["handled"] += 1
-        finally:
-            _CURRENT.reset(token)
-            self._heartbeat.release(item.id)
+    def _delivering(self, item: Item) -> _Delivery:
+        return _Delivery(self, item)
 
     def _failed(self, item: Item, exc: Exception) -> None:
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
@@ -531,7 +606,7 @@ class RequestQueue:
     def _run_sync(self, item: Item) -> None:
         with self._delivering(item) as (fn, args, kwargs):
             result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 asyncio.run(_awaited(result))
 
     async def _run_async(self, item: Item) -> None:
@@ -550,30 +625,51 @@ class RequestQueue:
         Returns when a claim finds nothing (items in flight elsewhere or backing off stay).
         """
         delivered = 0
-        while limit is None or delivered < limit:
-            items = self._claim(None if limit is None else limit - delivered)
-            if not items:
-                break
-            for item in items:
-                self._run_sync(item)
-                delivered += 1
+        with self._acks_flushed():
+            while limit is None or delivered < limit:
+                items = self._claim(None if limit is None else limit - delivered)
+                if not items:
+                    break
+                for item in items:
+                    self._run_sync(item)
+                    delivered += 1
         return delivered
+
+    @contextmanager
+    def _acks_flushed(self) -> Iterator[None]:
+        """Leave nothing handled unacknowledged behind (a claim that found nothing committed
+        them already, in the common case)."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._flush_acks()
+            raise
+        self._flush_acks()
 
     async def aprocess(self, limit: int | None = None) -> int:
         """Async twin of :meth:`process`; async handlers run on the caller's loop."""
         delivered = 0
-        while limit is None or delivered < limit:
-            if isinstance(self._store, MemoryQueueStore):
-                items = self._claim(None if limit is None else limit - delivered)
-            else:
-                items = await asyncio.to_thread(
-                    self._claim, None if limit is None else limit - delivered
-                )
-            if not items:
-                break
-            for item in items:
-                await self._run_async(item)
-                delivered += 1
+        try:
+            while limit is None or delivered < limit:
+                if isinstance(self._store, MemoryQueueStore):
+                    items = self._claim(None if limit is None else limit - delivered)
+                else:
+                    items = await asyncio.to_thread(
+                        self._claim, None if limit is None else limit - delivered
+                    )
+                if not items:
+                    break
+                for item in items:
+                    await self._run_async(item)
+                    delivered += 1
+        except BaseException:
+            if self._handled:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._flush_acks)
+            raise
+        if self._handled:
+            await asyncio.to_thread(self._flush_acks)
         return delivered
 
     def run(self, stop: threading.Event, *, poll: float = 0.5) -> int:
@@ -606,13 +702,14 @@ class RequestQueue:
                 "replay", RateLimitConfig(requests_per_second=self.replay_rate, burst_size=1)
             )
             delivered = 0
-            while limit is None or delivered < limit:
-                items = self._claim(1)  # claimed first: no wait is spent on an empty queue
-                if not items:
-                    break
-                limiter.acquire("replay")
-                self._run_sync(items[0])
-                delivered += 1
+            with self._acks_flushed():
+                while limit is None or delivered < limit:
+                    items = self._claim(1)  # claimed first: no wait is spent on an empty queue
+                    if not items:
+                        break
+                    limiter.acquire("replay")
+                    self._run_sync(items[0])
+                    delivered += 1
             return delivered
 
     def replay_every(self, seconds: float) -> Callable[[], None]:
@@ -712,6 +809,8 @@ class RequestQueue:
             stop()
         self._stoppers.clear()
         self._heartbeat.stop()
+        with contextlib.suppress(Exception):
+            self._flush_acks()
         if self._owns_store:
             self._store.close()
 
@@ -720,6 +819,61 @@ class RequestQueue:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Delivery:
+    """One delivery: the handler's call, then its outcome recorded (a class, not a generator:
+    this runs once per request)."""
+
+    __slots__ = ("_item", "_queue", "_token")
+
+    def __init__(self, queue: RequestQueue, item: Item) -> None:
+        self._queue, self._item = queue, item
+
+    def __enter__(self) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
+        q, item = self._queue, self._item
+        body = _DECODE(item.args)  # fresh lists and dicts: the handler may keep them
+        args, kwargs = body.get("args") or [], body.get("kwargs") or {}
+        request = Request(
+            item.id, item.key, item.handler, item.attempts, item.resource, item.enqueued, q.name
+        )
+        if item.handler in q._with_request:
+            args.insert(0, request)
+        self._token = _CURRENT.set(request)
+        fn = q._handlers.get(item.handler)
+        return _missing(item.handler) if fn is None else fn, args, kwargs
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        q, item = self._queue, self._item
+        held = True
+        try:
+            if exc is None:
+                q.counts["handled"] += 1
+                if q._grouped is not None:
+                    # acknowledged with the next claim, or on its own when the consumer stops or
+                    # at the next heartbeat; its lease is renewed until then
+                    with q._handled_lock:
+                        q._handled.append((item.id, item.key))
+                    held = False
+                else:
+                    now = q._wall()
+                    q._store.ack(q.name, item.id, item.key, now, now + q.done_for)
+                return False
+            if isinstance(exc, Exception):
+                q._failed(item, exc)
+                return True  # a failed request is recorded, not raised
+            return False
+        finally:
+            _CURRENT.reset(self._token)
+            if held:
+                q._heartbeat.release(item.id)
+
+
+def _missing(name: str) -> Callable[..., Any]:
+    def missing(*args: Any, **kwargs: Any) -> None:
+        raise UnknownHandler(f"no handler named {name!r} in this process")
+
+    return missing
 
 
 async def _awaited(awaitable: Any) -> Any:

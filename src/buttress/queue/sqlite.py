@@ -8,15 +8,31 @@ step is one ``BEGIN IMMEDIATE`` transaction, so producers and consumers in sever
 serialise on SQLite's write lock; ``busy_timeout`` makes one wait for another (bounded) instead
 of failing at once, and the WAL journal keeps readers out of the writers' way.
 
-Durability: ``synchronous=NORMAL`` by default. In WAL mode a committed transaction survives the
-death of the process (SIGKILL, a crash) at any point; what a power loss or an OS crash may take is
-the last transactions before it (an enqueue reported done, a handled request that will then run
-again, under its idempotency key). The database is never corrupted. ``synchronous="full"`` makes
-every commit wait for the disk and survive power loss too, at the price of an fsync per step.
+Durability: ``synchronous=NORMAL`` by default, chosen deliberately. In WAL mode a transaction
+is durable against the death of the process (SIGKILL, a crash, an exception anywhere) as soon as
+it commits: a put that returned is queued, an acknowledgement that committed is done. What
+NORMAL risks is a power loss or an OS crash: the commits since the last checkpoint's fsync may be
+lost (a put reported done that is then not queued, a handled request that runs again under its
+idempotency key). The database is never corrupted. ``synchronous="full"`` makes every commit wait
+for the disk and survive power loss too, at the price of an fsync per put and per claim.
 
-A claim takes up to ``limit`` items in one transaction (one commit for a batch); an
-acknowledgement is one transaction that records the key as done and deletes the item, so a
-request is never both gone and not done.
+What each step writes. A put is one statement (one implicit transaction) that writes two pages:
+the row and its key's entry in the unique ``(queue, key)`` index, the least an idempotent queue
+can write (the bare-INSERT floor writes the row and the AUTOINCREMENT counter). So the depth is
+not counted by triggers: the span of ids (``MAX(id) - MIN(id) + 1``, two index probes) bounds it
+from above, and only a queue whose span reaches ``max_depth`` counts its rows exactly. Item ids
+come from the rowid (one past the largest): an id freed by an item handled may be given again, so
+steps that could meet a reused id check the owner (renew, fail) or go by key (acknowledgement).
+
+A claim takes up to ``limit`` items in one transaction (one commit for a batch). A consumer does
+not commit each acknowledgement on its own: :class:`~buttress.queue.RequestQueue` keeps the
+``(id, key)`` of the requests it handled and commits them with its next claim, in the same
+transaction (:meth:`SQLiteQueueStore.ack_and_claim`), or on their own (:meth:`ack_many`) when it
+stops consuming or at the next heartbeat. An acknowledgement records the key as done and deletes
+the item in one transaction, so a request is never both gone and not done. What a crash may
+re-run: the requests handled since the last such commit, at most one claimed batch (16 by
+default) and at most one heartbeat interval's worth, each under its key with its attempt raised;
+a handler that makes its effect idempotent by the key repeats no effect.
 
 Opening checks the file first and never touches one that is not buttress's: a file that is not an
 SQLite database, one with tables buttress does not know, or the queue tables at another schema
@@ -35,11 +51,18 @@ from typing import Any
 
 from ..backends.base import StorageError, StorageUnavailable
 from ..backends.sqlite import SQLiteStore
-from .store import Claimed, Item, Stats
+from .store import LEASE_RAN_OUT, Claimed, Item, Stats, settle_failure
 
 __all__ = ["QUEUE_SCHEMA_VERSION", "SQLiteQueueStore"]
 
-QUEUE_SCHEMA_VERSION = 1
+QUEUE_SCHEMA_VERSION = 2
+# version 1 kept the depth in buttress_queue_counts by triggers and numbered items with
+# AUTOINCREMENT (two more pages written by every put) and deleted a handled item by a trigger.
+# Its tables read as version 2's once the triggers are gone.
+_MIGRATE_1 = (
+    "DROP TRIGGER IF EXISTS buttress_queue_added; DROP TRIGGER IF EXISTS buttress_queue_removed; "
+    "DROP TRIGGER IF EXISTS buttress_queue_handled;"
+)
 _STATE_TABLES = {"buttress_meta", "buttress_state"}
 _QUEUE_TABLES = {
     "buttress_queue",
@@ -54,7 +77,7 @@ _COLUMNS = (
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buttress_queue (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
     key TEXT NOT NULL,
     handler TEXT NOT NULL,
@@ -105,23 +128,29 @@ CREATE TABLE IF NOT EXISTS buttress_queue_counts (
     value INTEGER NOT NULL,
     PRIMARY KEY (queue, name)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS buttress_queue_added AFTER INSERT ON buttress_queue BEGIN
-    INSERT INTO buttress_queue_counts (queue, name, value) VALUES (NEW.queue, 'depth', 1)
-        ON CONFLICT (queue, name) DO UPDATE SET value = value + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS buttress_queue_removed AFTER DELETE ON buttress_queue BEGIN
-    UPDATE buttress_queue_counts SET value = value - 1
-        WHERE queue = OLD.queue AND name = 'depth';
-END;
-CREATE TRIGGER IF NOT EXISTS buttress_queue_handled AFTER INSERT ON buttress_queue_done BEGIN
-    DELETE FROM buttress_queue WHERE queue = NEW.queue AND key = NEW.key;
-END;
 """
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 # acknowledgements between sweeps of done keys past their time (a scan of the done keys:
 # unindexed by time, so that an acknowledgement writes one index the fewer)
 SWEEP_EVERY = 1000
 _UNLIMITED = 2**62
+# this process's id, kept by a fork hook: a connection must not cross a fork, and os.getpid() is
+# a system call per step
+_PID = [os.getpid()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+_CHUNK = 300  # rows per statement (three parameters each, well below SQLite's limit)
+# The conditions choose the queue name or NULL: a NULL in that NOT NULL column makes INSERT OR
+# IGNORE skip the row, as a taken key does. (A VALUES row rather than INSERT ... SELECT: a SELECT
+# that reads the table it fills is first copied to a temporary table, every put.)
+_PUT = (
+    "INSERT OR IGNORE INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
+    "expires, visible) VALUES (CASE WHEN NOT EXISTS (SELECT 1 FROM buttress_queue_done "
+    "WHERE queue = ?1 AND key = ?2 AND until > ?9) AND (?10 OR COALESCE((SELECT MAX(id) "
+    "FROM buttress_queue) - (SELECT MIN(id) FROM buttress_queue), -1) < ?11 OR "
+    "(SELECT COUNT(*) FROM buttress_queue WHERE queue = ?1) < ?12) THEN ?1 END, "
+    "?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+)
 
 
 class SQLiteQueueStore:
@@ -197,7 +226,7 @@ class SQLiteQueueStore:
                     f"{self.path} is an SQLite database of something else (tables: "
                     f"{', '.join(sorted(tables))}); buttress will not write to it"
                 )
-            if tables & _QUEUE_TABLES and version != str(QUEUE_SCHEMA_VERSION):
+            if tables & _QUEUE_TABLES and version not in ("1", str(QUEUE_SCHEMA_VERSION)):
                 raise StorageError(
                     f"{self.path} holds buttress queues of schema version {version!r}; this "
                     f"version of buttress reads version {QUEUE_SCHEMA_VERSION}"
@@ -205,8 +234,9 @@ class SQLiteQueueStore:
         SQLiteStore(self.path, busy_timeout=self.busy_timeout).close()  # its checks, its tables
         # one script, one transaction: two processes creating the file at once both succeed
         script = (
-            f"BEGIN IMMEDIATE;{_SCHEMA}INSERT OR IGNORE INTO buttress_meta (name, value) "
-            f"VALUES ('queue_schema_version', '{QUEUE_SCHEMA_VERSION}');COMMIT;"
+            f"BEGIN IMMEDIATE;{_SCHEMA}{_MIGRATE_1}INSERT INTO buttress_meta (name, value) "
+            f"VALUES ('queue_schema_version', '{QUEUE_SCHEMA_VERSION}') ON CONFLICT (name) "
+            "DO UPDATE SET value = excluded.value WHERE value = '1';COMMIT;"
         )
         try:
             self._conn().executescript(script)
@@ -218,20 +248,21 @@ class SQLiteQueueStore:
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
             raise StorageError(f"{self.url}: the queue store was closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        pid = getattr(self._local, "pid", None)
-        if conn is None or pid != os.getpid():
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,  # only so that close() may close every thread's
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            self._local.conn, self._local.pid = conn, os.getpid()
-            with self._lock:
-                self._all.append(conn)
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == _PID[0]:
+            return conn
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,  # only so that close() may close every thread's
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        local.conn, local.pid = conn, os.getpid()
+        with self._lock:
+            self._all.append(conn)
         return conn
 
     def close(self) -> None:
@@ -261,7 +292,7 @@ class SQLiteQueueStore:
             raise StorageError(f"{self.path}: {exc}") from exc
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _mapped(self) -> Iterator[sqlite3.Connection]:
         try:
             yield self._conn()
         except sqlite3.OperationalError as exc:
@@ -272,17 +303,16 @@ class SQLiteQueueStore:
     # -- steps ------------------------------------------------------------------------------------
 
     def put(self, queue: str, item: Item, max_depth: int | None, now: float) -> tuple[int, bool]:
-        # One statement, so one implicit transaction: the insert happens only when the key is
-        # neither queued (the unique index) nor done, and the queue is below its depth (a count
-        # the triggers keep, so the check costs the same at any depth).
+        # One statement, so one implicit transaction that writes two pages (the row, its key's
+        # index entry), as few as a bare INSERT with a unique key can. The item is added only
+        # when its key is neither queued (the unique index) nor done, and the queue is below its
+        # depth: the span of ids in the table bounds the depth from above in two index probes,
+        # so the exact count (a scan of the queue's keys) runs only when that bound reaches the
+        # limit.
         try:
             conn = self._conn()
             cursor = conn.execute(
-                "INSERT INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
-                "expires, visible) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 "
-                "FROM buttress_queue_done WHERE queue = ? AND key = ? AND until > ?) AND "
-                "COALESCE((SELECT value FROM buttress_queue_counts WHERE queue = ? AND "
-                "name = 'depth'), 0) < ? ON CONFLICT (queue, key) DO NOTHING",
+                _PUT,
                 (
                     queue,
                     item.key,
@@ -292,10 +322,9 @@ class SQLiteQueueStore:
                     item.enqueued,
                     item.expires,
                     item.visible,
-                    queue,
-                    item.key,
                     now,
-                    queue,
+                    max_depth is None,
+                    _UNLIMITED if max_depth is None else max_depth - 1,
                     _UNLIMITED if max_depth is None else max_depth,
                 ),
             )
@@ -317,44 +346,75 @@ class SQLiteQueueStore:
     def claim(
         self, queue: str, owner: str, now: float, lease: float, limit: int, max_attempts: int
     ) -> Claimed:
-        out = Claimed()
         with self._transaction() as conn:
-            cursor = conn.execute(
-                "DELETE FROM buttress_queue WHERE queue = ? AND expires IS NOT NULL "
-                "AND expires <= ?",
-                (queue, now),
-            )
-            out.expired = cursor.rowcount
-            if out.expired:
-                _count(conn, queue, "expired", out.expired)
-            # a resource's items go one at a time, oldest first: only its head may be claimed.
-            # (+queue: walk the rows in id order rather than sort the queue's by id)
-            rows = conn.execute(
-                f"SELECT {_COLUMNS}, "
-                "EXISTS (SELECT 1 FROM buttress_queue_done d WHERE d.queue = q.queue "
-                "AND d.key = q.key AND d.until > ?) "
-                "FROM buttress_queue q WHERE +queue = ? AND visible <= ? AND (resource IS NULL "
-                "OR id = (SELECT MIN(id) FROM buttress_queue h WHERE h.queue = q.queue "
-                "AND h.resource = q.resource AND h.resource IS NOT NULL)) ORDER BY id LIMIT ?",
-                (now, queue, now, limit),
-            ).fetchall()
-            for row in rows:
-                item = _item(row)
-                if row[-1]:
-                    conn.execute("DELETE FROM buttress_queue WHERE id = ?", (item.id,))
-                    out.skipped += 1
-                elif item.owner is not None and item.attempts >= max_attempts:
-                    _bury(conn, item, "the lease ran out (its worker stopped)", now)
-                    out.dead += 1
-                else:
-                    item.attempts += 1
-                    item.owner = owner
-                    item.visible = now + lease
-                    out.items.append(item)
-            conn.executemany(
+            return self._claim(conn, queue, owner, now, lease, limit, max_attempts)
+
+    def ack_and_claim(
+        self,
+        queue: str,
+        handled: list[tuple[int, str]],
+        done_until: float,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int,
+        max_attempts: int,
+    ) -> Claimed:
+        """Acknowledge ``handled`` (``(id, key)`` pairs) and claim, in one transaction."""
+        with self._transaction() as conn:
+            self._ack(conn, queue, handled, now, done_until)
+            return self._claim(conn, queue, owner, now, lease, limit, max_attempts)
+
+    def _claim(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int,
+        max_attempts: int,
+    ) -> Claimed:
+        out = Claimed()
+        cursor = conn.execute(
+            "DELETE FROM buttress_queue WHERE queue = ? AND expires IS NOT NULL AND expires <= ?",
+            (queue, now),
+        )
+        out.expired = cursor.rowcount
+        if out.expired:
+            _count(conn, queue, "expired", out.expired)
+        # a resource's items go one at a time, oldest first: only its head may be claimed.
+        # (+queue: walk the rows in id order rather than sort the queue's by id)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS}, "
+            "EXISTS (SELECT 1 FROM buttress_queue_done d WHERE d.queue = q.queue "
+            "AND d.key = q.key AND d.until > ?) "
+            "FROM buttress_queue q WHERE +queue = ? AND visible <= ? AND (resource IS NULL "
+            "OR id = (SELECT MIN(id) FROM buttress_queue h WHERE h.queue = q.queue "
+            "AND h.resource = q.resource AND h.resource IS NOT NULL)) ORDER BY id LIMIT ?",
+            (now, queue, now, limit),
+        ).fetchall()
+        for row in rows:
+            item = _item(row)
+            if row[-1]:
+                conn.execute("DELETE FROM buttress_queue WHERE id = ?", (item.id,))
+                out.skipped += 1
+            elif item.owner is not None and item.attempts >= max_attempts:
+                # a delivery that failed by its worker's death, with no attempt left
+                settle_failure(item, item.owner, LEASE_RAN_OUT, now, None)
+                _bury(conn, item, now)
+                out.dead += 1
+            else:
+                item.attempts += 1
+                item.owner = owner
+                item.visible = now + lease
+                out.items.append(item)
+        for start in range(0, len(out.items), _CHUNK):
+            ids = [item.id for item in out.items[start : start + _CHUNK]]
+            conn.execute(
                 "UPDATE buttress_queue SET attempts = attempts + 1, owner = ?, visible = ? "
-                "WHERE id = ?",
-                [(owner, now + lease, item.id) for item in out.items],
+                f"WHERE id IN ({', '.join('?' * len(ids))})",
+                (owner, now + lease, *ids),
             )
         return out
 
@@ -373,20 +433,40 @@ class SQLiteQueueStore:
         return held
 
     def ack(self, queue: str, item_id: int, key: str, now: float, done_until: float) -> None:
-        # One statement: recording the key deletes the item (a trigger), in one transaction.
-        try:
-            conn = self._conn()
+        with self._transaction() as conn:
+            self._ack(conn, queue, [(item_id, key)], now, done_until)
+
+    def ack_many(
+        self, queue: str, handled: list[tuple[int, str]], now: float, done_until: float
+    ) -> None:
+        """Acknowledge ``handled`` (``(id, key)`` pairs) in one transaction."""
+        with self._transaction() as conn:
+            self._ack(conn, queue, handled, now, done_until)
+
+    def _ack(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        handled: list[tuple[int, str]],
+        now: float,
+        done_until: float,
+    ) -> None:
+        # by key, not id: an id may name another item by now (a lease that ran out, an item
+        # handled elsewhere, its id reused), a key cannot (it is done, so not queued again)
+        for start in range(0, len(handled), _CHUNK):
+            keys = [key for _, key in handled[start : start + _CHUNK]]
+            marks = ", ".join("?" * len(keys))
             conn.execute(
-                "INSERT OR REPLACE INTO buttress_queue_done (queue, key, until) VALUES (?, ?, ?)",
-                (queue, key, done_until),
+                f"DELETE FROM buttress_queue WHERE queue = ? AND key IN ({marks})", (queue, *keys)
             )
-            self._acks += 1
-            if self._acks % SWEEP_EVERY == 0:
-                conn.execute("DELETE FROM buttress_queue_done WHERE until <= ?", (now,))
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"{self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+            conn.execute(
+                "INSERT OR REPLACE INTO buttress_queue_done (queue, key, until) VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(keys)),
+                [value for key in keys for value in (queue, key, done_until)],
+            )
+        before, self._acks = self._acks, self._acks + len(handled)
+        if before // SWEEP_EVERY != self._acks // SWEEP_EVERY:
+            conn.execute("DELETE FROM buttress_queue_done WHERE until <= ?", (now,))
 
     def fail(
         self,
@@ -399,26 +479,30 @@ class SQLiteQueueStore:
     ) -> str:
         with self._transaction() as conn:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM buttress_queue WHERE id = ? AND owner = ?",
-                (item_id, owner),
+                f"SELECT {_COLUMNS} FROM buttress_queue WHERE id = ? AND queue = ?",
+                (item_id, queue),
             ).fetchone()
-            if row is None:
-                return "lost"
-            item = _item(row)
-            if retry_at is None:
-                _bury(conn, item, error, now)
-                return "dead"
-            first = item.first_error is None
-            conn.execute(
-                "UPDATE buttress_queue SET owner = NULL, visible = ?, last_error = ?, "
-                "last_error_at = ?, first_error = CASE WHEN ? THEN ? ELSE first_error END, "
-                "first_error_at = CASE WHEN ? THEN ? ELSE first_error_at END WHERE id = ?",
-                (retry_at, error, now, first, error, first, now, item_id),
-            )
-            return "retry"
+            item = None if row is None else _item(row)
+            outcome = settle_failure(item, owner, error, now, retry_at)
+            if outcome == "dead" and item is not None:
+                _bury(conn, item, now)
+            elif outcome == "retry" and item is not None:
+                conn.execute(
+                    "UPDATE buttress_queue SET owner = NULL, visible = ?, first_error = ?, "
+                    "first_error_at = ?, last_error = ?, last_error_at = ? WHERE id = ?",
+                    (
+                        retry_at,
+                        item.first_error,
+                        item.first_error_at,
+                        item.last_error,
+                        item.last_error_at,
+                        item_id,
+                    ),
+                )
+            return outcome
 
     def is_done(self, queue: str, key: str, now: float) -> bool:
-        with self._reading() as conn:
+        with self._mapped() as conn:
             row = conn.execute(
                 "SELECT 1 FROM buttress_queue_done WHERE queue = ? AND key = ? AND until > ?",
                 (queue, key, now),
@@ -426,7 +510,7 @@ class SQLiteQueueStore:
         return row is not None
 
     def stats(self, queue: str, now: float) -> Stats:
-        with self._reading() as conn:
+        with self._mapped() as conn:
             waiting, in_flight, delayed = conn.execute(
                 "SELECT COALESCE(SUM(visible <= ?), 0), "
                 "COALESCE(SUM(visible > ? AND owner IS NOT NULL), 0), "
@@ -450,7 +534,7 @@ class SQLiteQueueStore:
     def items(self, queue: str, limit: int, dead: bool = False) -> list[Item]:
         table = "buttress_queue_dead" if dead else "buttress_queue"
         extra = ", died" if dead else ""
-        with self._reading() as conn:
+        with self._mapped() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS}{extra} FROM {table} WHERE queue = ? ORDER BY id LIMIT ?",
                 (queue, limit),
@@ -460,7 +544,7 @@ class SQLiteQueueStore:
     def get(self, queue: str, item_id: int, dead: bool = False) -> Item | None:
         table = "buttress_queue_dead" if dead else "buttress_queue"
         extra = ", died" if dead else ""
-        with self._reading() as conn:
+        with self._mapped() as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS}{extra} FROM {table} WHERE queue = ? AND id = ?",
                 (queue, item_id),
@@ -479,11 +563,11 @@ class SQLiteQueueStore:
         where, params = _chosen(queue, ids)
         with self._transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, "
+                "INSERT OR IGNORE INTO buttress_queue (queue, key, handler, args, resource, "
                 "enqueued, expires, attempts, visible, owner, first_error, first_error_at, "
-                "last_error, last_error_at) SELECT id, queue, key, handler, args, resource, "
+                "last_error, last_error_at) SELECT queue, key, handler, args, resource, "
                 "enqueued, expires, 0, ?, NULL, first_error, first_error_at, last_error, "
-                f"last_error_at FROM buttress_queue_dead WHERE {where}",
+                f"last_error_at FROM buttress_queue_dead WHERE {where} ORDER BY id",
                 (now, *params),
             )
             return conn.execute(f"DELETE FROM buttress_queue_dead WHERE {where}", params).rowcount
@@ -494,7 +578,7 @@ class SQLiteQueueStore:
             return conn.execute(f"DELETE FROM buttress_queue_dead WHERE {where}", params).rowcount
 
     def queues(self) -> list[str]:
-        with self._reading() as conn:
+        with self._mapped() as conn:
             rows = conn.execute(
                 "SELECT queue FROM buttress_queue UNION SELECT queue FROM buttress_queue_dead "
                 "ORDER BY 1"
@@ -524,15 +608,12 @@ def _count(conn: sqlite3.Connection, queue: str, name: str, n: int) -> None:
     )
 
 
-def _bury(conn: sqlite3.Connection, item: Item, error: str, now: float) -> None:
-    first, first_at = (item.first_error, item.first_error_at)
-    if first is None:
-        first, first_at = error, now
+def _bury(conn: sqlite3.Connection, item: Item, now: float) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO buttress_queue_dead (id, queue, key, handler, args, resource, "
+        "INSERT INTO buttress_queue_dead (queue, key, handler, args, resource, "
         "enqueued, expires, attempts, visible, owner, first_error, first_error_at, last_error, "
-        "last_error_at, died) SELECT id, queue, key, handler, args, resource, enqueued, expires, "
+        "last_error_at, died) SELECT queue, key, handler, args, resource, enqueued, expires, "
         "attempts, visible, NULL, ?, ?, ?, ?, ? FROM buttress_queue WHERE id = ?",
-        (first, first_at, error, now, now, item.id),
+        (item.first_error, item.first_error_at, item.last_error, item.last_error_at, now, item.id),
     )
     conn.execute("DELETE FROM buttress_queue WHERE id = ?", (item.id,))

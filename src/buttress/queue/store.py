@@ -18,7 +18,19 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-__all__ = ["Claimed", "Item", "MemoryQueueStore", "QueueStore", "Stats"]
+__all__ = [
+    "Claimed",
+    "GroupedAcks",
+    "Item",
+    "LEASE_RAN_OUT",
+    "MemoryQueueStore",
+    "QueueStore",
+    "Stats",
+    "settle_failure",
+]
+
+#: the error a dead letter records when its worker died on its last attempt
+LEASE_RAN_OUT = "the lease ran out (its worker stopped)"
 
 
 @dataclass(slots=True)
@@ -126,6 +138,35 @@ class QueueStore(Protocol):
     def close(self) -> None: ...
 
 
+class GroupedAcks(Protocol):
+    """What a store offers when one commit per acknowledgement is its main cost (SQLite).
+
+    A queue on such a store keeps the acknowledgements of a batch and writes them together:
+    with its next claim, in the same transaction, or on their own when it stops consuming (or at
+    a heartbeat). A crash before then runs those requests again, under their keys.
+    """
+
+    def ack_many(
+        self, queue: str, handled: list[tuple[int, str]], now: float, done_until: float
+    ) -> None:
+        """:meth:`QueueStore.ack` for each ``(id, key)``, in one transaction."""
+        ...
+
+    def ack_and_claim(
+        self,
+        queue: str,
+        handled: list[tuple[int, str]],
+        done_until: float,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int,
+        max_attempts: int,
+    ) -> Claimed:
+        """:meth:`ack_many`, then :meth:`QueueStore.claim`, in one transaction."""
+        ...
+
+
 class MemoryQueueStore:
     """This process's memory: for tests and for queues that need not outlive the process."""
 
@@ -186,7 +227,7 @@ class MemoryQueueStore:
                     out.skipped += 1
                     continue
                 if item.owner is not None and item.attempts >= max_attempts:
-                    self._bury(queue, item, "the lease ran out (its worker stopped)", now)
+                    self._bury(queue, item, LEASE_RAN_OUT, now)
                     out.dead += 1
                     continue
                 item.attempts += 1
@@ -196,9 +237,10 @@ class MemoryQueueStore:
             self._expired[queue] = self._expired.get(queue, 0) + out.expired
         return out
 
-    def _bury(self, queue: str, item: Item, error: str, now: float) -> None:
+    def _bury(self, queue: str, item: Item, error: str | None, now: float) -> None:
         del self._items[queue][item.id]
-        _note_error(item, error, now)
+        if error is not None:
+            _note_error(item, error, now)
         item.died = now
         item.owner = None
         self._dead.setdefault(queue, {})[item.id] = item
@@ -233,15 +275,13 @@ class MemoryQueueStore:
     ) -> str:
         with self._lock:
             item = self._q(queue).get(item_id)
-            if item is None or item.owner != owner:
-                return "lost"
-            if retry_at is None:
-                self._bury(queue, item, error, now)
-                return "dead"
-            _note_error(item, error, now)
-            item.owner = None
-            item.visible = retry_at
-            return "retry"
+            outcome = settle_failure(item, owner, error, now, retry_at)
+            if outcome == "dead" and item is not None:
+                self._bury(queue, item, None, now)
+            elif outcome == "retry" and item is not None and retry_at is not None:
+                item.owner = None
+                item.visible = retry_at
+            return outcome
 
     def is_done(self, queue: str, key: str, now: float) -> bool:
         with self._lock:
@@ -306,6 +346,24 @@ class MemoryQueueStore:
 
     def close(self) -> None:
         pass
+
+
+def settle_failure(
+    item: Item | None, owner: str, error: str, now: float, retry_at: float | None
+) -> str:
+    """What a failed delivery comes to, the decision every store's ``fail`` makes.
+
+    ``item`` is the item as stored now (None: it is gone). Returns ``"lost"`` when it is gone or
+    leased to another owner than ``owner`` (its lease ran out and someone else has it: this
+    failure no longer counts), else notes ``error`` on ``item`` (its first error once, its last
+    error always, with their times) and returns ``"dead"`` when ``retry_at`` is None (no attempts
+    left: the caller moves it to the dead letters) or ``"retry"`` (the caller makes it visible at
+    ``retry_at``). The store writes what changed; this decides and keeps the error fields.
+    """
+    if item is None or item.owner != owner:
+        return "lost"
+    _note_error(item, error, now)
+    return "dead" if retry_at is None else "retry"
 
 
 def _note_error(item: Item, error: str, now: float) -> None:
