@@ -84,6 +84,7 @@ from .policies.timeout import (
     timeout,
 )
 from .presets import OperationProfile, preset
+from .protocol.targets import AllTargetsCooling, TargetChoice, TargetPool, current_target
 from .queue import QueueFull, RequestQueue, current_request
 
 __version__ = "0.1.0"
@@ -101,6 +102,7 @@ def enable_prometheus(registry: Any = None, namespace: str = "buttress") -> Any:
 
 __all__ = [
     "AdaptiveConcurrency",
+    "AllTargetsCooling",
     "Backoff",
     "Bulkhead",
     "BulkheadFull",
@@ -150,6 +152,8 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "SystemClock",
+    "TargetChoice",
+    "TargetPool",
     "Timeout",
     "UnknownRateLimit",
     "abandoned_calls",
@@ -159,6 +163,7 @@ __all__ = [
     "circuit_breaker",
     "circuit_breakers",
     "current_request",
+    "current_target",
     "deadline",
     "degradation_handler",
     "enable_prometheus",
