@@ -300,6 +300,7 @@ class TargetPool:
         if prefer == "cost":
             slots.sort(key=lambda slot: slot.cost)  # stable: equal costs keep their order
         self._order = tuple(slots)
+        self._first = slots[0]
         self._slots = {slot.name: slot for slot in slots}
         self._clock = clock
         self._lock = threading.Lock()
@@ -348,8 +349,13 @@ class TargetPool:
     def choose(self, exclude: Collection[str] = ()) -> TargetChoice | None:
         """The best target usable now and not in ``exclude``, or ``None`` if all are cooling."""
         if self._store is None:
+            if not exclude:
+                first = self._first
+                if first.machine.healthy:
+                    return first.choice
+                return self._choose_local(exclude)
             for slot in self._order:
-                if exclude and slot.name in exclude:
+                if slot.name in exclude:
                     continue
                 if slot.machine.healthy:
                     return slot.choice
@@ -405,7 +411,7 @@ class TargetPool:
         """The call sent to ``choice`` succeeded."""
         slot = self._slots[choice.name]
         machine = slot.machine
-        if not choice.probe and machine.healthy and not machine.failures and not machine.level:
+        if machine.healthy and not (machine.failures or machine.level or choice.probe):
             return  # the common success changes nothing
         ticket = choice.ticket if choice.probe else None
         settings = self.settings
