@@ -129,6 +129,7 @@ TREE = [
     ("OperationTimeout", "TimeoutError"),
     ("UnknownRateLimit", "ButtressError"),
     ("UnknownRateLimit", "KeyError"),
+    ("AllTargetsCooling", "RejectedError"),
 ]
 
 

@@ -85,6 +85,7 @@ from .policies.timeout import (
     timeout,
 )
 from .presets import OperationProfile, preset
+from .protocol.targets import AllTargetsCooling, TargetChoice, TargetPool, current_target
 from .queue import QueueFull, RequestQueue, current_request
 
 __version__ = "0.1.0"
@@ -102,6 +103,7 @@ def enable_prometheus(registry: Any = None, namespace: str = "buttress") -> Any:
 
 __all__ = [
     "AdaptiveConcurrency",
+    "AllTargetsCooling",
     "Backoff",
     "Bulkhead",
     "BulkheadFull",
@@ -152,6 +154,8 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "SystemClock",
+    "TargetChoice",
+    "TargetPool",
     "TeamConfig",
     "Timeout",
     "UnknownRateLimit",
@@ -163,6 +167,7 @@ __all__ = [
     "circuit_breaker",
     "circuit_breakers",
     "current_request",
+    "current_target",
     "deadline",
     "degradation_handler",
     "enable_prometheus",

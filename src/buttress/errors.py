@@ -12,7 +12,8 @@ code written without buttress would catch::
     ├── StorageError             a store is unusable (foreign file, malformed record)
     ├── StorageUnavailable       a store did not answer; policies decide locally instead
     ├── OperationTimeout         also a TimeoutError: the call ran out of time
-    └── UnknownRateLimit         also a KeyError: a limit name that was never configured
+    ├── UnknownRateLimit         also a KeyError: a limit name that was never configured
+    └── AllTargetsCooling        (a RejectedError) every target of a pool is cooling down
 
 Rejections share :class:`RejectedError`, whose ``retry_after`` is the number of seconds after which
 the same call may be admitted, or ``None`` when unknown. A retry policy never retries a rejection
@@ -23,6 +24,7 @@ sooner than that. Invalid configuration is not in the tree: it is a ``ValueError
 from __future__ import annotations
 
 __all__ = [
+    "AllTargetsCooling",
     "BulkheadFull",
     "ButtressError",
     "CircuitOpenError",
@@ -129,3 +131,36 @@ class UnknownRateLimit(ButtressError, KeyError):
     def __str__(self) -> str:
         # KeyError's own __str__ shows the repr of its argument, quotes and all.
         return str(self.args[0]) if self.args else "unknown rate limit"
+
+
+class AllTargetsCooling(RejectedError):
+    """Every target of a pool (a provider chain, replicas) is cooling down, none can be tried.
+
+    ``retry_after`` is the seconds until the first of them can be tried again. ``targets`` lists
+    each as ``(name, reason, expires_at)``: why it cools (``rate_limited``, ``auth``,
+    ``server_error``, ...) and when (the pool clock's ``now()`` scale); the message says the same
+    in seconds from now.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        name: str = "",
+        targets: tuple[tuple[str, str, float], ...] = (),
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, name=name)
+        self.targets = targets
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_cooling,
+            (str(self), self.retry_after, self.name, self.targets),
+        )
+
+
+def _rebuild_cooling(
+    message: str, retry_after: float | None, name: str, targets: tuple[tuple[str, str, float], ...]
+) -> AllTargetsCooling:
+    return AllTargetsCooling(message, retry_after=retry_after, name=name, targets=targets)

@@ -47,6 +47,7 @@ __all__ = [
     "SUMMARY_INTERVAL",
     "ServiceHealthChanged",
     "TierChanged",
+    "TargetStateChanged",
     "TimedOut",
     "add_hook",
     "add_reading",
@@ -177,6 +178,32 @@ class CircuitStateChanged(Event):
         new = getattr(self.new, "name", self.new)
         why = f" ({self.reason})" if self.reason else ""
         return f"{self.policy} {self.name!r}: {old} -> {new}{why}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetStateChanged(Event):
+    """A target of a pool (``name``) cooled down or recovered: ``old`` -> ``new``.
+
+    ``until`` is when its cooldown ends (the pool clock's ``now()`` scale), ``0.0`` when healthy.
+    """
+
+    kind: ClassVar[str] = "target_state_changed"
+    target: str
+    old: str
+    new: str
+    reason: str = ""
+    until: float = 0.0
+    error: str = ""
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return logging.INFO if self.new == "healthy" else logging.WARNING
+
+    def message(self) -> str:
+        why = f" ({self.reason}{', ' + self.error if self.error else ''})" if self.reason else ""
+        wait = f"; cooling for {self.until - self.at:.1f}s" if self.new == "cooling" else ""
+        change = f"target {self.target!r} {self.old} -> {self.new}"
+        return f"{self.policy} {self.name!r}: {change}{why}{wait}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,7 +9,11 @@ atomic with respect to every other caller of the same store (threads, processes,
   any block), ``block`` and ``reset``;
 * circuit breakers: ``breaker`` applies one :class:`BreakerStep` (a typed value: acquire,
   record, release, force or read) of :class:`buttress.machines.breaker.BreakerMachine` to the
-  stored state and returns a :class:`BreakerReply`.
+  stored state and returns a :class:`BreakerReply`;
+* target pools (:class:`TargetStore`, a separate protocol so that stores written before it still
+  serve limits and breakers): ``targets`` reads every target state of a pool in one step and
+  ``swap_target`` replaces one only if it is still what the caller read (compare-and-set), so the
+  pool runs :mod:`buttress.machines.targets` itself and a store keeps opaque JSON strings.
 
 :class:`Store` is the synchronous interface and :class:`AsyncStore` its asyncio twin (``a``-named
 methods that never block the event loop), as httpx pairs its transports. Every store implements
@@ -54,6 +58,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "Store",
+    "TargetStore",
     "apply_breaker",
 ]
 
@@ -191,6 +196,32 @@ class AsyncStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class TargetStore(Protocol):
+    """The steps of a target pool's shared state: one JSON string per target of a pool.
+
+    Both steps are atomic; ``old`` is the string read before (``None``: no state yet). The
+    ``a``-named twins are the asyncio halves.
+    """
+
+    def targets(self, pool: str) -> dict[str, str]:
+        """Every stored target state of ``pool``, by target name."""
+        ...
+
+    def swap_target(
+        self, pool: str, name: str, old: str | None, new: str
+    ) -> tuple[bool, str | None]:
+        """Store ``new`` if the state is still ``old``: ``(True, new)``, else
+        ``(False, current)``."""
+        ...
+
+    async def atargets(self, pool: str) -> dict[str, str]: ...
+
+    async def aswap_target(
+        self, pool: str, name: str, old: str | None, new: str
+    ) -> tuple[bool, str | None]: ...
+
+
 class AsyncFromSync:
     """The :class:`AsyncStore` half of a store whose steps are its sync methods.
 
@@ -220,6 +251,14 @@ class AsyncFromSync:
 
     async def aclose(self) -> None:
         await self._awaited(cast(Store, self).close)
+
+    async def atargets(self, pool: str) -> dict[str, str]:
+        return await self._awaited(cast(TargetStore, self).targets, pool)
+
+    async def aswap_target(
+        self, pool: str, name: str, old: str | None, new: str
+    ) -> tuple[bool, str | None]:
+        return await self._awaited(cast(TargetStore, self).swap_target, pool, name, old, new)
 
 
 def apply_breaker(machine: BreakerMachine, step: BreakerStep, now: float) -> BreakerReply:
@@ -283,6 +322,7 @@ class MemoryStore(AsyncFromSync):
         self._limits: dict[tuple[str, str | None], list[float] | deque[float]] = {}
         self._blocks: dict[tuple[str, str | None], float] = {}
         self._breakers: dict[str, dict[str, Any]] = {}
+        self._targets: dict[str, dict[str, str]] = {}
 
     def reserve(
         self, name: str, key: Key, params: Params, cost: int, max_wait: float, now: Now = None
@@ -326,6 +366,21 @@ class MemoryStore(AsyncFromSync):
             reply = apply_breaker(machine, step, now)
             self._breakers[name] = machine.to_state()
             return reply
+
+    def targets(self, pool: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._targets.get(pool, {}))
+
+    def swap_target(
+        self, pool: str, name: str, old: str | None, new: str
+    ) -> tuple[bool, str | None]:
+        with self._lock:
+            states = self._targets.setdefault(pool, {})
+            current = states.get(name)
+            if current != old:
+                return False, current
+            states[name] = new
+            return True, new
 
     def close(self) -> None:
         """Nothing to release."""

@@ -28,6 +28,8 @@ from .redis_scripts import (
     DEFAULT_IDLE_TTL,
     DELETE,
     RESERVE,
+    TARGET,
+    TARGETS,
     block_args,
     breaker_args,
     breaker_key,
@@ -38,6 +40,9 @@ from .redis_scripts import (
     limit_key,
     now_arg,
     reserve_args,
+    target_states,
+    target_swap,
+    targets_key,
 )
 from .redis_wire import Command, Wire, open_wire
 
@@ -126,6 +131,26 @@ class RedisStore:
     ) -> BreakerReply:
         args = breaker_args(settings, step, now_arg(now, self.server_time), self._idle_ttl)
         return breaker_reply(await self._wire.acall(breaker_key(self.prefix, name), BREAKER, args))
+
+    def targets(self, pool: str) -> dict[str, str]:
+        """Every target state of ``pool`` (see :class:`~buttress.backends.base.TargetStore`)."""
+        return target_states(self._wire.call(targets_key(self.prefix, pool), TARGETS, []))
+
+    async def atargets(self, pool: str) -> dict[str, str]:
+        return target_states(await self._wire.acall(targets_key(self.prefix, pool), TARGETS, []))
+
+    def swap_target(
+        self, pool: str, name: str, old: str | None, new: str
+    ) -> tuple[bool, str | None]:
+        """Store ``new`` as target ``name`` of ``pool`` if it is still ``old``."""
+        args = [name, old or "", new]
+        return target_swap(self._wire.call(targets_key(self.prefix, pool), TARGET, args))
+
+    async def aswap_target(
+        self, pool: str, name: str, old: str | None, new: str
+    ) -> tuple[bool, str | None]:
+        args = [name, old or "", new]
+        return target_swap(await self._wire.acall(targets_key(self.prefix, pool), TARGET, args))
 
     def close(self) -> None:
         """Done with the store: the last store of a URL closes its connections (idempotent)."""

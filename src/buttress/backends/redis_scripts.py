@@ -10,7 +10,9 @@ in milliseconds, the error tag) put before it, so the helpers exist once:
   the same arithmetic in the same order, IEEE doubles on both sides, the same ``EPSILON``), after
   the per-key block that ``block.lua`` records (a server said "come back later");
 * ``breaker.lua``: a twin of :func:`buttress.backends.base.apply_breaker` over the
-  consecutive-failure :class:`~buttress.machines.breaker.BreakerMachine`.
+  consecutive-failure :class:`~buttress.machines.breaker.BreakerMachine`;
+* ``target.lua``: the compare-and-set of one target state of a pool (the pool runs
+  :mod:`buttress.machines.targets` itself); ``HGETALL`` reads a pool's states in one step.
 
 The server runs a script atomically, so concurrent callers anywhere are serialised per key exactly
 as the in-process lock serialises threads: a limit never over-admits, and half-open admits at most
@@ -22,6 +24,7 @@ one Redis Cluster slot::
     <prefix>:{<name>}:          the name's shared rate-limit state (key=None)
     <prefix>:{<name>}:k:<key>   the rate-limit state of <key>
     <prefix>:{<name>}:breaker   the breaker <name>
+    <prefix>:{<name>}:targets   the target pool <name> (a hash: target -> JSON state)
 
 The name is percent-escaped (``%``, ``{``, ``}``) so the tag always ends where the name does, and a
 user key always follows ``k:``: no key, however spelt, collides with another.
@@ -56,13 +59,14 @@ from __future__ import annotations
 import functools
 import math
 from importlib.resources import files
+from typing import cast
 
 from .._config import integer
 from .._config import seconds as to_seconds
 from ..clock import wall_time
 from ..machines.breaker import BreakerSettings, CircuitState
 from ..machines.ratelimit import Params, RateLimitAlgorithm
-from .base import BreakerOp, BreakerReply, BreakerStep, shared_settings
+from .base import BreakerOp, BreakerReply, BreakerStep, StorageError, shared_settings
 from .redis_wire import Command, Script
 
 __all__ = [
@@ -71,6 +75,8 @@ __all__ = [
     "DEFAULT_IDLE_TTL",
     "DELETE",
     "RESERVE",
+    "TARGET",
+    "TARGETS",
     "block_args",
     "breaker_args",
     "breaker_key",
@@ -81,6 +87,9 @@ __all__ = [
     "limit_key",
     "now_arg",
     "reserve_args",
+    "target_states",
+    "target_swap",
+    "targets_key",
 ]
 
 DEFAULT_IDLE_TTL = 86_400.0
@@ -99,6 +108,8 @@ RESERVE = _script("reserve")
 BLOCK = _script("block")
 BREAKER = _script("breaker")
 DELETE = Command("DEL")
+TARGET = _script("target")
+TARGETS = Command("HGETALL")
 
 _TAGS = {
     RateLimitAlgorithm.TOKEN_BUCKET: "T",
@@ -141,6 +152,13 @@ def breaker_key(prefix: str, name: str) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"breaker name must be a non-empty string, got {name!r}")
     return f"{_name_part(prefix, name)}breaker"
+
+
+def targets_key(prefix: str, pool: str) -> str:
+    """The Redis key of target pool ``pool`` (a hash of its targets' states)."""
+    if not isinstance(pool, str) or not pool:
+        raise ValueError(f"pool name must be a non-empty string, got {pool!r}")
+    return f"{_name_part(prefix, pool)}targets"
 
 
 # -- arguments -------------------------------------------------------------------------------------
@@ -286,3 +304,18 @@ def breaker_reply(raw: list[bytes | int | None]) -> BreakerReply:
         opened_at=float(_text(opened_at)),
         transition=transition,
     )
+
+
+def target_states(raw: object) -> dict[str, str]:
+    """The states of a pool from ``HGETALL`` (a flat list, or a redis-py client's dict)."""
+    if isinstance(raw, dict):
+        return {_text(k): _text(v) for k, v in raw.items()}
+    if not isinstance(raw, list):
+        raise StorageError(f"unexpected reply to HGETALL: {raw!r}")
+    return {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
+
+
+def target_swap(raw: list[object]) -> tuple[bool, str | None]:
+    """``(swapped, current)`` from the reply of ``target.lua``."""
+    swapped, current = raw
+    return bool(int(cast(int, swapped))), None if current is None else _text(current)

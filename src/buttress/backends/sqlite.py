@@ -370,6 +370,35 @@ class SQLiteStore(AsyncFromSync):
                 self._save(conn, "breaker", name, "", machine.to_state())
             return reply
 
+    # -- target pools ----------------------------------------------------------------------------
+
+    def targets(self, pool: str) -> dict[str, str]:
+        """Every target state of ``pool`` (see :class:`~buttress.backends.base.TargetStore`)."""
+        with _translated(self.path):
+            rows = self._conn().execute(
+                "SELECT key, state FROM buttress_state WHERE kind = 'target' AND name = ?", (pool,)
+            )
+            return {str(key): str(state) for key, state in rows}
+
+    def swap_target(
+        self, pool: str, name: str, old: str | None, new: str
+    ) -> tuple[bool, str | None]:
+        """Store ``new`` as target ``name`` of ``pool`` if it is still ``old`` (compare-and-set)."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT state FROM buttress_state WHERE kind = 'target' AND name = ? AND key = ?",
+                (pool, name),
+            ).fetchone()
+            current = None if row is None else str(row[0])
+            if current != old:
+                return False, current
+            conn.execute(
+                "INSERT OR REPLACE INTO buttress_state (kind, name, key, state, expires) "
+                "VALUES ('target', ?, ?, ?, NULL)",
+                (pool, name, new),
+            )
+            return True, new
+
     def integrity_check(self) -> str:
         """SQLite's own verdict on the file (``"ok"`` when sound)."""
         with _translated(self.path):

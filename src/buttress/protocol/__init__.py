@@ -1,0 +1,1 @@
+"""Fallback protocols: what a call does when its resource fails."""
