@@ -45,6 +45,7 @@ in stream order but not held back one at a time; a dead letter requeued gets a n
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from importlib.resources import files
@@ -72,9 +73,19 @@ class _QueueScript(Script):
         return ["EVALSHA", self.sha, str(len(_SUFFIXES)), *(key + s for s in _SUFFIXES), *args]
 
     def pack(self, key: str, args: list[str]) -> bytes:
-        from ..backends.redis_wire import pack
+        return _head(self.sha, key, len(args)) + b"".join(map(_bulk, args))
 
-        return pack(*self.parts(key, args))
+
+@functools.lru_cache(maxsize=256)
+def _head(sha: str, key: str, nargs: int) -> bytes:
+    # EVALSHA, the script, the key count and the keys: the same for every step on one queue
+    parts = ["EVALSHA", sha, str(len(_SUFFIXES)), *(key + s for s in _SUFFIXES)]
+    return b"*%d\r\n" % (len(parts) + nargs) + b"".join(map(_bulk, parts))
+
+
+def _bulk(text: str) -> bytes:
+    data = text.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 def _script(name: str) -> _QueueScript:
