@@ -267,3 +267,58 @@ def test_outlives_a_redis_outage(tmp_path: Path) -> None:
         producer.close()
         worker.close()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    import os
+
+    from redis_cluster import start_cluster
+    from redis_server import RedisUnavailable
+
+    try:
+        started = start_cluster()
+    except RedisUnavailable as exc:
+        if os.environ.get("BUTTRESS_REQUIRE_REDIS") == "1":
+            pytest.fail(f"BUTTRESS_REQUIRE_REDIS=1 but no Redis Cluster: {exc}")
+        pytest.skip(f"no Redis Cluster: {exc}")
+    try:
+        yield started.url
+    finally:
+        started.stop()
+
+
+def poisoned(storage: object, name: str) -> None:
+    """Four requests handled and one dead letter on queue ``name``."""
+    q = RequestQueue(name, storage=storage, visibility_timeout=0.2, max_attempts=1)
+    seen: list[int] = []
+
+    @q.handler
+    def work(x: int) -> None:
+        if x == 3:
+            raise ValueError("poison")
+        seen.append(x)
+
+    for i in range(5):
+        q.put("work", [i])
+    drain(q)
+    assert sorted(seen) == [0, 1, 2, 4], (name, storage, q.counts)
+    assert [d.last_error for d in q.dead_letters()] == ["ValueError: poison"]
+    assert q.purge_dead() == 1
+    assert name in q.store.queues()
+    q.close()
+
+
+def test_queues_on_a_cluster(cluster_url: str) -> None:
+    from buttress.backends.redis_wire import key_slot
+
+    names = ["orders", "mail", "reports", "a{b}"]
+    # the queues' slots are spread over the three masters
+    assert len({key_slot(f"buttress:queue:{{{n}}}:stream") // 5462 for n in names}) >= 2
+    for name in names:
+        poisoned(cluster_url, f"{name}-wire")
+    first = cluster_url.replace("redis+cluster://", "redis://").split(",")[0]
+    client = redis.cluster.RedisCluster.from_url(first)
+    for name in names:
+        poisoned(client, f"{name}-client")
+    client.close()

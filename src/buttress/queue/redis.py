@@ -132,6 +132,13 @@ def _prefix(queue: str) -> str:
     return f"buttress:queue:{{{escaped}}}:"
 
 
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """A hash's fields and values, from the wire (a flat list) or a redis-py client (a dict)."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
 def _error(error: str, at: float) -> str:
     return json.dumps([error, at])
 
@@ -290,8 +297,8 @@ class RedisQueueStore:
 
     def items(self, queue: str, limit: int, dead: bool = False) -> list[Item]:
         if dead:
-            records = self._wire.call(self._key(queue) + "dead", _HGETALL, [])
-            found = sorted((_dead(r) for r in records[1::2]), key=lambda i: i.id)
+            records = _pairs(self._wire.call(self._key(queue) + "dead", _HGETALL, []))
+            found = sorted((_dead(r) for _, r in records), key=lambda i: i.id)
             return found[:limit]
         raw = self._wire.call(self._key(queue), PEEK, ["-", "+", str(limit)])
         return [_item(entry) for entry in raw]
@@ -309,9 +316,8 @@ class RedisQueueStore:
 
     def requeue_dead(self, queue: str, ids: list[int] | None, now: float) -> int:
         key = self._key(queue) + "dead"
-        records = self._wire.call(key, _HGETALL, [])
         count = 0
-        for raw_id, record in zip(records[::2], records[1::2], strict=True):
+        for raw_id, record in _pairs(self._wire.call(key, _HGETALL, [])):
             item = _dead(record)
             if ids is not None and item.id not in ids:
                 continue
