@@ -172,7 +172,6 @@ def test_heartbeat_keeps_a_long_handler_leased(store: QueueStore) -> None:
     b.close()
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_poison_goes_to_dead_letters_while_the_rest_flows(
     make: MakeQueue, clock: FakeClock
 ) -> None:
@@ -205,7 +204,6 @@ def test_poison_goes_to_dead_letters_while_the_rest_flows(
     assert q.counts["retried"] == 4
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_retries_back_off(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=2)
     calls: list[int] = []
@@ -336,7 +334,6 @@ def test_dead_letters_requeue_and_purge(make: MakeQueue, clock: FakeClock) -> No
     assert q.stats().depth == 0
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_replay_when_breaker_closes_is_paced(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=100, replay_rate=10)
     down = True
@@ -378,7 +375,6 @@ def test_replay_when_breaker_closes_is_paced(make: MakeQueue, clock: FakeClock) 
     remove()
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_replay_when_resource_healthy(make: MakeQueue) -> None:
     q = make(retry_delay=100)
     log: list[tuple[str, Any, int]] = []
@@ -469,8 +465,6 @@ def test_shares_the_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_replay_on_a_schedule(store: QueueStore) -> None:
-    if "redis" in store.url:
-        pytest.skip("on Redis a failed item comes back after its lease; replay cannot hasten it")
     q = RequestQueue("jobs", storage=store, retry_delay=3600)
     handled = threading.Event()
     down = True
