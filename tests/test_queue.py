@@ -259,7 +259,6 @@ def test_expired_items_are_dropped_and_counted(make: MakeQueue, clock: FakeClock
     assert q.counts["expired"] == 1
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_fifo_per_resource_one_at_a_time(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=10)
     order: list[str] = []

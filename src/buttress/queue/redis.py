@@ -12,6 +12,7 @@ queue lives in one Redis Cluster slot and each step is one Lua script on it, run
 ``...:attempts``  id -> deliveries; ``...:errors``: first and last failure of an id
 ``...:dead``      dead letters; ``...:counts``: entries dropped past their TTL
 ``...:later``     sorted set: id -> when it is due (a retry backing off, a delayed put)
+``...:lines``     sorted set: each resource's entries in order (its first is its head)
 
 The scripts are package data (``backends/lua/queue_*.lua``, each after ``queue_prelude.lua``) and
 are sent like the rate-limit store's: through :mod:`buttress.backends.redis_wire` for a URL
@@ -38,9 +39,15 @@ under its worker with its due time in ``...:later`` and its idle time set so tha
 when due, or after one lease if that comes first; a claim that finds an entry not yet due hands it
 back for up to another lease. :meth:`replay` ends every such wait at once.
 
-Differences from the SQLite store, by the nature of streams: items of one resource are delivered
-in stream order but not held back one at a time; a dead letter requeued gets a new id; ``put``'s
-``max_depth`` counts the stream's entries (waiting, in flight and backing off).
+Resources. Items of one resource go one at a time, oldest first, as in the other stores: a claim
+delivers an entry of a resource only if it is the first in ``...:lines`` for that resource; any
+other it sets aside (due at ``+inf`` in ``...:later``, pending under the claimer with a fresh
+idle time), and the step that removes a resource's head (acknowledged, dead, expired) makes the
+next one due at once.
+
+Differences from the SQLite store, by the nature of streams: a lease that runs out is measured by
+Redis, not by the queue's clock; a dead letter requeued gets a new id; ``put``'s ``max_depth``
+counts the stream's entries (waiting, in flight and backing off).
 """
 
 from __future__ import annotations
@@ -60,12 +67,12 @@ __all__ = ["RedisQueueStore"]
 
 PAGES = 10  # XAUTOCLAIM pages one claim reads at most
 REGISTRY = "buttress:queues"  # the names of the queues (a set; for listing them)
-_SUFFIXES = ("stream", "keys", "done", "attempts", "errors", "dead", "counts", "later")
+_SUFFIXES = ("stream", "keys", "done", "attempts", "errors", "dead", "counts", "later", "lines")
 _STOPPED = "the lease ran out (its worker stopped)"
 
 
 class _QueueScript(Script):
-    """A queue script: routed by the queue's key prefix, given all eight keys of the queue."""
+    """A queue script: routed by the queue's key prefix, given every key of the queue."""
 
     __slots__ = ()
 
@@ -284,12 +291,12 @@ class RedisQueueStore:
 
     def stats(self, queue: str, now: float) -> Stats:
         raw = self._wire.call(self._key(queue), STATS, [repr(now)])
-        length, pending, later, not_due, dead, expired, done = map(int, raw)
+        length, in_flight, delayed, dead, expired, done = map(int, raw)
         return Stats(
             queue=queue,
-            waiting=length - pending + (later - not_due),
-            in_flight=pending - later,
-            delayed=not_due,
+            waiting=length - in_flight - delayed,
+            in_flight=in_flight,
+            delayed=delayed,
             dead=dead,
             expired=expired,
             done=done,
@@ -312,7 +319,7 @@ class RedisQueueStore:
         return _item(raw[0]) if raw else None
 
     def replay(self, queue: str, now: float) -> int:
-        return int(self._wire.call(self._key(queue), REPLAY, [self._lease_ms(queue)]))
+        return int(self._wire.call(self._key(queue), REPLAY, [repr(now)]))
 
     def requeue_dead(self, queue: str, ids: list[int] | None, now: float) -> int:
         key = self._key(queue) + "dead"

@@ -51,15 +51,21 @@ end
 local out, skipped, expired, dead = {}, 0, 0, 0
 for _, entry in ipairs(got) do
   local id, f = entry[1], fieldmap(entry[2])
-  local due = tonumber(redis.call('ZSCORE', LATER, id))
+  local due = redis.call('ZSCORE', LATER, id)
+  due = due and (is_inf(due) and math.huge or tonumber(due))
   if due and due > now then
     due_in(id, owner, lease, math.ceil((due - now) * 1000))  -- not yet: back in a while
   elseif f.x ~= '' and tonumber(f.x) <= now then
-    forget(id, f.k)
+    forget(id, f)
     expired = expired + 1
   elseif (tonumber(redis.call('ZSCORE', DONE, f.k)) or -1 / 0) > now then
-    forget(id, f.k)
+    forget(id, f)
     skipped = skipped + 1
+  elseif f.r ~= '' and head(f.r) ~= id then
+    -- its resource's older entries go first: it waits, out of the way, until forget() of the
+    -- one before it makes it due
+    redis.call('ZADD', LATER, 'inf', id)
+    due_in(id, owner, lease, lease)
   else
     local n = redis.call('HINCRBY', ATTEMPTS, id, 1)
     if n > max_attempts then

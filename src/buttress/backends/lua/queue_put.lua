@@ -10,5 +10,7 @@ local depth = tonumber(ARGV[3])
 if depth > 0 and redis.call('XLEN', STREAM) >= depth then return {'-1', 0} end
 local id = redis.call('XADD', STREAM, '*', unpack(ARGV, 5))
 redis.call('HSET', QKEYS, key, id)
+local f = fieldmap({unpack(ARGV, 5)})
+if f.r ~= '' then redis.call('ZADD', LINES, 0, line(f.r, id)) end
 if tonumber(ARGV[4]) > now then redis.call('ZADD', LATER, ARGV[4], id) end
 return {id, 1}

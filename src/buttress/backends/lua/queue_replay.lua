@@ -1,9 +1,7 @@
--- End every backoff and delay now: the entries become claimable at once. Needs
--- queue_prelude.lua. ARGV: lease (ms). Returns how many were waiting.
-local ids = redis.call('ZRANGE', LATER, 0, -1)
-for _, id in ipairs(ids) do
-  local who = holder(id)
-  if who then redis.call('XCLAIM', STREAM, GROUP, who, 0, id, 'IDLE', ARGV[1], 'JUSTID') end
-end
-redis.call('DEL', LATER)
-return #ids
+-- End every backoff and delay: the entries are due at once (those waiting for older entries of
+-- their resource keep waiting). Needs queue_prelude.lua. ARGV: now.
+-- Returns how many were due later.
+local ids = redis.call('ZRANGEBYSCORE', LATER, '-inf', '(inf')
+local count = redis.call('ZCOUNT', LATER, '(' .. ARGV[1], '(inf')
+for _, id in ipairs(ids) do redis.call('ZADD', LATER, '-inf', id) end
+return count
