@@ -322,3 +322,29 @@ def test_queues_on_a_cluster(cluster_url: str) -> None:
     for name in names:
         poisoned(client, f"{name}-client")
     client.close()
+
+
+def test_a_worker_dying_every_time_ends_in_dead_letters(client: Any) -> None:
+    q = RequestQueue("jobs", storage=client, visibility_timeout=0.2, max_attempts=2)
+    q.handler("work")(lambda x: None)
+    q.put("work", [1])
+    pause = threading.Event()
+    for attempt in (1, 2):  # claimed, then its worker dies: no heartbeat, no acknowledgement
+        for _ in range(200):
+            held = q._claim()
+            if held:
+                break
+            pause.wait(0.02)  # until the last lease runs out (Redis measures it)
+        assert [i.attempts for i in held] == [attempt]
+        q._heartbeat.release(held[0].id)
+    for _ in range(200):
+        if q.stats().dead:
+            break
+        assert q._claim() == []
+        pause.wait(0.02)
+    (dead,) = q.dead_letters()
+    assert dead.attempts == 2
+    assert dead.last_error is not None
+    assert "lease ran out" in dead.last_error
+    assert q.stats().depth == 0
+    q.close()
