@@ -348,3 +348,31 @@ def test_a_worker_dying_every_time_ends_in_dead_letters(client: Any) -> None:
     assert "lease ran out" in dead.last_error
     assert q.stats().depth == 0
     q.close()
+
+
+def test_each_step_is_one_script_from_package_files(client: Any, redis_port: int) -> None:
+    from importlib.resources import files
+
+    from buttress.queue import redis as store_module
+    from redis_server import commands_sent
+
+    lua = files("buttress.queue").joinpath("lua")
+    prelude = lua.joinpath("prelude.lua").read_text()
+    for script in (store_module.PUT, store_module.CLAIM, store_module.RENEW, store_module.ACK):
+        assert script.text.startswith(prelude)
+        assert script.text.endswith(lua.joinpath(script.name[len("queue_") :] + ".lua").read_text())
+    q = RequestQueue("jobs", storage=f"redis://127.0.0.1:{redis_port}/0")
+    q.handler("work")(lambda x: None)
+    q.put("work", [-1])
+    q.process()  # (the server learns the scripts; the queue's name is registered once)
+    with commands_sent(redis_port) as seen:
+        for i in range(3):
+            q.put("work", [i])
+        assert q.process() == 3
+    mine = [command for sender, command in seen if sender != "lua"]
+    # three puts, a claim of all three, three acknowledgements, a claim that finds nothing
+    assert mine == ["EVALSHA"] * 8
+    lua_side = [command for sender, command in seen if sender == "lua"]
+    assert "XAUTOCLAIM" in lua_side
+    assert "XREADGROUP" in lua_side
+    q.close()

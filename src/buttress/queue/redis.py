@@ -14,7 +14,7 @@ queue lives in one Redis Cluster slot and each step is one Lua script on it, run
 ``...:later``     sorted set: id -> when it is due (a retry backing off, a delayed put)
 ``...:lines``     sorted set: each resource's entries in order (its first is its head)
 
-The scripts are package data (``backends/lua/queue_*.lua``, each after ``queue_prelude.lua``) and
+The scripts are package data (``queue/lua/*.lua``, each after ``prelude.lua``) and
 are sent like the rate-limit store's: through :mod:`buttress.backends.redis_wire` for a URL
 (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``, ``redis+sentinel://``: the
 connections are shared with the other Redis stores of that URL in the process, ``NOSCRIPT``
@@ -23,12 +23,12 @@ redis-py client the application gives (never closed here).
 
 Leases. An entry a worker holds is in the group's pending list under that worker, and its *idle
 time* there is the lease, measured by the server's clock (so hosts with skewed clocks agree, and a
-test clock does not move it). A claim (``queue_claim.lua``) first takes the entries idle for at
+test clock does not move it). A claim (``claim.lua``) first takes the entries idle for at
 least the visibility timeout with ``XAUTOCLAIM``, paging through the pending list with its cursor
 (kept per queue between claims, so a long list is swept a part per claim; on Redis 7 the ids it
 reports deleted are cleaned up, on 6.2 the entries with no fields), then new entries with
 ``XREADGROUP``, and counts each delivery, all in one script: an entry changes hands only there,
-and only once its idle time reached the lease. The heartbeat (``queue_renew.lua``) resets the idle
+and only once its idle time reached the lease. The heartbeat (``renew.lua``) resets the idle
 time with ``XCLAIM ... IDLE 0 JUSTID``, only for entries its worker still holds (checked with
 ``XPENDING`` in the same script): so while a worker beats, its entries are never idle long enough
 to be claimed by another, and a worker that stopped loses them one lease after its last beat.
@@ -96,9 +96,9 @@ def _bulk(text: str) -> bytes:
 
 
 def _script(name: str) -> _QueueScript:
-    lua = files("buttress.backends").joinpath("lua")
-    prelude = lua.joinpath("queue_prelude.lua").read_text(encoding="utf-8")
-    body = lua.joinpath(f"queue_{name}.lua").read_text(encoding="utf-8")
+    lua = files(__package__).joinpath("lua")
+    prelude = lua.joinpath("prelude.lua").read_text(encoding="utf-8")
+    body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
     return _QueueScript(f"queue_{name}", prelude + "\n" + body)
 
 

@@ -1,4 +1,4 @@
--- Read entries without claiming them. Needs queue_prelude.lua. ARGV: start, end, count.
+-- Read entries without claiming them. Needs prelude.lua. ARGV: start, end, count.
 -- Returns {{id, fields, attempts, first error, last error}...}.
 local out = {}
 for _, entry in ipairs(redis.call('XRANGE', STREAM, ARGV[1], ARGV[2], 'COUNT', ARGV[3])) do

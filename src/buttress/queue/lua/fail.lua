@@ -1,4 +1,4 @@
--- A delivery failed. Needs queue_prelude.lua. ARGV: id, owner, JSON [error, at], now,
+-- A delivery failed. Needs prelude.lua. ARGV: id, owner, JSON [error, at], now,
 -- due time ('' = out of attempts: to the dead letters), lease (ms).
 -- Returns 'retry', 'dead' or 'lost' (owner no longer holds the entry).
 local id, owner, err, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

@@ -1,5 +1,5 @@
 -- Heartbeat: reset the idle time (the lease) of the entries `owner` still holds, and only those.
--- Needs queue_prelude.lua. ARGV: owner, id... Returns the ids renewed.
+-- Needs prelude.lua. ARGV: owner, id... Returns the ids renewed.
 local owner, held = ARGV[1], {}
 for i = 2, #ARGV do
   local id = ARGV[i]

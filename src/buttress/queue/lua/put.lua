@@ -1,4 +1,4 @@
--- Enqueue unless the key is queued or done, or the stream is full. Needs queue_prelude.lua.
+-- Enqueue unless the key is queued or done, or the stream is full. Needs prelude.lua.
 -- ARGV: key, now, max depth (0: none), due time, then the entry's fields.
 -- Returns {id, 1} (added), {id of the queued entry, 0}, {'0', 0} (done) or {'-1', 0} (full).
 local key, now = ARGV[1], tonumber(ARGV[2])

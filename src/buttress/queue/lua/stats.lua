@@ -1,4 +1,4 @@
--- Counts. Needs queue_prelude.lua. ARGV: now.
+-- Counts. Needs prelude.lua. ARGV: now.
 -- Returns {entries, in flight, delayed, dead, expired, done}: an entry is in flight when it is
 -- pending and not waiting in `later`, delayed when it waits there for a time still to come.
 local now = tonumber(ARGV[1])

@@ -1,5 +1,6 @@
 -- Claim up to `limit` entries for `owner`: first retries now due, then those whose lease ran out
--- (XAUTOCLAIM, paging through the pending list from `cursor`), then new ones (XREADGROUP). Needs queue_prelude.lua.
+-- (XAUTOCLAIM, paging through the pending list from `cursor`), then new ones (XREADGROUP).
+-- Needs prelude.lua.
 -- ARGV: owner, lease (ms), limit, max attempts, now, cursor, pages, JSON [error, at] for an entry
 -- whose worker stopped once too often.
 -- Returns {cursor, skipped, expired, dead, {{id, fields, attempts, first error, last error}...}}.
