@@ -51,9 +51,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueStore
 
 @pytest.fixture
 def virtual_leases(store: QueueStore) -> None:
-    """Tests whose leases and delays follow the test clock: Redis measures them itself."""
+    """Tests whose leases follow the test clock: Redis measures leases itself."""
     if type(store).__name__ == "RedisQueueStore":
-        pytest.skip("Redis measures leases and retry delays by its own clock")
+        pytest.skip("Redis measures leases by its own clock")
 
 
 @pytest.fixture
