@@ -35,9 +35,10 @@ to be claimed by another, and a worker that stopped loses them one lease after i
 Two workers can hold one entry at once only after the first one's lease ran out unrenewed.
 
 Retries and delays keep the caller's clock, like the other stores: a failed entry stays pending
-under its worker with its due time in ``...:later`` and its idle time set so that it is claimable
-when due, or after one lease if that comes first; a claim that finds an entry not yet due hands it
-back for up to another lease. :meth:`replay` ends every such wait at once.
+under its worker with its due time in ``...:later``, and a claim takes the entries due there
+first (``XCLAIM``: a failed entry is nobody's lease any more), whatever their idle time. One that
+``XAUTOCLAIM`` or ``XREADGROUP`` brings before it is due (a delayed put) is set aside again, idle
+for up to a lease. :meth:`replay` makes every such entry due at once.
 
 Resources. Items of one resource go one at a time, oldest first, as in the other stores: a claim
 delivers an entry of a resource only if it is the first in ``...:lines`` for that resource; any
@@ -112,6 +113,8 @@ STATS = _script("stats")
 REPLAY = _script("replay")
 _HGETALL = Command("HGETALL")
 _HDEL = Command("HDEL")
+_HGET = Command("HGET")
+_ZSCORE = Command("ZSCORE")
 _SADD = Command("SADD")
 _SMEMBERS = Command("SMEMBERS")
 _GETDEL_HASH = Script(
@@ -286,7 +289,7 @@ class RedisQueueStore:
         self._lease = {**self._lease, queue: lease}
 
     def is_done(self, queue: str, key: str, now: float) -> bool:
-        until = self._wire.call(self._key(queue) + "done", Command("ZSCORE"), [key])
+        until = self._wire.call(self._key(queue) + "done", _ZSCORE, [key])
         return until is not None and float(until) > now
 
     def stats(self, queue: str, now: float) -> Stats:
@@ -313,7 +316,7 @@ class RedisQueueStore:
     def get(self, queue: str, item_id: int, dead: bool = False) -> Item | None:
         sid = _stream_id(item_id)
         if dead:
-            record = self._wire.call(self._key(queue) + "dead", Command("HGET"), [sid])
+            record = self._wire.call(self._key(queue) + "dead", _HGET, [sid])
             return None if record is None else _dead(record)
         raw = self._wire.call(self._key(queue), PEEK, [sid, sid, "1"])
         return _item(raw[0]) if raw else None
