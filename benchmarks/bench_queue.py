@@ -171,9 +171,11 @@ def redis_floor(client: Any, n: int) -> tuple[float, float]:
     return timed(put), timed(take)
 
 
-def redis_queue(client: Any, n: int) -> tuple[float, float]:
+def redis_queue(client: Any, n: int, storage: object = None) -> tuple[float, float]:
+    """The queue on the Redis store, through ``storage`` (a URL: buttress's wire; else the
+    redis-py ``client``): one script per put, one per claim of a batch, one per ack."""
     client.flushdb()
-    q = RequestQueue("bench", storage=client, max_depth=None)
+    q = RequestQueue("bench", storage=client if storage is None else storage, max_depth=None)
     seen = 0
 
     @q.handler
@@ -192,17 +194,22 @@ def redis_table(port: int, n: int, repeat: int) -> None:
     import redis
 
     client = redis.Redis(port=port)
+    url = f"redis://127.0.0.1:{port}/0"
+    floor_name = "floor (XADD / XREADGROUP+XACK)"
+    runners: dict[str, Callable[[Any, int], tuple[float, float]]] = {
+        floor_name: redis_floor,
+        "buttress RequestQueue, redis://": lambda c, k: redis_queue(c, k, url),
+        "buttress RequestQueue, redis-py": redis_queue,
+    }
     best: dict[str, tuple[float, float]] = {}
     for _ in range(repeat):
-        for name, runner in (
-            ("floor (XADD / XREADGROUP+XACK)", redis_floor),
-            ("buttress RequestQueue", redis_queue),
-        ):
+        for name, runner in runners.items():
             got = runner(client, n)
             old = best.get(name, got)
             best[name] = (min(old[0], got[0]), min(old[1], got[1]))
     client.flushdb()
-    base = best["floor (XADD / XREADGROUP+XACK)"]
+    client.close()
+    base = best[floor_name]
     print(f"\n{n} items, Redis on 127.0.0.1:{port}, best of {repeat}")
     for name, got in best.items():
         print(

@@ -52,9 +52,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueStore
 
 @pytest.fixture
 def virtual_leases(store: QueueStore) -> None:
-    """Tests whose leases and delays follow the test clock: Redis measures them itself."""
+    """Tests whose leases follow the test clock: Redis measures leases itself."""
     if type(store).__name__ == "RedisQueueStore":
-        pytest.skip("Redis measures leases and retry delays by its own clock")
+        pytest.skip("Redis measures leases by its own clock")
 
 
 @pytest.fixture
@@ -214,7 +214,6 @@ def test_heartbeat_keeps_a_long_handler_leased_on_redis(store: QueueStore) -> No
     b.close()
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_poison_goes_to_dead_letters_while_the_rest_flows(
     make: MakeQueue, clock: FakeClock
 ) -> None:
@@ -253,7 +252,6 @@ def test_poison_goes_to_dead_letters_while_the_rest_flows(
     assert q.counts["retried"] == 4
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_retries_back_off(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=2)
     calls: list[int] = []
@@ -309,7 +307,6 @@ def test_expired_items_are_dropped_and_counted(make: MakeQueue, clock: FakeClock
     assert q.counts["expired"] == 1
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_fifo_per_resource_one_at_a_time(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=10)
     order: list[str] = []
@@ -384,7 +381,6 @@ def test_dead_letters_requeue_and_purge(make: MakeQueue, clock: FakeClock) -> No
     assert q.stats().depth == 0
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_replay_when_breaker_closes_is_paced(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=100, replay_rate=10)
     down = True
@@ -426,7 +422,6 @@ def test_replay_when_breaker_closes_is_paced(make: MakeQueue, clock: FakeClock) 
     remove()
 
 
-@pytest.mark.usefixtures("virtual_leases")
 def test_replay_when_resource_healthy(make: MakeQueue) -> None:
     q = make(retry_delay=100)
     log: list[tuple[str, Any, int]] = []
@@ -618,8 +613,6 @@ def test_shares_the_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_replay_on_a_schedule(store: QueueStore) -> None:
-    if "redis" in store.url:
-        pytest.skip("on Redis a failed item comes back after its lease; replay cannot hasten it")
     q = RequestQueue("jobs", storage=store, retry_delay=3600)
     handled = threading.Event()
     down = True

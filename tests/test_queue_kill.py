@@ -147,3 +147,29 @@ def test_redis_consumer_killed_mid_handler(redis_port: int, tmp_path: Path) -> N
     assert all(a <= 2 for _, a in ran)
     client.flushdb()
     client.close()
+
+
+def test_redis_two_consumer_processes_handle_each_request_once(
+    redis_port: int, tmp_path: Path
+) -> None:
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(port=redis_port)
+    client.flushdb()
+    url, effects = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "effects.db"
+    flag = tmp_path / "produced"
+    consumers = [
+        spawn(
+            "consume", url, str(effects), "--lease", "5", "--batch", "4", "--until-flag", str(flag)
+        )
+        for _ in range(2)
+    ]
+    assert "queued" in finish(spawn("produce", url, "300", "k"))
+    flag.touch()
+    for proc in consumers:
+        assert "drained" in finish(proc)
+    ran, done = runs(effects)
+    assert sorted(done) == sorted(f"k{i}" for i in range(300))
+    assert len(ran) == 300  # leases held: nothing handled twice
+    assert all(a == 1 for _, a in ran)
+    client.flushdb()
+    client.close()

@@ -224,7 +224,7 @@ def open_queue_store(spec: object = None) -> QueueStore:
             else:
                 path = _sqlite_path(spec, f"storage={spec!r}")
             return SQLiteQueueStore(path)
-        if scheme in ("redis", "rediss", "unix"):
+        if scheme in ("redis", "rediss", "unix") or scheme.startswith(("redis+", "rediss+")):
             from .redis import RedisQueueStore
 
             return RedisQueueStore(spec)
