@@ -27,12 +27,14 @@ from .errors import (
     OperationTimeout,
     RateLimitExceeded,
     RejectedError,
+    RequestQueued,
     ServiceDegraded,
     StorageError,
     StorageUnavailable,
+    StreamInterrupted,
     UnknownRateLimit,
 )
-from .events import add_hook, remove_hook
+from .events import ProtocolStep, add_hook, remove_hook
 from .health import (
     ComponentState,
     HealthMonitor,
@@ -84,6 +86,17 @@ from .policies.timeout import (
     timeout,
 )
 from .presets import OperationProfile, preset
+from .protocol import (
+    Classifier,
+    FallbackAction,
+    FallbackProtocol,
+    cached_age,
+    current_target,
+    degraded,
+    set_default_manager,
+    use_manager,
+    with_fallback,
+)
 from .queue import QueueFull, RequestQueue, current_request
 
 __version__ = "0.1.0"
@@ -109,6 +122,7 @@ __all__ = [
     "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
+    "Classifier",
     "Clock",
     "ComponentState",
     "DEFAULT_TIMEOUTS",
@@ -116,6 +130,8 @@ __all__ = [
     "DegradationTier",
     "ExponentialBackoff",
     "Fallback",
+    "FallbackAction",
+    "FallbackProtocol",
     "FallbackStrategy",
     "FibonacciBackoff",
     "FixedDelay",
@@ -126,6 +142,7 @@ __all__ = [
     "OperationType",
     "OverallHealth",
     "Pipeline",
+    "ProtocolStep",
     "QueueFull",
     "QuotaTracker",
     "RateLimit",
@@ -137,6 +154,7 @@ __all__ = [
     "Reading",
     "RejectedError",
     "RequestQueue",
+    "RequestQueued",
     "ResilienceManager",
     "ResourceManager",
     "ResourceState",
@@ -149,6 +167,7 @@ __all__ = [
     "ServiceHealth",
     "StorageError",
     "StorageUnavailable",
+    "StreamInterrupted",
     "SystemClock",
     "Timeout",
     "UnknownRateLimit",
@@ -156,11 +175,14 @@ __all__ = [
     "adaptive_concurrency",
     "add_hook",
     "bulkhead",
+    "cached_age",
     "circuit_breaker",
     "circuit_breakers",
     "current_request",
+    "current_target",
     "deadline",
     "degradation_handler",
+    "degraded",
     "enable_prometheus",
     "fallback",
     "get_circuit_breaker",
@@ -177,5 +199,8 @@ __all__ = [
     "remove_hook",
     "retry",
     "set_clock",
+    "set_default_manager",
     "timeout",
+    "use_manager",
+    "with_fallback",
 ]
