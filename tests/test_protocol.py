@@ -27,7 +27,6 @@ from buttress import (
 )
 from buttress.protocol.classify import Classifier, retry_after_of
 from buttress.testing import FakeClock
-
 from conftest import run
 
 S = FallbackStrategy
@@ -210,8 +209,8 @@ def test_use_cache_serves_the_last_good_answer_with_its_age(mode: str, clock: Fa
     else:
         value, age = asyncio.run(twice())
     assert (value, age) == ("fresh:x", 42.0)
+    t.answers[:] = [ConnectionError("down")]
     with pytest.raises(ConnectionError):  # nothing cached for other arguments
-        t.answers[:] = [ConnectionError("down")]
         run(generate(t, "other"))
 
 
@@ -265,12 +264,14 @@ def test_queue_request_queues_and_replays(mode: str, clock: FakeClock) -> None:
     t.resilience.set_protocol(ResourceType.API_QUOTA, [FallbackAction(S.QUEUE_REQUEST)])
     with pytest.raises(RequestQueued) as caught:
         run(method(mode)(t, "later"))
-    assert caught.value.ticket > 0 and caught.value.key
+    assert caught.value.ticket > 0
+    assert caught.value.key
     assert isinstance(caught.value.__cause__, Flaky)
     assert queue.stats().waiting == 1
     t.answers[:] = ["replayed"]
     assert queue.replay() == 1
-    assert t.calls[-1] is None and len(t.calls) == 2
+    assert t.calls[-1] is None
+    assert len(t.calls) == 2
 
 
 def test_scale_down_lowers_the_adaptive_limit(mode: str, clock: FakeClock) -> None:
@@ -302,7 +303,8 @@ def test_all_targets_cooling_past_the_deadline_fails_at_once(mode: str, clock: F
     t.resilience.set_protocol(ResourceType.MCP_SERVER, [FallbackAction(S.SWITCH_PROVIDER)])
     with buttress.deadline(5.0, clock=clock), pytest.raises(buttress.ButtressError) as caught:
         run(generate(t, "x"))
-    assert "primary" in str(caught.value) and "secondary" in str(caught.value)
+    assert "primary" in str(caught.value)
+    assert "secondary" in str(caught.value)
     assert clock.total_slept == 0.0
 
 

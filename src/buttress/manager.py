@@ -620,7 +620,8 @@ class ResilienceManager:
             and not isinstance(targets, str | bytes)
             and all(isinstance(t, str) for t in targets)
         ):
-            targets = [(name, name) for name in targets]  # names only: the name is the target
+            # names only: each name is its own target
+            targets = [(str(name), name) for name in targets]
         pool_options.setdefault("clock", self._clock)
         pool = TargetPool(f"{self.team}.{resource.value}", targets, **pool_options)
         self.protocol_host.register_targets(resource, pool)
