@@ -247,7 +247,8 @@ class FallbackProtocol:
 
     Args:
         resource: the :class:`~buttress.ResourceType` it serves.
-        actions: its :class:`FallbackAction` steps.
+        actions: its :class:`FallbackAction` steps (a bare :class:`~buttress.FallbackStrategy`
+            is the step with its default parameters).
         timeout: seconds the whole call may take, every step included (None: only an enclosing
             deadline bounds it).
         classifier: which errors mean "the resource is failing" (default: the resource type's).
@@ -272,7 +273,10 @@ class FallbackProtocol:
                 f"actions of the {self.resource.value} protocol must be a list of "
                 f"FallbackAction, got {actions!r}"
             )
-        given = list(actions)
+        # A bare strategy is the step with its default parameters.
+        given = [
+            FallbackAction(a) if isinstance(a, FallbackStrategy) else a for a in list(actions)
+        ]
         for index, action in enumerate(given):
             if not isinstance(action, FallbackAction):
                 raise TypeError(
