@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import json
 import logging
 import random as _random
 import threading
@@ -153,17 +154,18 @@ class _Plan:
 def _cache_key(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> Hashable:
+    """The cache key of a call: the function, its instance, and the arguments (hashed as they
+    are, else by their JSON form, so a request dict is a key too); ``None`` when neither."""
     owner = getattr(fn, "__self__", None)
-    key = (
-        getattr(fn, "__func__", fn),
-        None if owner is None else id(owner),
-        args,
-        tuple(sorted(kwargs.items())) if kwargs else (),
-    )
+    head = (getattr(fn, "__func__", fn), None if owner is None else id(owner))
+    key: Hashable = (*head, args, tuple(sorted(kwargs.items())) if kwargs else ())
     try:
         hash(key)
     except TypeError:
-        return None
+        try:
+            key = (*head, json.dumps([args, kwargs], sort_keys=True))
+        except (TypeError, ValueError):
+            return None
     return key
 
 
