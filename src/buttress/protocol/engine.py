@@ -678,6 +678,8 @@ class _Run:
     def walk(self) -> Generator[Any, Any, Any]:
         """Yields a float (sleep) or a :class:`_Command`; receives ``(ok, value, took)``."""
         host, plan = self.host, self.plan
+        # Read here, not when the run was made: the protocol's own timeout is entered between.
+        self.deadline = deadline_on(self.clock, is_real(self.clock))
         if self.error is None:
             pool = plan.pool
             choice = None
