@@ -133,7 +133,16 @@ class _Command:
 class _Plan:
     """What is in force for one resource type, rebuilt when any of it changes."""
 
-    __slots__ = ("breaker", "cache", "limiter", "pool", "protocol", "recovering", "simple")
+    __slots__ = (
+        "breaker",
+        "cache",
+        "limiter",
+        "pool",
+        "pooled",
+        "protocol",
+        "recovering",
+        "simple",
+    )
 
     def __init__(
         self,
@@ -148,6 +157,10 @@ class _Plan:
         self.cache, self.recovering = cache, recovering
         self.simple = (
             pool is None and breaker is None and limiter is None and protocol.timeout is None
+        )
+        #: Targets but nothing else in force: the first attempt runs inline on a chosen target.
+        self.pooled = (
+            pool is not None and breaker is None and limiter is None and protocol.timeout is None
         )
 
 
@@ -363,6 +376,28 @@ class ProtocolHost:
             if plan.recovering:
                 self._recovered(resource)
             return result
+        if plan.pooled:
+            choice = self._admit(plan, resource)
+            if choice is not None:
+                call, cargs, ckwargs = _aimed(fn, args, kwargs, choice, bound)
+                token = _current_target.set(choice.name)
+                try:
+                    result = call(*cargs, **ckwargs)
+                except Exception as error:
+                    run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, error)
+                    run.choice, run.target = choice, choice.name
+                    return _drive(run)
+                finally:
+                    _current_target.reset(token)
+                if hasattr(result, "__await__"):
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+                    raise TypeError(
+                        f"{callable_name(fn)} returned an awaitable to a plain call; use an "
+                        "async def"
+                    )
+                return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
         timeout = self.with_timeout(resource, plan.protocol.timeout)
         breaker = plan.breaker
@@ -399,6 +434,22 @@ class ProtocolHost:
             if plan.recovering:
                 self._recovered(resource)
             return result
+        if plan.pooled:
+            choice = self._admit(plan, resource)
+            if choice is not None:
+                call, cargs, ckwargs = _aimed(fn, args, kwargs, choice, bound)
+                token = _current_target.set(choice.name)
+                try:
+                    result = call(*cargs, **ckwargs)
+                    if hasattr(result, "__await__"):
+                        result = await result
+                except Exception as error:
+                    run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, error)
+                    run.choice, run.target, run.is_async = choice, choice.name, True
+                    return await _adrive(run)
+                finally:
+                    _current_target.reset(token)
+                return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
         run.is_async = True
         timeout = self.with_timeout(resource, plan.protocol.timeout)
@@ -454,6 +505,31 @@ class ProtocolHost:
                     _current_target.reset(token)
             partial.append(chunk)
             yield chunk
+
+    def _admit(self, plan: _Plan, resource: ResourceType) -> TargetChoice | None:
+        """The first target of a call on the fast path (None: let the walk choose and wait)."""
+        pool = plan.pool
+        assert pool is not None
+        bad = self._bad.get(resource)
+        return pool.choose(exclude=bad) if bad else pool.choose()
+
+    def _done(
+        self,
+        plan: _Plan,
+        resource: ResourceType,
+        choice: TargetChoice,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+    ) -> Any:
+        assert plan.pool is not None
+        plan.pool.succeeded(choice)
+        if plan.cache is not None:
+            self._remember(plan.cache, fn, args, kwargs, result)
+        if plan.recovering:
+            self._recovered(resource)
+        return result
 
     def _remember(
         self,
@@ -597,7 +673,6 @@ class _Run:
         self.waited = 0.0
         self.deadline = deadline_on(self.clock, is_real(self.clock))
         self.classify = plan.protocol.classifier
-        self.takes_target = _takes_target(fn)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -624,13 +699,8 @@ class _Run:
             fn = self.variant
         self.choice = choice
         self.target = None if choice is None else choice.name
-        if choice is not None:
-            if self.takes_target and not degraded:
-                kwargs = {**kwargs, "target": choice.target}
-            elif callable(choice.target) and not degraded:
-                fn = choice.target
-                if self.bound:
-                    args = args[1:]
+        if choice is not None and not degraded:
+            fn, args, kwargs = _aimed(fn, args, kwargs, choice, self.bound)
         return _Command(fn, args, kwargs, self.target, self.plan.limiter, degraded)
 
     def succeeded(self, took: float, value: Any) -> Any:
@@ -705,6 +775,10 @@ class _Run:
                 host.step(self, "CALL", self.target, "failed", value)
                 if not resource_failing:
                     raise value
+        elif self.choice is not None:  # the first attempt ran on a target, on the fast path
+            if not self.failed(-1.0, self.error):  # its duration was not measured
+                raise self.error
+            host.step(self, "CALL", self.target, "failed", self.error)
         elif not self.classify(self.error):
             raise self.error
         else:
@@ -917,12 +991,45 @@ class _Run:
         return _MISSING
 
 
+def _aimed(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    choice: TargetChoice,
+    bound: bool,
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """The call to make on ``choice``: ``fn`` with ``target=`` when it takes one, else a callable
+    target itself (without the instance of a method), else ``fn`` as it is (it reads
+    :func:`~buttress.current_target`)."""
+    if _takes_target(fn):
+        return fn, args, {**kwargs, "target": choice.target}
+    target = choice.target
+    if callable(target):
+        return target, args[1:] if bound else args, kwargs
+    return fn, args, kwargs
+
+
+_TAKES_TARGET: dict[Any, bool] = {}
+
+
 def _takes_target(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts a ``target`` keyword (looked up once per function)."""
+    key = getattr(fn, "__func__", fn)
     try:
-        parameters = inspect.signature(fn).parameters
+        return _TAKES_TARGET[key]
+    except (KeyError, TypeError):
+        pass
+    try:
+        takes = "target" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return False
-    return "target" in parameters
+        takes = False
+    try:
+        if len(_TAKES_TARGET) > 4096:
+            _TAKES_TARGET.clear()
+        _TAKES_TARGET[key] = takes
+    except TypeError:
+        pass
+    return takes
 
 
 def _drive(run: _Run) -> Any:
