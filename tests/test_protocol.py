@@ -448,3 +448,18 @@ def test_classification_is_configurable_and_reads_retry_after() -> None:
     assert retry_after_of(Flaky(429, "12")) == 12.0
     assert retry_after_of(buttress.RateLimitExceeded("x", retry_after=4)) == 4.0
     assert retry_after_of(ValueError()) is None
+
+
+def test_a_refused_credential_cools_its_target_and_is_never_retried(
+    mode: str, clock: FakeClock, steps: list[Any]
+) -> None:
+    t = team(mode, clock, [Flaky(401), "other"])
+    t.resilience.register_targets(ResourceType.API_QUOTA, ["openai", "anthropic"])
+    assert run(method(mode)(t, "x")) == "other:x"
+    assert t.calls == ["openai", "anthropic"]
+    assert t.resilience.provider_states()["api_quota"]["openai"]["state"] == "cooling"
+    assert "RETRY" not in [s.strategy for s in steps if s.outcome != "skipped"]
+    t = team(mode, clock, [Flaky(401), "never"])  # without targets: the request's error
+    with pytest.raises(Flaky):
+        run(method(mode)(t, "x"))
+    assert len(t.calls) == 1

@@ -274,9 +274,7 @@ class FallbackProtocol:
                 f"FallbackAction, got {actions!r}"
             )
         # A bare strategy is the step with its default parameters.
-        given = [
-            FallbackAction(a) if isinstance(a, FallbackStrategy) else a for a in list(actions)
-        ]
+        given = [FallbackAction(a) if isinstance(a, FallbackStrategy) else a for a in list(actions)]
         for index, action in enumerate(given):
             if not isinstance(action, FallbackAction):
                 raise TypeError(

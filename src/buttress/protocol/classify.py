@@ -25,6 +25,10 @@ The decision, first match wins:
    ``NotImplementedError``, ``AssertionError``: request;
 6. anything else: ``default`` (resource unless configured otherwise).
 
+One kind of request error is a target's own: a refused credential (401, 403,
+``AuthenticationError``, ``PermissionDeniedError``, :meth:`Classifier.cools_target`). With
+targets registered, it cools that target and the call switches to another, without retrying it.
+
 :func:`retry_after_of` reads the wait a failure asks for: a numeric ``retry_after`` attribute
 (buttress's rejections) or the ``Retry-After`` header of the response it carries.
 """
@@ -90,6 +94,7 @@ _REQUEST_NAMES = frozenset(
         "InvalidRequestError",
     }
 )
+_TARGET_NAMES = frozenset({"AuthenticationError", "PermissionDeniedError"})
 _REQUEST_TYPES: tuple[type[BaseException], ...] = (
     ValueError,
     TypeError,
@@ -240,6 +245,15 @@ class Classifier:
         if isinstance(error, _REQUEST_TYPES):
             return False
         return self.default
+
+    def cools_target(self, error: BaseException) -> bool:
+        """Whether a request error is the target's own (a refused credential: HTTP 401/403,
+        ``AuthenticationError``, ``PermissionDeniedError``): with targets, that one is cooled
+        and the call goes to another, never retried on it."""
+        status = http_status_of(error)
+        if status in (401, 403):
+            return True
+        return bool(_names(error) & _TARGET_NAMES)
 
     def __repr__(self) -> str:
         return (

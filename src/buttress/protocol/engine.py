@@ -64,7 +64,7 @@ from .._config import callable_name
 from .._deadline import deadline_on
 from ..clock import Clock, get_clock, is_real
 from ..degradation import DegradationManager, ServiceCategory
-from ..errors import RequestQueued, StreamInterrupted
+from ..errors import CircuitOpenError, RequestQueued, StreamInterrupted
 from ..health.types import ResourceType
 from ..machines.backoff import Jitter, combine_with_retry_after
 from ..policies.adaptive import AdaptiveConcurrency
@@ -479,7 +479,13 @@ class ProtocolHost:
         run.is_async = run.streaming = True
         breaker = plan.breaker
         if breaker is not None and breaker.state is CircuitState.OPEN:
-            await breaker.acall(_fail_fast)  # raises CircuitOpenError
+            # Refused as the breaker refuses; asking it to admit a call here would take (and
+            # spend) a half-open probe on a call it does not see through.
+            raise CircuitOpenError(
+                f"circuit breaker {breaker.name!r} is open; retry after {breaker.retry_after:.3f}s",
+                retry_after=breaker.retry_after,
+                name=breaker.name,
+            )
         agen, first = await _adrive(run)
         if agen is None:
             return
@@ -635,10 +641,6 @@ class ProtocolHost:
         }
 
 
-async def _fail_fast() -> None:
-    return None
-
-
 class _Run:
     """One failing call's walk down its protocol (module documentation)."""
 
@@ -671,6 +673,7 @@ class _Run:
         self.target: str | None = None
         self.shortest: float | None = None
         self.waited = 0.0
+        self.target_fault = False
         self.deadline = deadline_on(self.clock, is_real(self.clock))
         self.classify = plan.protocol.classifier
 
@@ -722,9 +725,18 @@ class _Run:
         resource = self.classify(error)
         choice, pool = self.choice, self.plan.pool
         if choice is not None and pool is not None:
-            pool.failed(choice, error, retry_after=retry_after_of(error), cool=resource)
+            # A credential refused is that target's fault, not the request's: cool it and go to
+            # another target, but never retry it.
+            self.target_fault = not resource and self.classify.cools_target(error)
+            pool.failed(
+                choice,
+                error,
+                retry_after=retry_after_of(error),
+                cool=resource or self.target_fault,
+            )
             self.tried.add(choice.name)
             self.choice = None
+            return resource or self.target_fault
         return resource
 
     def broke(self, error: BaseException) -> None:
@@ -831,7 +843,7 @@ class _Run:
         self, action: FallbackAction, later: tuple[FallbackAction, ...]
     ) -> Generator[Any, Any, Any]:
         host, pool, params = self.host, self.plan.pool, action.params
-        if self.known_bad():
+        if self.known_bad() or self.target_fault:
             host.step(self, "RETRY", self.target, "skipped", self.error)
             return _MISSING
         if pool is not None and any(a.strategy is FallbackStrategy.SWITCH_PROVIDER for a in later):
