@@ -463,3 +463,47 @@ def test_a_refused_credential_cools_its_target_and_is_never_retried(
     with pytest.raises(Flaky):
         run(method(mode)(t, "x"))
     assert len(t.calls) == 1
+
+
+def test_writes_never_go_to_a_replica(mode: str, clock: FakeClock) -> None:
+    queue = RequestQueue("writes", storage="memory://", clock=clock)
+    manager = ResilienceManager(f"db-{mode}", clock=clock, queue=queue)
+    manager.register_targets(ResourceType.DATABASE, ["primary", "replica1", "replica2"])
+    manager.set_protocol(
+        ResourceType.DATABASE,
+        [FallbackAction(S.RETRY, attempts=3), FallbackAction(S.SWITCH_PROVIDER)],
+    )
+    seen: list[str | None] = []
+
+    def body(self: Any, sql: str) -> str:
+        seen.append(current_target())
+        if current_target() == "primary":
+            raise ConnectionError("primary stopped")
+        return f"{current_target()}:{sql}"
+
+    if mode == "sync":
+        read = with_fallback(ResourceType.DATABASE)(body)
+        write = with_fallback(ResourceType.DATABASE, write=True)(body)
+    else:
+
+        async def abody(self: Any, sql: str) -> str:
+            return body(self, sql)
+
+        read = with_fallback(ResourceType.DATABASE)(abody)
+        write = with_fallback(ResourceType.DATABASE, write=True)(abody)
+
+    class Repo:
+        resilience = manager
+
+    with buttress.deadline(5.0, clock=clock):
+        assert run(read(Repo(), "select")) == "replica1:select"
+        with pytest.raises(buttress.ButtressError, match="primary"):
+            run(write(Repo(), "insert"))
+    # The read switched; the write waited for the cooling primary, not a replica, and failed.
+    assert seen == ["primary", "replica1"]
+    manager.set_protocol(
+        ResourceType.DATABASE, [FallbackAction(S.SWITCH_PROVIDER), FallbackAction(S.QUEUE_REQUEST)]
+    )
+    with buttress.deadline(5.0, clock=clock), pytest.raises(RequestQueued):
+        run(write(Repo(), "insert"))
+    assert queue.stats().waiting == 1

@@ -88,17 +88,23 @@ def _find(args: tuple[Any, ...]) -> tuple[ProtocolHost, bool]:
     return _host_of(current_manager()), False
 
 
-def with_fallback(resource: ResourceType | str, *, name: str | None = None) -> Callable[[F], F]:
+def with_fallback(
+    resource: ResourceType | str, *, name: str | None = None, write: bool = False
+) -> Callable[[F], F]:
     """Run the decorated function under its team's fallback protocol for ``resource``.
 
     Args:
         resource: the :class:`~buttress.ResourceType` the function depends on.
         name: the name in events and logs (default: the function's qualified name).
+        write: the call writes (a database write): it goes to the first target (the primary)
+            only, never switched to a replica; queued by a QUEUE_REQUEST step or failing clearly.
 
     Raises:
         ValueError: an unknown resource type. TypeError: a plain generator function.
     """
     rtype = resource_type(resource)
+    if not isinstance(write, bool):
+        raise TypeError(f"write must be True or False, got {write!r}")
 
     def decorate(fn: F) -> F:
         if not callable(fn):
@@ -117,7 +123,14 @@ def with_fallback(resource: ResourceType | str, *, name: str | None = None) -> C
             def stream_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
                 return host.stream(
-                    rtype, fn, args, kwargs, variant=variant[0], bound=bound, name=label
+                    rtype,
+                    fn,
+                    args,
+                    kwargs,
+                    variant=variant[0],
+                    bound=bound,
+                    name=label,
+                    write=write,
                 )
 
             wrapper = stream_wrapper
@@ -127,7 +140,14 @@ def with_fallback(resource: ResourceType | str, *, name: str | None = None) -> C
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
                 return await host.acall(
-                    rtype, fn, args, kwargs, variant=variant[0], bound=bound, name=label
+                    rtype,
+                    fn,
+                    args,
+                    kwargs,
+                    variant=variant[0],
+                    bound=bound,
+                    name=label,
+                    write=write,
                 )
 
             wrapper = async_wrapper
@@ -137,7 +157,14 @@ def with_fallback(resource: ResourceType | str, *, name: str | None = None) -> C
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
                 return host.call(
-                    rtype, fn, args, kwargs, variant=variant[0], bound=bound, name=label
+                    rtype,
+                    fn,
+                    args,
+                    kwargs,
+                    variant=variant[0],
+                    bound=bound,
+                    name=label,
+                    write=write,
                 )
 
             wrapper = sync_wrapper

@@ -37,6 +37,11 @@ bounded by the enclosing timeout, which cancels (async) or abandons (sync) them.
 retried (an exhausted quota does not recover in a backoff), and a target with the same name as
 such a monitor is skipped when the first target is chosen: the call switches at once.
 
+**Writes.** A call marked ``write=True`` goes to the pool's first target (the primary) only:
+SWITCH_PROVIDER is skipped for it, so a write is never sent to a replica; it waits for the
+primary within its deadline, or is queued by a QUEUE_REQUEST step, or fails with the primary's
+error.
+
 **Streams.** An async generator function is streamed: the walk's "call" is getting the first
 chunk, so a failure before it walks the protocol as any other call (switching is transparent);
 a failure after it raises :class:`~buttress.StreamInterrupted` with the chunks received and the
@@ -355,10 +360,11 @@ class ProtocolHost:
         variant: Callable[..., Any] | None = None,
         bound: bool = False,
         name: str | None = None,
+        write: bool = False,
     ) -> Any:
         """Run the sync ``fn(*args, **kwargs)`` under the resource's protocol."""
         plan = self._plans.get(resource) or self._plan(resource)
-        if plan.simple:
+        if plan.simple and not write:
             try:
                 result = fn(*args, **kwargs)
             except Exception as error:
@@ -376,7 +382,7 @@ class ProtocolHost:
             if plan.recovering:
                 self._recovered(resource)
             return result
-        if plan.pooled:
+        if plan.pooled and not write:
             choice = self._admit(plan, resource)
             if choice is not None:
                 call, cargs, ckwargs = _aimed(fn, args, kwargs, choice, bound)
@@ -399,6 +405,7 @@ class ProtocolHost:
                     )
                 return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
+        run.writes(write)
         timeout = self.with_timeout(resource, plan.protocol.timeout)
         breaker = plan.breaker
         if breaker is not None:
@@ -419,10 +426,11 @@ class ProtocolHost:
         variant: Callable[..., Any] | None = None,
         bound: bool = False,
         name: str | None = None,
+        write: bool = False,
     ) -> Any:
         """Await ``fn(*args, **kwargs)`` under the resource's protocol."""
         plan = self._plans.get(resource) or self._plan(resource)
-        if plan.simple:
+        if plan.simple and not write:
             try:
                 result = await fn(*args, **kwargs)
             except Exception as error:
@@ -434,7 +442,7 @@ class ProtocolHost:
             if plan.recovering:
                 self._recovered(resource)
             return result
-        if plan.pooled:
+        if plan.pooled and not write:
             choice = self._admit(plan, resource)
             if choice is not None:
                 call, cargs, ckwargs = _aimed(fn, args, kwargs, choice, bound)
@@ -451,6 +459,7 @@ class ProtocolHost:
                     _current_target.reset(token)
                 return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
+        run.writes(write)
         run.is_async = True
         timeout = self.with_timeout(resource, plan.protocol.timeout)
         breaker = plan.breaker
@@ -472,10 +481,12 @@ class ProtocolHost:
         variant: Callable[..., Any] | None = None,
         bound: bool = False,
         name: str | None = None,
+        write: bool = False,
     ) -> AsyncIterator[Any]:
         """Stream ``fn(*args, **kwargs)`` (an async generator) under the resource's protocol."""
         plan = self._plan(resource)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
+        run.writes(write)
         run.is_async = run.streaming = True
         breaker = plan.breaker
         if breaker is not None and breaker.state is CircuitState.OPEN:
@@ -674,10 +685,17 @@ class _Run:
         self.shortest: float | None = None
         self.waited = 0.0
         self.target_fault = False
+        self.only: str | None = None  # a write: the primary (first target) only
         self.deadline = deadline_on(self.clock, is_real(self.clock))
         self.classify = plan.protocol.classifier
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def writes(self, write: bool) -> None:
+        """Mark the call a write: it goes to the pool's first target (the primary) only."""
+        pool = self.plan.pool
+        if write and pool is not None:
+            self.only = next(iter(pool.states()), None)
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.clock.now()
@@ -767,11 +785,14 @@ class _Run:
             choice = None
             if pool is not None:
                 bad = host._bad.get(self.resource) or frozenset()
-                choice = pool.choose(exclude=bad) if bad else pool.choose()
-                if choice is None and bad:
-                    choice = pool.choose()
+                if self.only is not None:
+                    choice = pool.choose(exclude=self._excluded(self.only, tried=False))
+                else:
+                    choice = pool.choose(exclude=bad) if bad else pool.choose()
+                    if choice is None and bad:
+                        choice = pool.choose()
                 if choice is None:
-                    choice = yield from self._wait_for_target(None, _FIRST_WAIT)
+                    choice = yield from self._wait_for_target(self.only, _FIRST_WAIT)
             if choice is _MISSING:
                 assert pool is not None
                 if self.error is None:
@@ -846,7 +867,11 @@ class _Run:
         if self.known_bad() or self.target_fault:
             host.step(self, "RETRY", self.target, "skipped", self.error)
             return _MISSING
-        if pool is not None and any(a.strategy is FallbackStrategy.SWITCH_PROVIDER for a in later):
+        if (
+            pool is not None
+            and self.only is None
+            and any(a.strategy is FallbackStrategy.SWITCH_PROVIDER for a in later)
+        ):
             # A provider-level failure with an untried target left: switch now, not after a backoff.
             choice = pool.choose(exclude=self.tried)
             if choice is not None:
@@ -866,9 +891,9 @@ class _Run:
                 yield delay
             choice = None
             if pool is not None:
-                choice = pool.choose()
+                choice = pool.choose(exclude=self._excluded(self.only, tried=False))
                 if choice is None:
-                    choice = yield from self._wait_for_target(None, _FIRST_WAIT)
+                    choice = yield from self._wait_for_target(self.only, _FIRST_WAIT)
                     if choice is _MISSING:
                         return _MISSING
             value = yield from self._attempt("RETRY", choice)
@@ -904,7 +929,7 @@ class _Run:
 
     def _switch(self, action: FallbackAction) -> Generator[Any, Any, Any]:
         host, pool = self.host, self.plan.pool
-        if pool is None:
+        if pool is None or self.only is not None:  # a write is never sent to a replica
             host.step(self, "SWITCH_PROVIDER", action.target, "skipped")
             return _MISSING
         only = action.target
