@@ -134,3 +134,39 @@ def test_a_protocol_for_another_type_is_refused() -> None:
         manager.set_protocol(ResourceType.MEMORY, protocol)
     with pytest.raises(TypeError, match="list of FallbackAction"):
         manager.set_protocol(ResourceType.MEMORY, "cache")  # type: ignore[arg-type]
+
+
+def test_under_load_no_call_starts_on_the_primary_once_it_cooled() -> None:
+    """200 concurrent tasks: once the primary's first failure has cooled it, every call that
+    starts afterwards goes to the secondary, and none surfaces an error."""
+    manager = ResilienceManager("load")
+    manager.register_targets(ResourceType.API_QUOTA, ["primary", "secondary"], cooldown=60.0)
+    started_after_cooling: list[str | None] = []
+    cooled = asyncio.Event()
+
+    class Client:
+        resilience = manager
+
+        @with_fallback(ResourceType.API_QUOTA)
+        async def complete(self, n: int) -> str:
+            target = buttress.current_target()
+            if cooled.is_set():
+                started_after_cooling.append(target)
+            await asyncio.sleep(0)
+            if target == "primary":
+                cooled.set()  # the pool hears of this failure before anything else runs
+                raise ConnectionError("primary down")
+            return f"{target}:{n}"
+
+    async def main() -> list[str]:
+        client = Client()
+        first = [asyncio.create_task(client.complete(n)) for n in range(100)]
+        await cooled.wait()
+        later = [asyncio.create_task(client.complete(n)) for n in range(100, 200)]
+        return await asyncio.gather(*first, *later)
+
+    answers = asyncio.run(main())
+    assert len(answers) == 200
+    assert all(a.startswith("secondary:") for a in answers)
+    assert started_after_cooling
+    assert "primary" not in started_after_cooling
