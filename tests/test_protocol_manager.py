@@ -170,3 +170,25 @@ def test_under_load_no_call_starts_on_the_primary_once_it_cooled() -> None:
     assert all(a.startswith("secondary:") for a in answers)
     assert started_after_cooling
     assert "primary" not in started_after_cooling
+
+
+def test_with_resilience_counts_a_failed_call_once_and_then_fails_fast(clock: FakeClock) -> None:
+    manager = ResilienceManager("counting", clock=clock)
+    manager.set_protocol(ResourceType.NETWORK, [])
+    calls: list[int] = []
+
+    def down() -> None:
+        calls.append(1)
+        raise ConnectionError("down")
+
+    try:
+        for _ in range(5):
+            with pytest.raises(ConnectionError):
+                manager.call_with_resilience(down, ResourceType.NETWORK)
+        breaker = buttress.circuit_breakers()["counting.network"]
+        assert breaker.state is buttress.CircuitState.OPEN  # five failures: the default threshold
+        with pytest.raises(buttress.CircuitOpenError):
+            manager.call_with_resilience(down, ResourceType.NETWORK)
+        assert len(calls) == 5
+    finally:
+        buttress.circuit_breakers()["counting.network"].dispose()

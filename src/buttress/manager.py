@@ -640,14 +640,15 @@ class ResilienceManager:
         self, fn: Callable[..., Any], rtype: ResourceType | str, /, *args: Any, **kwargs: Any
     ) -> Any:
         """Await ``fn(*args, **kwargs)`` with the full stack: a timeout (``timeouts`` config,
-        default 30 s) around the resource's breaker (``<team>.<type>``) around its fallback
-        protocol (retry, switch, degrade, queue, cache... as configured)."""
+        default 30 s) around the resource's breaker (``<team>.<type>``, put in force for every
+        call of the resource type from then on) around its fallback protocol (retry, switch,
+        degrade, queue, cache... as configured)."""
         resource = resource_type(rtype)
         host = self.protocol_host
         timeout = host.with_timeout(resource, self._stack(resource))
-        breaker = host.breaker(resource)
+        host.breaker(resource)  # in force from now on for every call of the resource
         assert timeout is not None
-        return await timeout.acall(breaker.acall, host.acall, resource, fn, args, kwargs)
+        return await timeout.acall(host.acall, resource, fn, args, kwargs)
 
     def call_with_resilience(
         self, fn: Callable[..., Any], rtype: ResourceType | str, /, *args: Any, **kwargs: Any
@@ -656,9 +657,9 @@ class ResilienceManager:
         resource = resource_type(rtype)
         host = self.protocol_host
         timeout = host.with_timeout(resource, self._stack(resource))
-        breaker = host.breaker(resource)
+        host.breaker(resource)
         assert timeout is not None
-        return timeout.call(breaker.call, host.call, resource, fn, args, kwargs)
+        return timeout.call(host.call, resource, fn, args, kwargs)
 
     def _feed_protocols(self, state: ResourceState | None, old: ResourceStatus | None) -> None:
         """Tell the protocols which resources are known bad; lift their measures on recovery."""

@@ -220,7 +220,7 @@ class ProtocolHost:
         self._degraded: set[ResourceType] = set()
         self._bad: dict[ResourceType, frozenset[str]] = {}
         self._plans: dict[ResourceType, _Plan] = {}
-        self._timeouts: dict[ResourceType, Timeout] = {}
+        self._timeouts: dict[tuple[ResourceType, float], Timeout] = {}
         self._steps: deque[dict[str, Any]] = deque(maxlen=50)
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._random = _random.random
@@ -254,7 +254,8 @@ class ProtocolHost:
 
     def protocol(self, resource: ResourceType) -> FallbackProtocol:
         """The protocol in force for ``resource`` (the team's, else the default)."""
-        return self._protocols.get(resource) or default_protocol(resource)
+        protocol = self._protocols.get(resource)
+        return default_protocol(resource) if protocol is None else protocol
 
     def register_targets(self, resource: ResourceType, pool: TargetPool) -> TargetPool:
         with self._lock:
@@ -278,9 +279,9 @@ class ProtocolHost:
     def with_timeout(self, resource: ResourceType, seconds: float | None) -> Timeout | None:
         if seconds is None:
             return None
-        timeout = self._timeouts.get(resource)
-        if timeout is None or timeout.seconds != seconds:
-            timeout = self._timeouts[resource] = Timeout(
+        timeout = self._timeouts.get((resource, seconds))
+        if timeout is None:
+            timeout = self._timeouts[(resource, seconds)] = Timeout(
                 timeout_seconds=seconds, name=f"{self.team}.{resource.value}", clock=self._clock
             )
         return timeout
