@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -349,14 +350,24 @@ def test_streams_switch_before_the_first_chunk_and_never_after(clock: FakeClock)
     assert isinstance(caught.value.__cause__, ConnectionError)
 
 
-def test_steps_are_in_the_health_report(clock: FakeClock, steps: list[Any]) -> None:
-    t = team("sync", clock, [Flaky(500), "ok"])
-    method("sync")(t, "x")
+def test_steps_are_in_the_health_report_and_logged(
+    clock: FakeClock, steps: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="buttress.protocol")
+    t = team("sync", clock, [Flaky(500), "ok", Flaky(500), "ok"])
+    generate = method("sync")
+    generate(t, "x")
+    generate(t, "y")
     report = t.resilience.health_report()["protocols"]
-    assert report["counts"]["api_quota"]["RETRY"] == {"succeeded": 1}
-    assert report["counts"]["api_quota"]["CALL"] == {"failed": 1}
+    assert report["counts"]["api_quota"]["RETRY"] == {"succeeded": 2}
+    assert report["counts"]["api_quota"]["CALL"] == {"failed": 2}
     assert report["last_steps"][-1]["strategy"] == "RETRY"
-    assert steps[0].level > steps[1].level  # the failure at WARNING, the success at INFO
+    assert len(steps) == 4  # hooks see every step
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    warnings = [m for level, m in levels if level == logging.WARNING]
+    assert len(warnings) == 1  # the outage's first failure; the next is summarised later
+    assert "CALL" in warnings[0]
+    assert sum(1 for level, m in levels if level == logging.INFO and "RETRY" in m) == 2
 
 
 def test_actions_are_validated_and_ordered() -> None:

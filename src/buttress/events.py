@@ -286,8 +286,8 @@ class ProtocolStep(Event):
     ``resource`` is the resource type's value (``"api_quota"``); ``strategy`` the step's strategy
     name (``RETRY``, ``SWITCH_PROVIDER``, ... and ``CALL`` for the call's own first attempt);
     ``target`` the target it used, if any; ``outcome`` ``succeeded``, ``failed``, ``skipped``,
-    ``queued`` or ``opened``; ``elapsed`` seconds since the call began. Failures are logged at
-    WARNING, the rest at INFO.
+    ``queued`` or ``opened``; ``elapsed`` seconds since the call began. Steps are logged at INFO;
+    failures at WARNING the first time, then summarised per interval (each at DEBUG).
     """
 
     kind: ClassVar[str] = "protocol_step"

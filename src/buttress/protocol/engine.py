@@ -47,8 +47,9 @@ chunk, so a failure before it walks the protocol as any other call (switching is
 a failure after it raises :class:`~buttress.StreamInterrupted` with the chunks received and the
 target, never a splice of two targets' output.
 
-Every step emits a :class:`~buttress.events.ProtocolStep` (logged at INFO, WARNING for a failure,
-counted by the Prometheus hook) and is recorded in the host's ``protocols`` report.
+Every step emits a :class:`~buttress.events.ProtocolStep` (logged at INFO; a failure is logged
+at WARNING the first time, then summarised once per interval per operation and strategy, its
+detail at DEBUG), counted by the Prometheus hook and recorded in the ``protocols`` report.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ import random as _random
 import threading
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Generator, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .. import events as _events
+from .._callables import RepeatedWarnings
 from .._config import callable_name
 from .._deadline import deadline_on
 from ..clock import Clock, get_clock, is_real
@@ -115,6 +118,19 @@ def cached_age() -> float | None:
     """Age in seconds of the answer the last protocol call here served from its cache (``None``
     when the last such call was answered fresh)."""
     return _cache_age.get()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _FailedStep(_events.ProtocolStep):
+    """A failed step, told per call at DEBUG; the WARNING goes through :data:`_FAILED`."""
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return logging.DEBUG
+
+
+#: Failed steps: per operation and strategy, the first logged at WARNING, then summaries.
+_FAILED = RepeatedWarnings("protocol", "failed protocol steps of {name!r}")
 
 
 class _Command:
@@ -601,7 +617,8 @@ class ProtocolHost:
         error: BaseException | None = None,
     ) -> None:
         now = self.clock.now()
-        event = _events.ProtocolStep(
+        kind = _FailedStep if outcome == "failed" else _events.ProtocolStep
+        event = kind(
             policy="protocol",
             name=run.name,
             at=now,
@@ -613,6 +630,13 @@ class ProtocolHost:
             exception=error,
         )
         _events.emit(event, self._record)
+        if outcome == "failed":
+            # An outage fails every call: the first failure is a WARNING, then one summary per
+            # interval; the detail of each stays at DEBUG and in the hooks.
+            clock = self.clock
+            _FAILED.hit(
+                (run.name, strategy), lambda: run.name, clock, is_real(clock), now, event.message
+            )
 
     def _record(self, event: _events.Event) -> None:
         assert isinstance(event, _events.ProtocolStep)
