@@ -33,6 +33,16 @@ runs to answer it. Several managers in one process are independent (their own re
 components, schedule and degradation manager); circuit breakers are process-wide by name, so the
 report's ``circuits`` shows the registered breakers (all, or the names given in ``circuits=``).
 
+Fallback protocols: the manager holds a :class:`buttress.protocol.ProtocolHost` (``protocol_host``)
+with the team's protocol per resource type (the defaults, its ``fallback_strategies``
+configuration, or :meth:`ResilienceManager.set_protocol`), its target pools
+(:meth:`ResilienceManager.register_targets`), the durable queue of QUEUE_REQUEST steps (``queue=``)
+and the record of the steps taken (the report's ``protocols``). Resource status feeds it too: the
+names of CRITICAL or UNAVAILABLE monitors are skipped as targets and never retried, and a resource
+turning HEALTHY lifts its SCALE_DOWN and degraded service and replays the queue.
+:meth:`ResilienceManager.with_resilience` runs a call through a timeout, the resource's breaker
+and its protocol.
+
 The ``register_*`` methods for system, database, network, Docker, Kubernetes and MCP resources
 import their check factories only when called, so the optional dependencies they need are never
 imported otherwise; bad arguments fail at registration with the factory's error.
