@@ -9,7 +9,8 @@ team's state costs. Rows, per ``def`` and ``async def``:
 * ``with_fallback`` with the team's protocol (the API quota default: no cache on the success
   path);
 * ``with_fallback`` with a USE_CACHE step (every answer is kept for a later failure);
-* ``with_fallback`` with registered targets (a target chosen, released and recorded per call).
+* ``with_fallback`` with registered targets (the MCP default protocol, no cache: a target chosen,
+  made current and told of the success per call).
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ class Team:
     aquota = with_fallback(ResourceType.API_QUOTA)(abare)
     cached = with_fallback(ResourceType.MEMORY)(bare)
     acached = with_fallback(ResourceType.MEMORY)(abare)
-    targeted = with_fallback(ResourceType.DATABASE)(bare)
-    atargeted = with_fallback(ResourceType.DATABASE)(abare)
+    targeted = with_fallback(ResourceType.MCP_SERVER)(bare)
+    atargeted = with_fallback(ResourceType.MCP_SERVER)(abare)
 
 
 def main() -> None:
     team = Team("bench")
-    team.resilience.register_targets(ResourceType.DATABASE, ["primary", "replica"])
+    team.resilience.register_targets(ResourceType.MCP_SERVER, ["primary", "secondary"])
     team.resilience.set_protocol(ResourceType.MEMORY, [FallbackAction(FallbackStrategy.USE_CACHE)])
     sync_rows: list[tuple[str, str, float, float | None]] = []
     floor = ns_per_call(lambda: team.hand(1))
