@@ -518,3 +518,39 @@ def test_writes_never_go_to_a_replica(mode: str, clock: FakeClock) -> None:
     with buttress.deadline(5.0, clock=clock), pytest.raises(RequestQueued):
         run(write(Repo(), "insert"))
     assert queue.stats().waiting == 1
+
+
+def test_an_open_breaker_refuses_a_stream_and_a_stream_failure_cools_its_target(
+    clock: FakeClock,
+) -> None:
+    manager = ResilienceManager(f"stream-breaker-{id(clock)}", clock=clock)
+    manager.register_targets(ResourceType.API_QUOTA, ["a", "b"])
+    manager.set_protocol(
+        ResourceType.API_QUOTA,
+        [FallbackAction(S.SWITCH_PROVIDER), FallbackAction(S.CIRCUIT_BREAK)],
+    )
+    opened: list[str] = []
+
+    class Streamer:
+        resilience = manager
+
+        @with_fallback(ResourceType.API_QUOTA)
+        async def stream(self) -> AsyncIterator[str]:
+            opened.append(current_target() or "")
+            yield "first"
+            raise ConnectionError("reset")
+
+    async def collect() -> list[str]:
+        return [chunk async for chunk in Streamer().stream()]
+
+    with pytest.raises(StreamInterrupted) as caught:
+        asyncio.run(collect())
+    assert (caught.value.partial, caught.value.target) == (["first"], "a")
+    assert manager.provider_states()["api_quota"]["a"]["state"] == "cooling"
+    manager.protocol_host.breaker(ResourceType.API_QUOTA).open()
+    try:
+        with pytest.raises(CircuitOpenError):
+            asyncio.run(collect())
+        assert opened == ["a"]
+    finally:
+        manager.protocol_host.breaker(ResourceType.API_QUOTA).dispose()

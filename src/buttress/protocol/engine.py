@@ -787,7 +787,7 @@ class _Run:
         pool = self.plan.pool
         if pool is not None and self.target is not None:
             pool.failed(
-                TargetChoice(self.target, None),
+                TargetChoice(name=self.target, target=None, probe=False),
                 error,
                 retry_after=retry_after_of(error),
                 cool=self.classify(error),
