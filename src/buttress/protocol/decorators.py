@@ -30,7 +30,7 @@ from typing import Any, TypeVar, cast
 from .._config import callable_name
 from ..health.manager import resource_type
 from ..health.types import ResourceType
-from .engine import ProtocolHost
+from .engine import ProtocolHost, _refuse_awaitable
 
 __all__ = ["current_manager", "set_default_manager", "use_manager", "with_fallback"]
 
@@ -139,6 +139,15 @@ def with_fallback(
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
+                plan = host._plans.get(rtype)
+                if plan is not None and plan.bare and not write:
+                    # The success path inline: nothing in force but the protocol.
+                    try:
+                        return await fn(*args, **kwargs)
+                    except Exception as error:
+                        return await host.arecover(
+                            plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                        )
                 return await host.acall(
                     rtype,
                     fn,
@@ -156,6 +165,17 @@ def with_fallback(
             @functools.wraps(fn)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
+                plan = host._plans.get(rtype)
+                if plan is not None and plan.bare and not write:
+                    try:
+                        result = fn(*args, **kwargs)
+                    except Exception as error:
+                        return host.recover(
+                            plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                        )
+                    if hasattr(result, "__await__"):
+                        _refuse_awaitable(fn, result)
+                    return result
                 return host.call(
                     rtype,
                     fn,

@@ -155,6 +155,7 @@ class _Plan:
     """What is in force for one resource type, rebuilt when any of it changes."""
 
     __slots__ = (
+        "bare",
         "breaker",
         "cache",
         "limiter",
@@ -179,6 +180,8 @@ class _Plan:
         self.simple = (
             pool is None and breaker is None and limiter is None and protocol.timeout is None
         )
+        #: Simple, and nothing to do after a success (no cache to fill, no recovery to report).
+        self.bare = self.simple and cache is None and not recovering
         #: Targets but nothing else in force: the first attempt runs inline on a chosen target.
         self.pooled = (
             pool is not None and breaker is None and limiter is None and protocol.timeout is None
@@ -388,12 +391,7 @@ class ProtocolHost:
                 run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, error)
                 return _drive(run)
             if hasattr(result, "__await__"):
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-                raise TypeError(
-                    f"{callable_name(fn)} returned an awaitable to a plain call; use an async def"
-                )
+                _refuse_awaitable(fn, result)
             if plan.cache is not None:
                 self._remember(plan.cache, fn, args, kwargs, result)
             if plan.recovering:
@@ -413,13 +411,7 @@ class ProtocolHost:
                 finally:
                     _current_target.reset(token)
                 if hasattr(result, "__await__"):
-                    close = getattr(result, "close", None)
-                    if close is not None:
-                        close()
-                    raise TypeError(
-                        f"{callable_name(fn)} returned an awaitable to a plain call; use an "
-                        "async def"
-                    )
+                    _refuse_awaitable(fn, result)
                 return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
         run.writes(write)
@@ -539,6 +531,38 @@ class ProtocolHost:
                     _current_target.reset(token)
             partial.append(chunk)
             yield chunk
+
+    def recover(
+        self,
+        plan: _Plan,
+        resource: ResourceType,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        error: BaseException,
+        variant: Callable[..., Any] | None,
+        bound: bool,
+        name: str | None,
+    ) -> Any:
+        """Walk the protocol for a sync call whose first attempt raised ``error``."""
+        return _drive(_Run(self, plan, resource, fn, args, kwargs, variant, bound, name, error))
+
+    async def arecover(
+        self,
+        plan: _Plan,
+        resource: ResourceType,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        error: BaseException,
+        variant: Callable[..., Any] | None,
+        bound: bool,
+        name: str | None,
+    ) -> Any:
+        """Walk the protocol for an async call whose first attempt raised ``error``."""
+        run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, error)
+        run.is_async = True
+        return await _adrive(run)
 
     def _admit(self, plan: _Plan, resource: ResourceType) -> TargetChoice | None:
         """The first target of a call on the fast path (None: let the walk choose and wait)."""
@@ -1051,6 +1075,14 @@ class _Run:
         breaker.open()
         self.host.step(self, "CIRCUIT_BREAK", breaker.name, "opened", self.error)
         return _MISSING
+
+
+def _refuse_awaitable(fn: Callable[..., Any], result: Any) -> None:
+    """A plain call returned an awaitable: closed (never to be awaited) and refused."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+    raise TypeError(f"{callable_name(fn)} returned an awaitable to a plain call; use an async def")
 
 
 def _aimed(
