@@ -11,6 +11,7 @@ import buttress
 from buttress import (
     CircuitBreakerConfig,
     ConfigError,
+    FallbackAction,
     FallbackStrategy,
     ResourceType,
     build_manager,
@@ -99,7 +100,7 @@ def test_the_development_profile_changes_defaults_but_not_explicit_values(
 
 
 def test_the_seed_team_dict_is_accepted() -> None:
-    action = object()  # an action object is kept as given, for the protocol to check
+    action = FallbackAction(FallbackStrategy.SWITCH_PROVIDER, target="anthropic")
     config = load_config(
         {
             "check_interval": 20,
@@ -114,7 +115,8 @@ def test_the_seed_team_dict_is_accepted() -> None:
     assert config.manager["check_interval"] == 20
     actions = config.manager["fallback_strategies"][ResourceType.API_QUOTA]
     assert actions[0] is action
-    assert actions[1]["strategy"] is FallbackStrategy.USE_CACHE
+    assert actions[1].strategy is FallbackStrategy.USE_CACHE
+    assert actions[1].priority == 1
 
 
 TOML = """
@@ -177,7 +179,11 @@ def test_json_and_yaml_files_say_the_same(tmp_path: Path) -> None:
         ({"fallback_strategies": {"api_quota": [{"strategy": "pray"}]}}, "api_quota[0].strategy"),
         (
             {"fallback_strategies": {"api_quota": [{"strategy": "retry", "priority": "hi"}]}},
-            "api_quota[0].priority",
+            "api_quota[0]: priority",
+        ),
+        (
+            {"fallback_strategies": {"api_quota": [{"strategy": "retry", "colour": 1}]}},
+            "colour",
         ),
         ({"fallback_strategies": {"api_quota": "retry"}}, "fallback_strategies.api_quota"),
         ({"monitors": [{"type": "disk", "name": "x"}]}, "monitors[0].type"),

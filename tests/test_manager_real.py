@@ -39,11 +39,14 @@ import pytest
 
 from buttress import (
     CircuitBreaker,
+    FallbackAction,
+    FallbackStrategy,
     Reading,
     ResilienceManager,
     ResourceManager,
     ResourceStatus,
     ResourceType,
+    with_fallback,
 )
 from buttress.testing import FakeClock
 from mcp_server import SCRIPT, HttpServer, Notifications, free_port
@@ -360,9 +363,10 @@ async def test_hanging_and_raising_checks_leave_the_others_on_schedule(clock: Fa
 def test_the_basic_team_integration_example_with_a_real_mcp_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The example as written but for its import line and the ``@with_fallback`` decorator (the
-    fallback protocols are not part of monitoring): ``supabase`` is found in the MCP
-    configuration file ``MCP_CONFIG`` names, a real server over stdio."""
+    """The example as written but for its import line: ``supabase`` is found in the MCP
+    configuration file ``MCP_CONFIG`` names, a real server over stdio; ``self.llm`` is a local
+    stand-in given to the team after it is made, and the first model call fails with a 503, so
+    ``@with_fallback`` walks the API quota protocol (one retry) to the answer."""
     pytest.importorskip("mcp", reason="the MCP SDK is the mcp extra")
     config = tmp_path / "mcp.json"
     config.write_text(
@@ -385,8 +389,10 @@ def test_the_basic_team_integration_example_with_a_real_mcp_server(
             self.resilience.register_mcp_monitor("supabase")
             self.resilience.register_api_quota_monitor("openai", self.check_openai_quota)
 
-        async def generate_content(self, prompt: str) -> str:
-            return f"content for {prompt}"
+        @with_fallback(ResourceType.API_QUOTA)
+        async def generate_content(self, prompt: str):  # type: ignore[no-untyped-def]
+            # Automatically handles API quota failures
+            return await self.llm.invoke(prompt)
 
         async def check_openai_quota(self) -> tuple[int, int]:
             return (855, 1000)
@@ -397,8 +403,28 @@ def test_the_basic_team_integration_example_with_a_real_mcp_server(
     with pytest.raises(ZeroDivisionError):
         breaker.call(lambda: 1 / 0)
 
+    class Overloaded(Exception):
+        status_code = 503
+
+    class LocalModel:
+        """Answers like a model; its first call fails as an overloaded provider does."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def invoke(self, prompt: str) -> str:
+            self.calls += 1
+            if self.calls == 1:
+                raise Overloaded("model overloaded")
+            return f"content for {prompt}"
+
     async def main() -> dict[str, Any]:
         team = MarketingTeam()
+        team.llm = LocalModel()  # type: ignore[attr-defined]
+        team.resilience.set_protocol(
+            ResourceType.API_QUOTA,
+            [FallbackAction(FallbackStrategy.RETRY, attempts=2, base_delay=0.01)],
+        )
         team.resilience.register_component("system")
         await team.start()
         rm = team.resilience
@@ -406,6 +432,7 @@ def test_the_basic_team_integration_example_with_a_real_mcp_server(
             for _ in range(99):
                 rm.record_success("system")
             assert await team.generate_content("launch") == "content for launch"
+            assert team.llm.calls == 2  # type: ignore[attr-defined]
             await first_status(rm, "mcp_server:supabase", "healthy", 1.0)
             return await rm.get_health_report()
         finally:
@@ -442,6 +469,7 @@ def test_the_basic_team_integration_example_with_a_real_mcp_server(
         assert isinstance(circuit["success_rate"], float)
     assert report["circuits"]["database_query"]["state"] == "closed"
     assert report["circuits"]["database_query"]["success_rate"] == 0.98
+    assert report["protocols"]["counts"]["api_quota"]["RETRY"] == {"succeeded": 1}
 
 
 # -- bad input: an error naming the problem at registration or construction --------------------

@@ -22,18 +22,21 @@ from .degradation import (
     get_degradation_manager,
 )
 from .errors import (
+    AllTargetsCooling,
     BulkheadFull,
     ButtressError,
     CircuitOpenError,
     OperationTimeout,
     RateLimitExceeded,
     RejectedError,
+    RequestQueued,
     ServiceDegraded,
     StorageError,
     StorageUnavailable,
+    StreamInterrupted,
     UnknownRateLimit,
 )
-from .events import add_hook, remove_hook
+from .events import ProtocolStep, add_hook, remove_hook
 from .health import (
     ComponentState,
     HealthMonitor,
@@ -85,7 +88,18 @@ from .policies.timeout import (
     timeout,
 )
 from .presets import OperationProfile, preset
-from .protocol.targets import AllTargetsCooling, TargetChoice, TargetPool, current_target
+from .protocol import (
+    Classifier,
+    FallbackAction,
+    FallbackProtocol,
+    cached_age,
+    current_target,
+    degraded,
+    set_default_manager,
+    use_manager,
+    with_fallback,
+)
+from .protocol.targets import TargetChoice, TargetPool
 from .queue import QueueFull, RequestQueue, current_request
 
 __version__ = "0.1.0"
@@ -112,6 +126,7 @@ __all__ = [
     "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
+    "Classifier",
     "Clock",
     "ComponentState",
     "ConfigError",
@@ -120,6 +135,8 @@ __all__ = [
     "DegradationTier",
     "ExponentialBackoff",
     "Fallback",
+    "FallbackAction",
+    "FallbackProtocol",
     "FallbackStrategy",
     "FibonacciBackoff",
     "FixedDelay",
@@ -130,6 +147,7 @@ __all__ = [
     "OperationType",
     "OverallHealth",
     "Pipeline",
+    "ProtocolStep",
     "QueueFull",
     "QuotaTracker",
     "RateLimit",
@@ -141,6 +159,7 @@ __all__ = [
     "Reading",
     "RejectedError",
     "RequestQueue",
+    "RequestQueued",
     "ResilienceManager",
     "ResourceManager",
     "ResourceState",
@@ -153,6 +172,7 @@ __all__ = [
     "ServiceHealth",
     "StorageError",
     "StorageUnavailable",
+    "StreamInterrupted",
     "SystemClock",
     "TargetChoice",
     "TargetPool",
@@ -164,12 +184,14 @@ __all__ = [
     "add_hook",
     "build_manager",
     "bulkhead",
+    "cached_age",
     "circuit_breaker",
     "circuit_breakers",
     "current_request",
     "current_target",
     "deadline",
     "degradation_handler",
+    "degraded",
     "enable_prometheus",
     "fallback",
     "get_circuit_breaker",
@@ -188,5 +210,8 @@ __all__ = [
     "remove_hook",
     "retry",
     "set_clock",
+    "set_default_manager",
     "timeout",
+    "use_manager",
+    "with_fallback",
 ]

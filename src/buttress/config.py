@@ -20,7 +20,8 @@ fails in one place, with a message that names the variable or the key:
   wins over both.
 * **Team configuration**: the per-team dict of the fallback-protocols design
   (``{"check_interval": 20, "fallback_strategies": {ResourceType.API_QUOTA: [...]}}``), or the
-  same in a TOML, JSON or YAML file, read by :func:`load_config`. A file may also name the team
+  same in a TOML, JSON or YAML file (an action as a table: ``{strategy = "switch_provider",
+  target = "anthropic"}``), read by :func:`load_config`. A file may also name the team
   and list its monitors; :func:`build_manager` turns it into a started-ready
   :class:`~buttress.ResilienceManager`. Unknown keys, wrong types and impossible values raise
   :class:`ConfigError` naming the key's path (``monitors[1].interval``), never at first use.
@@ -44,6 +45,7 @@ from . import _config
 from .health.manager import resource_type
 from .health.types import ResourceType
 from .policies.fallback import FallbackStrategy
+from .protocol.action import FallbackAction
 
 if TYPE_CHECKING:
     from .manager import ResilienceManager
@@ -402,28 +404,25 @@ def _strategies(value: object, problems: list[str]) -> dict[ResourceType, list[A
 
 
 def _action(value: object, where: str, problems: list[str]) -> Any:
-    """An action of a protocol: an action object as given, or a table with a ``strategy``."""
+    """An action of a protocol: a :class:`FallbackAction` as given, or one built from a table
+    (``{strategy = "switch_provider", target = "anthropic", priority = 1, ...parameters}``)."""
+    if isinstance(value, FallbackAction | FallbackStrategy):
+        return value
     if not isinstance(value, Mapping):
-        if value is None or isinstance(value, str | int | float):
-            problems.append(f"{where} must be an action or a table with a strategy, got {value!r}")
-            return None
-        return value  # an action object, checked by the protocol that runs it
-    raw = value.get("strategy")
+        problems.append(f"{where} must be an action or a table with a strategy, got {value!r}")
+        return None
+    params = dict(value)
+    raw = params.pop("strategy", None)
     strategy = _strategy(raw)
     if strategy is None:
         known = ", ".join(name.lower() for name in FallbackStrategy.__members__)
         problems.append(f"{where}.strategy must be one of {known}, got {raw!r}")
         return None
-    if "priority" in value:
-        priority = value["priority"]
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            problems.append(f"{where}.priority must be an integer, got {_kind(priority)}")
-            return None
-    target = value.get("target")
-    if target is not None and (not isinstance(target, str) or not target):
-        problems.append(f"{where}.target must be a target's name, got {_kind(target)}")
+    try:
+        return FallbackAction(strategy, **params)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}: {exc}")
         return None
-    return {**value, "strategy": strategy}
 
 
 def _strategy(raw: object) -> FallbackStrategy | None:

@@ -8,9 +8,11 @@ code written without buttress would catch::
     │   ├── CircuitOpenError     the breaker is open (or its probes are all taken)
     │   ├── BulkheadFull         no free slot within the allowed wait
     │   ├── RateLimitExceeded    the limit (or the server, via a 429) refused it
-    │   └── ServiceDegraded      the degradation tier is worse than the call needs
+    │   ├── ServiceDegraded      the degradation tier is worse than the call needs
+    │   └── RequestQueued        a fallback protocol queued the call; carries the ticket
     ├── StorageError             a store is unusable (foreign file, malformed record)
     ├── StorageUnavailable       a store did not answer; policies decide locally instead
+    ├── StreamInterrupted        a streamed answer failed after its first chunk
     ├── OperationTimeout         also a TimeoutError: the call ran out of time
     ├── UnknownRateLimit         also a KeyError: a limit name that was never configured
     └── AllTargetsCooling        (a RejectedError) every target of a pool is cooling down
@@ -31,9 +33,11 @@ __all__ = [
     "OperationTimeout",
     "RateLimitExceeded",
     "RejectedError",
+    "RequestQueued",
     "ServiceDegraded",
     "StorageError",
     "StorageUnavailable",
+    "StreamInterrupted",
     "UnknownRateLimit",
 ]
 
@@ -131,6 +135,52 @@ class UnknownRateLimit(ButtressError, KeyError):
     def __str__(self) -> str:
         # KeyError's own __str__ shows the repr of its argument, quotes and all.
         return str(self.args[0]) if self.args else "unknown rate limit"
+
+
+class RequestQueued(RejectedError):
+    """A fallback protocol put the call in the durable queue instead of running it now.
+
+    Attributes:
+        ticket: the queued item's id; ``key``: its idempotency key; ``handler``: the handler
+            that will run it when its resource is healthy again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        ticket: int = 0,
+        key: str = "",
+        handler: str = "",
+        retry_after: float | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, name=name)
+        self.ticket = ticket
+        self.key = key
+        self.handler = handler
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_queued, (str(self), self.ticket, self.key, self.handler, self.name))
+
+
+def _rebuild_queued(message: str, ticket: int, key: str, handler: str, name: str) -> RequestQueued:
+    return RequestQueued(message, ticket=ticket, key=key, handler=handler, name=name)
+
+
+class StreamInterrupted(ButtressError):
+    """A streamed answer failed after its first chunk: it is not spliced with another target's.
+
+    Attributes:
+        partial: the chunks received before the failure, in order.
+        target: the name of the target that was streaming (``None`` without targets).
+    The failure itself is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, partial: list[object], target: str | None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.target = target
 
 
 class AllTargetsCooling(RejectedError):

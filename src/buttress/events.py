@@ -41,6 +41,7 @@ __all__ = [
     "GaveUp",
     "Hook",
     "LimitChanged",
+    "ProtocolStep",
     "Repeats",
     "ResourceStatusChanged",
     "RetryScheduled",
@@ -303,6 +304,38 @@ class ResourceStatusChanged(Event):
     def message(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
         return f"{self.policy} {self.name!r}: {self.resource} {self.old} -> {self.new}{why}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolStep(Event):
+    """A fallback protocol took a step for a failing call.
+
+    ``resource`` is the resource type's value (``"api_quota"``); ``strategy`` the step's strategy
+    name (``RETRY``, ``SWITCH_PROVIDER``, ... and ``CALL`` for the call's own first attempt);
+    ``target`` the target it used, if any; ``outcome`` ``succeeded``, ``failed``, ``skipped``,
+    ``queued`` or ``opened``; ``elapsed`` seconds since the call began. Steps are logged at INFO;
+    failures at WARNING the first time, then summarised per interval (each at DEBUG).
+    """
+
+    kind: ClassVar[str] = "protocol_step"
+    resource: str
+    strategy: str
+    target: str | None
+    outcome: str
+    elapsed: float
+    exception: BaseException | None = None
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return logging.WARNING if self.outcome == "failed" else logging.INFO
+
+    def message(self) -> str:
+        on = f" on {self.target!r}" if self.target else ""
+        why = f": {self.exception!r}" if self.exception is not None else ""
+        return (
+            f"{self.policy} {self.name!r}: {self.resource} {self.strategy}{on} {self.outcome} "
+            f"after {self.elapsed:.3f}s{why}"
+        )
 
 
 Hook = Callable[[Event], None]

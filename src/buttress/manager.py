@@ -33,6 +33,16 @@ runs to answer it. Several managers in one process are independent (their own re
 components, schedule and degradation manager); circuit breakers are process-wide by name, so the
 report's ``circuits`` shows the registered breakers (all, or the names given in ``circuits=``).
 
+Fallback protocols: the manager holds a :class:`buttress.protocol.ProtocolHost` (``protocol_host``)
+with the team's protocol per resource type (the defaults, its ``fallback_strategies``
+configuration, or :meth:`ResilienceManager.set_protocol`), its target pools
+(:meth:`ResilienceManager.register_targets`), the durable queue of QUEUE_REQUEST steps (``queue=``)
+and the record of the steps taken (the report's ``protocols``). Resource status feeds it too: the
+names of CRITICAL or UNAVAILABLE monitors are skipped as targets and never retried, and a resource
+turning HEALTHY lifts its SCALE_DOWN and degraded service and replays the queue.
+:meth:`ResilienceManager.with_resilience` runs a call through a timeout, the resource's breaker
+and its protocol.
+
 The ``register_*`` methods for system, database, network, Docker, Kubernetes and MCP resources
 import their check factories only when called, so the optional dependencies they need are never
 imported otherwise; bad arguments fail at registration with the factory's error.
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -61,6 +72,10 @@ from .health.manager import (
 from .health.quota import QuotaTracker, quota_check
 from .health.types import ResourceStatus, ResourceType
 from .policies.circuit import CircuitState, circuit_breakers
+from .protocol.action import FallbackAction, FallbackProtocol
+from .protocol.engine import ProtocolHost
+from .protocol.targets import TargetPool
+from .queue import RequestQueue
 
 __all__ = ["DEGRADATION_CATEGORIES", "ResilienceManager"]
 
@@ -86,6 +101,7 @@ _CONFIG_KEYS = frozenset(
         "thresholds",
         "fallback_strategies",
         "circuits",
+        "timeouts",
     }
 )
 
@@ -134,11 +150,33 @@ def _fallback_strategies(value: object) -> dict[ResourceType, tuple[object, ...]
     return out
 
 
+def _timeouts(value: object) -> dict[ResourceType, float]:
+    """The ``timeouts`` of a team's configuration: seconds per resource type for
+    ``with_resilience``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"timeouts must map resource types to seconds, got {value!r}")
+    out: dict[ResourceType, float] = {}
+    for key, seconds in value.items():
+        rtype = resource_type(key)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+            raise ValueError(f"timeouts[{rtype.value}] must be seconds > 0, got {seconds!r}")
+        out[rtype] = float(seconds)
+    return out
+
+
+#: Seconds ``with_resilience`` gives a call of each resource type unless configured otherwise.
+DEFAULT_TIMEOUT = 30.0
+
+
 class ResilienceManager:
     """One team's resource monitoring, component health, degradation tier and health report.
 
     Args:
         team: the team's name (the report's ``team``; names its metrics, logs and tier).
+        queue: the durable :class:`~buttress.RequestQueue` for the QUEUE_REQUEST steps of its
+            fallback protocols (without one, those steps are skipped).
         config: the team's configuration: ``check_interval``, ``check_timeout``,
             ``fail_threshold``, ``success_threshold``, ``horizon``, ``thresholds``
             (``{ResourceType.MEMORY: {"degraded": 70, "critical": 90}}``), ``circuits`` and
@@ -162,6 +200,7 @@ class ResilienceManager:
         degradation: DegradationManager | None = None,
         circuits: Iterable[str] | None = None,
         clock: Clock | None = None,
+        queue: RequestQueue | None = None,
     ) -> None:
         if not isinstance(team, str) or not team:
             raise ValueError(f"team must be a non-empty string, got {team!r}")
@@ -195,6 +234,17 @@ class ResilienceManager:
         self._circuits: tuple[str, ...] | None = circuits
         self._clock = clock
         self.resources.on_status_change(self._feed_degradation)
+        #: The team's fallback protocols, target pools and their record.
+        self.protocol_host = ProtocolHost(
+            team, degradation=self.degradation, queue=queue, clock=clock
+        )
+        for rtype, actions in self.fallback_strategies.items():
+            try:
+                self.set_protocol(rtype, list(actions))  # type: ignore[arg-type]
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"fallback_strategies[{rtype.value}]: {exc}") from None
+        self._timeouts = _timeouts(settings.get("timeouts"))
+        self.resources.on_status_change(self._feed_protocols)
 
     def __repr__(self) -> str:
         return f"ResilienceManager({self.team!r}, resources={len(self.resources.monitors())})"
@@ -502,6 +552,7 @@ class ResilienceManager:
             "degradation_tier": int(tier),
             "degradation_tier_name": tier.name,
             "unhealthy_resources": unhealthy,
+            "protocols": self.protocol_host.report(),
             "monitoring": self.resources.running,
             "check_interval": self.resources.check_interval,
             "generated_at": (self._clock or get_clock()).wall(),
@@ -528,3 +579,115 @@ class ResilienceManager:
             response_time_ms=None if state.latency is None else state.latency * 1000.0,
             error=None if healthy else (state.last_error or state.reason),
         )
+
+    # -- fallback protocols ----------------------------------------------------------------------
+
+    @property
+    def queue(self) -> RequestQueue | None:
+        """The durable queue of QUEUE_REQUEST steps."""
+        return self.protocol_host.queue
+
+    @queue.setter
+    def queue(self, queue: RequestQueue | None) -> None:
+        if queue is not None and not isinstance(queue, RequestQueue):
+            raise TypeError(f"queue must be a RequestQueue, got {queue!r}")
+        self.protocol_host.queue = queue
+
+    def set_protocol(
+        self,
+        rtype: ResourceType | str,
+        protocol: FallbackProtocol | Sequence[FallbackAction],
+    ) -> FallbackProtocol:
+        """Use ``protocol`` (or a list of actions) for calls depending on ``rtype``."""
+        resource = resource_type(rtype)
+        if not isinstance(protocol, FallbackProtocol):
+            if isinstance(protocol, str | bytes) or not isinstance(protocol, Sequence):
+                raise TypeError(
+                    f"protocol for {resource.value} must be a FallbackProtocol or a list of "
+                    f"FallbackAction, got {protocol!r}"
+                )
+            protocol = FallbackProtocol(resource, protocol)
+        return self.protocol_host.set_protocol(resource, protocol)
+
+    def protocol(self, rtype: ResourceType | str) -> FallbackProtocol:
+        """The protocol in force for ``rtype`` (the team's, else the default)."""
+        return self.protocol_host.protocol(resource_type(rtype))
+
+    def register_targets(
+        self,
+        rtype: ResourceType | str,
+        targets: Mapping[str, Any] | Sequence[tuple[str, Any]],
+        **pool_options: Any,
+    ) -> TargetPool:
+        """Name the targets calls depending on ``rtype`` may use, in order of preference
+        (``{"openai": client, "anthropic": client, "local": fn}``, or names only, each its own
+        target, for code that reads :func:`~buttress.current_target`); ``pool_options`` go to
+        :class:`~buttress.protocol.TargetPool` (``probes``, ``cooldown``, ``prefer``, ``costs``,
+        ``storage``...)."""
+        resource = resource_type(rtype)
+        if (
+            isinstance(targets, Sequence)
+            and not isinstance(targets, str | bytes)
+            and all(isinstance(t, str) for t in targets)
+        ):
+            # names only: each name is its own target
+            targets = [(str(name), name) for name in targets]
+        pool_options.setdefault("clock", self._clock)
+        pool = TargetPool(f"{self.team}.{resource.value}", targets, **pool_options)
+        self.protocol_host.register_targets(resource, pool)
+        self._feed_protocols(None, None)
+        return pool
+
+    def provider_states(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Each target's state, by resource type: state, reason, since, expires_at,
+        consecutive_failures, last_error."""
+        return self.protocol_host.provider_states()
+
+    def _stack(self, resource: ResourceType) -> float:
+        return self._timeouts.get(resource, DEFAULT_TIMEOUT)
+
+    async def with_resilience(
+        self, fn: Callable[..., Any], rtype: ResourceType | str, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Await ``fn(*args, **kwargs)`` with the full stack: a timeout (``timeouts`` config,
+        default 30 s) around the resource's breaker (``<team>.<type>``, put in force for every
+        call of the resource type from then on) around its fallback protocol (retry, switch,
+        degrade, queue, cache... as configured)."""
+        resource = resource_type(rtype)
+        host = self.protocol_host
+        timeout = host.with_timeout(resource, self._stack(resource))
+        host.breaker(resource)  # in force from now on for every call of the resource
+        assert timeout is not None
+        return await timeout.acall(host.acall, resource, fn, args, kwargs)
+
+    def call_with_resilience(
+        self, fn: Callable[..., Any], rtype: ResourceType | str, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """The sync twin of :meth:`with_resilience` for a plain ``def``."""
+        resource = resource_type(rtype)
+        host = self.protocol_host
+        timeout = host.with_timeout(resource, self._stack(resource))
+        host.breaker(resource)
+        assert timeout is not None
+        return timeout.call(host.call, resource, fn, args, kwargs)
+
+    def _feed_protocols(self, state: ResourceState | None, old: ResourceStatus | None) -> None:
+        """Tell the protocols which resources are known bad; lift their measures on recovery."""
+        host = self.protocol_host
+        types = set(ResourceType) if state is None else {state.type}
+        states = self.resources.states()
+        for rtype in types:
+            bad = frozenset(
+                s.name
+                for s in states.values()
+                if s.type is rtype and s.status is not None and s.status.rank >= CRITICAL.rank
+            )
+            host.set_bad(rtype, bad)
+        if state is None or state.status is not ResourceStatus.HEALTHY:
+            return
+        host.restore(state.type)
+        queue = host.queue
+        if queue is not None:
+            threading.Thread(
+                target=queue.replay, name=f"buttress-replay-{self.team}", daemon=True
+            ).start()

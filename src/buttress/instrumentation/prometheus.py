@@ -12,6 +12,7 @@ per-call data such as keys or tenants, so cardinality stays bounded:
 * ``retry_attempts_total{name}`` (retries scheduled), ``retry_exhausted_total{name,reason}``
 * ``timeouts_total{name}``, ``fallbacks_total{name,strategy}``
 * ``rejections_total{policy,name,reason}``
+* ``protocol_steps_total{name,resource,strategy,target,outcome}``: fallback protocol steps
 * ``degradation_tier{name}``: the current tier (1-4) of each degradation manager
 * ``degradation_tier_changes_total{name,from_tier,to_tier}``
 * ``service_health{name,service}``: 1 healthy, 0 unhealthy, read from the managers when scraped
@@ -130,6 +131,13 @@ class PrometheusMetrics:
             namespace=ns,
             registry=r,
         )
+        self.protocol_steps = prom.Counter(
+            "protocol_steps_total",
+            "Fallback protocol steps taken, by resource type, strategy, target and outcome",
+            ["name", "resource", "strategy", "target", "outcome"],
+            namespace=ns,
+            registry=r,
+        )
         registry.register(_ReadingsCollector(ns))
 
     def hook(self, event: _events.Event) -> None:
@@ -158,6 +166,10 @@ class PrometheusMetrics:
             self.timeouts.labels(name).inc()
         elif isinstance(event, _events.FallbackUsed):
             self.fallbacks.labels(name, event.strategy).inc()
+        elif isinstance(event, _events.ProtocolStep):
+            self.protocol_steps.labels(
+                name, event.resource, event.strategy, event.target or "", event.outcome
+            ).inc()
         elif isinstance(event, _events.TierChanged):
             old = getattr(event.old, "value", event.old)
             new = getattr(event.new, "value", event.new)
