@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events as _events
 from ..degradation import DegradationTier
-from ..health.manager import CRITICAL, OverallHealth
+from ..health.manager import CRITICAL, UNAVAILABLE, OverallHealth
 from ..health.types import redact
 from ..machines.ratelimit import RateLimitAlgorithm
 from ..policies.circuit import CircuitState, circuit_breakers
@@ -133,6 +133,12 @@ class Cached:
         self.built_at = -math.inf
         self._building: asyncio.Future[Any] | None = None
         self._building_version = -1
+
+    def fresh(self, version: int) -> Any:
+        """The payload when it can be served as it is (``None``: call :meth:`get`)."""
+        if self.version == version and time.monotonic() - self.built_at < self.max_age:
+            return self.payload
+        return None
 
     async def get(self, version: int) -> Any:
         if self.version == version:
@@ -225,6 +231,11 @@ class Hub:
         self._installed = False
         self.closing = False
         self._pusher: asyncio.Task[None] | None = None
+        self._required_monitors: tuple[Any, ...] = ()
+        self._required_until = -math.inf
+        self._ready_answers: dict[
+            tuple[int, tuple[str, ...], tuple[str, ...]], tuple[bool, bytes]
+        ] = {}
         self.health = Cached(self._render_health, max_age)
         self.state = Cached(self._render_state, max_age)
 
@@ -485,29 +496,52 @@ class Hub:
             return None
         return {"depth": int(stats.depth), "dead_letters": int(stats.dead)}
 
+    def _required(self) -> tuple[Any, ...]:
+        """The monitors registered as required (re-read at most every ``max_age``)."""
+        now = time.monotonic()
+        if now >= self._required_until:
+            resources = self.manager.resources
+            self._required_monitors = tuple(m for m in resources.monitors() if m.required)
+            self._required_until = now + self.health.max_age
+        return self._required_monitors
+
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Whether the service should receive traffic, and why (never runs a check)."""
-        manager = self.manager
-        tier = manager.degradation.get_current_tier()
-        reasons: list[str] = []
-        if tier >= DegradationTier.TIER_4_MAINTENANCE:
-            reasons.append(f"degradation tier {int(tier)} ({tier.name})")
-        waiting: list[str] = []
-        for monitor in manager.resources.monitors():
-            if not monitor.required:
-                continue
-            status = monitor.state.status
+        ready, body = self.ready_answer()
+        detail: dict[str, object] = json.loads(body)
+        return ready, detail
+
+    def ready_answer(self) -> tuple[bool, bytes]:
+        """:meth:`readiness` as the response body, rendered once per distinct answer."""
+        tier = self.manager.degradation.get_current_tier()
+        unavailable: list[str] = []
+        unchecked: list[str] = []
+        for monitor in self._required():
+            status = monitor._state.status
             if status is None:
-                waiting.append(monitor.key)
-                reasons.append(f"required resource {monitor.key} not checked yet")
-            elif status.value == "unavailable":
-                reasons.append(f"required resource {monitor.key} is unavailable")
-        ready = not reasons
-        return ready, {
-            "status": "ready" if ready else "not_ready",
-            "tier": int(tier),
-            "reasons": [scrub(r, self.secrets) for r in reasons],
-        }
+                unchecked.append(monitor.key)
+            elif status is UNAVAILABLE:
+                unavailable.append(monitor.key)
+        key = (int(tier), tuple(unavailable), tuple(unchecked))
+        answer = self._ready_answers.get(key)
+        if answer is None:
+            reasons: list[str] = []
+            if tier >= DegradationTier.TIER_4_MAINTENANCE:
+                reasons.append(f"degradation tier {int(tier)} ({tier.name})")
+            reasons += [f"required resource {k} is unavailable" for k in unavailable]
+            reasons += [f"required resource {k} not checked yet" for k in unchecked]
+            ready = not reasons
+            body = dumps(
+                {
+                    "status": "ready" if ready else "not_ready",
+                    "tier": int(tier),
+                    "reasons": [scrub(r, self.secrets) for r in reasons],
+                }
+            )
+            if len(self._ready_answers) > 64:
+                self._ready_answers.clear()
+            answer = self._ready_answers[key] = (ready, body)
+        return answer
 
 
 def _clock() -> Any:
