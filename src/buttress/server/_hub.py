@@ -63,6 +63,20 @@ _KEYLIKE = re.compile(r"\b(sk|pk|rk|xox[abprs]|ghp|gho|glpat)[-_][A-Za-z0-9_-]{8
 #: ``state`` event carries the whole picture anyway).
 OUTBOX = 4096
 CLIENT_BUFFER = 512
+#: Per-call events (retries, rejections, time-outs, fallbacks) streamed per second at most; the
+#: rest are counted (``events_dropped`` in ``/state``) so that an outage's storm of rejections
+#: costs the loop a bounded amount.
+PER_CALL_BUDGET = 200
+_PER_CALL = frozenset(
+    {
+        _events.CallRejected,
+        _events.AttemptFailed,
+        _events.RetryScheduled,
+        _events.GaveUp,
+        _events.TimedOut,
+        _events.FallbackUsed,
+    }
+)
 TIMELINE = 100
 STEPS = 50
 
@@ -80,11 +94,22 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+_SCRUBBED: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
 def _scrub_data(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, str):
-        return scrub(value, secrets)
+        # Renderings repeat the same names, states and messages: each distinct string is
+        # scrubbed once (a bounded memo), not on every rendering.
+        key = (value, secrets)
+        done = _SCRUBBED.get(key)
+        if done is None:
+            if len(_SCRUBBED) >= 8192:
+                _SCRUBBED.clear()
+            done = _SCRUBBED[key] = scrub(value, secrets)
+        return done
     if isinstance(value, dict):
-        return {scrub(str(k), secrets): _scrub_data(v, secrets) for k, v in value.items()}
+        return {_scrub_data(str(k), secrets): _scrub_data(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub_data(v, secrets) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
@@ -226,6 +251,9 @@ class Hub:
             maxlen=OUTBOX
         )
         self.clients: set[Client] = set()
+        self.dropped = 0  # events not streamed (per-call ones over the budget, a full outbox)
+        self._budget_second = 0
+        self._budget = PER_CALL_BUDGET
         self.loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._installed = False
@@ -283,11 +311,16 @@ class Hub:
     # -- the hook (any thread) -------------------------------------------------------------------
 
     def hook(self, event: _events.Event) -> None:
-        if type(event) is _events.CallCompleted:
+        cls = type(event)
+        if cls is _events.CallCompleted:
             return  # per call, for metrics: nothing an operator view shows changes
-        self.version = next(self._versions)
-        kind = type(event).__name__
+        kind = cls.__name__
         now = time.time()
+        per_call = cls in _PER_CALL
+        if not per_call:
+            # A change of state: the next request renders again at once. Per-call events (a
+            # storm of them in an outage) only move counters, which max_age refreshes.
+            self.version = next(self._versions)
         if isinstance(event, _events.TierChanged):
             if event.name == self.manager.degradation.name:
                 new = event.new
@@ -314,6 +347,16 @@ class Hub:
             )
         if not self.clients:
             return
+        if per_call:
+            second = int(now)
+            if second != self._budget_second:
+                self._budget_second, self._budget = second, PER_CALL_BUDGET
+            if self._budget <= 0:
+                self.dropped += 1
+                return
+            self._budget -= 1
+        if len(self.outbox) == OUTBOX:
+            self.dropped += 1  # the loop is behind: the oldest is let go
         self.outbox.append((kind, event, now))
         loop = self.loop
         if loop is not None and not self._draining:
@@ -436,6 +479,7 @@ class Hub:
             "queue": self._queue(),
             "protocol_steps": list(self.steps),
             "ready": self.readiness()[0],
+            "events_dropped": self.dropped,
         }
 
     def _circuits(self) -> dict[str, dict[str, object]]:
