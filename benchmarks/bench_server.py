@@ -200,8 +200,12 @@ async def bench(port: int, seconds: float, rounds: int, connections: int) -> Non
             await _get(port, "/bench/policy")  # reset
             results[path].append(await _load(port, path, seconds, connections))
             policy[path].append(await _get(port, "/bench/policy"))
+    import importlib.util
+
+    parts = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m) is not None]
     print(
-        f"python {platform.python_version()}, {os.cpu_count()} cores; {connections} keep-alive "
+        f"python {platform.python_version()}, {os.cpu_count()} cores, uvicorn with "
+        f"{' and '.join(parts) or 'h11 and asyncio'}; {connections} keep-alive "
         f"connections, {rounds} x {seconds:g} s per endpoint, interleaved"
     )
     print()
