@@ -202,11 +202,11 @@ async def bench(port: int, seconds: float, rounds: int, connections: int) -> Non
             policy[path].append(await _get(port, "/bench/policy"))
     import importlib.util
 
-    parts = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m) is not None]
+    parser = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
     print(
-        f"python {platform.python_version()}, {os.cpu_count()} cores, uvicorn with "
-        f"{' and '.join(parts) or 'h11 and asyncio'}; {connections} keep-alive "
-        f"connections, {rounds} x {seconds:g} s per endpoint, interleaved"
+        f"python {platform.python_version()}, {os.cpu_count()} cores, uvicorn with {parser} on "
+        f"the asyncio loop; {connections} keep-alive connections, {rounds} x {seconds:g} s per "
+        "endpoint, interleaved"
     )
     print()
     print(

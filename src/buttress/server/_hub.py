@@ -240,11 +240,16 @@ class Hub:
         self._lock = threading.Lock()
         self.rejections: collections.Counter[str] = collections.Counter()
         now = time.time()
-        tier = manager.degradation.get_current_tier()
+        degradation = manager.degradation
+        tier = degradation.get_current_tier()
         self.tier_since = now
+        changed = degradation._changed_at  # on the degradation manager's monotonic clock
+        if changed is not None:
+            clock = degradation._clock or _clock()
+            self.tier_since = min(now, now - (clock.now() - changed))
         self.timeline: collections.deque[dict[str, object]] = collections.deque(maxlen=TIMELINE)
         self.timeline.append(
-            {"at": now, "level": int(tier), "name": tier.name, "reason": "current at start"}
+            {"at": self.tier_since, "level": int(tier), "name": tier.name, "reason": "current"}
         )
         self.steps: collections.deque[dict[str, object]] = collections.deque(maxlen=STEPS)
         self.outbox: collections.deque[tuple[str, _events.Event, float]] = collections.deque(
