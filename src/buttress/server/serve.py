@@ -390,12 +390,17 @@ def run(
         raise ConfigError("give a configuration file (--config FILE) or --demo, not both")
     background = None
     if demo:
-        manager, background = demo_manager()
+        sock = bind(host, port)  # before the demo registers its breakers and limits
+        try:
+            manager, background = demo_manager()
+        except BaseException:
+            sock.close()
+            raise
     else:
         assert config is not None
         manager, configured = load_config(config)
         token = token or configured
-    sock = bind(host, port)
+        sock = bind(host, port)
     from . import create_app
 
     app = create_app(manager, token=token)
