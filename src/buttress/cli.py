@@ -18,6 +18,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .clock import monotonic_time
 from .degradation import DegradationManager
@@ -275,9 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also show buttress's own log records at this level",
     )
     add_queue_parser(commands)
+    _add_serve_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "queue":
         return run_queue(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.concurrency < 1:
         parser.error(f"--concurrency must be >= 1, got {args.concurrency}")
     if args.log_level:
@@ -294,6 +298,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     tally = asyncio.run(run_demo(args.duration, args.failure_rate, args.concurrency, args.seed))
     print(summary(tally, args.duration))
     return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
+    return value
+
+
+def _add_serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve the health, readiness, metrics and dashboard endpoints",
+        description=(
+            "Serve a team's operator endpoints (/health, /live, /ready, /metrics, /state,"
+            " /events and the dashboard at /) with uvicorn, for a team described in a JSON or"
+            " TOML file, or for a demo team that changes on its own. The bearer token, if any,"
+            " comes from the environment (BUTTRESS_SERVER_TOKEN, or the variable --token-env"
+            " or the file's token_env names), never from the command line."
+        ),
+    )
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="a .json or .toml team configuration")
+    source.add_argument("--demo", action="store_true", help="serve a demo team")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
+    serve.add_argument("--token-env", metavar="VAR", help="environment variable with the token")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.serve import ConfigError, run, token_from_env
+    except ImportError as exc:
+        print(
+            f"buttress serve: {exc}; install the server extra: pip install 'buttress[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return run(
+            host=args.host,
+            port=args.port,
+            config=args.config,
+            demo=args.demo,
+            token=token_from_env(args.token_env),
+            log_level=args.log_level,
+        )
+    except ConfigError as exc:
+        print(f"buttress serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"buttress serve: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

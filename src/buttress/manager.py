@@ -239,7 +239,9 @@ class ResilienceManager:
 
         ``check`` (``def`` or ``async def``, no arguments) returns a :class:`Reading`, a usage
         percentage, a bool (healthy or not) or ``None`` (healthy), and raises when the resource
-        failed. May be called before or after :meth:`start`.
+        failed. May be called before or after :meth:`start`. Every ``register_*`` method takes
+        ``required=True`` for a resource the service cannot serve without (readiness fails
+        while it is UNAVAILABLE) and ``critical=False`` for one that can only degrade the team.
         """
         rtype = resource_type(rtype)
         degrades = DEGRADATION_CATEGORIES[rtype] if category is None else category
@@ -511,6 +513,19 @@ class ResilienceManager:
         """The team's health report (the documented JSON shape), from the last results: no check
         runs to answer it."""
         return self.health_report()
+
+    # -- operator surface ------------------------------------------------------------------------
+
+    def asgi_app(self, token: str | None = None, **options: Any) -> Any:
+        """The team's operator endpoints as an ASGI app (``/health``, ``/live``, ``/ready``,
+        ``/metrics``, ``/state``, ``/events`` and the dashboard), to mount in a Starlette or
+        FastAPI application: ``app.mount("/resilience", manager.asgi_app())``.
+
+        ``token`` requires ``Authorization: Bearer <token>`` on everything but ``/live``; other
+        options go to :func:`buttress.server.create_app`. Needs the ``server`` extra.
+        """
+        server = importlib.import_module("buttress.server")
+        return server.create_app(self, token=token, **options)
 
     # -- degradation -----------------------------------------------------------------------------
 

@@ -203,6 +203,7 @@ class ResourceState:
     consecutive_failures: int = 0
     checks: int = 0
     critical: bool = True
+    required: bool = False
     target: str | None = None
     reason: str | None = None
     message: str | None = None
@@ -229,6 +230,7 @@ class ResourceState:
             else round(self.predicted_exhaustion, 1),
             "consecutive_failures": self.consecutive_failures,
             "critical": self.critical,
+            "required": self.required,
             "reason": self.reason,
             "message": self.message,
             "target": self.target,
@@ -364,6 +366,7 @@ class Monitor:
         "interval",
         "margin",
         "name",
+        "required",
         "success_threshold",
         "target",
         "timeout",
@@ -388,6 +391,7 @@ class Monitor:
         horizon: float | None,
         history: int,
         latency_baseline: bool,
+        required: bool = False,
     ) -> None:
         self._manager = weakref.ref(manager)
         self.type, self.name, self.check = rtype, name, check
@@ -398,6 +402,7 @@ class Monitor:
         self.degraded_at, self.critical_at, self.margin = degraded_at, critical_at, margin
         self.fail_threshold, self.success_threshold = fail_threshold, success_threshold
         self.critical, self.horizon = critical, horizon
+        self.required = required
         self._trend = UsageTrend(history=history, min_samples=min(8, history))
         self._latency = LatencyBaseline() if latency_baseline else None
         self._failures = 0
@@ -408,7 +413,9 @@ class Monitor:
         self._since: float | None = None
         self._next_due = -math.inf
         self._run: _Run | None = None  # the current run, or an abandoned one still alive
-        self._state = ResourceState(type=rtype, name=name, critical=critical, target=self.target)
+        self._state = ResourceState(
+            type=rtype, name=name, critical=critical, required=required, target=self.target
+        )
 
     @property
     def key(self) -> str:
@@ -541,6 +548,7 @@ class ResourceManager:
         history: int = 20,
         latency_baseline: bool = True,
         replace: bool = False,
+        required: bool = False,
     ) -> Monitor:
         """Watch resource ``name`` of type ``rtype`` with ``check``, from the next scheduler turn.
 
@@ -563,6 +571,8 @@ class ResourceManager:
             latency_baseline: learn the latency baseline and flag checks far above it.
             replace: replace a monitor already registered under this type and name (otherwise
                 that is a ``ValueError``).
+            required: the service cannot serve without this resource: readiness probes
+                (``/ready`` of :mod:`buttress.server`) fail while it is UNAVAILABLE.
 
         Returns:
             The :class:`Monitor` (its ``state`` is the resource's current state).
@@ -598,6 +608,8 @@ class ResourceManager:
             raise ValueError(f"{key}: degraded_at ({degraded:g}) must be <= critical_at ({crit:g})")
         if not isinstance(critical, bool):
             raise TypeError(f"{key} critical must be True or False, got {critical!r}")
+        if not isinstance(required, bool):
+            raise TypeError(f"{key} required must be True or False, got {required!r}")
         if horizon is True:
             ahead = self.horizon
         elif horizon is None or horizon is False:
@@ -624,6 +636,7 @@ class ResourceManager:
             horizon=ahead,
             history=integer(f"{key} history", history, minimum=3),
             latency_baseline=bool(latency_baseline),
+            required=required,
         )
         with self._lock:
             old = self._monitors.get(key)
@@ -1081,6 +1094,7 @@ class ResourceManager:
                 consecutive_failures=0,
                 checks=old.checks + 1,
                 critical=monitor.critical,
+                required=monitor.required,
                 target=monitor.target,
                 reason=reason,
                 message=reading.message,
@@ -1119,6 +1133,7 @@ class ResourceManager:
                 consecutive_failures=failures,
                 checks=old.checks + 1,
                 critical=monitor.critical,
+                required=monitor.required,
                 target=monitor.target,
                 reason=reason,
                 message=None,

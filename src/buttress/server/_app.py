@@ -1,0 +1,395 @@
+"""The Starlette app: routes, the bearer token, the event stream and the metrics exposition.
+
+Endpoints are raw ASGI callables inside a :class:`starlette.applications.Starlette` (its routing,
+lifespan and static files): each answer is bytes rendered once and kept (:mod:`._hub`), sent with
+two ASGI messages, so that a probe costs about what a bare endpoint does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ._hub import Cached, Hub, dumps, scrub
+
+if TYPE_CHECKING:
+    from ..manager import ResilienceManager
+    from ..policies.ratelimit import RateLimiter
+
+__all__ = ["build_app", "close_streams"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_log = logging.getLogger("buttress.server")
+STATIC = Path(__file__).with_name("static")
+COOKIE = "buttress_token"
+
+_JSON = b"application/json"
+_HEALTH_JSON = b"application/health+json"
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                _NO_STORE,
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return b""
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+class _Auth:
+    """``Authorization: Bearer <token>`` (or the cookie set by ``/?token=``) on every path but
+    ``/live``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _route_path(scope) == "/live":
+            await self.app(scope, receive, send)
+            return
+        if self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        if _route_path(scope) == "/" and self._login(scope):
+            # The dashboard in a browser: a token given once in the URL becomes a cookie, and
+            # the URL that carried it is left at once.
+            root = scope.get("root_path", "") or ""
+            cookie = (
+                f"{COOKIE}={self.token.decode()}; Path={root}/; HttpOnly; SameSite=Strict"
+            ).encode()
+            await _answer(
+                send,
+                303,
+                b"",
+                b"text/plain",
+                [(b"location", f"{root}/".encode()), (b"set-cookie", cookie)],
+            )
+            return
+        await _answer(
+            send,
+            401,
+            b'{"error":"unauthorized: send Authorization: Bearer <token>"}',
+            _JSON,
+            [(b"www-authenticate", b'Bearer realm="buttress"')],
+        )
+
+    def _allowed(self, scope: Scope) -> bool:
+        auth = _header(scope, b"authorization")
+        if auth[:7].lower() == b"bearer ":
+            return hmac.compare_digest(auth[7:].strip(), self.token)
+        cookies = _header(scope, b"cookie")
+        if cookies:
+            for part in cookies.split(b";"):
+                name, _, value = part.strip().partition(b"=")
+                if name == COOKIE.encode():
+                    return hmac.compare_digest(value, self.token)
+        return False
+
+    def _login(self, scope: Scope) -> bool:
+        query = scope.get("query_string", b"")
+        if not query:
+            return False
+        given = parse_qs(query.decode("latin-1")).get("token", [""])[0]
+        return hmac.compare_digest(given.encode(), self.token)
+
+
+class _Metrics:
+    """Prometheus exposition, negotiated (text 0.0.4 or OpenMetrics), rendered at most once per
+    ``max_age`` in a worker thread."""
+
+    def __init__(self, registry: Any, namespace: str, max_age: float, secrets: tuple[str, ...]):
+        self.registry = registry
+        self.namespace = namespace
+        self.max_age = max_age
+        self.secrets = secrets
+        self._multi: Any = None
+        self._cached: dict[bytes, tuple[Cached, bytes]] = {}
+
+    def _registry(self) -> Any:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        if self._multi is None:
+            # Several worker processes: the counters of all of them come from the directory's
+            # files; the gauges read at scrape time (resources, breakers, tiers) are this
+            # process's own and are added to the same exposition.
+            from prometheus_client import CollectorRegistry, multiprocess
+
+            from ..instrumentation.prometheus import _ReadingsCollector
+
+            registry = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(_ReadingsCollector(self.namespace))
+            self._multi = registry
+        return self._multi
+
+    def _for(self, accept: bytes) -> tuple[Cached, bytes]:
+        entry = self._cached.get(accept)
+        if entry is None:
+            from prometheus_client.exposition import choose_encoder
+
+            encoder, content_type = choose_encoder(accept.decode("latin-1"))
+
+            def render() -> bytes:
+                text: bytes = encoder(self._registry())
+                return scrub(text.decode(), self.secrets).encode()
+
+            if len(self._cached) > 16:  # odd Accept headers: keep the table small
+                self._cached.clear()
+            entry = self._cached[accept] = (Cached(render, self.max_age), content_type.encode())
+        return entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cached, content_type = self._for(_header(scope, b"accept"))
+        body = await cached.get(0)
+        if body is None:
+            await _answer(send, 500, b'{"error":"metrics unavailable"}', _JSON)
+            return
+        await _answer(send, 200, body, content_type)
+
+
+class _Endpoint:
+    """A raw ASGI endpoint for a :class:`Route` (a plain function would be wrapped as a
+    request-response handler)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: ASGIApp) -> None:
+        self.fn = fn
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        return self.fn(scope, receive, send)
+
+
+def _dashboard_page() -> bytes:
+    try:
+        return (STATIC / "index.html").read_bytes()
+    except OSError:
+        return b"<!doctype html><title>buttress</title><p>The dashboard page is missing.</p>"
+
+
+def build_app(
+    manager: ResilienceManager,
+    *,
+    token: str | None = None,
+    queue: Any = None,
+    rate_limiters: Iterable[RateLimiter] = (),
+    secrets: Iterable[str] = (),
+    registry: Any = None,
+    namespace: str = "buttress",
+    metrics: bool = True,
+    max_age: float = 0.5,
+    metrics_max_age: float = 1.0,
+    heartbeat: float = 15.0,
+    state_interval: float = 0.25,
+    manage: bool = False,
+) -> Starlette:
+    hidden = tuple(s for s in (token, *secrets) if s)
+    hub = Hub(
+        manager,
+        queue=queue,
+        rate_limiters=rate_limiters,
+        secrets=hidden,
+        max_age=max_age,
+        state_interval=state_interval,
+    )
+    hub.install()
+
+    prometheus: _Metrics | None = None
+    if metrics:
+        try:
+            import prometheus_client
+        except ImportError:
+            prometheus = None
+        else:
+            from ..instrumentation.prometheus import enable_prometheus
+
+            registry = prometheus_client.REGISTRY if registry is None else registry
+            enable_prometheus(registry, namespace)
+            prometheus = _Metrics(registry, namespace, metrics_max_age, hidden)
+
+    async def live(scope: Scope, receive: Receive, send: Send) -> None:
+        await _answer(send, 200, b'{"status":"pass"}', _HEALTH_JSON)
+
+    async def ready(scope: Scope, receive: Receive, send: Send) -> None:
+        ok, detail = hub.readiness()
+        await _answer(send, 200 if ok else 503, dumps(detail), _JSON)
+
+    async def health(scope: Scope, receive: Receive, send: Send) -> None:
+        seed, ietf, overall = await hub.health.get(hub.version)
+        status = 503 if overall == "unhealthy" else 200
+        if b"application/health+json" in _header(scope, b"accept"):
+            await _answer(send, status, ietf, _HEALTH_JSON)
+        else:
+            await _answer(send, status, seed, _JSON)
+
+    async def state(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await hub.state.get(hub.version)
+        await _answer(send, 200, body, _JSON)
+
+    async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        if prometheus is None:
+            await _answer(
+                send,
+                501,
+                b'{"error":"metrics need prometheus-client: pip install \'buttress[prometheus]\'"}',
+                _JSON,
+            )
+            return
+        await prometheus(scope, receive, send)
+
+    async def events(scope: Scope, receive: Receive, send: Send) -> None:
+        await _stream(hub, heartbeat, scope, receive, send)
+
+    async def index(scope: Scope, receive: Receive, send: Send) -> None:
+        await _answer(send, 200, _dashboard_page(), b"text/html; charset=utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        hub.bind(asyncio.get_running_loop())
+        hub.install()
+        if manage and not manager.running:
+            await manager.start()
+        try:
+            yield
+        finally:
+            hub.close_streams()
+            hub.uninstall()
+            if manage:
+                await manager.stop()
+
+    routes = [
+        Route("/live", _Endpoint(live), methods=["GET", "HEAD"]),
+        Route("/ready", _Endpoint(ready), methods=["GET", "HEAD"]),
+        Route("/health", _Endpoint(health), methods=["GET", "HEAD"]),
+        Route("/metrics", _Endpoint(metrics_endpoint), methods=["GET", "HEAD"]),
+        Route("/state", _Endpoint(state), methods=["GET", "HEAD"]),
+        Route("/events", _Endpoint(events), methods=["GET"]),
+        Route("/", _Endpoint(index), methods=["GET", "HEAD"]),
+        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.buttress_hub = hub
+    if token is not None:
+        if not isinstance(token, str) or not token.strip():
+            raise ValueError("token must be a non-empty string (or None for no token)")
+        app.add_middleware(_Auth, token=token)
+    return app
+
+
+def close_streams(app: Any) -> None:
+    """End the event streams of an app made by :func:`buttress.server.create_app` (call it when
+    the server begins to shut down: servers wait for open responses before shutting down)."""
+    hub = getattr(getattr(app, "state", None), "buttress_hub", None)
+    if isinstance(hub, Hub):
+        hub.close_streams()
+
+
+async def _stream(hub: Hub, heartbeat: float, scope: Scope, receive: Receive, send: Send) -> None:
+    """``text/event-stream``: a ``state`` frame first and on every change, each event, and a
+    comment every ``heartbeat`` seconds; ends on disconnect or :func:`close_streams`."""
+    loop = asyncio.get_running_loop()
+    hub.bind(loop)
+    client = hub.subscribe()
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                client.wake.set()
+                return
+
+    watcher = loop.create_task(watch())
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-store"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        first = await hub.state.get(hub.version)
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"retry: 2000\n\nevent: state\ndata: " + first + b"\n\n",
+                "more_body": True,
+            }
+        )
+        last_sent = time.monotonic()
+        while not gone.is_set() and not hub.closing:
+            wait = heartbeat - (time.monotonic() - last_sent)
+            if wait > 0 and not client.buffer:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.wake.wait(), wait)
+            client.wake.clear()
+            if gone.is_set() or hub.closing:
+                break
+            frames = []
+            while client.buffer:
+                frames.append(client.buffer.popleft())
+            if not frames:
+                if time.monotonic() - last_sent < heartbeat:
+                    continue
+                frames.append(b": heartbeat\n\n")
+            await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+            last_sent = time.monotonic()
+        if not gone.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass  # the client went away mid-send
+    finally:
+        hub.unsubscribe(client)
+        watcher.cancel()

@@ -1,0 +1,422 @@
+"""``buttress serve``: the operator endpoints under uvicorn, for a configured team or the demo.
+
+Theory of operation
+-------------------
+:func:`load_config` reads a small JSON or TOML file (by its suffix) naming the team and the
+monitors to register, validates every key before anything starts (an error names the file, the
+key and what was expected) and builds a :class:`buttress.ResilienceManager`::
+
+    team = "orders"
+    check_interval = 10                 # optional, seconds
+    token_env = "ORDERS_STATUS_TOKEN"   # optional: the bearer token comes from this variable
+
+    [[monitors]]
+    type = "database"                   # database, network, memory, cpu, mcp_server,
+    name = "orders"                     # docker, k8s_pod
+    target = "postgresql://app:pw@127.0.0.1:5432/orders"
+    required = true                     # /ready fails while it is unavailable
+
+    [[monitors]]
+    type = "network"
+    name = "payments"
+    target = "https://payments.internal/health"
+    interval = 5
+
+:func:`demo_manager` builds a team that moves on its own: breakers fed by simulated traffic, a
+rate limit, a flapping local resource and a quota that fills, so the tier, the breakers and the
+resources change while the dashboard watches.
+
+:func:`run` binds the socket itself first (so a port in use is a clear error, not a traceback),
+starts the manager, serves with uvicorn, ends the event streams as soon as shutdown begins (uvicorn
+waits for open responses) and stops the manager. The access log is scrubbed of credentials (a
+dashboard login URL carries the token once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import random
+import socket
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..manager import ResilienceManager
+from ._hub import scrub
+
+__all__ = ["ConfigError", "demo_manager", "load_config", "run"]
+
+TOKEN_ENV = "BUTTRESS_SERVER_TOKEN"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the key."""
+
+
+_COMMON = {
+    "interval",
+    "timeout",
+    "required",
+    "critical",
+    "fail_threshold",
+    "success_threshold",
+    "degraded_at",
+    "critical_at",
+    "horizon",
+}
+_KINDS: dict[str, tuple[str, set[str], set[str]]] = {
+    # type: (manager method, required keys, optional keys)
+    "database": ("register_database_monitor", {"target"}, {"query"}),
+    "network": (
+        "register_network_monitor",
+        set(),
+        {"target", "host", "port", "expect_status", "latency_budget", "headers"},
+    ),
+    "memory": ("register_memory_monitor", set(), {"scope"}),
+    "cpu": ("register_cpu_monitor", set(), {"scope"}),
+    "mcp_server": ("register_mcp_monitor", set(), {"command", "args", "env", "url", "config"}),
+    "docker": ("register_docker_monitor", set(), {"container", "socket"}),
+    "k8s_pod": ("register_k8s_monitor", set(), {"pod", "namespace"}),
+}
+_TOP = {"team", "check_interval", "check_timeout", "monitors", "token_env"}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(raw.decode())
+        elif suffix == ".json":
+            data = json.loads(raw)
+        else:
+            raise ConfigError(f"{path}: the configuration must be a .json or .toml file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration must be a table/object at the top")
+    return data
+
+
+def load_config(path: str | os.PathLike[str]) -> tuple[ResilienceManager, str | None]:
+    """The manager a configuration file describes, and the bearer token it names (or ``None``).
+
+    Raises:
+        ConfigError: a bad file, key or value, naming the file and the key.
+    """
+    where = Path(path)
+    data = _read(where)
+    unknown = sorted(set(data) - _TOP)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected some of "
+            f"{', '.join(sorted(_TOP))}"
+        )
+    team = data.get("team")
+    if not isinstance(team, str) or not team.strip():
+        raise ConfigError(f"{where}: 'team' must be a non-empty string, got {team!r}")
+    settings: dict[str, Any] = {}
+    for key in ("check_interval", "check_timeout"):
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(
+                    f"{where}: {key!r} must be a number of seconds > 0, got {value!r}"
+                )
+            settings[key] = float(value)
+    token: str | None = None
+    if "token_env" in data:
+        variable = data["token_env"]
+        if not isinstance(variable, str) or not variable:
+            raise ConfigError(f"{where}: 'token_env' must name an environment variable")
+        token = os.environ.get(variable) or None
+        if token is None:
+            raise ConfigError(
+                f"{where}: 'token_env' names {variable}, which is not set in the environment"
+            )
+    try:
+        manager = ResilienceManager(team, settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    monitors = data.get("monitors", [])
+    if not isinstance(monitors, list):
+        raise ConfigError(f"{where}: 'monitors' must be a list of tables/objects")
+    for index, entry in enumerate(monitors):
+        _register(manager, where, index, entry)
+    return manager, token
+
+
+def _register(manager: ResilienceManager, where: Path, index: int, entry: object) -> None:
+    at = f"{where}: monitors[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{at} must be a table/object, got {entry!r}")
+    kind = entry.get("type")
+    if kind == "api_quota":
+        raise ConfigError(f"{at}.type: api_quota monitors need a function; register them in code")
+    if kind not in _KINDS:
+        raise ConfigError(f"{at}.type must be one of {', '.join(sorted(_KINDS))}, got {kind!r}")
+    method, needed, optional = _KINDS[kind]
+    name = entry.get("name")
+    if name is None and kind in ("memory", "cpu"):
+        name = "system"
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{at}.name must be a non-empty string, got {name!r}")
+    allowed = {"type", "name"} | needed | optional | _COMMON
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{at} ({kind} {name!r}): unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"expected some of {', '.join(sorted(allowed - {'type', 'name'}))}"
+        )
+    missing = sorted(needed - set(entry))
+    if missing:
+        raise ConfigError(f"{at} ({kind} {name!r}): missing {', '.join(map(repr, missing))}")
+    for flag in ("required", "critical"):
+        if flag in entry and not isinstance(entry[flag], bool):
+            raise ConfigError(f"{at}.{flag} must be true or false, got {entry[flag]!r}")
+    options = {k: v for k, v in entry.items() if k not in ("type", "name")}
+    if "args" in options and isinstance(options["args"], list):
+        options["args"] = tuple(options["args"])
+    register: Callable[..., Any] = getattr(manager, method)
+    try:
+        if kind == "database":
+            target = options.pop("target")
+            register(name, target, **options)
+        else:
+            register(name, **options)
+    except (TypeError, ValueError, KeyError, LookupError, OSError) as exc:
+        raise ConfigError(f"{at} ({kind} {name!r}): {scrub(str(exc))}") from None
+
+
+# -- the demo -------------------------------------------------------------------------------------
+
+
+def demo_manager() -> tuple[ResilienceManager, Callable[[], Any]]:
+    """A team that changes on its own, and the coroutine function that drives it."""
+    from ..degradation import DegradationManager
+    from ..health.types import Reading, ResourceStatus, ResourceType
+    from ..policies.circuit import CircuitBreaker, CircuitBreakerConfig
+    from ..policies.ratelimit import RateLimitConfig, get_rate_limiter
+
+    degradation = DegradationManager(name="demo-team", min_dwell=4.0)
+    manager = ResilienceManager(
+        "demo-team",
+        {"check_interval": 1.0, "fail_threshold": 2, "success_threshold": 2},
+        degradation=degradation,
+    )
+    started = time.monotonic()
+
+    def flapping() -> Reading:
+        # Up for 12 s, then refusing connections for 8 s, again and again.
+        if (time.monotonic() - started) % 20.0 >= 12.0:
+            raise ConnectionRefusedError("connection refused by 127.0.0.1:9 (simulated)")
+        return Reading(message="answering")
+
+    def quota() -> Reading:
+        used = ((time.monotonic() - started) % 60.0) / 60.0 * 100.0
+        return Reading(usage=used, message=f"{used:.0f}% of the hourly quota used")
+
+    def cache() -> Reading:
+        wobble = 40.0 + 25.0 * math.sin((time.monotonic() - started) / 7.0)
+        status = ResourceStatus.DEGRADED if wobble > 60 else None
+        return Reading(usage=wobble, status=status, message="local cache")
+
+    manager.register_monitor(ResourceType.NETWORK, "inventory-api", flapping)
+    manager.register_monitor(ResourceType.API_QUOTA, "llm-provider", quota)
+    manager.register_monitor(ResourceType.MEMORY, "cache", cache, critical=False)
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        manager.register_memory_monitor("process", scope="process", critical=False)
+    breakers = [
+        CircuitBreaker(
+            CircuitBreakerConfig(
+                name=f"demo.{service}",
+                fail_max=5,
+                timeout_duration=3.0,
+                failure_rate_threshold=0.5,
+                window_size=20,
+                minimum_calls=10,
+            )
+        )
+        for service in ("payments", "search", "email")
+    ]
+    limiter = get_rate_limiter()
+    limiter.configure("demo.api", RateLimitConfig(requests_per_second=20.0, burst_size=10))
+    rng = random.Random(7)
+
+    class Down(ConnectionError):
+        pass
+
+    def call(breaker: CircuitBreaker, failure: float) -> None:
+        def work() -> None:
+            if rng.random() < failure:
+                raise Down("503 from the dependency (simulated)")
+
+        with contextlib.suppress(Exception):
+            breaker.call(work)
+
+    async def drive() -> None:
+        while True:
+            phase = (time.monotonic() - started) % 30.0
+            call(breakers[0], 0.9 if 10.0 <= phase < 18.0 else 0.05)
+            call(breakers[1], 0.3)
+            call(breakers[2], 0.6 if phase >= 24.0 else 0.0)
+            for _ in range(3):
+                with contextlib.suppress(Exception):
+                    limiter.check_limit("demo.api")
+            await asyncio.sleep(0.1)
+
+    return manager, drive
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+class PortInUse(OSError):
+    """The address to listen on is taken."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (``PortInUse`` with a clear message when taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                exc.errno,
+                f"port {port} on {host} is already in use; stop what listens there or pick "
+                "another with --port",
+            ) from None
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _ScrubAccess(logging.Filter):
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                scrub(a, self.secrets) if isinstance(a, str) else a
+                for a in (record.args if isinstance(record.args, tuple) else (record.args,))
+            )
+        if isinstance(record.msg, str):
+            record.msg = scrub(record.msg, self.secrets)
+        return True
+
+
+async def serve_app(
+    app: Any,
+    sock: socket.socket,
+    *,
+    manager: ResilienceManager | None = None,
+    background: Callable[[], Any] | None = None,
+    log_level: str = "info",
+    access_log: bool = True,
+    secrets: tuple[str, ...] = (),
+    started: Callable[[Any], None] | None = None,
+) -> None:
+    """Serve ``app`` on ``sock`` with uvicorn until it is told to exit (a signal, or
+    ``server.should_exit = True`` on the server passed to ``started``)."""
+    import uvicorn
+
+    from . import close_streams
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            close_streams(app)
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = Server(config)
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_ScrubAccess(secrets))
+    tasks: list[asyncio.Task[Any]] = []
+    if manager is not None and not manager.running:
+        await manager.start()
+    if background is not None:
+        tasks.append(asyncio.get_running_loop().create_task(background()))
+    if started is not None:
+        started(server)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if manager is not None:
+            await manager.stop()
+
+
+def run(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: str | None = None,
+    demo: bool = False,
+    token: str | None = None,
+    log_level: str = "info",
+) -> int:
+    """``buttress serve``: returns the exit status."""
+    if (config is None) == (not demo):
+        raise ConfigError("give a configuration file (--config FILE) or --demo, not both")
+    background = None
+    if demo:
+        manager, background = demo_manager()
+    else:
+        assert config is not None
+        manager, configured = load_config(config)
+        token = token or configured
+    sock = bind(host, port)
+    from . import create_app
+
+    app = create_app(manager, token=token)
+    where = f"http://{host}:{sock.getsockname()[1]}/"
+    print(f"buttress serve: team {manager.team!r} at {where} (Ctrl+C to stop)", flush=True)
+    secrets = (token,) if token else ()
+    asyncio.run(
+        serve_app(
+            app,
+            sock,
+            manager=manager,
+            background=background,
+            log_level=log_level,
+            secrets=secrets,
+        )
+    )
+    return 0
+
+
+def token_from_env(variable: str | None) -> str | None:
+    """The bearer token in ``variable`` (default :data:`TOKEN_ENV`); ``None`` when unset."""
+    name = variable or TOKEN_ENV
+    value = os.environ.get(name, "")
+    if variable and not value:
+        raise ConfigError(f"--token-env names {variable}, which is not set in the environment")
+    return value or None
