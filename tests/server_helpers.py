@@ -31,6 +31,7 @@ def running(
     manager: Any = None,
     background: Callable[[], Any] | None = None,
     secrets: tuple[str, ...] = (),
+    log_level: str = "warning",
 ) -> Iterator[str]:
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
@@ -45,7 +46,7 @@ def running(
                     sock,
                     manager=manager,
                     background=background,
-                    log_level="warning",
+                    log_level=log_level,
                     access_log=True,
                     secrets=secrets,
                     started=servers.append,

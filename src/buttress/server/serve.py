@@ -42,7 +42,9 @@ import logging
 import math
 import os
 import random
+import signal
 import socket
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -400,6 +402,10 @@ def run(
     where = f"http://{host}:{sock.getsockname()[1]}/"
     print(f"buttress serve: team {manager.team!r} at {where} (Ctrl+C to stop)", flush=True)
     secrets = (token,) if token else ()
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn shuts down gracefully on SIGTERM, then raises it again: end as on Ctrl+C
+        # (exit status 0) rather than be killed by it.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(
         serve_app(
             app,
