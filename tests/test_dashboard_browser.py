@@ -37,6 +37,7 @@ from buttress import (
     RateLimiter,
     RateLimitExceeded,
     ResilienceManager,
+    events,
 )
 from buttress.queue import RequestQueue
 
@@ -94,6 +95,27 @@ class _Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+
+def _app(manager: ResilienceManager, **options: Any) -> Any:
+    """The manager's app, its metrics in a registry of its own (see ``_no_hook_left``)."""
+    from prometheus_client import CollectorRegistry
+
+    return manager.asgi_app(registry=CollectorRegistry(), **options)
+
+
+@pytest.fixture(autouse=True)
+def _no_hook_left() -> Iterator[None]:
+    """An app listens to every event, and so do the Prometheus metrics it enables, for the
+    process: both stop after the test, so later tests pay for no hook."""
+    before = list(events.HOOKS)
+    yield
+    for hook in [h for h in events.HOOKS if h not in before]:
+        disable = getattr(getattr(hook, "__self__", None), "disable", None)
+        if callable(disable):
+            disable()
+        else:
+            events.remove_hook(hook)
 
 
 @pytest.fixture
@@ -205,7 +227,7 @@ def test_live_page_shows_breaker_and_tier_changes(
     marked = CircuitBreaker(name='<img id="injected" src="x">', fail_max=3)
     manager = ResilienceManager("checkout", circuits=[breaker.name, marked.name])
     try:
-        b = browser(serve(manager.asgi_app()))
+        b = browser(serve(_app(manager)))
         b.wait_for(f"{_row('circuits', breaker.name)} .state .closed")
         b.wait_for("#conn.live")
         assert b.page.locator("#injected").count() == 0
@@ -235,7 +257,7 @@ def test_polls_state_when_the_event_stream_fails(
     serve: Callable[[Any], str], browser: Callable[..., Browser], breaker: CircuitBreaker
 ) -> None:
     manager = ResilienceManager("checkout", circuits=[breaker.name])
-    b = browser(serve(manager.asgi_app()), refuse="/events")
+    b = browser(serve(_app(manager)), refuse="/events")
     b.wait_for("#conn.polling")
     b.wait_for(f"{_row('circuits', breaker.name)} .state .closed")
     _trip(breaker)
@@ -250,7 +272,7 @@ def test_mounted_under_a_prefix_behind_a_token(
     from starlette.routing import Mount
 
     manager = ResilienceManager("checkout", circuits=[breaker.name])
-    inner = manager.asgi_app(token="s3cret-token")
+    inner = _app(manager, token="s3cret-token")
     # A mounted app's lifespan runs only when the outer app runs it.
     outer = Starlette(
         routes=[Mount("/resilience", inner)],
@@ -278,7 +300,7 @@ def test_shows_rate_limits_resources_and_the_queue(
     queue.handler("charge")(lambda order: None)
     manager = ResilienceManager("checkout", check_interval=0.05, circuits=[])
     manager.register_monitor("database", "orders", lambda: 42.0)
-    app = manager.asgi_app(queue=queue, rate_limiters=[limiter])
+    app = _app(manager, queue=queue, rate_limiters=[limiter])
     for order in range(3):
         queue.put("charge", (order,))
     for _ in range(8):  # 6 admitted, 2 refused
@@ -338,7 +360,7 @@ def test_readable_on_a_phone_with_aa_contrast(
     manager = ResilienceManager("checkout", circuits=[breaker.name])
     manager.degradation.update_health("llm_provider", healthy=False)
     _trip(breaker)
-    b = browser(serve(manager.asgi_app()), viewport={"width": 390, "height": 844}, is_mobile=True)
+    b = browser(serve(_app(manager)), viewport={"width": 390, "height": 844}, is_mobile=True)
     b.wait_for(f"{_row('circuits', breaker.name)} .state .open")
     b.wait_for('#timeline li[data-level="2"]')
     # Wide tables scroll inside their own box; the page itself never scrolls sideways.
