@@ -37,10 +37,13 @@ class Switch:
 
 
 def team(name: str, interval: float = 60.0) -> ResilienceManager:
+    # Breakers are process-wide by name: the team shows only the ones these tests make, so that
+    # a breaker another test left open does not degrade it.
     return ResilienceManager(
         name,
         {"check_interval": interval, "fail_threshold": 1, "success_threshold": 1},
         degradation=DegradationManager(name=name, min_dwell=0),
+        circuits=["server-contract", "server-stream"],
     )
 
 

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ._hub import Cached, Hub, dumps, scrub
+from ._hub import Cached, Hub, scrub
 
 if TYPE_CHECKING:
     from ..manager import ResilienceManager
@@ -187,11 +187,38 @@ class _Metrics:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cached, content_type = self._for(_header(scope, b"accept"))
-        body = await cached.get(0)
+        body = cached.fresh(0)
+        if body is None:
+            body = await cached.get(0)
         if body is None:
             await _answer(send, 500, b'{"error":"metrics unavailable"}', _JSON)
             return
         await _answer(send, 200, body, content_type)
+
+
+class _App(Starlette):
+    """The app: probes and scrapes are dispatched by path before Starlette's middleware and
+    router (the same endpoints are routes too, so anything else, a refused token included,
+    takes the ordinary way)."""
+
+    fast: dict[str, ASGIApp]
+    guard: _Auth | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            root = scope.get("root_path")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            endpoint = self.fast.get(path)
+            if (
+                endpoint is not None
+                and scope["method"] in ("GET", "HEAD")
+                and (self.guard is None or path == "/live" or self.guard._allowed(scope))
+            ):
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 class _Endpoint:
@@ -258,11 +285,16 @@ def build_app(
         await _answer(send, 200, b'{"status":"pass"}', _HEALTH_JSON)
 
     async def ready(scope: Scope, receive: Receive, send: Send) -> None:
-        ok, detail = hub.readiness()
-        await _answer(send, 200 if ok else 503, dumps(detail), _JSON)
+        ok, body = hub.ready_answer()
+        await _answer(send, 200 if ok else 503, body, _JSON)
 
     async def health(scope: Scope, receive: Receive, send: Send) -> None:
-        seed, ietf, overall = await hub.health.get(hub.version)
+        cached = hub.health
+        version = hub.version
+        payload = cached.fresh(version)
+        if payload is None:
+            payload = await cached.get(version)
+        seed, ietf, overall = payload
         status = 503 if overall == "unhealthy" else 200
         if b"application/health+json" in _header(scope, b"accept"):
             await _answer(send, status, ietf, _HEALTH_JSON)
@@ -270,7 +302,10 @@ def build_app(
             await _answer(send, status, seed, _JSON)
 
     async def state(scope: Scope, receive: Receive, send: Send) -> None:
-        body = await hub.state.get(hub.version)
+        version = hub.version
+        body = hub.state.fresh(version)
+        if body is None:
+            body = await hub.state.get(version)
         await _answer(send, 200, body, _JSON)
 
     async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -314,12 +349,20 @@ def build_app(
         Route("/", _Endpoint(index), methods=["GET", "HEAD"]),
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = _App(routes=routes, lifespan=lifespan)
     app.state.buttress_hub = hub
+    app.fast = {
+        "/live": live,
+        "/ready": ready,
+        "/health": health,
+        "/metrics": metrics_endpoint,
+        "/state": state,
+    }
     if token is not None:
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token must be a non-empty string (or None for no token)")
         app.add_middleware(_Auth, token=token)
+        app.guard = _Auth(app.fast["/live"], token)
     return app
 
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events as _events
 from ..degradation import DegradationTier
-from ..health.manager import CRITICAL, OverallHealth
+from ..health.manager import CRITICAL, UNAVAILABLE, OverallHealth
 from ..health.types import redact
 from ..machines.ratelimit import RateLimitAlgorithm
 from ..policies.circuit import CircuitState, circuit_breakers
@@ -63,6 +63,20 @@ _KEYLIKE = re.compile(r"\b(sk|pk|rk|xox[abprs]|ghp|gho|glpat)[-_][A-Za-z0-9_-]{8
 #: ``state`` event carries the whole picture anyway).
 OUTBOX = 4096
 CLIENT_BUFFER = 512
+#: Per-call events (retries, rejections, time-outs, fallbacks) streamed per second at most; the
+#: rest are counted (``events_dropped`` in ``/state``) so that an outage's storm of rejections
+#: costs the loop a bounded amount.
+PER_CALL_BUDGET = 200
+_PER_CALL = frozenset(
+    {
+        _events.CallRejected,
+        _events.AttemptFailed,
+        _events.RetryScheduled,
+        _events.GaveUp,
+        _events.TimedOut,
+        _events.FallbackUsed,
+    }
+)
 TIMELINE = 100
 STEPS = 50
 
@@ -80,11 +94,22 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+_SCRUBBED: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
 def _scrub_data(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, str):
-        return scrub(value, secrets)
+        # Renderings repeat the same names, states and messages: each distinct string is
+        # scrubbed once (a bounded memo), not on every rendering.
+        key = (value, secrets)
+        done = _SCRUBBED.get(key)
+        if done is None:
+            if len(_SCRUBBED) >= 8192:
+                _SCRUBBED.clear()
+            done = _SCRUBBED[key] = scrub(value, secrets)
+        return done
     if isinstance(value, dict):
-        return {scrub(str(k), secrets): _scrub_data(v, secrets) for k, v in value.items()}
+        return {_scrub_data(str(k), secrets): _scrub_data(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub_data(v, secrets) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
@@ -133,6 +158,12 @@ class Cached:
         self.built_at = -math.inf
         self._building: asyncio.Future[Any] | None = None
         self._building_version = -1
+
+    def fresh(self, version: int) -> Any:
+        """The payload when it can be served as it is (``None``: call :meth:`get`)."""
+        if self.version == version and time.monotonic() - self.built_at < self.max_age:
+            return self.payload
+        return None
 
     async def get(self, version: int) -> Any:
         if self.version == version:
@@ -209,22 +240,35 @@ class Hub:
         self._lock = threading.Lock()
         self.rejections: collections.Counter[str] = collections.Counter()
         now = time.time()
-        tier = manager.degradation.get_current_tier()
+        degradation = manager.degradation
+        tier = degradation.get_current_tier()
         self.tier_since = now
+        changed = degradation._changed_at  # on the degradation manager's monotonic clock
+        if changed is not None:
+            clock = degradation._clock or _clock()
+            self.tier_since = min(now, now - (clock.now() - changed))
         self.timeline: collections.deque[dict[str, object]] = collections.deque(maxlen=TIMELINE)
         self.timeline.append(
-            {"at": now, "level": int(tier), "name": tier.name, "reason": "current at start"}
+            {"at": self.tier_since, "level": int(tier), "name": tier.name, "reason": "current"}
         )
         self.steps: collections.deque[dict[str, object]] = collections.deque(maxlen=STEPS)
         self.outbox: collections.deque[tuple[str, _events.Event, float]] = collections.deque(
             maxlen=OUTBOX
         )
         self.clients: set[Client] = set()
+        self.dropped = 0  # events not streamed (per-call ones over the budget, a full outbox)
+        self._budget_second = 0
+        self._budget = PER_CALL_BUDGET
         self.loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._installed = False
         self.closing = False
         self._pusher: asyncio.Task[None] | None = None
+        self._required_monitors: tuple[Any, ...] = ()
+        self._required_until = -math.inf
+        self._ready_answers: dict[
+            tuple[int, tuple[str, ...], tuple[str, ...]], tuple[bool, bytes]
+        ] = {}
         self.health = Cached(self._render_health, max_age)
         self.state = Cached(self._render_state, max_age)
 
@@ -272,11 +316,16 @@ class Hub:
     # -- the hook (any thread) -------------------------------------------------------------------
 
     def hook(self, event: _events.Event) -> None:
-        if type(event) is _events.CallCompleted:
+        cls = type(event)
+        if cls is _events.CallCompleted:
             return  # per call, for metrics: nothing an operator view shows changes
-        self.version = next(self._versions)
-        kind = type(event).__name__
+        kind = cls.__name__
         now = time.time()
+        per_call = cls in _PER_CALL
+        if not per_call:
+            # A change of state: the next request renders again at once. Per-call events (a
+            # storm of them in an outage) only move counters, which max_age refreshes.
+            self.version = next(self._versions)
         if isinstance(event, _events.TierChanged):
             if event.name == self.manager.degradation.name:
                 new = event.new
@@ -303,6 +352,16 @@ class Hub:
             )
         if not self.clients:
             return
+        if per_call:
+            second = int(now)
+            if second != self._budget_second:
+                self._budget_second, self._budget = second, PER_CALL_BUDGET
+            if self._budget <= 0:
+                self.dropped += 1
+                return
+            self._budget -= 1
+        if len(self.outbox) == OUTBOX:
+            self.dropped += 1  # the loop is behind: the oldest is let go
         self.outbox.append((kind, event, now))
         loop = self.loop
         if loop is not None and not self._draining:
@@ -426,6 +485,7 @@ class Hub:
             "queue": self._queue(),
             "protocol_steps": list(self.steps),
             "ready": self.readiness()[0],
+            "events_dropped": self.dropped,
         }
 
     def _circuits(self) -> dict[str, dict[str, object]]:
@@ -486,29 +546,52 @@ class Hub:
             return None
         return {"depth": int(stats.depth), "dead_letters": int(stats.dead)}
 
+    def _required(self) -> tuple[Any, ...]:
+        """The monitors registered as required (re-read at most every ``max_age``)."""
+        now = time.monotonic()
+        if now >= self._required_until:
+            resources = self.manager.resources
+            self._required_monitors = tuple(m for m in resources.monitors() if m.required)
+            self._required_until = now + self.health.max_age
+        return self._required_monitors
+
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Whether the service should receive traffic, and why (never runs a check)."""
-        manager = self.manager
-        tier = manager.degradation.get_current_tier()
-        reasons: list[str] = []
-        if tier >= DegradationTier.TIER_4_MAINTENANCE:
-            reasons.append(f"degradation tier {int(tier)} ({tier.name})")
-        waiting: list[str] = []
-        for monitor in manager.resources.monitors():
-            if not monitor.required:
-                continue
-            status = monitor.state.status
+        ready, body = self.ready_answer()
+        detail: dict[str, object] = json.loads(body)
+        return ready, detail
+
+    def ready_answer(self) -> tuple[bool, bytes]:
+        """:meth:`readiness` as the response body, rendered once per distinct answer."""
+        tier = self.manager.degradation.get_current_tier()
+        unavailable: list[str] = []
+        unchecked: list[str] = []
+        for monitor in self._required():
+            status = monitor._state.status
             if status is None:
-                waiting.append(monitor.key)
-                reasons.append(f"required resource {monitor.key} not checked yet")
-            elif status.value == "unavailable":
-                reasons.append(f"required resource {monitor.key} is unavailable")
-        ready = not reasons
-        return ready, {
-            "status": "ready" if ready else "not_ready",
-            "tier": int(tier),
-            "reasons": [scrub(r, self.secrets) for r in reasons],
-        }
+                unchecked.append(monitor.key)
+            elif status is UNAVAILABLE:
+                unavailable.append(monitor.key)
+        key = (int(tier), tuple(unavailable), tuple(unchecked))
+        answer = self._ready_answers.get(key)
+        if answer is None:
+            reasons: list[str] = []
+            if tier >= DegradationTier.TIER_4_MAINTENANCE:
+                reasons.append(f"degradation tier {int(tier)} ({tier.name})")
+            reasons += [f"required resource {k} is unavailable" for k in unavailable]
+            reasons += [f"required resource {k} not checked yet" for k in unchecked]
+            ready = not reasons
+            body = dumps(
+                {
+                    "status": "ready" if ready else "not_ready",
+                    "tier": int(tier),
+                    "reasons": [scrub(r, self.secrets) for r in reasons],
+                }
+            )
+            if len(self._ready_answers) > 64:
+                self._ready_answers.clear()
+            answer = self._ready_answers[key] = (ready, body)
+        return answer
 
 
 def _clock() -> Any:
