@@ -420,8 +420,9 @@ class Hub:
                 _log.exception("rendering the state for the stream failed")
                 body = None
             if body is not None:
-                # generated_at always differs: compare the rest.
-                core = body.split(b',"generated_at":', 1)[0]
+                # generated_at always differs: compare the rest, which follows it.
+                head, _, tail = body.partition(b',"generated_at":')
+                core = head + tail.partition(b",")[2]
                 if core != last:
                     last = core
                     frame = _frame("state", body)
