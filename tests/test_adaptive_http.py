@@ -59,30 +59,36 @@ async def load(
     return run
 
 
-def adaptive(**settings: object) -> AdaptiveConcurrency:
+def adaptive(algorithm: str = "gradient2", **settings: object) -> AdaptiveConcurrency:
     options: dict[str, object] = {"max_wait": 60.0, "initial_limit": 10}
     options.update(settings)
-    return AdaptiveConcurrency(**options)  # type: ignore[arg-type]
+    return AdaptiveConcurrency(algorithm, **options)  # type: ignore[arg-type]
 
 
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
 
+@pytest.mark.parametrize("algorithm", ["gradient2", "aimd"])
 @pytest.mark.parametrize("capacity", [4, 16, 64])
-def test_the_limit_settles_within_30_percent_of_the_capacity(capacity: int) -> None:
-    limiter = adaptive()
+def test_the_limit_settles_within_30_percent_of_the_capacity(capacity: int, algorithm: str) -> None:
+    limiter = adaptive(algorithm)
+    # AIMD climbs one call per window (0.1 s) from its initial 10: at K = 64 it needs longer.
+    seconds = 8.0 if algorithm == "aimd" and capacity == 64 else 4.0
     with capacity_server(capacity, SERVICE) as server:
-        run = asyncio.run(load(server.port, limiter, workers=2 * capacity + 8, seconds=4.0))
-    settled = statistics.mean(limit for at, limit in run.limits if at >= 2.0)
+        run = asyncio.run(load(server.port, limiter, workers=2 * capacity + 8, seconds=seconds))
+    settled = statistics.mean(limit for at, limit in run.limits if at >= seconds - 2.0)
     assert 0.7 * capacity <= settled <= 1.3 * capacity, (settled, run.limits[-20:])
 
 
-def test_the_limit_follows_a_capacity_drop_from_64_to_8_within_5_seconds() -> None:
-    limiter = adaptive(initial_limit=20)
+@pytest.mark.parametrize("algorithm", ["gradient2", "aimd"])
+def test_the_limit_follows_a_capacity_drop_from_64_to_8_within_5_seconds(algorithm: str) -> None:
+    # AIMD climbs one call per window: start it nearer 64 so that it is there at the drop.
+    limiter = adaptive(algorithm, initial_limit=20 if algorithm == "gradient2" else 48)
+    climb = 3.0
 
     async def scenario(port: int, server: object) -> tuple[Run, Run]:
-        before = await load(port, limiter, workers=100, seconds=3.0)
+        before = await load(port, limiter, workers=100, seconds=climb)
         await server.set_capacity(8)  # type: ignore[attr-defined]
         after = await load(port, limiter, workers=100, seconds=5.0)
         return before, after
@@ -98,11 +104,14 @@ def test_the_limit_follows_a_capacity_drop_from_64_to_8_within_5_seconds() -> No
     assert statistics.mean(late) <= 1.3 * 8, after.limits[-20:]
 
 
-def test_p99_stays_under_twice_the_uncontended_latency_where_a_fixed_limit_lets_it_grow() -> None:
+@pytest.mark.parametrize("algorithm", ["gradient2", "aimd"])
+def test_p99_stays_under_twice_the_uncontended_latency_where_a_fixed_limit_lets_it_grow(
+    algorithm: str,
+) -> None:
     async def scenario(port: int) -> tuple[float, float, float]:
         alone = await load(port, Bulkhead(1, max_wait=60), workers=1, seconds=0.5)
         fixed = await load(port, Bulkhead(64, max_wait=60), workers=64, seconds=2.0)
-        limiter = adaptive()
+        limiter = adaptive(algorithm)
         await load(port, limiter, workers=64, seconds=1.5)  # settle first
         adapted = await load(port, limiter, workers=64, seconds=2.5)
         return statistics.median(alone.latencies), p99(fixed.latencies), p99(adapted.latencies)
