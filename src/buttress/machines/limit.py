@@ -159,11 +159,7 @@ class LimitAlgorithm:
         self._limit = float(initial)
         self._opened: float | None = None
         self._span = self.window
-        self._count = 0
-        self._total = 0.0
-        self._load = 0
-        self._drops = 0
-        self._late = 0
+        self._clear()
         self._drop_after = math.inf  # a round trip over this is a drop (AIMD's timeout)
         self._late_at = math.inf  # a round trip over this is late (tolerance x baseline)
         self._close_late = self.min_samples if self._closes_late else math.inf
@@ -314,6 +310,10 @@ class LimitAlgorithm:
     def _open(self, now: float) -> None:
         self._opened = now
         self._span = max(self.window, 2 * self._last_mean)
+        self._clear()
+
+    def _clear(self) -> None:
+        """Empty the window's sums."""
         self._count = 0
         self._total = 0.0
         self._load = 0

@@ -216,12 +216,12 @@ class AdaptiveConcurrency(Bulkhead):
         """Right after admission: when it started and how many were in flight (itself too)."""
         return (self._clock or _clock._current).now(), self._active
 
-    def _done(self, start: float, inflight: int) -> None:
-        """A call that returned: give the slot back and report it to the algorithm."""
+    def _done(self, start: float, inflight: int, dropped: bool = False) -> None:
+        """A call that returned (or was dropped): give the slot back and report it."""
         now = (self._clock or _clock._current).now()
         with self._lock:
             self._active -= 1
-            moved = self._sample(now, now - start, inflight)
+            moved = self._sample(now, now - start, inflight, dropped)
             change = None if moved is None else self._apply(moved.reason)
             woken = self._hand_over() if self._waiters else None
         if woken:
@@ -231,21 +231,11 @@ class AdaptiveConcurrency(Bulkhead):
             self._announce(change, now)
 
     def _end(self, start: float, inflight: int, error: BaseException) -> None:
-        """A call that raised: give the slot back; a drop is reported, anything else is not a
-        measurement."""
-        if not isinstance(error, self._drops):
+        """A call that raised: a drop is reported, anything else is not a measurement."""
+        if isinstance(error, self._drops):
+            self._done(start, inflight, True)
+        else:
             super().release()
-            return
-        now = (self._clock or _clock._current).now()
-        with self._lock:
-            self._active -= 1
-            moved = self._sample(now, now - start, inflight, True)
-            change = None if moved is None else self._apply(moved.reason)
-            woken = self._hand_over()
-        for waiter in woken:
-            waiter.wake()
-        if change is not None:
-            self._announce(change, now)
 
     def release(self) -> None:
         """Give a slot back without a measurement (for a slot taken with :meth:`acquire`)."""
