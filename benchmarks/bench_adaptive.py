@@ -87,12 +87,14 @@ def limiters(capacity: int) -> list[tuple[str, Bulkhead]]:
     ]
 
 
-def capacities(seconds: float) -> None:
+def capacities(seconds: float, ks: list[int], only: list[str] | None) -> None:
     print("| K | limiter | req/s | goodput/s | p50 ms | p99 ms | mean limit |")
     print("|---|---|---|---|---|---|---|")
-    for capacity in (4, 16, 64):
+    for capacity in ks:
         with capacity_server(capacity, SERVICE) as server:
             for label, limiter in limiters(capacity):
+                if only and label not in only:
+                    continue
                 row = asyncio.run(load(server.port, limiter, 2 * capacity + 8, seconds))
                 print(
                     f"| {capacity} | {label} | {row['rps']:,.0f} | {row['goodput']:,.0f} | "
@@ -184,9 +186,23 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=list(PARTS), default=list(PARTS), help="parts to run (all)"
     )
+    parser.add_argument(
+        "--capacities",
+        type=int,
+        nargs="+",
+        default=[4, 16, 64],
+        metavar="K",
+        help="capacities of the capacities part (4 16 64)",
+    )
+    parser.add_argument(
+        "--limiter",
+        nargs="+",
+        metavar="LABEL",
+        help="only these rows of the capacities part, by label (e.g. 'adaptive aimd')",
+    )
     options = parser.parse_args()
     runs = {
-        "capacities": lambda: capacities(options.seconds),
+        "capacities": lambda: capacities(options.seconds, options.capacities, options.limiter),
         "drop": capacity_drop,
         "overload": simulated_overload,
         "overhead": overhead,

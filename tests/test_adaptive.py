@@ -312,6 +312,10 @@ def test_prometheus_exports_the_limit_as_a_gauge() -> None:
         limiter.scale_down(0.5)
         value = registry.get_sample_value("adaptive_test_adaptive_limit", {"name": "orders"})
         assert value == 6.0
+        reason = registry.get_sample_value(
+            "adaptive_test_adaptive_limit_reason", {"name": "orders", "reason": "scaled_down"}
+        )
+        assert reason == 1.0
     finally:
         metrics.disable()
 

@@ -28,11 +28,13 @@ algorithm keeps learning underneath); :meth:`restore` lifts it.
 
 Every change is a :class:`buttress.events.LimitChanged` event (cuts at INFO, growth at DEBUG on the
 ``buttress.adaptive`` logger) and the current limit is published as the ``"adaptive_limit"``
-reading, which Prometheus exports as ``buttress_adaptive_limit{name=...}``.
+reading, which Prometheus exports as ``buttress_adaptive_limit{name=...}``; the reason of the last
+change as the ``"adaptive_limit_reason"`` reading, ``buttress_adaptive_limit_reason{name=...,
+reason=...} 1``.
 
 The algorithm runs under the bulkhead's lock; it is arithmetic on a handful of numbers per call.
-A call that returns costs two clock reads and one more pass through the lock than a
-:class:`buttress.Bulkhead` call: nothing else is built or looked up per call.
+A call that returns costs a :class:`buttress.Bulkhead` call plus two clock reads and the sample,
+handed over under the lock the release takes anyway: nothing else is built or looked up per call.
 """
 
 from __future__ import annotations
@@ -354,6 +356,13 @@ def _limit_readings() -> Iterable[tuple[Hashable, float]]:
 
 
 _events.add_reading("adaptive_limit", _limit_readings)
+
+
+def _reason_readings() -> Iterable[tuple[Hashable, float]]:
+    return [((limiter.name, limiter.reason), 1.0) for limiter in list(_LIVE)]
+
+
+_events.add_reading("adaptive_limit_reason", _reason_readings)
 
 
 def _machine(
