@@ -355,7 +355,9 @@ class AIMD(LimitAlgorithm):
     def _over(self, mean: float, load: float, baseline: float) -> tuple[float, str]:
         # A cut of a tenth moves latency by about as much as one window's noise, so a single
         # window cannot tell queueing from a slower dependency: judge the run of cuts instead.
-        if self._cut_at is None:
+        if self._cut_at is None or mean > self._run[0] * 1.05:
+            # A new run of cuts, or latency still climbing (the queue was still building when
+            # the run began): judge from here.
             self._run = (mean, load)
         else:
             first_mean, first_load = self._run
