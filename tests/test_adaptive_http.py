@@ -1,8 +1,12 @@
 """AdaptiveConcurrency against a real HTTP server whose capacity is K concurrent requests (more
 queue inside it, latency grows with the queue): the limit settles near K for K = 4, 16 and 64,
 follows a drop of K from 64 to 8 within 5 s, and keeps p99 latency under twice the uncontended
-latency where a fixed bulkhead of 64 lets it grow. Short runs; ``benchmarks/bench_adaptive.py``
-runs the long version."""
+latency where a fixed bulkhead of 64 lets it grow; for both algorithms. Short runs;
+``benchmarks/bench_adaptive.py`` runs the long version.
+
+The server's uncontended latency is 100 ms (the benchmark's is 40 ms): the latency the limiter
+measures includes the client's own event loop, and on a loaded machine a few milliseconds of
+scheduling delay per call would otherwise read as queueing in the server."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import pytest
 from buttress import AdaptiveConcurrency, Bulkhead
 from capacity_server import Client, capacity_server
 
-SERVICE = 0.04
+SERVICE = 0.1
 
 
 @dataclass
@@ -72,9 +76,11 @@ def p99(values: list[float]) -> float:
 @pytest.mark.parametrize("algorithm", ["gradient2", "aimd"])
 @pytest.mark.parametrize("capacity", [4, 16, 64])
 def test_the_limit_settles_within_30_percent_of_the_capacity(capacity: int, algorithm: str) -> None:
-    limiter = adaptive(algorithm)
-    # AIMD climbs one call per window (0.1 s) from its initial 10: at K = 64 it needs longer.
-    seconds = 8.0 if algorithm == "aimd" and capacity == 64 else 4.0
+    # A window lasts two round trips here and AIMD climbs one call per window: at K = 64 both
+    # start nearer and run longer, or the run would measure the climb rather than the settling.
+    far = capacity == 64
+    limiter = adaptive(algorithm, initial_limit=32 if far else 10)
+    seconds = 6.0 if far else 4.0
     with capacity_server(capacity, SERVICE) as server:
         run = asyncio.run(load(server.port, limiter, workers=2 * capacity + 8, seconds=seconds))
     settled = statistics.mean(limit for at, limit in run.limits if at >= seconds - 2.0)
