@@ -78,12 +78,13 @@ def p99(values: list[float]) -> float:
 def test_the_limit_settles_within_30_percent_of_the_capacity(capacity: int, algorithm: str) -> None:
     # A window lasts two round trips here and AIMD climbs one call per window: at K = 64 both
     # start nearer and run longer, or the run would measure the climb rather than the settling.
-    far = capacity == 64
-    limiter = adaptive(algorithm, initial_limit=32 if far else 10)
-    seconds = 6.0 if far else 4.0
+    # A first window at 2.5x K (K = 4) measures a baseline with calls queued: it takes a few
+    # saw-tooth cycles for the baseline to follow latency down.
+    limiter = adaptive(algorithm, initial_limit=32 if capacity == 64 else 10)
+    seconds = 6.0
     with capacity_server(capacity, SERVICE) as server:
         run = asyncio.run(load(server.port, limiter, workers=2 * capacity + 8, seconds=seconds))
-    settled = statistics.mean(limit for at, limit in run.limits if at >= seconds - 2.0)
+    settled = statistics.mean(limit for at, limit in run.limits if at >= seconds - 3.0)
     assert 0.7 * capacity <= settled <= 1.3 * capacity, (settled, run.limits[-20:])
 
 
