@@ -281,7 +281,12 @@ def test_the_default_initial_limit_is_pulled_into_the_bounds() -> None:
             TypeError,
             "max_limit cannot be given with an algorithm instance",
         ),
-        (lambda: AdaptiveConcurrency("aimd", tolerance=2), TypeError, "tolerance"),
+        (
+            lambda: AdaptiveConcurrency("aimd", min_gradient=0.5),
+            TypeError,
+            "aimd does not take 'min_gradient'",
+        ),
+        (lambda: AdaptiveConcurrency(tolerance=None), ValueError, "tolerance must be a number"),
         (lambda: AdaptiveConcurrency(min_limit=0), ValueError, "min_limit must be >= 1"),
         (lambda: AdaptiveConcurrency(drops=ValueError), TypeError, "drops must be a tuple"),
         (lambda: AdaptiveConcurrency(max_wait=-1), ValueError, "max_wait must be >= 0"),
@@ -307,6 +312,10 @@ def test_prometheus_exports_the_limit_as_a_gauge() -> None:
         limiter.scale_down(0.5)
         value = registry.get_sample_value("adaptive_test_adaptive_limit", {"name": "orders"})
         assert value == 6.0
+        reason = registry.get_sample_value(
+            "adaptive_test_adaptive_limit_reason", {"name": "orders", "reason": "scaled_down"}
+        )
+        assert reason == 1.0
     finally:
         metrics.disable()
 

@@ -113,11 +113,29 @@ def test_gradient2_settles_within_30_percent_of_the_capacity(capacity: int) -> N
     assert 0.7 * capacity <= settled <= 1.3 * capacity, (settled, limits[-30:])
 
 
+def aimd(**kwargs: object) -> AIMD:
+    settings: dict[str, object] = {"window": 2.0, "min_samples": 10, "initial_limit": 10}
+    settings.update(kwargs)
+    return AIMD(**settings)  # type: ignore[arg-type]
+
+
+ALGORITHMS = {"gradient2": gradient, "aimd": aimd}
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("capacity", [4, 16, 64])
+def test_both_settle_within_30_percent_of_the_capacity(capacity: int, name: str) -> None:
+    limits = drive(ALGORITHMS[name](), Server(capacity), windows=300)
+    settled = statistics.mean(limits[-150:])
+    assert 0.7 * capacity <= settled <= 1.3 * capacity, (settled, limits[-30:])
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
 @pytest.mark.parametrize("capacity", [4, 16])
 def test_a_10_percent_overload_for_10000_windows_stays_within_1_5x_and_above_min_limit(
-    capacity: int,
+    capacity: int, name: str
 ) -> None:
-    algorithm = gradient(min_limit=2)
+    algorithm = ALGORITHMS[name](min_limit=2)
     limits = drive(algorithm, Server(capacity), windows=10_000, demand=1.1, dt=0.25)
     assert max(limits[50:]) <= 1.5 * capacity, max(limits[50:])
     assert min(limits) >= 2
@@ -160,8 +178,9 @@ def test_aimd_does_not_grow_while_app_limited_but_does_once_it_reaches_the_limit
     assert change == LimitChange(10, 11, "increase")
 
 
-def test_gradient2_follows_a_capacity_drop_from_64_to_8() -> None:
-    limits = drive(gradient(), Server(64), windows=400, change=(200, 8))
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_both_follow_a_capacity_drop_from_64_to_8(name: str) -> None:
+    limits = drive(ALGORITHMS[name](), Server(64), windows=400, change=(200, 8))
     assert statistics.mean(limits[150:200]) > 50
     assert statistics.mean(limits[-100:]) <= 8 * 1.3
     assert statistics.mean(limits[-100:]) >= 8 * 0.7
@@ -261,3 +280,67 @@ def test_a_cut_still_draining_is_not_mistaken_for_a_slower_dependency() -> None:
     assert window(0.2, 20) == ["latency"]
     assert algorithm.baseline == pytest.approx(0.1)
     assert algorithm.limit == 10
+
+
+def aimd_windows(algorithm: AIMD, clock: FakeClock, rtts: list[float]) -> list[str]:
+    """One window per round trip in ``rtts`` (5 calls at the limit each); the reasons seen."""
+    reasons = []
+    for rtt in rtts:
+        clock.advance(1.0)
+        for _ in range(5):
+            change = algorithm.sample(clock.now(), rtt, algorithm.limit)
+            if change:
+                reasons.append(change.reason)
+    return reasons
+
+
+def test_aimd_cuts_on_latency_over_the_tolerance_without_any_timeout() -> None:
+    """No drop is reported and no timeout set: latency 1.5x the baseline is what cuts."""
+    algorithm = aimd(initial_limit=20, window=1.0, min_samples=5)
+    clock = FakeClock()
+    assert set(aimd_windows(algorithm, clock, [0.1] * 5)) == {"increase"}
+    grown = algorithm.limit
+    assert aimd_windows(algorithm, clock, [0.15]) == ["latency"]
+    assert algorithm.limit < grown
+
+
+def test_aimd_keeps_cutting_while_cuts_bring_latency_down() -> None:
+    """A baseline first measured while overloaded sits above the knee: each cut lowers latency
+    in proportion, so AIMD cuts on below the tolerance and the baseline follows down."""
+    algorithm = aimd(initial_limit=40, min_limit=1)
+    limits = drive(algorithm, Server(8), windows=60)
+    assert statistics.mean(limits[-20:]) <= 1.3 * 8, limits
+    assert algorithm.baseline is not None
+    assert algorithm.baseline < 1.3
+
+
+def test_aimd_rebaselines_a_slower_dependency_instead_of_cutting_to_the_floor() -> None:
+    algorithm = aimd(initial_limit=10, max_limit=10, window=2.0, min_samples=10)
+    clock = FakeClock()
+    reasons: list[str] = []
+
+    def window(rtt: float) -> None:
+        clock.advance(2.0)
+        for _ in range(10):
+            change = algorithm.sample(clock.now(), rtt, algorithm.limit)
+            if change:
+                reasons.append(change.reason)
+
+    for _ in range(10):
+        window(0.1)
+    for _ in range(10):
+        window(0.2)
+    assert reasons[-1] == "rebaseline"
+    assert reasons.count("latency") <= 2
+    assert algorithm.limit == 10
+    assert algorithm.baseline == pytest.approx(0.2)
+
+
+def test_aimd_without_tolerance_reacts_to_drops_only() -> None:
+    algorithm = aimd(tolerance=None, window=1.0, min_samples=5, initial_limit=5)
+    clock = FakeClock()
+    assert set(aimd_windows(algorithm, clock, [0.1] * 3 + [0.5] * 3)) == {"increase"}
+    limit = algorithm.limit
+    clock.advance(1.0)
+    change = algorithm.sample(clock.now(), 0.1, limit, dropped=True)
+    assert change == LimitChange(limit, limit - 1, "drop")

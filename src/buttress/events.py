@@ -499,7 +499,8 @@ def add_reading(kind: str, provider: Reading) -> Reading:
     ``"resource_usage"`` (percent), ``"resource_exhaustion_seconds"`` (predicted time to 100%)
     and ``"resource_check_latency_seconds"``; for components, ``"component_error_rate"``
     (labels: ``(monitor name, component)``); ``"adaptive_limit"`` (labels: the adaptive
-    concurrency limiter's name, value its current limit).
+    concurrency limiter's name, value its current limit), ``"adaptive_limit_reason"`` (labels:
+    ``(name, reason of the last change)``, value 1).
     """
     if not callable(provider):
         raise TypeError(f"provider must be callable, got {provider!r}")

@@ -243,6 +243,12 @@ class _ReadingsCollector:
                 "adaptive_limit",
             ),
             (
+                f"{namespace}_adaptive_limit_reason",
+                "Why each adaptive concurrency limit last changed (1 on the current reason)",
+                ("name", "reason"),
+                "adaptive_limit_reason",
+            ),
+            (
                 f"{namespace}_component_error_rate",
                 "Error rate of each component over its sliding window",
                 ("name", "component"),

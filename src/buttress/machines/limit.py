@@ -16,9 +16,25 @@ not by calls already queued).
 
 AIMD
 ----
-A window with a drop (a timeout, a rejection by the dependency, or a round trip over ``timeout``)
-cuts the limit by ``backoff`` (default 0.9); a clean window adds one. That is the whole algorithm:
-it reacts only to loss, so it fits dependencies that shed load themselves.
+One more per clean window at the limit; on a window with a drop the limit is multiplied by
+``backoff`` (default 0.9). A drop is a call the caller reports dropped (a timeout, a rejection by
+the dependency), a round trip over ``timeout`` if one is set, and, unless ``tolerance=None``,
+latency: a window whose mean round trip is over ``tolerance`` (default 1.2) times the baseline
+(defined below) is cut once per tolerance exceeded (``backoff ** n``, at most halved per window).
+A dependency over its capacity queues before it fails, so waiting for timeouts alone lets the
+limit settle where the queue reaches the timeout (twice the capacity with a timeout at twice the
+uncontended latency); the latency rule settles it at the knee. Two details make it work:
+
+* A window closes as soon as it holds ``min_samples`` late calls (over ``tolerance`` times the
+  baseline) *and* its mean is late, so a collapse of the dependency is met within about one round
+  trip per cut, not one full window; a few slow calls (jitter) close nothing.
+* After a latency cut, AIMD cuts again while each cut brings latency down about in proportion
+  (at least half the cut's share), even under the tolerance: calls are still queueing, the knee
+  is lower still. This is what corrects a baseline first measured while overloaded: latency
+  falls under it and the baseline follows. When instead the limit has come down by a sixth or
+  more over a run of cuts and latency has hardly moved (by less than a quarter of that share),
+  the dependency itself got slower: the baseline is reset and the limit given back
+  (``"rebaseline"``), as for Gradient2.
 
 Gradient2
 ---------
@@ -33,7 +49,8 @@ under the knee and the next window measures latency with nothing queued. Landing
 corrects a baseline first measured while overloaded: the latency there is lower than that
 baseline, which follows it down, cycle after cycle, to the true one.
 
-Three faults of the published algorithms are avoided on purpose:
+Three faults of the published algorithms are avoided on purpose (by both algorithms; the
+windowing, baseline, growth rule and re-baselining live in :class:`LimitAlgorithm`):
 
 * **Growth without bound under modest overload.** An exponentially averaged long window follows a
   latency that stays high, the gradient returns to 1 and the limit grows every window. Here the
@@ -57,6 +74,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, cast
 
 from .._config import integer, number, seconds
 
@@ -81,7 +99,10 @@ class LimitChange:
 
 
 class LimitAlgorithm:
-    """Windowing, bounds and bookkeeping shared by the algorithms; subclasses implement ``_decide``.
+    """Windowing, baseline, bounds and the latency rules shared by the algorithms.
+
+    A subclass says how far a latency cut goes (``_latency_cut``) and how much a clean window
+    adds (``_step``).
 
     Args:
         initial_limit: the limit before anything is measured.
@@ -89,9 +110,18 @@ class LimitAlgorithm:
         max_limit: nor above this.
         window: shortest window, seconds.
         min_samples: samples a window needs before it is judged.
+        backoff: factor applied to the limit on a window with a drop (0.5 <= backoff < 1).
+        tolerance: how far above the baseline a window's mean round trip may go before the
+            limit is cut (> 1; ``None``: latency is not watched).
+        baseline_windows: how many windows the baseline (lowest window mean) looks back over.
     """
 
     name = "limit"
+    #: After a latency cut, whether to cut again while each cut brings latency down about in
+    #: proportion (the calls are still queueing: the knee is lower still).
+    _chases = False
+    #: Whether a window closes as soon as it holds ``min_samples`` late calls.
+    _closes_late = False
 
     def __init__(
         self,
@@ -101,6 +131,9 @@ class LimitAlgorithm:
         max_limit: int = 1000,
         window: float = 0.1,
         min_samples: int = 10,
+        backoff: float = 0.9,
+        tolerance: float | None = 1.2,
+        baseline_windows: int = 600,
     ) -> None:
         self.min_limit = integer("min_limit", min_limit, minimum=1)
         self.max_limit = integer("max_limit", max_limit, minimum=1)
@@ -114,20 +147,42 @@ class LimitAlgorithm:
             )
         self.window = seconds("window", window, allow_zero=False)
         self.min_samples = integer("min_samples", min_samples, minimum=1)
+        self.backoff = number("backoff", backoff, minimum=0.5, maximum=1.0)
+        if self.backoff == 1.0:
+            raise ValueError("backoff must be < 1, got 1.0")
+        self.tolerance = (
+            None
+            if tolerance is None
+            else number("tolerance", tolerance, minimum=1.0, exclusive_minimum=True)
+        )
+        self.baseline_windows = integer("baseline_windows", baseline_windows, minimum=1)
         self._limit = float(initial)
         self._opened: float | None = None
-        self._count = 0
-        self._total = 0.0
-        self._peak = 0
-        self._load = 0
-        self._drops = 0
-        self._last_mean = 0.0
+        self._span = self.window
+        self._clear()
+        self._drop_after = math.inf  # a round trip over this is a drop (AIMD's timeout)
+        self._late_at = math.inf  # a round trip over this is late (tolerance x baseline)
+        self._close_late = self.min_samples if self._closes_late else math.inf
+        # Monotonic deque of (window index, mean): its head is the lowest mean in the horizon.
+        self._means: deque[tuple[int, float]] = deque()
+        self._index = 0
+        self._cut_at: float | None = None  # the window mean at the last latency cut, while cutting
+        self._cut_fall = 1.0  # a window under ``_cut_at`` times this says the cut helped
+        self._before_cuts = self._limit
+        self._cut_load = 0.0
+        self._holds = 0
+        self._run = (0.0, 0.0)  # (mean, load) of the window that began a run of cuts
         self.reason = "initial"
 
     @property
     def limit(self) -> int:
         """The current limit (a whole number of calls within ``min_limit..max_limit``)."""
         return int(self._limit)
+
+    @property
+    def baseline(self) -> float | None:
+        """The uncontended round trip now assumed (seconds), or ``None`` before any window."""
+        return self._means[0][1] if self._means else None
 
     def __repr__(self) -> str:
         return (
@@ -144,35 +199,105 @@ class LimitAlgorithm:
     ) -> LimitChange | None:
         """One finished call: ``rtt`` seconds long, started with ``inflight`` calls in flight
         (itself included), ``dropped`` if it timed out or was refused by the dependency."""
-        if self._opened is None:
-            self._opened = now - rtt
-        if now - rtt < self._opened:
+        opened = self._opened
+        if opened is None:
+            opened = self._opened = now - rtt
+        if now - rtt < opened:
             return None  # admitted under an earlier limit
         self._count += 1
         self._total += rtt
         self._load += inflight
-        if inflight > self._peak:
-            self._peak = inflight
-        if dropped or self._is_drop(rtt):
+        if dropped or rtt > self._drop_after:
             self._drops += 1
-        if not self._drops and (
-            self._count < self.min_samples
-            or now - self._opened < max(self.window, 2 * self._last_mean)
+        elif rtt > self._late_at:
+            self._late += 1
+        # An early close needs late calls *and* a late mean: a few slow calls are jitter.
+        if (
+            not self._drops
+            and (self._count < self.min_samples or now - opened < self._span)
+            and (self._late < self._close_late or self._total <= self._late_at * self._count)
         ):
             return None
         mean = self._total / self._count
-        self._last_mean = mean
         target, reason = self._decide(mean, self._load / self._count, self._drops)
         if reason:
             return self._move(now, target, reason)
         self._open(now)
         return None
 
-    def _is_drop(self, rtt: float) -> bool:
-        return False
+    def _latency_cut(self, mean: float, baseline: float) -> float:
+        """The limit after a window whose mean is over the tolerance."""
+        raise NotImplementedError
+
+    def _step(self) -> float:
+        """What a clean window at the limit adds to it."""
+        raise NotImplementedError
+
+    def _remember(self, mean: float) -> float:
+        self._index += 1
+        means = self._means
+        while means and means[-1][1] >= mean:
+            means.pop()
+        means.append((self._index, mean))
+        while means[0][0] <= self._index - self.baseline_windows:
+            means.popleft()
+        return means[0][1]
 
     def _decide(self, mean: float, load: float, drops: int) -> tuple[float, str]:
-        raise NotImplementedError
+        self._last_mean = mean
+        baseline = self._remember(mean)
+        tolerance = self.tolerance
+        if self._closes_late and tolerance is not None:
+            self._late_at = baseline * tolerance
+        if drops:
+            self._cut_at = None
+            # Always at least one less, or a small limit would never come down.
+            return min(self._limit * self.backoff, self._limit - 1), "drop"
+        if tolerance is not None:
+            if mean > baseline * tolerance:
+                return self._over(mean, load, baseline)
+            if self._chases and self._cut_at is not None and mean < self._cut_at * self._cut_fall:
+                # The cut brought latency down with it: calls still queue in the dependency, so
+                # the knee is lower still (a baseline measured while overloaded sits above it,
+                # and follows latency down as the cuts go on).
+                return self._cut(mean, load, baseline), "latency"
+        self._cut_at = None
+        self._holds = 0
+        if self._app_limited(load):
+            return self._limit, ""
+        return self._limit + self._step(), "increase"
+
+    def _over(self, mean: float, load: float, baseline: float) -> tuple[float, str]:
+        if self._cut_at is not None and mean >= self._cut_at * 0.95:
+            if self._holds < 3 and (not self._holds or load > 0.9 * self._cut_load):
+                # Calls admitted before the cut may still be queued in the dependency (and
+                # still in flight here): give the cut a window to take effect.
+                self._holds += 1
+                return self._limit, ""
+            # Fewer calls in flight, yet latency is not down: not our queue but the
+            # dependency's own pace. Take it as the new baseline, give back what was cut.
+            return self._rebaseline(mean), "rebaseline"
+        return self._cut(mean, load, baseline), "latency"
+
+    def _rebaseline(self, mean: float) -> float:
+        self._holds = 0
+        self._means.clear()
+        self._means.append((self._index, mean))
+        if self._closes_late and self.tolerance is not None:
+            self._late_at = mean * self.tolerance
+        self._cut_at = None
+        return self._before_cuts
+
+    def _cut(self, mean: float, load: float, baseline: float) -> float:
+        if self._cut_at is None:
+            self._before_cuts = self._limit
+        self._cut_at = mean
+        self._cut_load = load
+        self._holds = 0
+        target = self._latency_cut(mean, baseline)
+        # Over the knee latency falls in proportion to the limit; allow half of that for noise.
+        self._cut_fall = 1.0 - (1.0 - target / self._limit) / 2
+        return target
 
     def _app_limited(self, load: float) -> bool:
         # Growth is earned only by a window that reached the limit: a limit the application
@@ -180,13 +305,20 @@ class LimitAlgorithm:
         # up far above the capacity under a modest overload).
         return load < GROW_AT * self.limit
 
+    _last_mean = 0.0
+
     def _open(self, now: float) -> None:
         self._opened = now
+        self._span = max(self.window, 2 * self._last_mean)
+        self._clear()
+
+    def _clear(self) -> None:
+        """Empty the window's sums."""
         self._count = 0
         self._total = 0.0
-        self._peak = 0
         self._load = 0
         self._drops = 0
+        self._late = 0
 
     def _move(self, now: float, target: float, reason: str) -> LimitChange | None:
         old = self.limit
@@ -199,50 +331,53 @@ class LimitAlgorithm:
 
 
 class AIMD(LimitAlgorithm):
-    """Additive increase (one per clean window), multiplicative decrease on a drop.
+    """Additive increase (one per clean window), multiplicative decrease on a drop or on
+    latency over ``tolerance`` times the baseline.
 
     Args:
-        backoff: factor applied to the limit on a window with a drop (0.5 <= backoff < 1).
-        timeout: a round trip longer than this counts as a drop (``None``: only reported drops).
+        timeout: a round trip longer than this counts as a drop (``None``: only reported drops
+            and latency).
 
-    The other arguments are :class:`LimitAlgorithm`'s.
+    The other arguments are :class:`LimitAlgorithm`'s (``backoff`` 0.9, ``tolerance`` 1.2;
+    ``tolerance=None`` gives the classic loss-only AIMD).
     """
 
     name = "aimd"
+    _chases = True
+    _closes_late = True
 
-    def __init__(
-        self,
-        *,
-        backoff: float = 0.9,
-        timeout: float | None = None,
-        initial_limit: int = 20,
-        min_limit: int = 1,
-        max_limit: int = 1000,
-        window: float = 0.1,
-        min_samples: int = 10,
-    ) -> None:
-        super().__init__(
-            initial_limit=initial_limit,
-            min_limit=min_limit,
-            max_limit=max_limit,
-            window=window,
-            min_samples=min_samples,
-        )
-        self.backoff = number("backoff", backoff, minimum=0.5, maximum=1.0)
-        if self.backoff == 1.0:
-            raise ValueError("backoff must be < 1, got 1.0")
+    def __init__(self, *, timeout: float | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
         self.timeout = None if timeout is None else seconds("timeout", timeout, allow_zero=False)
+        if self.timeout is not None:
+            self._drop_after = self.timeout
 
-    def _is_drop(self, rtt: float) -> bool:
-        return self.timeout is not None and rtt > self.timeout
+    def _over(self, mean: float, load: float, baseline: float) -> tuple[float, str]:
+        # A cut of a tenth moves latency by about as much as one window's noise, so a single
+        # window cannot tell queueing from a slower dependency: judge the run of cuts instead.
+        if self._cut_at is None or mean > self._run[0] * 1.05:
+            # A new run of cuts, or latency still climbing (the queue was still building when
+            # the run began): judge from here.
+            self._run = (mean, load)
+        else:
+            first_mean, first_load = self._run
+            shed = 1.0 - load / first_load
+            if shed >= 0.15 and mean > first_mean * (1.0 - shed / 4):
+                # The limit came down by a sixth or more and latency hardly moved: not our
+                # queue but the dependency's own pace. Take it as the new baseline and give back
+                # what was cut.
+                return self._rebaseline(mean), "rebaseline"
+        return self._cut(mean, load, baseline), "latency"
 
-    def _decide(self, mean: float, load: float, drops: int) -> tuple[float, str]:
-        if drops:
-            # Always at least one less, or a small limit would never come down.
-            return min(self._limit * self.backoff, self._limit - 1), "drop"
-        if self._app_limited(load):
-            return self._limit, ""
-        return self._limit + 1, "increase"
+    def _latency_cut(self, mean: float, baseline: float) -> float:
+        # One backoff per tolerance exceeded (a window 9x over the baseline is a dozen drops,
+        # not one), at most halved per window, at least one less.
+        tolerance = cast(float, self.tolerance)
+        steps = max(1, int(math.log(mean / baseline) / math.log(tolerance)))
+        return min(self._limit * max(0.5, self.backoff**steps), self._limit - 1)
+
+    def _step(self) -> float:
+        return 1.0
 
 
 class Gradient2(LimitAlgorithm):
@@ -250,99 +385,25 @@ class Gradient2(LimitAlgorithm):
     cuts to ``limit * baseline / latency`` when calls queue in the dependency.
 
     Args:
-        tolerance: how far above the baseline a window's mean may go before the limit is cut
-            (> 1; default 1.2).
         min_gradient: the deepest single cut (default 0.5: at most halved per window).
-        backoff: factor applied on a window with a drop.
-        baseline_windows: how many windows the baseline (lowest window mean) looks back over.
 
-    The other arguments are :class:`LimitAlgorithm`'s.
+    The other arguments are :class:`LimitAlgorithm`'s (``tolerance`` is required here).
     """
 
     name = "gradient2"
 
-    def __init__(
-        self,
-        *,
-        tolerance: float = 1.2,
-        min_gradient: float = 0.5,
-        backoff: float = 0.9,
-        baseline_windows: int = 600,
-        initial_limit: int = 20,
-        min_limit: int = 1,
-        max_limit: int = 1000,
-        window: float = 0.1,
-        min_samples: int = 10,
-    ) -> None:
-        super().__init__(
-            initial_limit=initial_limit,
-            min_limit=min_limit,
-            max_limit=max_limit,
-            window=window,
-            min_samples=min_samples,
-        )
-        self.tolerance = number("tolerance", tolerance, minimum=1.0, exclusive_minimum=True)
+    def __init__(self, *, min_gradient: float = 0.5, **settings: Any) -> None:
+        super().__init__(**settings)
+        if self.tolerance is None:
+            raise ValueError("tolerance must be a number > 1.0 for gradient2, got None")
         self.min_gradient = number(
             "min_gradient", min_gradient, minimum=0.0, maximum=1.0, exclusive_minimum=True
         )
-        self.backoff = number("backoff", backoff, minimum=0.5, maximum=1.0)
-        self.baseline_windows = integer("baseline_windows", baseline_windows, minimum=1)
-        # Monotonic deque of (window index, mean): its head is the lowest mean in the horizon.
-        self._means: deque[tuple[int, float]] = deque()
-        self._index = 0
-        self._cut_at: float | None = None  # the window mean at the last cut, while cutting
-        self._before_cuts = self._limit
-        self._cut_load = 0.0
-        self._holds = 0
 
-    @property
-    def baseline(self) -> float | None:
-        """The uncontended round trip now assumed (seconds), or ``None`` before any window."""
-        return self._means[0][1] if self._means else None
+    def _latency_cut(self, mean: float, baseline: float) -> float:
+        # A little under the knee: if calls still queue there (a baseline measured while
+        # overloaded), latency falls below the baseline, which follows it down.
+        return self._limit * max(self.min_gradient, 0.9 * baseline / mean)
 
-    def _remember(self, mean: float) -> float:
-        self._index += 1
-        means = self._means
-        while means and means[-1][1] >= mean:
-            means.pop()
-        means.append((self._index, mean))
-        while means[0][0] <= self._index - self.baseline_windows:
-            means.popleft()
-        return means[0][1]
-
-    def _rebase(self, mean: float) -> None:
-        self._means.clear()
-        self._means.append((self._index, mean))
-
-    def _decide(self, mean: float, load: float, drops: int) -> tuple[float, str]:
-        baseline = self._remember(mean)
-        if drops:
-            self._cut_at = None
-            return min(self._limit * self.backoff, self._limit - 1), "drop"
-        if mean > baseline * self.tolerance:
-            if self._cut_at is not None and mean >= self._cut_at * 0.95:
-                if self._holds < 3 and (not self._holds or load > 0.9 * self._cut_load):
-                    # Calls admitted before the cut may still be queued in the dependency (and
-                    # still in flight here): give the cut a window to take effect.
-                    self._holds += 1
-                    return self._limit, ""
-                # Fewer calls in flight, yet latency is not down: not our queue but the
-                # dependency's own pace. Take it as the new baseline, give back what was cut.
-                self._holds = 0
-                self._rebase(mean)
-                self._cut_at = None
-                return self._before_cuts, "rebaseline"
-            if self._cut_at is None:
-                self._before_cuts = self._limit
-            self._cut_at = mean
-            self._cut_load = load
-            self._holds = 0
-            # A little under the knee: if calls still queue there (a baseline measured while
-            # overloaded), latency falls below the baseline, which follows it down.
-            gradient = max(self.min_gradient, 0.9 * baseline / mean)
-            return self._limit * gradient, "latency"
-        self._cut_at = None
-        self._holds = 0
-        if self._app_limited(load):
-            return self._limit, ""
-        return self._limit + max(1.0, math.sqrt(self._limit) / 2), "increase"
+    def _step(self) -> float:
+        return max(1.0, math.sqrt(self._limit) / 2)

@@ -14,7 +14,9 @@ limit:
   queue inside it (see the machine's notes for how it avoids the published algorithms' faults:
   unbounded growth under modest overload, growth while the application is the limit, shedding
   load to re-measure).
-* ``"aimd"``: loss-driven. One more per clean window, times ``backoff`` on a drop.
+* ``"aimd"``: one more per clean window, times ``backoff`` on a drop: a dropped call, a round trip
+  over ``timeout`` if set, or a window's latency over ``tolerance`` times the uncontended baseline
+  (``tolerance=None`` for loss only).
 
 A *drop* is a call that raised one of ``drops`` (default: ``TimeoutError``, which includes
 :class:`buttress.OperationTimeout`) or a refusal of the dependency (:class:`buttress.RejectedError`
@@ -26,9 +28,13 @@ algorithm keeps learning underneath); :meth:`restore` lifts it.
 
 Every change is a :class:`buttress.events.LimitChanged` event (cuts at INFO, growth at DEBUG on the
 ``buttress.adaptive`` logger) and the current limit is published as the ``"adaptive_limit"``
-reading, which Prometheus exports as ``buttress_adaptive_limit{name=...}``.
+reading, which Prometheus exports as ``buttress_adaptive_limit{name=...}``; the reason of the last
+change as the ``"adaptive_limit_reason"`` reading, ``buttress_adaptive_limit_reason{name=...,
+reason=...} 1``.
 
 The algorithm runs under the bulkhead's lock; it is arithmetic on a handful of numbers per call.
+A call that returns costs a :class:`buttress.Bulkhead` call plus two clock reads and the sample,
+handed over under the lock the release takes anyway: nothing else is built or looked up per call.
 """
 
 from __future__ import annotations
@@ -36,15 +42,17 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from .. import clock as _clock
 from .. import events as _events
 from .._callables import guarded_kind, refused_awaitable
 from .._config import number
-from ..clock import Clock, get_clock
+from ..clock import Clock
 from ..errors import RejectedError
 from ..machines.limit import AIMD, Gradient2, LimitAlgorithm
 from .bulkhead import Bulkhead
@@ -96,6 +104,7 @@ class AdaptiveConcurrency(Bulkhead):
         **settings: Any,
     ) -> None:
         self._machine = _machine(algorithm, initial_limit, min_limit, max_limit, settings)
+        self._sample = self._machine.sample
         if not isinstance(drops, tuple) or not all(
             isinstance(kind, type) and issubclass(kind, BaseException) for kind in drops
         ):
@@ -134,7 +143,7 @@ class AdaptiveConcurrency(Bulkhead):
     _reason = "initial"
 
     def _now(self) -> float:
-        return (self._clock or get_clock()).now()
+        return (self._clock or _clock._current).now()
 
     def _effective(self) -> int:
         machine = self._machine
@@ -202,28 +211,33 @@ class AdaptiveConcurrency(Bulkhead):
         self._announce(change, now)
 
     # -- measuring -------------------------------------------------------------------------
+    # The success path is the hot one: it reads the clock twice and takes the lock once (to give
+    # the slot back and hand the sample to the algorithm, which must see samples in order).
 
     def _begin(self) -> tuple[float, int]:
         """Right after admission: when it started and how many were in flight (itself too)."""
-        return self._now(), self._active
+        return (self._clock or _clock._current).now(), self._active
 
-    def _end(self, started: tuple[float, int], error: BaseException | None) -> None:
-        """Give the slot back and report the call to the algorithm."""
-        now = self._now()
-        start, inflight = started
-        dropped = error is not None and isinstance(error, self._drops)
+    def _done(self, start: float, inflight: int, dropped: bool = False) -> None:
+        """A call that returned (or was dropped): give the slot back and report it."""
+        now = (self._clock or _clock._current).now()
         with self._lock:
             self._active -= 1
-            change = None
-            if error is None or dropped:
-                moved = self._machine.sample(now, now - start, inflight, dropped)
-                if moved is not None:
-                    change = self._apply(moved.reason)
-            woken = self._hand_over()
-        for waiter in woken:
-            waiter.wake()
+            moved = self._sample(now, now - start, inflight, dropped)
+            change = None if moved is None else self._apply(moved.reason)
+            woken = self._hand_over() if self._waiters else None
+        if woken:
+            for waiter in woken:
+                waiter.wake()
         if change is not None:
             self._announce(change, now)
+
+    def _end(self, start: float, inflight: int, error: BaseException) -> None:
+        """A call that raised: a drop is reported, anything else is not a measurement."""
+        if isinstance(error, self._drops):
+            self._done(start, inflight, True)
+        else:
+            super().release()
 
     def release(self) -> None:
         """Give a slot back without a measurement (for a slot taken with :meth:`acquire`)."""
@@ -231,20 +245,21 @@ class AdaptiveConcurrency(Bulkhead):
 
     def __call__(self, fn: F) -> F:
         """Decorate ``fn`` (``def`` or ``async def``)."""
-        acquire, begin, end = self.acquire, self._begin, self._end
+        acquire, done, end = self.acquire, self._done, self._end
+        given = self._clock
         if guarded_kind(self._label, fn):
             aacquire = self.aacquire
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 await aacquire()
-                started = begin()
+                start, inflight = (given or _clock._current).now(), self._active
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
-                    end(started, exc)
+                    end(start, inflight, exc)
                     raise
-                end(started, None)
+                done(start, inflight)
                 return result
 
             return cast(F, async_wrapper)
@@ -254,13 +269,13 @@ class AdaptiveConcurrency(Bulkhead):
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             acquire()
-            started = begin()
+            start, inflight = (given or _clock._current).now(), self._active
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                end(started, exc)
+                end(start, inflight, exc)
                 raise
-            end(started, None)
+            done(start, inflight)
             if hasattr(result, "__await__"):  # its work would run outside the limit
                 raise refused_awaitable(label, fn, result)
             return result
@@ -270,25 +285,25 @@ class AdaptiveConcurrency(Bulkhead):
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Call the sync ``fn(*args, **kwargs)`` inside the limit, measured."""
         self.acquire()
-        started = self._begin()
+        start, inflight = self._begin()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._end(started, exc)
+            self._end(start, inflight, exc)
             raise
-        self._end(started, None)
+        self._done(start, inflight)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await the async ``fn(*args, **kwargs)`` inside the limit, measured."""
         await self.aacquire()
-        started = self._begin()
+        start, inflight = self._begin()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._end(started, exc)
+            self._end(start, inflight, exc)
             raise
-        self._end(started, None)
+        self._done(start, inflight)
         return result
 
     # ``with`` / ``async with``: the start is kept per thread and per task (a context variable),
@@ -325,8 +340,10 @@ class AdaptiveConcurrency(Bulkhead):
         self._started.set(None)
         if started is None:
             super().release()
+        elif exc is None:
+            self._done(*started)
         else:
-            self._end(started, exc)
+            self._end(*started, exc)
 
 
 # Live limiters, for the ``adaptive_limit`` reading; held weakly, so a limiter that is dropped
@@ -339,6 +356,13 @@ def _limit_readings() -> Iterable[tuple[Hashable, float]]:
 
 
 _events.add_reading("adaptive_limit", _limit_readings)
+
+
+def _reason_readings() -> Iterable[tuple[Hashable, float]]:
+    return [((limiter.name, limiter.reason), 1.0) for limiter in list(_LIVE)]
+
+
+_events.add_reading("adaptive_limit_reason", _reason_readings)
 
 
 def _machine(
@@ -380,8 +404,9 @@ def _machine(
     try:
         return kind(**limits, **settings)
     except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise TypeError(f"{algorithm} does not take {exc}".replace("__init__() ", "")) from None
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown:
+            raise TypeError(f"{algorithm} does not take {unknown.group(1)!r}") from None
         raise
 
 
