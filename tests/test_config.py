@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -163,7 +164,11 @@ def test_json_and_yaml_files_say_the_same(tmp_path: Path) -> None:
     (tmp_path / "t.yaml").write_text(
         "team: t\ncheck_interval: 5\nmonitors:\n  - {type: memory, name: box}\n"
     )
-    assert load_config(tmp_path / "t.json") == load_config(tmp_path / "t.yaml")
+    from_json, from_yaml = load_config(tmp_path / "t.json"), load_config(tmp_path / "t.yaml")
+    assert from_json.source != from_yaml.source
+    assert dataclasses.replace(from_json, source=None) == dataclasses.replace(
+        from_yaml, source=None
+    )
 
 
 @pytest.mark.parametrize(
@@ -187,7 +192,7 @@ def test_json_and_yaml_files_say_the_same(tmp_path: Path) -> None:
         ),
         ({"fallback_strategies": {"api_quota": "retry"}}, "fallback_strategies.api_quota"),
         ({"monitors": [{"type": "disk", "name": "x"}]}, "monitors[0].type"),
-        ({"monitors": [{"type": "memory"}]}, "monitors[0].name"),
+        ({"monitors": [{"type": "network"}]}, "monitors[0].name"),
         ({"circuits": "openai"}, "circuits"),
         ({"environment": "staging"}, "environment"),
         ({"team": ""}, "team"),
@@ -224,3 +229,11 @@ def test_a_monitor_its_method_refuses_is_named(tmp_path: Path) -> None:
 
 def test_the_loader_is_exported() -> None:
     assert buttress.load_config is load_config
+
+
+def test_a_monitor_error_never_shows_a_dsn_password() -> None:
+    dsn = "postgresql://app:s3cret-pw@127.0.0.1:notaport/db"
+    with pytest.raises(ConfigError) as caught:
+        build_manager({"team": "t", "monitors": [{"type": "database", "name": "x", "target": dsn}]})
+    assert "monitors[0] (database 'x')" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)

@@ -31,6 +31,7 @@ YAML needs PyYAML (imported only for a ``.yaml`` file); TOML uses the standard l
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _config
 from .health.manager import resource_type
-from .health.types import ResourceType
+from .health.types import ResourceType, redact
 from .policies.fallback import FallbackStrategy
 from .protocol.action import FallbackAction
 
@@ -190,6 +191,7 @@ _TEAM_KEYS = frozenset(
         "circuits",
         "thresholds",
         "fallback_strategies",
+        "token_env",
         *_SECONDS_KEYS,
         *_COUNT_KEYS,
     }
@@ -216,6 +218,8 @@ class TeamConfig:
         monitors: the monitors to register, in order.
         storage: the storage URL the team's shared state lives in, if any.
         environment: the profile the source names, if any.
+        token_env: the environment variable holding the operator endpoints' bearer token.
+        source: the file it was read from, if any (for messages).
     """
 
     team: str | None
@@ -223,14 +227,16 @@ class TeamConfig:
     monitors: tuple[MonitorSpec, ...] = ()
     storage: str | None = None
     environment: str | None = None
+    token_env: str | None = None
+    source: str | None = None
 
 
 def load_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> TeamConfig:
     """A team configuration from a dict or a ``.toml``, ``.json``, ``.yaml``/``.yml`` file.
 
     Raises:
-        ConfigError: every unknown key, wrong type and impossible value, named by its path.
-        FileNotFoundError: no such file.
+        ConfigError: every unknown key, wrong type and impossible value, named by its path; or
+            a file that cannot be read or parsed.
     """
     where: str | None = None
     if isinstance(source, Mapping):
@@ -246,12 +252,16 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> TeamConfi
     if problems:
         raise ConfigError(problems, source=where)
     assert config is not None
-    return config
+    return dataclasses.replace(config, source=where)
 
 
 def _read_file(path: Path) -> object:
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError([f"cannot read the configuration: {reason}"], source=str(path)) from None
     try:
         if suffix == ".toml":
             return tomllib.loads(text)
@@ -315,6 +325,7 @@ def _team(data: object, problems: list[str]) -> TeamConfig | None:
             manager["fallback_strategies"] = strategies
     team = _text(data, "team", problems)
     storage = _text(data, "storage", problems)
+    token_env = _text(data, "token_env", problems)
     environment = None
     if "environment" in data:
         try:
@@ -325,7 +336,12 @@ def _team(data: object, problems: list[str]) -> TeamConfig | None:
             )
     monitors = _monitors(data.get("monitors", ()), problems)
     return TeamConfig(
-        team=team, manager=manager, monitors=monitors, storage=storage, environment=environment
+        team=team,
+        manager=manager,
+        monitors=monitors,
+        storage=storage,
+        environment=environment,
+        token_env=token_env,
     )
 
 
@@ -439,30 +455,95 @@ def _strategy(raw: object) -> FallbackStrategy | None:
     return None
 
 
+#: Options every monitor takes (the schedule and status rules of ``register_monitor``).
+_MONITOR_COMMON = frozenset(
+    {
+        "interval",
+        "timeout",
+        "required",
+        "critical",
+        "fail_threshold",
+        "success_threshold",
+        "degraded_at",
+        "critical_at",
+        "horizon",
+    }
+)
+#: Per type: the keys it needs, the keys it may have, and its default name.
+_MONITOR_KEYS: Mapping[ResourceType, tuple[frozenset[str], frozenset[str], str | None]] = {
+    ResourceType.DATABASE: (frozenset({"target"}), frozenset({"query"}), None),
+    ResourceType.NETWORK: (
+        frozenset(),
+        frozenset({"target", "host", "port", "expect_status", "latency_budget", "headers"}),
+        None,
+    ),
+    ResourceType.MEMORY: (frozenset(), frozenset({"scope", "cgroup_root", "proc_root"}), "system"),
+    ResourceType.CPU: (frozenset(), frozenset({"scope", "cgroup_root", "proc_root"}), "system"),
+    ResourceType.MCP_SERVER: (
+        frozenset(),
+        frozenset({"command", "args", "env", "url", "config"}),
+        None,
+    ),
+    ResourceType.DOCKER: (frozenset(), frozenset({"container", "socket"}), "docker"),
+    ResourceType.K8S_POD: (
+        frozenset(),
+        frozenset({"pod", "namespace", "host", "port", "token_path", "ca_path", "namespace_path"}),
+        "pod",
+    ),
+    # A quota tracker fed by the application's responses (a quota function needs code).
+    ResourceType.API_QUOTA: (frozenset(), frozenset(), None),
+}
+
+
 def _monitors(value: object, problems: list[str]) -> tuple[MonitorSpec, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         problems.append(f"monitors must be a list of tables, got {_kind(value)}")
         return ()
     specs = []
     for i, entry in enumerate(value):
-        where = f"monitors[{i}]"
-        if not isinstance(entry, Mapping):
-            problems.append(f"{where} must be a table with type and name, got {_kind(entry)}")
-            continue
-        options = dict(entry)
-        raw_type = options.pop("type", None)
-        rtype = _MONITOR_TYPES.get(str(raw_type).strip().lower()) if raw_type else None
-        if rtype is None:
-            problems.append(
-                f"{where}.type must be one of {', '.join(_MONITOR_TYPES)}, got {raw_type!r}"
-            )
-            continue
-        name = options.pop("name", None)
-        if not isinstance(name, str) or not name:
-            problems.append(f"{where}.name must be a non-empty string, got {name!r}")
-            continue
-        specs.append(MonitorSpec(rtype, name, options))
+        spec = _monitor(entry, f"monitors[{i}]", problems)
+        if spec is not None:
+            specs.append(spec)
     return tuple(specs)
+
+
+def _monitor(entry: object, where: str, problems: list[str]) -> MonitorSpec | None:
+    if not isinstance(entry, Mapping):
+        problems.append(f"{where} must be a table with type and name, got {_kind(entry)}")
+        return None
+    options = dict(entry)
+    raw_type = options.pop("type", None)
+    rtype = _MONITOR_TYPES.get(str(raw_type).strip().lower()) if raw_type else None
+    if rtype is None:
+        problems.append(
+            f"{where}.type must be one of {', '.join(_MONITOR_TYPES)}, got {raw_type!r}"
+        )
+        return None
+    needed, optional, default_name = _MONITOR_KEYS[rtype]
+    name = options.pop("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"{where}.name must be a non-empty string, got {name!r}")
+        return None
+    label = f"{where} ({rtype.value} {name!r})"
+    allowed = needed | optional | _MONITOR_COMMON
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        problems.append(
+            f"{label}: unknown key(s) {', '.join(map(repr, unknown))}; expected some of "
+            f"{', '.join(sorted(allowed))}"
+        )
+        return None
+    missing = sorted(needed - set(options))
+    if missing:
+        problems.append(f"{label}: missing {', '.join(map(repr, missing))}")
+        return None
+    for flag in ("required", "critical"):
+        if flag in options and not isinstance(options[flag], bool):
+            problems.append(f"{where}.{flag} must be true or false, got {options[flag]!r}")
+            return None
+    if isinstance(options.get("args"), list):
+        options["args"] = tuple(options["args"])
+    return MonitorSpec(rtype, name, options)
 
 
 def build_manager(
@@ -482,17 +563,18 @@ def build_manager(
     config = source if isinstance(source, TeamConfig) else load_config(source)
     name = team or config.team
     if not name:
-        raise ConfigError(["team is missing: give team= or a 'team' key"])
+        raise ConfigError(["team is missing: give team= or a 'team' key"], source=config.source)
     manager = ResilienceManager(name, config.manager, **manager_options)
     problems = []
     for i, spec in enumerate(config.monitors):
         register = getattr(manager, _REGISTER[spec.type])
         try:
             register(spec.name, **spec.options)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"monitors[{i}] ({spec.type.value} {spec.name!r}): {exc}")
+        except (TypeError, ValueError, LookupError, OSError) as exc:
+            # a DSN's password must not reach a log through the error that quotes the DSN
+            problems.append(f"monitors[{i}] ({spec.type.value} {spec.name!r}): {redact(str(exc))}")
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, source=config.source)
     return manager
 
 

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-:func:`load_config` reads a small JSON or TOML file (by its suffix) naming the team and the
-monitors to register, validates every key before anything starts (an error names the file, the
-key and what was expected) and builds a :class:`buttress.ResilienceManager`::
+:func:`load_config` reads a team configuration file (TOML, JSON or YAML, by its suffix; the
+format of :mod:`buttress.config`, plus ``token_env``) naming the team and the monitors to
+register, validates every key before anything starts (an error names the file, the key and what
+was expected) and builds a :class:`buttress.ResilienceManager`::
 
     team = "orders"
     check_interval = 10                 # optional, seconds
@@ -37,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import math
 import os
@@ -46,11 +46,12 @@ import signal
 import socket
 import threading
 import time
-import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from .. import config as _config
+from ..config import ConfigError
+from ..health.types import ResourceType
 from ..manager import ResilienceManager
 from ._hub import scrub
 
@@ -59,146 +60,35 @@ __all__ = ["ConfigError", "demo_manager", "load_config", "run"]
 TOKEN_ENV = "BUTTRESS_SERVER_TOKEN"
 
 
-class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message names the key."""
-
-
-_COMMON = {
-    "interval",
-    "timeout",
-    "required",
-    "critical",
-    "fail_threshold",
-    "success_threshold",
-    "degraded_at",
-    "critical_at",
-    "horizon",
-}
-_KINDS: dict[str, tuple[str, set[str], set[str]]] = {
-    # type: (manager method, required keys, optional keys)
-    "database": ("register_database_monitor", {"target"}, {"query"}),
-    "network": (
-        "register_network_monitor",
-        set(),
-        {"target", "host", "port", "expect_status", "latency_budget", "headers"},
-    ),
-    "memory": ("register_memory_monitor", set(), {"scope"}),
-    "cpu": ("register_cpu_monitor", set(), {"scope"}),
-    "mcp_server": ("register_mcp_monitor", set(), {"command", "args", "env", "url", "config"}),
-    "docker": ("register_docker_monitor", set(), {"container", "socket"}),
-    "k8s_pod": ("register_k8s_monitor", set(), {"pod", "namespace"}),
-}
-_TOP = {"team", "check_interval", "check_timeout", "monitors", "token_env"}
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            data = tomllib.loads(raw.decode())
-        elif suffix == ".json":
-            data = json.loads(raw)
-        else:
-            raise ConfigError(f"{path}: the configuration must be a .json or .toml file")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the configuration must be a table/object at the top")
-    return data
-
-
 def load_config(path: str | os.PathLike[str]) -> tuple[ResilienceManager, str | None]:
     """The manager a configuration file describes, and the bearer token it names (or ``None``).
+
+    The file is read by :func:`buttress.config.load_config` (every key checked before anything
+    starts); ``token_env`` names the variable the token is read from.
 
     Raises:
         ConfigError: a bad file, key or value, naming the file and the key.
     """
-    where = Path(path)
-    data = _read(where)
-    unknown = sorted(set(data) - _TOP)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected some of "
-            f"{', '.join(sorted(_TOP))}"
-        )
-    team = data.get("team")
-    if not isinstance(team, str) or not team.strip():
-        raise ConfigError(f"{where}: 'team' must be a non-empty string, got {team!r}")
-    settings: dict[str, Any] = {}
-    for key in ("check_interval", "check_timeout"):
-        if key in data:
-            value = data[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(
-                    f"{where}: {key!r} must be a number of seconds > 0, got {value!r}"
-                )
-            settings[key] = float(value)
+    config = _config.load_config(path)
+    where = config.source or str(path)
+    for index, spec in enumerate(config.monitors):
+        if spec.type is ResourceType.API_QUOTA:
+            # served alone, no application feeds a tracker: it would read healthy for ever
+            raise ConfigError(
+                [f"monitors[{index}].type: api_quota monitors need a function (register in code)"],
+                source=where,
+            )
+    if config.team is None:
+        raise ConfigError(["'team' must be a non-empty string"], source=where)
     token: str | None = None
-    if "token_env" in data:
-        variable = data["token_env"]
-        if not isinstance(variable, str) or not variable:
-            raise ConfigError(f"{where}: 'token_env' must name an environment variable")
-        token = os.environ.get(variable) or None
+    if config.token_env is not None:
+        token = os.environ.get(config.token_env) or None
         if token is None:
             raise ConfigError(
-                f"{where}: 'token_env' names {variable}, which is not set in the environment"
+                [f"'token_env' names {config.token_env}, which is not set in the environment"],
+                source=where,
             )
-    try:
-        manager = ResilienceManager(team, settings)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    monitors = data.get("monitors", [])
-    if not isinstance(monitors, list):
-        raise ConfigError(f"{where}: 'monitors' must be a list of tables/objects")
-    for index, entry in enumerate(monitors):
-        _register(manager, where, index, entry)
-    return manager, token
-
-
-def _register(manager: ResilienceManager, where: Path, index: int, entry: object) -> None:
-    at = f"{where}: monitors[{index}]"
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{at} must be a table/object, got {entry!r}")
-    kind = entry.get("type")
-    if kind == "api_quota":
-        raise ConfigError(f"{at}.type: api_quota monitors need a function; register them in code")
-    if kind not in _KINDS:
-        raise ConfigError(f"{at}.type must be one of {', '.join(sorted(_KINDS))}, got {kind!r}")
-    method, needed, optional = _KINDS[kind]
-    name = entry.get("name")
-    if name is None and kind in ("memory", "cpu"):
-        name = "system"
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{at}.name must be a non-empty string, got {name!r}")
-    allowed = {"type", "name"} | needed | optional | _COMMON
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{at} ({kind} {name!r}): unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"expected some of {', '.join(sorted(allowed - {'type', 'name'}))}"
-        )
-    missing = sorted(needed - set(entry))
-    if missing:
-        raise ConfigError(f"{at} ({kind} {name!r}): missing {', '.join(map(repr, missing))}")
-    for flag in ("required", "critical"):
-        if flag in entry and not isinstance(entry[flag], bool):
-            raise ConfigError(f"{at}.{flag} must be true or false, got {entry[flag]!r}")
-    options = {k: v for k, v in entry.items() if k not in ("type", "name")}
-    if "args" in options and isinstance(options["args"], list):
-        options["args"] = tuple(options["args"])
-    register: Callable[..., Any] = getattr(manager, method)
-    try:
-        if kind == "database":
-            target = options.pop("target")
-            register(name, target, **options)
-        else:
-            register(name, **options)
-    except (TypeError, ValueError, KeyError, LookupError, OSError) as exc:
-        raise ConfigError(f"{at} ({kind} {name!r}): {scrub(str(exc))}") from None
+    return _config.build_manager(config), token
 
 
 # -- the demo -------------------------------------------------------------------------------------
