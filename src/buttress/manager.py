@@ -43,6 +43,13 @@ turning HEALTHY lifts its SCALE_DOWN and degraded service and replays the queue.
 :meth:`ResilienceManager.with_resilience` runs a call through a timeout, the resource's breaker
 and its protocol.
 
+Shared state (``storage=``, a store URL or object; also the config key ``storage``): target
+pools registered by the manager keep their state in the store under the resource type's name, so
+every team on that store skips a target another process cooled; and a
+:class:`buttress.health.shared.SharedVerdicts` publishes the monitors' statuses there and lets the
+protocol engine consult everybody's (see that module for how a local and a shared reading
+combine). Without storage nothing is published or read.
+
 The ``register_*`` methods for system, database, network, Docker, Kubernetes and MCP resources
 import their check factories only when called, so the optional dependencies they need are never
 imported otherwise; bad arguments fail at registration with the factory's error.
