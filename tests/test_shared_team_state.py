@@ -255,7 +255,7 @@ def test_a_store_outage_never_fails_a_call_and_warns_once(
     except RedisUnavailable as exc:
         pytest.skip(f"no Redis server: {exc}")
     url = f"redis://127.0.0.1:{server.port}/0"
-    a = ResilienceManager("team-a", storage=url, check_interval=0.5)
+    a = ResilienceManager("team-a", storage=url, check_interval=5)  # valid 15 s
     usage = {"openai": 100.0}
     a.register_api_quota_monitor("openai", lambda: usage["openai"])
     b = ResilienceManager("team-b", storage=url)
@@ -493,3 +493,32 @@ def test_a_status_change_is_published_by_the_publisher_thread() -> None:
         manager.close()
     assert manager.shared is not None
     assert not manager.shared.publishing
+
+
+def test_refresh_reuses_a_read_of_the_store(
+    pair: tuple[ResilienceManager, ResilienceManager, dict[str, Any]], clock: FakeClock
+) -> None:
+    a, b, figures = pair
+    assert b.shared is not None
+    b.shared.refresh = 5.0
+    assert b.call_with_resilience(current_target, QUOTA) == "openai"  # read: nothing known
+    figures["a"] = 100.0
+    check(a)
+    assert b.call_with_resilience(current_target, QUOTA) == "openai"  # the read is reused
+    clock.advance(5.0)
+    assert b.call_with_resilience(current_target, QUOTA) == "anthropic"
+
+
+def test_bad_settings_are_named() -> None:
+    from buttress.health.manager import ResourceManager
+    from buttress.health.shared import SharedVerdicts
+
+    resources = ResourceManager("t")
+    with pytest.raises(TypeError, match="does not keep resource verdicts"):
+        SharedVerdicts(object(), "t", resources)
+    with pytest.raises(ValueError, match="refresh"):
+        SharedVerdicts(MemoryStore(), "t", resources, refresh=-1)
+    with pytest.raises(ValueError, match="stale_after"):
+        SharedVerdicts(MemoryStore(), "t", resources, stale_after=0)
+    with pytest.raises(ValueError, match="space"):
+        SharedVerdicts(MemoryStore(), "t", resources, space="")
