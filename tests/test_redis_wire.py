@@ -171,7 +171,15 @@ def test_slots_follow_the_cluster_specification() -> None:
 def test_the_scripts_are_package_files_sharing_one_prelude() -> None:
     lua = files("buttress.backends").joinpath("lua")
     names = sorted(p.name for p in lua.iterdir() if p.name.endswith(".lua"))
-    assert names == ["block.lua", "breaker.lua", "prelude.lua", "reserve.lua", "target.lua"]
+    assert names == [
+        "block.lua",
+        "breaker.lua",
+        "prelude.lua",
+        "reserve.lua",
+        "target.lua",
+        "verdict.lua",
+        "verdicts.lua",
+    ]
     texts = {name: lua.joinpath(name).read_text() for name in names}
     for helper in ("num", "fmt", "clock", "ms", "split", "fail"):
         defined = [n for n, t in texts.items() if re.search(rf"local function {helper}\(", t)]

@@ -564,6 +564,8 @@ def build_manager(
     name = team or config.team
     if not name:
         raise ConfigError(["team is missing: give team= or a 'team' key"], source=config.source)
+    if config.storage is not None:
+        manager_options.setdefault("storage", config.storage)
     manager = ResilienceManager(name, config.manager, **manager_options)
     problems = []
     for i, spec in enumerate(config.monitors):

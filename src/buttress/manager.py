@@ -43,6 +43,13 @@ turning HEALTHY lifts its SCALE_DOWN and degraded service and replays the queue.
 :meth:`ResilienceManager.with_resilience` runs a call through a timeout, the resource's breaker
 and its protocol.
 
+Shared state (``storage=``, a store URL or object; also the config key ``storage``): target
+pools registered by the manager keep their state in the store under the resource type's name, so
+every team on that store skips a target another process cooled; and a
+:class:`buttress.health.shared.SharedVerdicts` publishes the monitors' statuses there and lets the
+protocol engine consult everybody's (see that module for how a local and a shared reading
+combine). Without storage nothing is published or read.
+
 The ``register_*`` methods for system, database, network, Docker, Kubernetes and MCP resources
 import their check factories only when called, so the optional dependencies they need are never
 imported otherwise; bad arguments fail at registration with the factory's error.
@@ -56,6 +63,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from .backends import open_storage
 from .clock import Clock, get_clock
 from .degradation import DegradationManager, DegradationTier, ServiceCategory
 from .health.component import ComponentState, HealthMonitor
@@ -70,6 +78,7 @@ from .health.manager import (
     resource_type,
 )
 from .health.quota import QuotaTracker, quota_check
+from .health.shared import KnownBad, SharedVerdicts
 from .health.types import ResourceStatus, ResourceType
 from .policies.circuit import CircuitState, circuit_breakers
 from .protocol.action import FallbackAction, FallbackProtocol
@@ -102,6 +111,7 @@ _CONFIG_KEYS = frozenset(
         "fallback_strategies",
         "circuits",
         "timeouts",
+        "storage",
     }
 )
 
@@ -186,6 +196,10 @@ class ResilienceManager:
         degradation: the degradation manager to feed (default: a new one named after the team).
         circuits: breaker names shown in the report (default: every registered breaker).
         clock: the clock of the schedule, components and tier (default: the process default).
+        storage: a store URL (``"redis://..."``, ``"sqlite:///state.db"``) or store object shared
+            with other teams and processes (also ``config["storage"]``; default ``None``: this
+            process only). With it, target pools are shared by resource type and the monitors'
+            verdicts are published and read (see "Teams sharing state" in the README).
 
     Raises:
         ValueError / TypeError: a bad setting or environment variable, naming it.
@@ -201,6 +215,7 @@ class ResilienceManager:
         circuits: Iterable[str] | None = None,
         clock: Clock | None = None,
         queue: RequestQueue | None = None,
+        storage: Any = None,
     ) -> None:
         if not isinstance(team, str) or not team:
             raise ValueError(f"team must be a non-empty string, got {team!r}")
@@ -245,6 +260,11 @@ class ResilienceManager:
                 raise type(exc)(f"fallback_strategies[{rtype.value}]: {exc}") from None
         self._timeouts = _timeouts(settings.get("timeouts"))
         self.resources.on_status_change(self._feed_protocols)
+        #: The team's link to verdicts shared through ``storage`` (``None`` without storage).
+        self.shared: SharedVerdicts | None = None
+        self._store: Any = None
+        self._owns_store = False
+        self._share(storage if storage is not None else settings.get("storage"))
 
     def __repr__(self) -> str:
         return f"ResilienceManager({self.team!r}, resources={len(self.resources.monitors())})"
@@ -254,14 +274,34 @@ class ResilienceManager:
     async def start(self) -> None:
         """Start monitoring on the running event loop (``RuntimeError`` if already running)."""
         await self.resources.start()
+        if self.shared is not None:
+            self.shared.start()
 
     def start_in_thread(self) -> None:
         """Start monitoring on a background thread of its own (sync applications)."""
         self.resources.start_in_thread()
+        if self.shared is not None:
+            self.shared.start()
 
     def stop(self) -> _Stopping:
-        """Stop monitoring; ``await`` it in asyncio code, call it plainly otherwise."""
+        """Stop monitoring (and publishing shared verdicts); ``await`` it in asyncio code, call
+        it plainly otherwise."""
+        if self.shared is not None:
+            self.shared.stop()
         return self.resources.stop()
+
+    def close(self) -> None:
+        """Stop publishing and release the store the manager opened from a URL (a store object
+        passed in stays the caller's). Monitoring is stopped with :meth:`stop`."""
+        if self.shared is not None:
+            self.shared.stop()
+        for rtype in ResourceType:
+            pool = self.protocol_host.pool(rtype)
+            if pool is not None:
+                pool.close()
+        store, self._store = self._store, None
+        if store is not None and self._owns_store:
+            store.close()
 
     @property
     def running(self) -> bool:
@@ -555,6 +595,7 @@ class ResilienceManager:
             "degradation_tier_name": tier.name,
             "unhealthy_resources": unhealthy,
             "protocols": self.protocol_host.report(),
+            **({} if self.shared is None else {"shared": self.shared.report()}),
             "monitoring": self.resources.running,
             "check_interval": self.resources.check_interval,
             "generated_at": (self._clock or get_clock()).wall(),
@@ -638,7 +679,9 @@ class ResilienceManager:
         (``{"openai": client, "anthropic": client, "local": fn}``, or names only, each its own
         target, for code that reads :func:`~buttress.current_target`); ``pool_options`` go to
         :class:`~buttress.protocol.TargetPool` (``probes``, ``cooldown``, ``prefer``, ``costs``,
-        ``storage``...)."""
+        ``storage``...). With the manager's ``storage``, the pool keeps its state there under
+        the resource type's name (``"api_quota"``), shared with every team on that storage;
+        ``name=`` keeps it apart, ``storage=None`` keeps it in this process."""
         resource = resource_type(rtype)
         if (
             isinstance(targets, Sequence)
@@ -648,7 +691,15 @@ class ResilienceManager:
             # names only: each name is its own target
             targets = [(str(name), name) for name in targets]
         pool_options.setdefault("clock", self._clock)
-        pool = TargetPool(f"{self.team}.{resource.value}", targets, **pool_options)
+        name = pool_options.pop("name", None)
+        if self._store is not None:
+            pool_options.setdefault("storage", self._store)
+        if name is None:
+            # a pool shared through the team's storage is named by its resource type only, so
+            # every team on that storage sees the same targets' states
+            shared = self._store is not None and pool_options["storage"] is self._store
+            name = resource.value if shared else f"{self.team}.{resource.value}"
+        pool = TargetPool(name, targets, **pool_options)
         self.protocol_host.register_targets(resource, pool)
         self._feed_protocols(None, None)
         return pool
@@ -706,3 +757,28 @@ class ResilienceManager:
             threading.Thread(
                 target=queue.replay, name=f"buttress-replay-{self.team}", daemon=True
             ).start()
+
+    # -- shared state ----------------------------------------------------------------------------
+
+    def _share(self, storage: object) -> None:
+        """Share target pools and resource verdicts through ``storage`` (a URL or a store)."""
+        if storage is None:
+            return
+        store = open_storage(storage)
+        if store is None:  # "memory://": this process only
+            return
+        try:
+            shared = SharedVerdicts(store, self.team, self.resources, clock=self._clock)
+        except TypeError:
+            if store is not storage:
+                store.close()
+            raise
+        self._store, self._owns_store, self.shared = store, store is not storage, shared
+        host = self.protocol_host
+
+        def targets(resource: ResourceType) -> tuple[str, ...]:
+            pool = host.pool(resource)
+            return () if pool is None else pool.names
+
+        host.consult(KnownBad(shared, targets))
+        self.resources.on_status_change(lambda state, old: shared.nudge())

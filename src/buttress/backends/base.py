@@ -13,7 +13,10 @@ atomic with respect to every other caller of the same store (threads, processes,
 * target pools (:class:`TargetStore`, a separate protocol so that stores written before it still
   serve limits and breakers): ``targets`` reads every target state of a pool in one step and
   ``swap_target`` replaces one only if it is still what the caller read (compare-and-set), so the
-  pool runs :mod:`buttress.machines.targets` itself and a store keeps opaque JSON strings.
+  pool runs :mod:`buttress.machines.targets` itself and a store keeps opaque JSON strings;
+* resource verdicts (:class:`VerdictStore`, separate for the same reason): ``publish_verdicts``
+  stores a status record per resource key for a few seconds (a newer reading is never replaced
+  by an older one) and ``verdicts`` reads the unexpired ones, so teams see each other's monitors.
 
 :class:`Store` is the synchronous interface and :class:`AsyncStore` its asyncio twin (``a``-named
 methods that never block the event loop), as httpx pairs its transports. Every store implements
@@ -59,6 +62,7 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "TargetStore",
+    "VerdictStore",
     "apply_breaker",
 ]
 
@@ -222,6 +226,33 @@ class TargetStore(Protocol):
     ) -> tuple[bool, str | None]: ...
 
 
+@runtime_checkable
+class VerdictStore(Protocol):
+    """The steps of shared resource verdicts: one record per resource key, with an expiry.
+
+    A verdict is ``(record, at, ttl)``: an opaque string, the wall-clock time of the reading it
+    describes, and the seconds it stays valid from ``now``. Publishing replaces a key's verdict
+    unless the stored one is unexpired and newer (a later ``at``); expired verdicts are never
+    returned. ``now`` is wall-clock seconds, or ``None`` for the store's own clock.
+    """
+
+    def publish_verdicts(
+        self, space: str, verdicts: dict[str, tuple[str, float, float]], now: Now = None
+    ) -> None:
+        """Store each ``key -> (record, at, ttl)`` of ``verdicts`` in ``space``."""
+        ...
+
+    def verdicts(self, space: str, now: Now = None) -> dict[str, tuple[str, float]]:
+        """Every unexpired verdict of ``space``: ``key -> (record, seconds left)``."""
+        ...
+
+    async def apublish_verdicts(
+        self, space: str, verdicts: dict[str, tuple[str, float, float]], now: Now = None
+    ) -> None: ...
+
+    async def averdicts(self, space: str, now: Now = None) -> dict[str, tuple[str, float]]: ...
+
+
 class AsyncFromSync:
     """The :class:`AsyncStore` half of a store whose steps are its sync methods.
 
@@ -259,6 +290,14 @@ class AsyncFromSync:
         self, pool: str, name: str, old: str | None, new: str
     ) -> tuple[bool, str | None]:
         return await self._awaited(cast(TargetStore, self).swap_target, pool, name, old, new)
+
+    async def apublish_verdicts(
+        self, space: str, verdicts: dict[str, tuple[str, float, float]], now: Now = None
+    ) -> None:
+        await self._awaited(cast(VerdictStore, self).publish_verdicts, space, verdicts, now)
+
+    async def averdicts(self, space: str, now: Now = None) -> dict[str, tuple[str, float]]:
+        return await self._awaited(cast(VerdictStore, self).verdicts, space, now)
 
 
 def apply_breaker(machine: BreakerMachine, step: BreakerStep, now: float) -> BreakerReply:
@@ -323,6 +362,7 @@ class MemoryStore(AsyncFromSync):
         self._blocks: dict[tuple[str, str | None], float] = {}
         self._breakers: dict[str, dict[str, Any]] = {}
         self._targets: dict[str, dict[str, str]] = {}
+        self._verdicts: dict[str, dict[str, tuple[str, float, float]]] = {}
 
     def reserve(
         self, name: str, key: Key, params: Params, cost: int, max_wait: float, now: Now = None
@@ -381,6 +421,26 @@ class MemoryStore(AsyncFromSync):
                 return False, current
             states[name] = new
             return True, new
+
+    def publish_verdicts(
+        self, space: str, verdicts: dict[str, tuple[str, float, float]], now: Now = None
+    ) -> None:
+        now = wall_time() if now is None else now
+        with self._lock:
+            stored = self._verdicts.setdefault(space, {})
+            for key, (record, at, ttl) in verdicts.items():
+                old = stored.get(key)
+                if old is not None and old[2] > now and old[1] > at:
+                    continue  # a newer reading is stored and still valid
+                stored[key] = (record, at, now + ttl)
+
+    def verdicts(self, space: str, now: Now = None) -> dict[str, tuple[str, float]]:
+        now = wall_time() if now is None else now
+        with self._lock:
+            stored = self._verdicts.get(space, {})
+            for key in [k for k, v in stored.items() if v[2] <= now]:
+                del stored[key]
+            return {key: (record, expires - now) for key, (record, _, expires) in stored.items()}
 
     def close(self) -> None:
         """Nothing to release."""

@@ -30,6 +30,8 @@ from .redis_scripts import (
     RESERVE,
     TARGET,
     TARGETS,
+    VERDICT,
+    VERDICTS,
     block_args,
     breaker_args,
     breaker_key,
@@ -43,6 +45,9 @@ from .redis_scripts import (
     target_states,
     target_swap,
     targets_key,
+    verdict_args,
+    verdicts_key,
+    verdicts_reply,
 )
 from .redis_wire import Command, Wire, open_wire
 
@@ -151,6 +156,31 @@ class RedisStore:
     ) -> tuple[bool, str | None]:
         args = [name, old or "", new]
         return target_swap(await self._wire.acall(targets_key(self.prefix, pool), TARGET, args))
+
+    def publish_verdicts(
+        self, space: str, verdicts: dict[str, tuple[str, float, float]], now: Now = None
+    ) -> None:
+        """Store resource verdicts (see :class:`~buttress.backends.base.VerdictStore`)."""
+        if verdicts:
+            args = verdict_args(verdicts, now_arg(now, self.server_time))
+            self._wire.call(verdicts_key(self.prefix, space), VERDICT, args)
+
+    async def apublish_verdicts(
+        self, space: str, verdicts: dict[str, tuple[str, float, float]], now: Now = None
+    ) -> None:
+        if verdicts:
+            args = verdict_args(verdicts, now_arg(now, self.server_time))
+            await self._wire.acall(verdicts_key(self.prefix, space), VERDICT, args)
+
+    def verdicts(self, space: str, now: Now = None) -> dict[str, tuple[str, float]]:
+        """The unexpired verdicts of ``space``: ``key -> (record, seconds left)``."""
+        args = [now_arg(now, self.server_time)]
+        return verdicts_reply(self._wire.call(verdicts_key(self.prefix, space), VERDICTS, args))
+
+    async def averdicts(self, space: str, now: Now = None) -> dict[str, tuple[str, float]]:
+        args = [now_arg(now, self.server_time)]
+        raw = await self._wire.acall(verdicts_key(self.prefix, space), VERDICTS, args)
+        return verdicts_reply(raw)
 
     def close(self) -> None:
         """Done with the store: the last store of a URL closes its connections (idempotent)."""

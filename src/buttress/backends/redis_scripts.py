@@ -12,7 +12,10 @@ in milliseconds, the error tag) put before it, so the helpers exist once:
 * ``breaker.lua``: a twin of :func:`buttress.backends.base.apply_breaker` over the
   consecutive-failure :class:`~buttress.machines.breaker.BreakerMachine`;
 * ``target.lua``: the compare-and-set of one target state of a pool (the pool runs
-  :mod:`buttress.machines.targets` itself); ``HGETALL`` reads a pool's states in one step.
+  :mod:`buttress.machines.targets` itself); ``HGETALL`` reads a pool's states in one step;
+* ``verdict.lua`` and ``verdicts.lua``: publish and read the resource verdicts of a space (a
+  hash of ``<expires>|<at>|<record>`` by resource key; expiry on the script's clock, a newer
+  reading never overwritten by an older one, expired entries swept when publishing).
 
 The server runs a script atomically, so concurrent callers anywhere are serialised per key exactly
 as the in-process lock serialises threads: a limit never over-admits, and half-open admits at most
@@ -25,6 +28,7 @@ one Redis Cluster slot::
     <prefix>:{<name>}:k:<key>   the rate-limit state of <key>
     <prefix>:{<name>}:breaker   the breaker <name>
     <prefix>:{<name>}:targets   the target pool <name> (a hash: target -> JSON state)
+    <prefix>:{<name>}:verdicts  the resource verdicts of space <name> (a hash: key -> verdict)
 
 The name is percent-escaped (``%``, ``{``, ``}``) so the tag always ends where the name does, and a
 user key always follows ``k:``: no key, however spelt, collides with another.
@@ -90,6 +94,11 @@ __all__ = [
     "target_states",
     "target_swap",
     "targets_key",
+    "VERDICT",
+    "VERDICTS",
+    "verdict_args",
+    "verdicts_key",
+    "verdicts_reply",
 ]
 
 DEFAULT_IDLE_TTL = 86_400.0
@@ -110,6 +119,8 @@ BREAKER = _script("breaker")
 DELETE = Command("DEL")
 TARGET = _script("target")
 TARGETS = Command("HGETALL")
+VERDICT = _script("verdict")
+VERDICTS = _script("verdicts")
 
 _TAGS = {
     RateLimitAlgorithm.TOKEN_BUCKET: "T",
@@ -159,6 +170,13 @@ def targets_key(prefix: str, pool: str) -> str:
     if not isinstance(pool, str) or not pool:
         raise ValueError(f"pool name must be a non-empty string, got {pool!r}")
     return f"{_name_part(prefix, pool)}targets"
+
+
+def verdicts_key(prefix: str, space: str) -> str:
+    """The Redis key of the resource verdicts of ``space`` (a hash by resource key)."""
+    if not isinstance(space, str) or not space:
+        raise ValueError(f"verdict space must be a non-empty string, got {space!r}")
+    return f"{_name_part(prefix, space)}verdicts"
 
 
 # -- arguments -------------------------------------------------------------------------------------
@@ -319,3 +337,22 @@ def target_swap(raw: list[object]) -> tuple[bool, str | None]:
     """``(swapped, current)`` from the reply of ``target.lua``."""
     swapped, current = raw
     return bool(int(cast(int, swapped))), None if current is None else _text(current)
+
+
+def verdict_args(verdicts: dict[str, tuple[str, float, float]], now: str) -> list[str]:
+    """The arguments of ``verdict.lua``: now, then key, record, at, ttl per verdict."""
+    args = [now]
+    for key, (record, at, ttl) in verdicts.items():
+        if not isinstance(key, str) or not key or not isinstance(record, str):
+            raise TypeError(f"a verdict is a key and a record string, got {key!r}: {record!r}")
+        args += [key, record, repr(float(at)), repr(float(to_seconds("ttl", ttl)))]
+    return args
+
+
+def verdicts_reply(raw: object) -> dict[str, tuple[str, float]]:
+    """``key -> (record, seconds left)`` from the flat reply of ``verdicts.lua``."""
+    if not isinstance(raw, list) or len(raw) % 3:
+        raise StorageError(f"unexpected reply to the verdicts script: {raw!r}")
+    return {
+        _text(raw[i]): (_text(raw[i + 1]), float(_text(raw[i + 2]))) for i in range(0, len(raw), 3)
+    }

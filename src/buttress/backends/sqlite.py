@@ -399,6 +399,47 @@ class SQLiteStore(AsyncFromSync):
             )
             return True, new
 
+    # -- resource verdicts ----------------------------------------------------------------------
+
+    def publish_verdicts(
+        self, space: str, verdicts: dict[str, tuple[str, float, float]], now: Now = None
+    ) -> None:
+        """Store each verdict unless a newer one is stored and valid (see
+        :class:`~buttress.backends.base.VerdictStore`); expired verdicts are swept meanwhile."""
+        now = wall_time() if now is None else now
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM buttress_state WHERE kind = 'verdict' AND name = ? AND expires <= ?",
+                (space, now),
+            )
+            for key, (record, at, ttl) in verdicts.items():
+                row = conn.execute(
+                    "SELECT state FROM buttress_state WHERE kind = 'verdict' AND name = ? "
+                    "AND key = ?",
+                    (space, key),
+                ).fetchone()
+                if row is not None and _verdict_at(row[0]) > at:
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO buttress_state (kind, name, key, state, expires) "
+                    "VALUES ('verdict', ?, ?, ?, ?)",
+                    (space, key, f"{at!r}|{record}", now + ttl),
+                )
+
+    def verdicts(self, space: str, now: Now = None) -> dict[str, tuple[str, float]]:
+        """The unexpired verdicts of ``space``: ``key -> (record, seconds left)``."""
+        now = wall_time() if now is None else now
+        with _translated(self.path):
+            rows = self._conn().execute(
+                "SELECT key, state, expires FROM buttress_state WHERE kind = 'verdict' "
+                "AND name = ? AND expires > ?",
+                (space, now),
+            )
+            return {
+                str(key): (str(state).partition("|")[2], float(expires) - now)
+                for key, state, expires in rows
+            }
+
     def integrity_check(self) -> str:
         """SQLite's own verdict on the file (``"ok"`` when sound)."""
         with _translated(self.path):
@@ -415,6 +456,14 @@ def _translated(path: Path) -> Iterator[None]:
         raise StorageUnavailable(f"{path}: {exc}") from exc
     except sqlite3.Error as exc:
         raise StorageError(f"{path}: {exc}") from exc
+
+
+def _verdict_at(stored: object) -> float:
+    """The reading time a stored verdict (``"<at>|<record>"``) carries (unreadable: the oldest)."""
+    try:
+        return float(str(stored).partition("|")[0])
+    except ValueError:
+        return -math.inf
 
 
 def _rate_record(

@@ -295,6 +295,12 @@ class ProtocolHost:
         """The names of ``resource``'s monitors now CRITICAL or UNAVAILABLE."""
         self._bad[resource] = names
 
+    def consult(self, known_bad: dict[ResourceType, frozenset[str]]) -> None:
+        """Ask ``known_bad`` which resources are bad from now on: a dict whose ``get`` may add
+        what other processes know (shared verdicts); :meth:`set_bad` still writes to it."""
+        known_bad.update(self._bad)
+        self._bad = known_bad
+
     def with_timeout(self, resource: ResourceType, seconds: float | None) -> Timeout | None:
         if seconds is None:
             return None
