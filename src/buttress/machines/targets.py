@@ -203,6 +203,7 @@ class TargetMachine:
             return False
         self.healthy, self.reason, self.since = True, "recovered", now
         self.failures = self.streak = 0
+        self.pace = 0.0
         return True
 
     def failed(
