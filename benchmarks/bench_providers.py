@@ -13,11 +13,14 @@ Scenarios, each run against each router with sequential calls:
    Reported: the primary's share of traffic (all of it, and over the second half, once a growing
    cooldown has grown), switches between providers per minute, failed round trips per minute
    (500s served), and errors surfaced to the caller.
-2. outage: the primary answers 500 to every call for 10 s, then recovers; calls go on for 10 s
-   more. Reported: the time from the recovery to the last call that went elsewhere (after which
-   the primary carries all traffic), and how long the return itself took (from the first call the
-   recovered primary served to the last call that went elsewhere): buttress returns through its
-   probes, LiteLLM at its cooldown's expiry.
+2. outage: the primary answers 500 to every call for 10 s (plus 0, 0.3, 0.6, 0.9 or 1.2 s: five
+   runs, each with a fresh router, so the recovery falls at different points of the routers'
+   schedules), then recovers; calls go on for 5 s more. Reported, as the median and the worst of
+   the five runs: the time from the recovery to the first call the recovered primary served, and
+   to the first call of the run it kept for good (after which it carries all traffic): buttress
+   returns through its probes (at most ``max_probe_interval`` apart while the primary is down; a
+   variant with 0.5 s shows the trade against failed round trips), LiteLLM at its cooldown's
+   expiry.
 3. overhead: both providers healthy; the mean time per call of a direct HTTP call (the same httpx
    client), of buttress (pool + the same call), and of LiteLLM's ``Router.completion``, in
    alternating rounds.
@@ -52,7 +55,10 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1")
 
 COOLDOWN = 1.0  # both routers' base cooldown, seconds (LiteLLM's default)
 OUTAGE = 10.0
-AFTER = 10.0
+AFTER = 5.0
+#: Added to OUTAGE, one run each: the recovery falls at a different point of each router's probe
+#: or cooldown schedule (buttress probes a down primary every 1.5 s, LiteLLM re-admits every 1 s).
+PHASES = (0.0, 0.3, 0.6, 0.9, 1.2)
 PAYLOAD = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 # -- the stand-in providers (child process) --------------------------------------------------------
@@ -192,9 +198,7 @@ class ProviderError(Exception):
         self.status_code = status
 
 
-def make_buttress(
-    providers: Providers, max_cooldown: float = 600.0
-) -> tuple[Callable[[], Any], Any]:
+def make_buttress(providers: Providers, **options: Any) -> tuple[Callable[[], Any], Any]:
     import httpx
 
     from buttress import TargetPool
@@ -218,7 +222,7 @@ def make_buttress(
         "llm",
         {name: target(url) for name, url in urls.items()},
         cooldown=COOLDOWN,
-        max_cooldown=max_cooldown,
+        **options,
     )
 
     def call_buttress() -> Any:
@@ -314,12 +318,12 @@ def half_broken(call: Callable[[], Any], providers: Providers, seconds: float) -
     }
 
 
-def outage(call: Callable[[], Any], providers: Providers) -> dict[str, Any]:
+def outage(call: Callable[[], Any], providers: Providers, seconds: float) -> dict[str, Any]:
     providers.stats()
     providers.mode("down")
     errors = 0
     start = time.monotonic()
-    while time.monotonic() - start < OUTAGE:
+    while time.monotonic() - start < seconds:
         try:
             call()
         except Exception:
@@ -342,11 +346,30 @@ def outage(call: Callable[[], Any], providers: Providers) -> dict[str, Any]:
     first_primary = min(on_primary) if on_primary else float("nan")
     for_good = min((t for t in on_primary if t > last_elsewhere), default=float("nan"))
     return {
-        "outage_failed_per_min": outage_failures / (OUTAGE / 60),
+        "outage_failed_per_min": outage_failures / (seconds / 60),
         "first_primary": first_primary,
         "back_after": for_good,
         "flaps": sum(1 for t in elsewhere if t > first_primary),
         "outage_errors": errors,
+    }
+
+
+def outages(
+    make: Callable[[Providers], tuple[Callable[[], Any], Any]], providers: Providers
+) -> dict[str, Any]:
+    """:func:`outage` once per phase, each with a fresh router (no cooldown grown before)."""
+    runs = [outage(make(providers)[0], providers, OUTAGE + phase) for phase in PHASES]
+
+    def spread(key: str) -> tuple[float, float]:
+        values = [run[key] for run in runs]
+        return statistics.median(values), max(values)
+
+    return {
+        "outage_failed_per_min": spread("outage_failed_per_min"),
+        "first_primary": spread("first_primary"),
+        "back_after": spread("back_after"),
+        "flaps": sum(run["flaps"] for run in runs),
+        "outage_errors": sum(run["outage_errors"] for run in runs),
     }
 
 
@@ -464,14 +487,15 @@ def main() -> None:
             calls[name] = call
             results[name] = half_broken(call, providers, args.seconds)
             print(f"{name}: half-broken primary done", file=sys.stderr, flush=True)
-        outages: dict[str, dict[str, Any]] = {}
+        returns: dict[str, dict[str, Any]] = {}
         variants = {
             **routers,
-            "buttress TargetPool, max_cooldown=2 s": lambda p: make_buttress(p, max_cooldown=2.0),
+            "buttress TargetPool, max_probe_interval=0.5 s": lambda p: make_buttress(
+                p, max_probe_interval=0.5
+            ),
         }
         for name, make in variants.items():
-            call, _ = make(providers)  # a fresh router: no cooldown grown in the first scenario
-            outages[name] = outage(call, providers)
+            returns[name] = outages(make, providers)
             print(f"{name}: outage done", file=sys.stderr, flush=True)
         direct, _ = direct_call(providers)
         fresh = {name: make(providers)[0] for name, make in routers.items()}
@@ -484,7 +508,8 @@ def main() -> None:
     print(
         f"Python {sys.version.split()[0]}, litellm {metadata.version('litellm')}, "
         f"httpx {metadata.version('httpx')}; {args.seconds:.0f} s half-broken run, "
-        f"{OUTAGE:.0f} s outage, base cooldown {COOLDOWN:.0f} s for both\n"
+        f"{OUTAGE:.0f}-{OUTAGE + max(PHASES):.1f} s outages, base cooldown {COOLDOWN:.0f} s "
+        "for both\n"
     )
     print(
         "| router | calls | primary share (all / 2nd half) | switches/min | failed round trips/min "
@@ -497,15 +522,18 @@ def main() -> None:
             f"| {r['switches_per_min']:.1f} | {r['failed_per_min']:.1f} | {r['errors']} |"
         )
     print(
-        f"\n| outage of {OUTAGE:.0f} s, then recovered | failed round trips/min during the outage "
+        f"\n| outage of {OUTAGE:.0f} s + 0-{max(PHASES):.1f} s, then recovered "
+        f"({len(PHASES)} runs: median / worst) | failed round trips/min during the outage "
         "| first call to the recovered primary | all traffic back on it "
         "| calls elsewhere after its first call | errors surfaced |"
     )
     print("|---|---|---|---|---|---|")
-    for name, r in outages.items():
+    for name, r in returns.items():
         print(
-            f"| {name} | {r['outage_failed_per_min']:.1f} | {r['first_primary']:.2f} s "
-            f"| {r['back_after']:.2f} s | {r['flaps']} | {r['outage_errors']} |"
+            f"| {name} | {r['outage_failed_per_min'][0]:.1f} / {r['outage_failed_per_min'][1]:.1f} "
+            f"| {r['first_primary'][0]:.2f} s / {r['first_primary'][1]:.2f} s "
+            f"| {r['back_after'][0]:.2f} s / {r['back_after'][1]:.2f} s "
+            f"| {r['flaps']} | {r['outage_errors']} |"
         )
     print(
         "\n| per call (both healthy) | median µs/call | added to the direct call's median "

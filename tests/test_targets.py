@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import pickle
 import random
@@ -12,7 +13,7 @@ import pytest
 
 from buttress.errors import AllTargetsCooling, RateLimitExceeded
 from buttress.events import TargetStateChanged, add_hook, remove_hook
-from buttress.machines.targets import TargetMachine, TargetSettings
+from buttress.machines.targets import PROBE, REFUSED, TargetMachine, TargetSettings
 from buttress.protocol.targets import (
     TargetPool,
     current_target,
@@ -76,20 +77,110 @@ def test_failed_primary_is_skipped_at_once_and_probed_back_after_its_cooldown(
     assert p.states()["primary"]["reason"] == "recovered"
 
 
-def test_failed_probe_doubles_the_cooldown_up_to_the_cap(clock: FakeClock) -> None:
-    p = pool(clock, cooldown=10.0, max_cooldown=35.0)
-    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+def waits_between_failed_probes(p: TargetPool, clock: FakeClock, outcomes: str) -> list[float]:
+    """Probe the primary once per letter of ``outcomes`` (``s``: it answers, ``f``: it fails),
+    each as soon as it may be probed; the wait before each probe."""
     waits = []
-    for _ in range(4):
+    for outcome in outcomes:
         ready = p.earliest_ready(exclude={"secondary", "local"})
         assert ready is not None
-        waits.append(ready - clock.now())
+        waits.append(round(ready - clock.now(), 6))
         clock.advance(waits[-1])
         probe = p.choose()
         assert probe is not None
+        assert probe.name == "primary"
         assert probe.probe
-        p.failed(probe, ConnectionError())
-    assert waits == [10.0, 20.0, 35.0, 35.0]
+        if outcome == "s":
+            p.succeeded(probe)
+        else:
+            p.failed(probe, ConnectionError())
+    return waits
+
+
+def test_failed_probe_of_a_down_target_doubles_its_pace_up_to_max_probe_interval(
+    clock: FakeClock,
+) -> None:
+    p = pool(clock, cooldown=0.2, max_probe_interval=1.5)
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+    assert waits_between_failed_probes(p, clock, "ffffff") == [0.2, 0.4, 0.8, 1.5, 1.5, 1.5]
+    assert not p.states()["primary"]["flapping"]
+    # a long first cooldown: then at once the cap
+    q = pool(clock, cooldown=30.0)
+    q.failed(q.choose(), ConnectionError())  # type: ignore[arg-type]
+    assert waits_between_failed_probes(q, clock, "fff") == [30.0, 1.5, 1.5]
+
+
+def test_failed_probe_of_a_flapping_target_doubles_its_cooldown_up_to_the_cap(
+    clock: FakeClock,
+) -> None:
+    p = pool(clock, cooldown=10.0, max_cooldown=35.0)
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+    # it answers one probe, fails the next: flapping, held off for twice as long, and so on
+    waits = waits_between_failed_probes(p, clock, "fsfff")
+    assert waits == [10.0, 1.5, 0.0, 20.0, 35.0]
+    assert p.states()["primary"]["flapping"]
+    assert p.earliest_ready({"secondary", "local"}) == clock.now() + 35.0
+
+
+def test_cooled_again_soon_after_a_recovery_is_flapping(clock: FakeClock) -> None:
+    p = pool(clock, cooldown=10.0, probes=2)
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+    assert waits_between_failed_probes(p, clock, "ss") == [10.0, 0.0]
+    assert p.choose().name == "primary"  # type: ignore[union-attr]
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+    assert p.states()["primary"]["flapping"]
+    # its failed probes now double the hold-off, not the pace
+    assert waits_between_failed_probes(p, clock, "ff") == [20.0, 40.0]
+
+
+@pytest.mark.parametrize(
+    ("cooldown", "outage"),
+    [(1.0, 10.0), (1.0, 60.0), (1.0, 600.0), (30.0, 60.0), (30.0, 600.0), (0.3, 600.0)],
+)
+def test_a_recovered_primary_is_probed_within_max_probe_interval_of_its_recovery(
+    clock: FakeClock, cooldown: float, outage: float
+) -> None:
+    """A hard outage of any length: the first probe after the recovery comes within
+    ``max_probe_interval``, and traffic is back after exactly ``probes`` probes."""
+    p = TargetPool("llm", {"primary": 0, "secondary": 1}, cooldown=cooldown, clock=clock)
+    start = clock.now()
+    recovered = start + outage
+    failed_probes = 0
+    back: list[tuple[float, bool]] = []  # (when, probe?) for calls the recovered primary served
+    while len(back) < 10:
+        choice = p.choose()
+        assert choice is not None
+        if choice.name == "primary":
+            if clock.now() < recovered:
+                assert choice.probe or clock.now() == start
+                failed_probes += choice.probe
+                p.failed(choice, HTTPError(503))
+            else:
+                back.append((clock.now(), choice.probe))
+                p.succeeded(choice)
+        else:
+            p.succeeded(choice)
+        clock.advance(0.01)
+    first_probe = back[0][0]
+    assert recovered <= first_probe <= recovered + 1.5 + 0.01
+    assert [probe for _, probe in back] == [True] * 3 + [False] * 7
+    assert back[3][0] - first_probe == pytest.approx(0.03)  # the probes go back to back
+    # while down, about one failed probe per max_probe_interval
+    assert failed_probes <= 3 + (outage - cooldown) / 1.5
+
+
+def test_a_flapping_target_keeps_its_hold_off_until_its_cooldown_decays(clock: FakeClock) -> None:
+    """What the design gives up: after flapping, an outage is waited out at the hold-off."""
+    p = pool(clock, cooldown=10.0, probes=1, decay_after=5)
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+    assert waits_between_failed_probes(p, clock, "s") == [10.0]
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]  # soon after: flapping
+    assert waits_between_failed_probes(p, clock, "ffs") == [20.0, 40.0, 80.0]
+    for _ in range(5 * 4):  # 160 -> 80 -> 40 -> 20 -> 10 (= cooldown): fresh again
+        p.succeeded(p.choose())  # type: ignore[arg-type]
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+    assert not p.states()["primary"]["flapping"]
+    assert waits_between_failed_probes(p, clock, "ff") == [10.0, 1.5]
 
 
 def test_cooldown_only_decays_after_a_sustained_healthy_period(clock: FakeClock) -> None:
@@ -130,6 +221,67 @@ def test_retry_after_60_gets_zero_calls_before_it_ends(clock: FakeClock) -> None
     assert probe is not None
     assert probe.name == "primary"
     assert probe.probe
+
+
+@pytest.mark.parametrize("flapping", [False, True])
+def test_the_probe_clocks_never_shorten_a_retry_after_or_an_auth_cooldown(
+    clock: FakeClock, flapping: bool
+) -> None:
+    p = pool(clock, cooldown=1.0)
+    p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+    waits_between_failed_probes(p, clock, "sf" if flapping else "ff")
+    assert p.states()["primary"]["flapping"] is flapping
+    clock.advance(p.earliest_ready({"secondary", "local"}) - clock.now())  # type: ignore[operator]
+    probe = p.choose()
+    assert probe is not None
+    assert probe.probe
+    p.failed(probe, HTTPError(429, retry_after="60"))
+    calls = []
+    end = clock.now() + 60.0
+    while clock.now() < end:
+        choice = p.choose()
+        assert choice is not None
+        calls.append(choice.name)
+        p.succeeded(choice)
+        clock.advance(0.25)
+    assert calls == ["secondary"] * 240  # not one call, probes included
+    probe = p.choose()
+    assert probe is not None
+    assert probe.probe
+    p.failed(probe, HTTPError(401))
+    assert p.earliest_ready({"secondary", "local"}) == clock.now() + 3600.0
+
+
+def test_a_record_written_before_the_probe_pace_is_read() -> None:
+    """A stored state without ``pace`` and ``flapping`` (as written before them) is read as a
+    target on the down clock with no failed probe yet; a bad value of either is named."""
+    settings = TargetSettings(cooldown=1.0, max_cooldown=600.0)
+    old = {
+        "v": 1,
+        "healthy": False,
+        "reason": "server_error",
+        "since": 100.0,
+        "until": 164.0,
+        "failures": 7,
+        "last_error": "HTTPError",
+        "level": 64.0,
+        "streak": 0,
+        "probe_at": None,
+    }
+    machine = TargetMachine.from_state(old)
+    assert (machine.pace, machine.flapping) == (0.0, False)
+    assert (machine.level, machine.until) == (64.0, 164.0)
+    assert machine.admit(163.0, settings) == REFUSED  # its cooldown is kept
+    assert machine.admit(164.0, settings) == PROBE
+    machine.failed(164.5, settings, reason="server_error", probe=164.0)
+    assert machine.until == 164.5 + 1.5  # the pace, capped
+    state = machine.to_state()
+    assert state["v"] == 1
+    assert set(old) < set(state)  # a process that predates the two fields still reads it
+    with pytest.raises(ValueError, match="pace must be a number >= 0"):
+        TargetMachine.from_state({**state, "pace": -1.0})
+    with pytest.raises(ValueError, match="flapping must be true or false"):
+        TargetMachine.from_state({**state, "flapping": "yes"})
 
 
 def test_cooldowns_only_lengthen(clock: FakeClock) -> None:
@@ -262,6 +414,7 @@ def test_state_changes_are_events(clock: FakeClock) -> None:
         ({"probes": 0}, "probes must be an integer >= 1"),
         ({"cooldown": -1}, "cooldown must be > 0"),
         ({"max_cooldown": 1.0}, "max_cooldown (1.0) must be >= cooldown (30.0)"),
+        ({"max_probe_interval": 0}, "max_probe_interval must be > 0"),
         ({"prefer": "cheap"}, "prefer must be 'order' or 'cost'"),
         ({"prefer": "cost"}, "prefer='cost' needs costs"),
         ({"costs": {"nope": 1.0}}, "costs names an unknown target 'nope'"),
@@ -367,22 +520,24 @@ def test_probes_are_never_concurrent_while_cooling() -> None:
         p = TargetPool("llm", {"primary": 0, "secondary": 1}, cooldown=1.0, clock=clock)
         concurrent = 0
         worst = 0
-        primary_calls_while_unhealthy = 0
+        probes: list[tuple[float, float]] = []  # (admitted, failed)
         p.failed(p.choose(), ConnectionError())  # type: ignore[arg-type]
+        start = clock.now()
 
         async def task() -> None:
-            nonlocal concurrent, worst, primary_calls_while_unhealthy
+            nonlocal concurrent, worst
             for _i in range(40):
                 choice = p.choose()
                 assert choice is not None
                 if choice.name == "primary":
                     assert choice.probe
-                    primary_calls_while_unhealthy += 1
+                    admitted = clock.now()
                     concurrent += 1
                     worst = max(worst, concurrent)
                     await asyncio.sleep(0)
                     await asyncio.sleep(0)
                     concurrent -= 1
+                    probes.append((admitted, clock.now()))
                     p.failed(choice, ConnectionError())  # it never recovers
                 else:
                     await asyncio.sleep(0)
@@ -391,41 +546,71 @@ def test_probes_are_never_concurrent_while_cooling() -> None:
 
         await asyncio.gather(*(task() for _ in range(200)))
         assert worst == 1
-        assert 1 <= primary_calls_while_unhealthy <= 10
+        assert len(probes) >= 2
+        assert probes[0][0] >= start + 1.0
+        # each next probe waits out the pace after the last one failed (1.5 s: down, not flapping)
+        for (_, failed), (admitted, _) in itertools.pairwise(probes):
+            assert admitted >= failed + 1.5
 
     with FakeClock() as clock:
         asyncio.run(main(clock))
 
 
 def test_half_broken_primary_for_10_minutes_switches_at_most_twice_per_cooldown() -> None:
+    """A primary failing half its calls at random, called every 0.1 s for 10 simulated minutes.
+
+    Traffic (the calls that are not probes) moves between targets at most twice per cooldown
+    period. Probes are single calls and are counted apart: until the primary has shown it is
+    flapping, it cannot be told from one that is down, so a failed probe is followed by another
+    within ``max_probe_interval``; once it has, even counting every probe as two switches
+    (there and back) there are at most two per cooldown period.
+    """
     with FakeClock() as clock:
         cooldown = 30.0
         p = TargetPool("llm", {"primary": 0, "secondary": 1}, cooldown=cooldown, clock=clock)
         rng = random.Random(7)
-        previous = None
-        switches: list[float] = []
-        primary = total = 0
+        previous = previous_traffic = None
+        switches: list[float] = []  # between consecutive calls, probes included
+        traffic_switches: list[float] = []  # between consecutive calls that are not probes
+        flapping_since: float | None = None
+        primary = total = failed = 0
         while clock.now() < 600.0:
             choice = p.choose()
             assert choice is not None
             total += 1
+            now = clock.now()
             if previous is not None and choice.name != previous:
-                switches.append(clock.now())
+                switches.append(now)
             previous = choice.name
+            if not choice.probe:
+                if previous_traffic is not None and choice.name != previous_traffic:
+                    traffic_switches.append(now)
+                previous_traffic = choice.name
             if choice.name == "primary":
                 primary += 1
                 if rng.random() < 0.5:
+                    failed += 1
                     p.failed(choice, HTTPError(500))
+                    if flapping_since is None and p.states()["primary"]["flapping"]:
+                        flapping_since = clock.now()
                 else:
                     p.succeeded(choice)
             else:
                 p.succeeded(choice)
             clock.advance(0.1)
-        buckets: dict[int, int] = {}
-        for at in switches:
-            buckets[int(at // cooldown)] = buckets.get(int(at // cooldown), 0) + 1
-        assert max(buckets.values()) <= 2, buckets
-        assert len(switches) <= 2 * 600.0 / cooldown
+
+        def most_per_period(times: list[float]) -> int:
+            buckets: dict[int, int] = {}
+            for at in times:
+                buckets[int(at // cooldown)] = buckets.get(int(at // cooldown), 0) + 1
+            return max(buckets.values(), default=0)
+
+        assert traffic_switches
+        assert most_per_period(traffic_switches) <= 2
+        assert flapping_since is not None
+        assert most_per_period([at for at in switches if at > flapping_since]) <= 2
         assert primary / total < 0.005
+        # a re-admission on every expiry of a 30 s cooldown would pay one per expiry: 20
+        assert failed <= 20
         # a timer-based re-admission would flap on every expiry of a fixed 30 s cooldown
         assert p.states()["primary"]["cooldown"] > cooldown

@@ -122,6 +122,57 @@ def test_async_callers_share_the_same_state(
     asyncio.run(main())
 
 
+def test_the_probe_clocks_are_shared(stores: tuple[object, object], clock: FakeClock) -> None:
+    a, b = two_pools(stores, clock, cooldown=1.0, probes=2)
+    a.failed(a.choose(), ConnectionError())  # type: ignore[arg-type]
+    clock.advance(1.0)
+    probe = b.choose()
+    assert probe is not None
+    assert probe.probe
+    b.failed(probe, ConnectionError())  # down: the other pool probes at the pace
+    clock.advance(1.5)
+    probe = a.choose()
+    assert probe is not None
+    assert probe.probe
+    a.succeeded(probe)
+    probe = b.choose()
+    assert probe is not None
+    assert probe.probe
+    b.failed(probe, ConnectionError())  # one answered, the next failed: flapping, for both
+    state = a.states()["primary"]
+    assert state["flapping"]
+    assert state["expires_at"] == pytest.approx(clock.wall() + 2.0)
+    clock.advance(1.5)
+    assert a.choose().name == "secondary"  # type: ignore[union-attr]
+
+
+#: A target state as the version before the probe pace wrote it (no ``pace``, no ``flapping``).
+OLD_RECORD = (
+    '{{"v":1,"healthy":false,"reason":"server_error","since":{since},"until":{until},'
+    '"failures":6,"last_error":"HTTPError","level":64.0,"streak":0,"probe_at":null}}'
+)
+
+
+def test_a_record_written_by_the_previous_version_is_read_and_carried_on(
+    stores: tuple[object, object], clock: FakeClock
+) -> None:
+    a, b = two_pools(stores, clock, cooldown=1.0)
+    old = OLD_RECORD.format(since=clock.wall(), until=clock.wall() + 64.0)
+    swapped, _ = stores[0].swap_target(a.name, "primary", None, old)  # type: ignore[attr-defined]
+    assert swapped
+    assert a.choose().name == "secondary"  # type: ignore[union-attr]
+    assert a.states()["primary"]["expires_at"] == pytest.approx(clock.wall() + 64.0)
+    clock.advance(64.0)
+    probe = b.choose()
+    assert probe is not None
+    assert probe.probe
+    b.failed(probe, ConnectionError())
+    # written back with the new fields; the failed probe set the pace, not a doubled cooldown
+    raw = stores[1].targets(a.name)["primary"]  # type: ignore[attr-defined]
+    assert '"pace":1.5' in raw
+    assert a.states()["primary"]["expires_at"] == pytest.approx(clock.wall() + 1.5)
+
+
 def test_store_outage_decides_locally_and_says_so(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,15 +6,33 @@ A target is HEALTHY (its calls are admitted) or COOLING (refused until ``until``
 target whose ``until`` has passed is *probing*: it admits one call at a time, the probe, marked
 by ``probe_at`` (when it was admitted); other calls keep going elsewhere. ``probes`` consecutive
 successful probes make it HEALTHY again; a failed probe cools it again with its cooldown doubled
-(up to ``max_cooldown``). Traffic therefore returns to a target only once it has answered, never
-on a timer alone, and a target that keeps failing is tried less and less often.
+up to a cap. Traffic therefore returns to a target only once it has answered, never on a timer
+alone.
 
-``level`` is the cooldown the next cooling of the target lasts: 0 for a target with no recent
-trouble (its first cooling lasts ``cooldown``). It doubles on each failed probe and on a cooling
-soon after recovery, and halves per ``decay_after`` consecutive successes once HEALTHY, falling
-back to 0 at ``cooldown``. A persistently half-broken target (which never strings together
-``decay_after`` successes) thus keeps a long cooldown, where a timer-based re-admission would
-flap between it and the others for ever.
+Two kinds of trouble need opposite schedules, so a cooling target runs one of two clocks, each
+doubled by a failed probe up to its own cap:
+
+* **Down** (every probe of this cooling has failed, and the target was not cooled again soon after
+  a recovery): the target may come back at any moment, so it is probed at a *pace* that doubles
+  per failed probe from its first cooldown up to ``max_probe_interval`` (default 1.5 s). Whatever
+  the outage's length, the first probe after the recovery comes within that cap, and traffic
+  returns ``probes`` successful probes (back to back) later. The price is one failed round trip
+  per ``max_probe_interval`` while it stays down.
+* **Flapping** (a probe failed after one of this cooling succeeded, or the target was cooled again
+  before its cooldown had decayed since its last recovery): the target answers, but not reliably,
+  and probing it often only wastes calls and flips traffic. Its *hold-off* ``level`` doubles on
+  every failed probe and every cooling soon after a recovery, up to ``max_cooldown``; a flapping
+  target is probed only when its hold-off ends. A persistently half-broken target thus ends up
+  with a long cooldown and a small share of the traffic, where a timer-based re-admission would
+  flap between it and the others for ever.
+
+``level`` is the hold-off of the target's next cooling: 0 for a target with no recent trouble
+(its first cooling lasts ``cooldown``). It halves per ``decay_after`` consecutive successes once
+HEALTHY, falling back to 0 at ``cooldown``, so a target that served well for a while is treated as
+fresh again. ``flapping`` says which clock the current cooling runs; ``pace`` is the down clock
+(0 until a probe of this cooling has failed). The two are told apart only by what the target has
+answered, so a flapping target that then goes down for good keeps its long hold-off until its
+cooldown has decayed: its return waits for a probe at the end of its hold-off.
 
 Cooldowns only lengthen: ``until`` is only ever raised by a failure, a ``Retry-After`` or an
 authentication error (which cools for ``auth_cooldown``). A failure reported by a call that was
@@ -82,6 +100,9 @@ class TargetSettings:
         probe_timeout: seconds after which a probe that never reported is written off (its
             caller died), so the target can be probed again.
         auth_cooldown: seconds an authentication failure cools a target for.
+        max_probe_interval: the cap of the probe pace of a target that is down (every probe
+            of its cooling failed): a recovered target is found within about this long. The
+            pace never exceeds ``max_cooldown`` either.
     """
 
     probes: int = 3
@@ -91,6 +112,7 @@ class TargetSettings:
     decay_after: int = 20
     probe_timeout: float = 60.0
     auth_cooldown: float = 3600.0
+    max_probe_interval: float = 1.5
 
     def __post_init__(self) -> None:
         _count("probes", self.probes)
@@ -100,6 +122,7 @@ class TargetSettings:
         _seconds("max_cooldown", self.max_cooldown)
         _seconds("probe_timeout", self.probe_timeout)
         _seconds("auth_cooldown", self.auth_cooldown)
+        _seconds("max_probe_interval", self.max_probe_interval)
         if self.max_cooldown < self.cooldown:
             raise ValueError(
                 f"max_cooldown ({self.max_cooldown!r}) must be >= cooldown ({self.cooldown!r})"
@@ -111,9 +134,11 @@ class TargetMachine:
 
     __slots__ = (
         "failures",
+        "flapping",
         "healthy",
         "last_error",
         "level",
+        "pace",
         "probe_at",
         "reason",
         "since",
@@ -129,6 +154,8 @@ class TargetMachine:
         self.failures = 0  # consecutive failures
         self.last_error = ""
         self.level = 0.0
+        self.pace = 0.0  # the probe pace of a target that is down (0: no failed probe yet)
+        self.flapping = False  # this cooling runs the hold-off clock, not the pace
         self.streak = 0  # consecutive successes (healthy) or successful probes (cooling)
         self.probe_at: float | None = None
 
@@ -176,6 +203,7 @@ class TargetMachine:
             return False
         self.healthy, self.reason, self.since = True, "recovered", now
         self.failures = self.streak = 0
+        self.pace = 0.0
         return True
 
     def failed(
@@ -199,14 +227,26 @@ class TargetMachine:
             if self.failures < settings.threshold and reason != AUTH and not wait:
                 self.streak = 0
                 return False
-            # cooling again soon after a recovery (the cooldown has not decayed back): longer
+            # cooled again before its cooldown decayed since the last recovery: flapping
+            self.flapping = bool(self.level)
             level = settings.cooldown if not self.level else self.level * 2
-            self._cool(now, settings, min(level, settings.max_cooldown), reason, wait)
+            self.level = min(level, settings.max_cooldown)
+            self.pace = 0.0
+            self._cool(now, settings, self.level, reason, wait)
             return True
         if probe is not None and probe == self.probe_at:
             self.probe_at = None
-            level = min(max(self.level, settings.cooldown) * 2, settings.max_cooldown)
-            self._cool(now, settings, level, reason, wait)
+            if self.flapping or self.streak:
+                # it answered some probes and failed others: hold it off for longer
+                self.flapping = True
+                self.level = min(max(self.level, settings.cooldown) * 2, settings.max_cooldown)
+                self._cool(now, settings, self.level, reason, wait)
+            else:
+                # down: probe again soon, so a recovery is seen within max_probe_interval
+                pace = 2 * (self.pace or self.level or settings.cooldown)
+                cap = min(settings.max_probe_interval, settings.max_cooldown)
+                self.pace = min(pace, cap)
+                self._cool(now, settings, self.pace, reason, wait)
             return True
         # a call admitted before the target cooled: only what the server said may lengthen it
         if reason == AUTH:
@@ -216,10 +256,9 @@ class TargetMachine:
         return False
 
     def _cool(
-        self, now: float, settings: TargetSettings, level: float, reason: str, wait: float
+        self, now: float, settings: TargetSettings, length: float, reason: str, wait: float
     ) -> None:
-        self.level = level
-        length = max(level, wait, settings.auth_cooldown if reason == AUTH else 0.0)
+        length = max(length, wait, settings.auth_cooldown if reason == AUTH else 0.0)
         self.until = max(self.until, now + length)
         self.healthy, self.reason, self.since = False, reason, now
         self.streak = 0
@@ -247,7 +286,8 @@ class TargetMachine:
         return COOLING if now < self.until else PROBING
 
     def to_state(self) -> dict[str, Any]:
-        """The state as JSON-able values (``"v": 1``)."""
+        """The state as JSON-able values (``"v": 1``; see :meth:`from_state` for ``pace`` and
+        ``flapping``)."""
         return {
             "v": 1,
             "healthy": self.healthy,
@@ -257,6 +297,8 @@ class TargetMachine:
             "failures": self.failures,
             "last_error": self.last_error,
             "level": self.level,
+            "pace": self.pace,
+            "flapping": self.flapping,
             "streak": self.streak,
             "probe_at": self.probe_at,
         }
@@ -264,6 +306,11 @@ class TargetMachine:
     @classmethod
     def from_state(cls, data: Any) -> TargetMachine:
         """The machine :meth:`to_state` described.
+
+        ``pace`` and ``flapping`` were added to version 1 without changing it: a record written
+        before them reads as a target with no failed probe yet on the down clock (the worst it
+        does is probe a target that was flapping at the fast pace until it flaps again), and a
+        process that predates them reads this version's records, ignoring the two fields.
 
         Raises:
             ValueError: ``data`` is not such a state (naming the field).
@@ -290,6 +337,14 @@ class TargetMachine:
                 setattr(machine, field, value)
             probe_at = data["probe_at"]
             machine.probe_at = None if probe_at is None else _number("probe_at", probe_at)
+            pace = _number("pace", data.get("pace", 0.0))
+            if pace < 0:
+                raise ValueError(f"pace must be a number >= 0, got {pace!r}")
+            machine.pace = pace
+            flapping = data.get("flapping", False)
+            if not isinstance(flapping, bool):
+                raise ValueError(f"flapping must be true or false, got {flapping!r}")
+            machine.flapping = flapping
         except KeyError as exc:
             raise ValueError(f"a stored target state lacks {exc.args[0]!r}") from None
         return machine

@@ -15,11 +15,18 @@ breaker with cooldowns that grow and a quota state fed by ``Retry-After``. A cal
   time. ``None`` means every target (not excluded) is cooling.
 * ``failed`` cools a healthy target (after ``threshold`` consecutive failures, default 1) for its
   cooldown, or at least the ``Retry-After`` the error carried; an authentication error (HTTP
-  401/403) cools it for ``auth_cooldown``. A failed probe cools it again for twice as long, up to
-  ``max_cooldown``. ``cool=False`` reports an error that was the request's fault: the target's
-  state does not change.
+  401/403) cools it for ``auth_cooldown``. ``cool=False`` reports an error that was the
+  request's fault: the target's state does not change.
+* A failed probe cools it again with one of two clocks doubled (see
+  :mod:`buttress.machines.targets`): a target that is *down* (no probe of this cooling answered)
+  is probed again at a pace that doubles up to ``max_probe_interval`` (1.5 s), so a recovered
+  target is found within that long however long its outage lasted; a target that is *flapping*
+  (it answered some probes and failed others, or failed again soon after it had recovered) is
+  held off for a cooldown that doubles up to ``max_cooldown``, so a half-broken target gets a
+  small and shrinking share of the calls and traffic does not flip back and forth.
 * ``probes`` consecutive successful probes make the target healthy; its grown cooldown halves per
   ``decay_after`` consecutive successes, so a target that fails again soon cools for longer.
+  Neither clock ever shortens a ``Retry-After`` or an authentication cooldown.
 
 The memory path: the common call (the preferred target healthy) is a few attribute reads with no
 lock and no allocation, and its success changes nothing. Everything else takes the pool's lock.
@@ -241,7 +248,8 @@ class TargetPool:
         targets: ``{name: target}`` or ``[(name, target), ...]``, in order of preference.
         probes: consecutive successful probes that bring a cooling target back.
         cooldown: seconds of a target's first cooling.
-        max_cooldown: cap of the cooldown, which doubles on each failed probe.
+        max_cooldown: cap of the hold-off of a flapping target, which doubles on each of its
+            failed probes and each cooling soon after a recovery.
         prefer: ``"order"`` (registration order) or ``"cost"`` (cheapest first; ``costs``).
         costs: cost per target name (targets without one come after those with one).
         storage: a store URL or object shared across processes (``None``: this process only).
@@ -251,6 +259,8 @@ class TargetPool:
         probe_timeout: seconds after which a probe that never reported is written off.
         auth_cooldown: seconds an authentication failure (401/403) cools a target for.
         retry_interval: seconds between tries of a store that did not answer.
+        max_probe_interval: cap of the probe pace of a target that is down, which doubles on
+            each failed probe: a recovered target is found within about this long.
     """
 
     def __init__(
@@ -270,6 +280,7 @@ class TargetPool:
         probe_timeout: float = 60.0,
         auth_cooldown: float = 3600.0,
         retry_interval: float = 1.0,
+        max_probe_interval: float = 1.5,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -282,6 +293,7 @@ class TargetPool:
             decay_after=decay_after,
             probe_timeout=probe_timeout,
             auth_cooldown=auth_cooldown,
+            max_probe_interval=max_probe_interval,
         )
         pairs = _pairs(targets)
         if prefer not in _PREFER:
@@ -633,7 +645,8 @@ class TargetPool:
 
         Keys: ``state`` (healthy, cooling, probing), ``reason``, ``since``, ``expires_at``
         (``None`` when healthy), ``consecutive_failures``, ``last_error`` (a class name),
-        ``cooldown`` (the length of its next cooling), ``probe_in_flight`` and ``cost``.
+        ``cooldown`` (the hold-off of its next cooling), ``flapping`` (whether its cooling runs
+        the hold-off rather than the fast probe pace), ``probe_in_flight`` and ``cost``.
         """
         if self._store is not None:
             self._refresh()
@@ -651,6 +664,7 @@ class TargetPool:
                     "consecutive_failures": machine.failures,
                     "last_error": machine.last_error or None,
                     "cooldown": machine.level or self.settings.cooldown,
+                    "flapping": machine.flapping and not machine.healthy,
                     "probe_in_flight": machine.probe_at is not None,
                     "cost": None if math.isinf(slot.cost) else slot.cost,
                 }
