@@ -38,6 +38,7 @@ OpenTelemetry instrument (unit)                    kind           Prometheus nam
 ``buttress.resource.exhaustion`` (s)               observed       ``..._exhaustion_seconds``
 ``buttress.resource.check_latency`` (s)            observed       ``..._check_latency_seconds``
 ``buttress.adaptive.limit`` ({call})               observed       ``adaptive_limit``
+``buttress.adaptive.limit_reason`` (1)             observed       ``adaptive_limit_reason``
 ``buttress.component.error_rate`` (1)              observed       ``component_error_rate``
 ``buttress.protocol.steps`` ({step})               counter        ``protocol_steps_total``
 =================================================  =============  ===========================
@@ -162,6 +163,13 @@ _OBSERVED: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
         "Current limit of each adaptive concurrency limiter (calls at once)",
         "adaptive_limit",
         ("name",),
+    ),
+    (
+        "buttress.adaptive.limit_reason",
+        "1",
+        "Why each adaptive concurrency limit last changed (1 on the current reason)",
+        "adaptive_limit_reason",
+        ("name", "reason"),
     ),
     (
         "buttress.component.error_rate",
