@@ -181,3 +181,33 @@ def test_demo_serves_a_changing_team_and_shuts_down_with_a_stream_open() -> None
     assert server.returncode == 0, output
     assert b"Traceback" not in output
     assert b"demo-token-123" not in output
+
+
+def test_connections_on_the_served_socket_have_nagle_off() -> None:
+    # A response written in two parts (headers, body) must not wait for the client's delayed
+    # ACK: asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP.
+    import asyncio
+
+    from buttress.server.serve import bind
+
+    listening = bind("127.0.0.1", 0)
+    assert listening.proto == socket.IPPROTO_TCP
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
+        async with server:
+            port = listening.getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            result = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return result
+
+    assert asyncio.run(accepted_nodelay()) != 0

@@ -181,7 +181,10 @@ class PortInUse(OSError):
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (``PortInUse`` with a clear message when taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP said outright: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
+    # proto is TCP, and one made with proto 0 would stall every response split into two writes
+    # for the peer's delayed ACK (about 40 ms on Linux).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
