@@ -31,6 +31,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from ._redact import redact
+
 __all__ = [
     "AttemptFailed",
     "CallCompleted",
@@ -80,7 +82,9 @@ class Event:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, BaseException):
-                value = f"{type(value).__name__}: {value}"
+                value = redact(f"{type(value).__name__}: {value}")
+            elif f.name == "error" and isinstance(value, str):
+                value = redact(value)
             elif hasattr(value, "value") and hasattr(value, "name") and f.name != "name":
                 value = value.name  # enums by name
             out["policy_name" if f.name == "name" else f.name] = value
@@ -383,7 +387,8 @@ def emit(event: Event, local: Hook | None = None) -> None:
     if event.level > logging.DEBUG or type(event) is not CallCompleted:
         logger = _logger(event.policy)
         if logger.isEnabledFor(event.level):
-            logger.log(event.level, event.message(), extra=event.log_fields())
+            # an application's exception text may quote a DSN or a token: logs never show it
+            logger.log(event.level, redact(event.message()), extra=event.log_fields())
     if local is not None:
         _call(local, event)
     for hook in tuple(HOOKS):
@@ -474,7 +479,7 @@ class Repeats:
         if not logger.isEnabledFor(self.level):
             return
         if quiet:
-            message = first() if first is not None else f"1 {self.what}"
+            message = redact(first()) if first is not None else f"1 {self.what}"
             extra = {"event": "repeated_first", "policy": self.policy, "count": 1}
         else:
             message = f"{since:,} {self.what} in the last {elapsed:,.0f} s"

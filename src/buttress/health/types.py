@@ -10,11 +10,12 @@ resource manager applies those to every check alike.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
+
+from .._redact import redact
 
 __all__ = ["Check", "Reading", "ResourceStatus", "ResourceType", "redact"]
 
@@ -78,15 +79,3 @@ class Reading:
 
 #: A resource check (see the module documentation).
 Check = Callable[[], Awaitable[Reading]]
-
-_SECRET_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
-_SECRET_PARAM = re.compile(
-    r"(?i)\b(?P<key>password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
-    r"(?P<sep>\s*[=:]\s*)(?P<value>\"[^\"]*\"|'[^']*'|(?:(?:bearer|basic|token)\s+)?[^\s&;,]+)"
-)
-
-
-def redact(text: str) -> str:
-    """``text`` with passwords in URLs/DSNs and ``password=``/``token=``-style values hidden."""
-    text = _SECRET_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    return _SECRET_PARAM.sub(lambda m: f"{m['key']}{m['sep']}***", text)
