@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+import buttress
 from buttress import (
     FallbackAction,
     FallbackStrategy,
@@ -36,6 +37,8 @@ from buttress import (
     use_manager,
     with_fallback,
 )
+from buttress.testing import FakeClock
+from conftest import run
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -378,3 +381,134 @@ def test_async_reads_fail_over_and_writes_are_queued_then_replayed_once(
     _check_outcome(ledger, manager, primary, replica, "async")
     assert manager.queue is not None
     manager.queue.close()
+
+
+# -- the rules behind it, on the fake clock --------------------------------------------------
+
+
+class Database:
+    """Stand-in targets by name: ``down`` ones refuse connections, as a stopped server does."""
+
+    def __init__(self) -> None:
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, str | None]] = []
+
+    def run(self, kind: str, sql: str, target: str | None = None) -> str:
+        self.calls.append((kind, current_target()))
+        assert target == current_target()  # the target's client is handed in as target=
+        if target in self.down:
+            raise ConnectionRefusedError(f"{target} is down")
+        return f"{target}:{sql}"
+
+
+def _manager(clock: FakeClock, name: str, **pool: Any) -> tuple[ResilienceManager, Database]:
+    queue = RequestQueue(name, storage="memory://", clock=clock, retry_delay=1.0)
+    manager = ResilienceManager(name, clock=clock, queue=queue)
+    manager.register_targets(DB, ["primary", "replica1"], **pool)
+    return manager, Database()
+
+
+def _calls(manager: ResilienceManager, db: Database, mode: str) -> tuple[Any, Any]:
+    if mode == "sync":
+
+        def read(sql: str, target: str) -> str:
+            return db.run("read", sql, target)
+
+        def write(sql: str, target: str) -> str:
+            return db.run("write", sql, target)
+
+    else:
+
+        async def read(sql: str, target: str) -> str:
+            await asyncio.sleep(0)
+            return db.run("read", sql, target)
+
+        async def write(sql: str, target: str) -> str:
+            await asyncio.sleep(0)
+            return db.run("write", sql, target)
+
+    guarded_read = with_fallback(DB, name=f"{manager.team}.read")(read)
+    guarded_write = with_fallback(DB, name=f"{manager.team}.write", write=True)(write)
+
+    def call(fn: Any, *args: Any) -> Any:
+        with use_manager(manager):
+            return run(fn(*args))
+
+    return (lambda sql: call(guarded_read, sql)), (lambda sql: call(guarded_write, sql))
+
+
+def test_a_write_goes_to_the_first_registered_target_whatever_the_pool_prefers(
+    mode: str, clock: FakeClock
+) -> None:
+    # The replica is cheaper, so reads prefer it; the primary is still where writes go.
+    manager, db = _manager(
+        clock, f"cost-{mode}", prefer="cost", costs={"primary": 2.0, "replica1": 1.0}
+    )
+    pool = manager.protocol_host.pool(DB)
+    assert pool is not None
+    assert pool.names == ("replica1", "primary")
+    assert pool.primary == "primary"
+    read, write = _calls(manager, db, mode)
+    assert read("select") == "replica1:select"
+    assert write("insert") == "primary:insert"
+    assert db.calls == [("read", "replica1"), ("write", "primary")]
+
+
+def test_a_write_is_never_answered_from_the_cache_nor_opens_the_breaker_reads_need(
+    mode: str, clock: FakeClock
+) -> None:
+    manager, db = _manager(clock, f"cache-{mode}")  # the default protocol: ... cache -> break
+    read, write = _calls(manager, db, mode)
+    assert write("insert 1") == "primary:insert 1"
+    db.down.add("primary")
+    with buttress.deadline(5.0, clock=clock), pytest.raises(ConnectionRefusedError):
+        write("insert 1")  # the same arguments: a cached answer would report a lost write
+    assert {target for kind, target in db.calls if kind == "write"} == {"primary"}
+    # The failed write opened no breaker: reads go on, from the replica.
+    assert read("select") == "replica1:select"
+    assert read("select") == "replica1:select"
+
+
+def test_a_queued_write_replays_on_the_primary_with_its_target_once_it_is_back(
+    mode: str, clock: FakeClock
+) -> None:
+    manager, db = _manager(clock, f"replay-{mode}", cooldown=1.0)
+    manager.set_protocol(DB, [FallbackAction(S.SWITCH_PROVIDER), FallbackAction(S.QUEUE_REQUEST)])
+    queue = manager.queue
+    assert queue is not None
+    read, write = _calls(manager, db, mode)
+    db.down.add("primary")
+    with pytest.raises(RequestQueued):
+        write("insert 1")
+    assert read("select") == "replica1:select"
+    # A replay while the primary is still down fails and is left to the queue's retry: it is
+    # neither sent to the replica nor queued a second time.
+    clock.advance(2.0)
+    queue.replay()
+    assert (queue.stats().delayed, queue.stats().waiting, queue.counts["retried"]) == (1, 0, 1)
+    db.down.clear()
+    clock.advance(5.0)
+    assert queue.replay() == 1
+    assert queue.stats().depth == 0
+    writes = [target for kind, target in db.calls if kind == "write"]
+    assert writes == ["primary", "primary", "primary"]
+
+
+def test_a_retry_does_not_sleep_out_the_lease_of_another_calls_probe(clock: FakeClock) -> None:
+    manager, db = _manager(clock, "lease", cooldown=1.0)
+    manager.set_protocol(DB, [FallbackAction(S.RETRY, attempts=1)])
+    pool = manager.protocol_host.pool(DB)
+    assert pool is not None
+    _, write = _calls(manager, db, "sync")
+    db.down.add("primary")
+    with pytest.raises(ConnectionRefusedError):
+        write("insert 1")
+    clock.advance(2.0)
+    probe = pool.choose(exclude={"replica1"})  # another call's probe, in flight
+    assert probe is not None
+    assert probe.probe
+    began = clock.now()
+    with pytest.raises(buttress.AllTargetsCooling):
+        write("insert 2")
+    # Not the probe's 60 s lease: the retry backed off and looked again.
+    assert clock.now() - began < pool.settings.probe_timeout / 2

@@ -973,7 +973,9 @@ class _Run:
             ready = pool.earliest_ready(exclude=exclude)
             wait = None if ready is None else max(0.0, ready - self.clock.now())
             if wait is None or self.waited + wait > max_wait or not self.fits(wait):
-                self.error = pool.exhausted_error(exclude=exclude)
+                if self.only is None or self.error is None:
+                    self.error = pool.exhausted_error(exclude=exclude)
+                # else a write keeps its primary's own error: the replicas were never a choice
                 return _MISSING
             self.waited += wait
             yield wait
