@@ -37,10 +37,19 @@ bounded by the enclosing timeout, which cancels (async) or abandons (sync) them.
 retried (an exhausted quota does not recover in a backoff), and a target with the same name as
 such a monitor is skipped when the first target is chosen: the call switches at once.
 
-**Writes.** A call marked ``write=True`` goes to the pool's first target (the primary) only:
+**Writes.** A call marked ``write=True`` goes to the pool's first registered target (the
+primary, :attr:`TargetPool.primary`, whatever order the pool prefers for reads) only:
 SWITCH_PROVIDER is skipped for it, so a write is never sent to a replica; it waits for the
-primary within its deadline, or is queued by a QUEUE_REQUEST step, or fails with the primary's
-error.
+primary within its deadline (not when the primary's monitor says it is down), or is queued by a
+QUEUE_REQUEST step, or fails with the primary's error. It is never answered from a cache (that
+would report a write that did not happen), and its CIRCUIT_BREAK step is skipped: the primary's
+cooldown already fails later writes fast, and the resource's breaker would refuse the reads the
+replicas still serve.
+
+**Replays.** A queued call's handler runs the call under the protocol again (a write on the
+primary, with its target as the first run had it). A replay that fails is not queued anew: the
+queue retries it with its own backoff and dead letters. A method's replays run on the instance
+whose call registered the handler (the queue knows handlers by name).
 
 **Streams.** An async generator function is streamed: the walk's "call" is getting the first
 chunk, so a failure before it walks the protocol as any other call (switching is transparent);
