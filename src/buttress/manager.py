@@ -88,6 +88,9 @@ from .queue import RequestQueue
 
 __all__ = ["DEGRADATION_CATEGORIES", "ResilienceManager"]
 
+#: Replays after a recovery at most (paced by the queue's retry delay) while requests are left.
+_REPLAY_ROUNDS = 20
+
 #: How a resource type degrades the team while CRITICAL or UNAVAILABLE (module documentation).
 DEGRADATION_CATEGORIES: Mapping[ResourceType, ServiceCategory | DegradationTier] = {
     ResourceType.DATABASE: ServiceCategory.DATABASE,
@@ -755,8 +758,23 @@ class ResilienceManager:
         queue = host.queue
         if queue is not None:
             threading.Thread(
-                target=queue.replay, name=f"buttress-replay-{self.team}", daemon=True
+                target=self._replay,
+                args=(queue, state.type),
+                name=f"buttress-replay-{self.team}",
+                daemon=True,
             ).start()
+
+    def _replay(self, queue: RequestQueue, rtype: ResourceType) -> None:
+        """Replay the queue after ``rtype`` recovered. A first replay may find the target still
+        being probed back (its requests fail and wait out the queue's retry delay): replay again,
+        paced by that delay, while the resource stays healthy and requests are left, a bounded
+        number of rounds (the next recovery starts again)."""
+        clock = self._clock or get_clock()
+        for _ in range(_REPLAY_ROUNDS):
+            queue.replay()
+            if queue.stats().depth == 0 or self.protocol_host._bad.get(rtype):
+                return
+            clock.sleep(queue.retry_delay)
 
     # -- shared state ----------------------------------------------------------------------------
 

@@ -37,10 +37,19 @@ bounded by the enclosing timeout, which cancels (async) or abandons (sync) them.
 retried (an exhausted quota does not recover in a backoff), and a target with the same name as
 such a monitor is skipped when the first target is chosen: the call switches at once.
 
-**Writes.** A call marked ``write=True`` goes to the pool's first target (the primary) only:
+**Writes.** A call marked ``write=True`` goes to the pool's first registered target (the
+primary, :attr:`TargetPool.primary`, whatever order the pool prefers for reads) only:
 SWITCH_PROVIDER is skipped for it, so a write is never sent to a replica; it waits for the
-primary within its deadline, or is queued by a QUEUE_REQUEST step, or fails with the primary's
-error.
+primary within its deadline (not when the primary's monitor says it is down), or is queued by a
+QUEUE_REQUEST step, or fails with the primary's error. It is never answered from a cache (that
+would report a write that did not happen), and its CIRCUIT_BREAK step is skipped: the primary's
+cooldown already fails later writes fast, and the resource's breaker would refuse the reads the
+replicas still serve.
+
+**Replays.** A queued call's handler runs the call under the protocol again (a write on the
+primary, with its target as the first run had it). A replay that fails is not queued anew: the
+queue retries it with its own backoff and dead letters. A method's replays run on the instance
+whose call registered the handler (the queue knows handlers by name).
 
 **Streams.** An async generator function is streamed: the walk's "call" is getting the first
 chunk, so a failure before it walks the protocol as any other call (switching is transparent);
@@ -55,7 +64,6 @@ detail at DEBUG), counted by the Prometheus hook and recorded in the ``protocols
 from __future__ import annotations
 
 import contextvars
-import functools
 import inspect
 import json
 import logging
@@ -72,7 +80,7 @@ from .._config import callable_name
 from .._deadline import deadline_on
 from ..clock import Clock, get_clock, is_real
 from ..degradation import DegradationManager, ServiceCategory
-from ..errors import CircuitOpenError, RequestQueued, StreamInterrupted
+from ..errors import AllTargetsCooling, CircuitOpenError, RequestQueued, StreamInterrupted
 from ..health.types import ResourceType
 from ..machines.backoff import Jitter, combine_with_retry_after
 from ..policies.adaptive import AdaptiveConcurrency
@@ -85,6 +93,7 @@ from ..policies.circuit import (
 from ..policies.fallback import _MISSING as _UNCACHED
 from ..policies.fallback import FallbackStrategy, _Cache
 from ..policies.timeout import Timeout
+from ..queue import _CURRENT as _replaying
 from ..queue import RequestQueue
 from .action import FallbackAction, FallbackProtocol, label
 from .classify import retry_after_of
@@ -741,6 +750,7 @@ class _Run:
         self.waited = 0.0
         self.target_fault = False
         self.only: str | None = None  # a write: the primary (first target) only
+        self.write = False
         self.deadline = deadline_on(self.clock, is_real(self.clock))
         self.classify = plan.protocol.classifier
 
@@ -748,9 +758,10 @@ class _Run:
 
     def writes(self, write: bool) -> None:
         """Mark the call a write: it goes to the pool's first target (the primary) only."""
+        self.write = write
         pool = self.plan.pool
         if write and pool is not None:
-            self.only = next(iter(pool.states()), None)
+            self.only = pool.primary
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.clock.now()
@@ -767,7 +778,8 @@ class _Run:
             return False
         if self.plan.pool is None:
             return True
-        return self.target is not None and self.target in bad
+        target = self.target if self.target is not None else self.only
+        return target is not None and target in bad
 
     def command(self, choice: TargetChoice | None, *, degraded: bool = False) -> _Command:
         fn, args, kwargs = self.fn, self.args, self.kwargs
@@ -786,7 +798,7 @@ class _Run:
             pool.succeeded(choice)
             self.choice = None
         cache = self.plan.cache
-        if cache is not None and not self.streaming:
+        if cache is not None and not self.streaming and not self.write:
             self.host._remember(cache, self.fn, self.args, self.kwargs, value)
             _cache_age.set(None)
         return value
@@ -842,6 +854,10 @@ class _Run:
                 bad = host._bad.get(self.resource) or frozenset()
                 if self.only is not None:
                     choice = pool.choose(exclude=self._excluded(self.only, tried=False))
+                    if choice is None and self.only in bad:
+                        # Its monitor says the primary is down: no wait for its cooldown, the
+                        # protocol (a queue, or a clear error) takes the write at once.
+                        choice = _MISSING
                 else:
                     choice = pool.choose(exclude=bad) if bad else pool.choose()
                     if choice is None and bad:
@@ -936,9 +952,11 @@ class _Run:
         backoff = params["backoff"]
         jitter = _JITTER.get(params["jitter"], Jitter.FULL)
         for attempt in range(1, params["attempts"] + 1):
-            delay = combine_with_retry_after(
-                backoff.delay(attempt), retry_after_of(self.error), jitter, host._random()
-            )
+            # The pool's own "all cooling" estimate is no server's Retry-After: with another
+            # call's probe in flight it is that probe's whole lease, though the probe usually
+            # answers at once. Waiting for targets is _wait_for_target's job, on a fresh look.
+            hint = None if isinstance(self.error, AllTargetsCooling) else retry_after_of(self.error)
+            delay = combine_with_retry_after(backoff.delay(attempt), hint, jitter, host._random())
             if not self.fits(delay):
                 host.step(self, "RETRY", self.target, "skipped", self.error)
                 return _MISSING
@@ -970,7 +988,9 @@ class _Run:
             ready = pool.earliest_ready(exclude=exclude)
             wait = None if ready is None else max(0.0, ready - self.clock.now())
             if wait is None or self.waited + wait > max_wait or not self.fits(wait):
-                self.error = pool.exhausted_error(exclude=exclude)
+                if self.only is None or self.error is None:
+                    self.error = pool.exhausted_error(exclude=exclude)
+                # else a write keeps its primary's own error: the replicas were never a choice
                 return _MISSING
             self.waited += wait
             yield wait
@@ -979,7 +999,7 @@ class _Run:
         exclude = set(self.tried) if tried else set()
         pool = self.plan.pool
         if only is not None and pool is not None:
-            exclude |= {name for name in pool.states() if name != only}
+            exclude |= {name for name in pool.names if name != only}
         return exclude
 
     def _switch(self, action: FallbackAction) -> Generator[Any, Any, Any]:
@@ -1022,12 +1042,15 @@ class _Run:
             host.step(self, "QUEUE_REQUEST", None, "skipped")
             return _MISSING
         handler = action.params["handler"] or callable_name(self.fn)
+        replaying = _replaying.get()
+        if replaying is not None and replaying.handler == handler:
+            # This is the queue's own replay failing again: the queue retries it later (with
+            # its backoff and dead letters); queueing it anew would only hide the failure.
+            host.step(self, "QUEUE_REQUEST", None, "skipped", self.error)
+            return _MISSING
         args = self.args
         if handler not in queue.handlers:
-            fn = self.fn
-            if self.bound and args:
-                fn = functools.partial(fn, args[0])
-            queue.handler(handler)(fn)
+            queue.handler(handler)(self._replayer())
         if self.bound and args:
             args = args[1:]
         put = queue.aput if self.is_async else queue.put
@@ -1049,10 +1072,39 @@ class _Run:
             name=self.name,
         ) from self.error
 
+    def _replayer(self) -> Callable[..., Any]:
+        """The queue's handler for this call: the call again under the protocol, so a replayed
+        write goes to the primary (never a replica) and sees its target as the first run did.
+        A method's replays run on the instance whose call registered the handler."""
+        host, resource, fn, variant = self.host, self.resource, self.fn, self.variant
+        name = self.name
+        owner = self.args[:1] if self.bound else ()
+        bound, write = bool(owner), self.write
+        if self.is_async:
+
+            async def areplay(*args: Any, **kwargs: Any) -> Any:
+                return await host.acall(
+                    resource, fn, (*owner, *args), kwargs,
+                    variant=variant, bound=bound, name=name, write=write,
+                )  # fmt: skip
+
+            return areplay
+
+        def replay(*args: Any, **kwargs: Any) -> Any:
+            return host.call(
+                resource, fn, (*owner, *args), kwargs,
+                variant=variant, bound=bound, name=name, write=write,
+            )  # fmt: skip
+
+        return replay
+
     def _cached(self) -> Any:
         cache = self.plan.cache
+        # A write is never answered from a cache: that would report a write that did not happen.
         key = (
-            None if cache is None or self.streaming else _cache_key(self.fn, self.args, self.kwargs)
+            None
+            if cache is None or self.streaming or self.write
+            else _cache_key(self.fn, self.args, self.kwargs)
         )
         if cache is None or key is None:
             self.host.step(self, "USE_CACHE", None, "skipped")
@@ -1075,6 +1127,11 @@ class _Run:
         return (yield from self._attempt("SCALE_DOWN", None))
 
     def _circuit_break(self, action: FallbackAction) -> Any:
+        if self.write and self.plan.pool is not None:
+            # The primary's own cooldown already fails later writes fast; opening the
+            # resource's breaker would also refuse the reads the replicas still serve.
+            self.host.step(self, "CIRCUIT_BREAK", action.target, "skipped", self.error)
+            return _MISSING
         breaker = self.host.breaker(
             self.resource, action.target, recovery_timeout=action.params["recovery_timeout"]
         )

@@ -313,6 +313,7 @@ class TargetPool:
             slots.sort(key=lambda slot: slot.cost)  # stable: equal costs keep their order
         self._order = tuple(slots)
         self._first = slots[0]
+        self._primary: str = pairs[0][0]  # registration order, whatever ``prefer`` sorts by
         self._slots = {slot.name: slot for slot in slots}
         self._clock = clock
         self._lock = threading.Lock()
@@ -340,6 +341,11 @@ class TargetPool:
     def names(self) -> tuple[str, ...]:
         """The target names in order of preference."""
         return tuple(slot.name for slot in self._order)
+
+    @property
+    def primary(self) -> str:
+        """The first target registered (a database's primary: where writes go)."""
+        return self._primary
 
     def target(self, name: str) -> Any:
         """What was registered under ``name`` (``KeyError`` naming it if none)."""
