@@ -279,10 +279,11 @@ async def _serve(
     manager: ResilienceManager, port: int, server: list[Any], announce: Callable[[str], None]
 ) -> asyncio.Task[None]:
     """Serve the team's operator app on 127.0.0.1 while the story runs (as ``buttress serve``)."""
-    from .server.serve import bind, serve_app
+    from .server.serve import TOKEN_ENV, bind, serve_app, token_from_env
 
+    token = token_from_env(None)  # as for buttress serve: guarded when the variable is set
     sock = bind("127.0.0.1", port)
-    app = manager.asgi_app()
+    app = manager.asgi_app(token=token)
     task = asyncio.get_running_loop().create_task(
         serve_app(
             app,
@@ -290,6 +291,7 @@ async def _serve(
             manager=manager,
             log_level="warning",
             access_log=False,
+            secrets=(token,) if token else (),
             started=server.append,
         )
     )
@@ -300,7 +302,8 @@ async def _serve(
         await asyncio.sleep(0.01)
     if task.done():
         task.result()  # raises what stopped it
-    announce(f"dashboard: http://127.0.0.1:{sock.getsockname()[1]}/ (while the demo runs)")
+    guarded = f"; a bearer token from {TOKEN_ENV}" if token else ""
+    announce(f"dashboard: http://127.0.0.1:{sock.getsockname()[1]}/ (while the demo runs{guarded})")
     return task
 
 
