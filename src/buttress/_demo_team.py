@@ -183,7 +183,13 @@ class MarketingTeam:
         self.story, self.tally = story, tally
         self.resilience = ResilienceManager(
             TEAM,
-            {"check_interval": interval, "fail_threshold": 1, "success_threshold": 1},
+            {
+                "check_interval": interval,
+                "fail_threshold": 1,
+                "success_threshold": 1,
+                # only the team's own breaker counts for its health, not others in the process
+                "circuits": [f"{TEAM}.{ResourceType.API_QUOTA.value}"],
+            },
             degradation=DegradationManager(name=TEAM, min_dwell=max(0.2, story.duration / 20)),
         )
         self.resilience.register_api_quota_monitor("openai", story.quota_used)
