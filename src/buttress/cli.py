@@ -1,4 +1,7 @@
-"""The ``buttress`` command: ``buttress demo`` runs a flaky dependency through stacked policies.
+"""The ``buttress`` command: ``buttress demo`` tells two stories, ``buttress config check`` checks
+a service's configuration.
+
+The policies story (``--story policies``):
 
 The demo needs no services: the dependency is a local coroutine that goes through five phases
 (healthy, flaky, slow, outage, recovery). Requests pass through, outermost first, a fallback
@@ -6,6 +9,15 @@ The demo needs no services: the dependency is a local coroutine that goes throug
 waits a little for a slot), a circuit breaker, and a timeout. The breaker's state feeds a
 degradation manager, whose tier follows the dependency's health (with a dwell before recovering).
 Progress is printed once a second and a summary at the end.
+
+The team story (``--story team``, :mod:`buttress._demo_team`): a team's LLM provider is
+rate-limited, its calls switch to the next provider and come back, nothing surfaces to the
+callers; ``--serve`` serves the team's dashboard meanwhile. Without ``--story`` both run, one after
+the other (only the team story with ``--serve``).
+
+``buttress config check [FILE]`` reads every environment variable with
+:func:`buttress.config.load_settings` (and a team file with :func:`buttress.config.load_config`),
+prints each value and where it came from, and exits 1 with every problem listed.
 """
 
 from __future__ import annotations
@@ -53,6 +65,8 @@ PHASES = (
     ("recovery", 0.15, 0.0, 0.0),
 )
 TIMEOUT = 0.15
+POLICIES_DURATION = 12.0
+TEAM_DURATION = 10.0
 LATENCY = 0.01
 RATE = 250.0  # requests per second the dependency's quota allows
 
@@ -253,15 +267,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="run a flaky dependency through stacked policies",
+        help="run a flaky dependency through stacked policies, and a team switching providers",
         description=(
-            "Run a local dependency that turns flaky, slow, dead and healthy again through a"
-            " fallback, a retry, a rate limit, a circuit breaker and a timeout, while a"
-            " degradation manager follows its health. Prints progress once a second and a"
-            " summary at the end."
+            "policies: run a local dependency that turns flaky, slow, dead and healthy again"
+            " through a fallback, a retry, a rate limit, a circuit breaker and a timeout, while a"
+            " degradation manager follows its health. team: a team whose primary LLM provider"
+            " (a local stand-in) is rate-limited and its quota exhausted; its calls switch to"
+            " the next provider at once and return when the primary recovers. Prints progress"
+            " once a second and a summary at the end."
         ),
     )
-    demo.add_argument("--duration", type=_positive, default=12.0, help="seconds (default 12)")
+    demo.add_argument(
+        "--story",
+        choices=["policies", "team", "both"],
+        help="which story to tell (default: both; team with --serve)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_positive,
+        help=f"seconds per story (default {POLICIES_DURATION:.0f} for policies,"
+        f" {TEAM_DURATION:.0f} for team)",
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the team's dashboard and operator endpoints on 127.0.0.1 while it runs",
+    )
+    demo.add_argument(
+        "--port", type=_port, default=8000, help="port for --serve (default 8000; 0: any free)"
+    )
     demo.add_argument(
         "--failure-rate",
         type=_probability,
@@ -277,27 +311,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_queue_parser(commands)
     _add_serve_parser(commands)
+    _add_config_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "queue":
         return run_queue(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "config":
+        return _config_check(args)
     if args.concurrency < 1:
         parser.error(f"--concurrency must be >= 1, got {args.concurrency}")
+    story = args.story or ("team" if args.serve else "both")
+    if args.serve and story != "team":
+        parser.error("--serve serves the team story's dashboard: use it with --story team")
     if args.log_level:
         logging.basicConfig(format="  log %(levelname)s %(name)s: %(message)s")
         logging.getLogger("buttress").setLevel(args.log_level)
-    print(
-        f"buttress demo: {args.concurrency} clients for {args.duration:.0f}s against a local "
-        f"dependency (phases: {', '.join(p[0] for p in PHASES)})"
-    )
-    print(
-        "policies, outermost first: fallback(cached, default) > retry > rate limit > breaker"
-        " > timeout"
-    )
-    tally = asyncio.run(run_demo(args.duration, args.failure_rate, args.concurrency, args.seed))
-    print(summary(tally, args.duration))
+    if story in ("policies", "both"):
+        duration = args.duration or POLICIES_DURATION
+        print(
+            f"buttress demo: {args.concurrency} clients for {duration:.0f}s against a local "
+            f"dependency (phases: {', '.join(p[0] for p in PHASES)})"
+        )
+        print(
+            "policies, outermost first: fallback(cached, default) > retry > rate limit > breaker"
+            " > timeout"
+        )
+        tally = asyncio.run(run_demo(duration, args.failure_rate, args.concurrency, args.seed))
+        print(summary(tally, duration))
+    if story in ("team", "both"):
+        if story == "both":
+            print()
+        return _team_story(args.duration or TEAM_DURATION, args.serve, args.port)
     return 0
+
+
+def _team_story(duration: float, serve: bool, port: int) -> int:
+    from . import _demo_team
+
+    print(_demo_team.describe(), flush=True)
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        tally, report = asyncio.run(
+            _demo_team.run_story(duration, serve=serve, port=port, announce=announce)
+        )
+    except ImportError as exc:
+        print(
+            f"buttress demo --serve: {exc}; install the server extra:"
+            " pip install 'buttress[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:
+        print(f"buttress demo: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("buttress demo: interrupted", file=sys.stderr)
+        return 130
+    print(_demo_team.summary(tally, report))
+    return 130 if tally.interrupted else 0
 
 
 def _port(text: str) -> int:
@@ -357,6 +432,99 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _add_config_parser(commands: Any) -> None:
+    config = commands.add_parser(
+        "config",
+        help="check the environment's configuration and a team file",
+        description="Check buttress's configuration before a service starts.",
+    )
+    actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="check the environment variables and, if given, a team configuration file",
+        description=(
+            "Read every environment variable buttress uses and print its value and where it"
+            " came from (environment, profile default or default); with FILE, read the team"
+            " configuration (.toml, .json, .yaml) and summarise its team, monitors and"
+            " protocols. Exits 1 listing every problem found."
+        ),
+    )
+    check.add_argument("file", nargs="?", metavar="FILE", help="a team configuration file")
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    import os
+
+    from . import _config
+    from .config import VARIABLES, ConfigError, load_config, load_settings
+
+    problems: list[str] = []
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        problems.append(str(exc))
+    else:
+        profile = settings.environment
+        print(f"environment ({profile} profile)")
+        for var in VARIABLES:
+            field_name = (
+                "environment"
+                if var.name == "BUTTRESS_ENV"
+                else var.name.lower().removeprefix("resilience_").removeprefix("buttress_")
+            )
+            value = getattr(settings, field_name)
+            if os.environ.get(var.name, "").strip():
+                source = "environment"
+            elif _config.PROFILE_DEFAULTS.get(profile, {}).get(var.name) is not None:
+                source = f"{profile} profile default"
+            else:
+                source = "default"
+            shown = "(unset)" if value is None else str(value)
+            print(f"  {var.name:<32} {shown:<12} {source}")
+    if args.file:
+        try:
+            team = load_config(args.file)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"cannot read {args.file}: {exc.strerror or exc}")
+        else:
+            print(f"team file {args.file}")
+            print(f"  team           {team.team or '(not named: give team= in code)'}")
+            if team.environment:
+                print(f"  environment    {team.environment}")
+            if team.storage:
+                print(f"  storage        {team.storage}")
+            settings_keys = {
+                k: v
+                for k, v in team.manager.items()
+                if k not in ("fallback_strategies", "thresholds")
+            }
+            for key, value in settings_keys.items():
+                print(f"  {key:<14} {value}")
+            print(f"  monitors       {len(team.monitors)}")
+            for spec in team.monitors:
+                print(f"    {spec.type.value}:{spec.name}")
+            strategies = team.manager.get("fallback_strategies", {})
+            print(f"  protocols      {len(strategies)}")
+            for rtype, actions in strategies.items():
+                steps = " -> ".join(_action_text(a) for a in actions)
+                print(f"    {getattr(rtype, 'value', rtype)}: {steps}")
+    if problems:
+        for problem in problems:
+            print(f"buttress config check: {problem}", file=sys.stderr)
+        return 1
+    print("configuration ok")
+    return 0
+
+
+def _action_text(action: Any) -> str:
+    strategy = getattr(action, "strategy", action)
+    name = str(getattr(strategy, "value", strategy)).lower()
+    target = getattr(action, "target", None)
+    return f"{name}({target})" if target else name
 
 
 if __name__ == "__main__":
