@@ -266,7 +266,7 @@ def main() -> int:
     if opts.kills < 1 or opts.items < 10:
         parser.error("--kills must be >= 1 and --items >= 10")
     n = opts.items
-    # kill points spread over the queue: after 5 to about 3/4 of the items, a different one each time
+    # kill points spread over the queue, from 5 to about 3/4 of it, a different one each time
     points = [5 + (i * 37) % max(1, (3 * n) // 4) for i in range(opts.kills)]
     print(
         f"{opts.kills} kills per queue, one per fresh queue of {n} keyed items; "
@@ -308,7 +308,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(c) for c in row[:-1]) + f" | {row[-1]:.1f} |")
-    print(json.dumps({"points": points}))
+    print(f"killed after reading k runs, k = {json.dumps(points)}")
     return 0
 
 
