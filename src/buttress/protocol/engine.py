@@ -33,6 +33,14 @@ shortest attempt seen so far ends the step instead. Once the deadline has passed
 that answer at once (USE_CACHE, QUEUE_REQUEST, CIRCUIT_BREAK) still run. The attempts themselves are
 bounded by the enclosing timeout, which cancels (async) or abandons (sync) them.
 
+**Routes.** A failure on a target that matches one of the resource's routes (``routes=`` of
+``register_targets``: ``"context_window"``, an exception type or a predicate, to a chain's name)
+is the request's fit for that target, not the target's health: the target is reported with
+``cool=False``, never retried, and :meth:`_Run.failed` raises :class:`_Reroute`, which
+:meth:`_Run.walk` catches to go on over the named chain (its own :class:`TargetPool`): each of
+its targets once, in order, within the same deadline, a routed or resource failure passing to
+the next. A route to a chain not registered leaves the error to the protocol as before.
+
 **Known bad resources.** A resource whose monitor says CRITICAL or UNAVAILABLE does not get
 retried (an exhausted quota does not recover in a backoff), and a target with the same name as
 such a monitor is skipped when the first target is chosen: the call switches at once.
