@@ -26,7 +26,11 @@ Scenarios, each run against each router with sequential calls:
    alternating rounds.
 
 buttress is driven by the loop a fallback protocol runs (``call_buttress``): choose a target,
-call it, report the outcome; a provider error moves to the next target at once. LiteLLM is
+call it, report the outcome; a provider error moves to the next target at once. It is measured again
+through the public path (``make_with_fallback``): an ``async def`` under
+``@with_fallback(ResourceType.API_QUOTA)`` with the targets registered on a ResilienceManager,
+each call run on one event loop; its overhead is read beside the same call made directly with
+httpx.AsyncClient on that loop. LiteLLM is
 configured as its documentation describes for a primary with a fallback in one model group
 (deployments ordered by ``order``, ``num_retries`` to reach the other, ``cooldown_time``); its
 telemetry and network look-ups are off (``LITELLM_LOCAL_MODEL_COST_MAP``), and it talks only to
