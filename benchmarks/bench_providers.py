@@ -26,7 +26,11 @@ Scenarios, each run against each router with sequential calls:
    alternating rounds.
 
 buttress is driven by the loop a fallback protocol runs (``call_buttress``): choose a target,
-call it, report the outcome; a provider error moves to the next target at once. LiteLLM is
+call it, report the outcome; a provider error moves to the next target at once. It is measured again
+through the public path (``make_with_fallback``): an ``async def`` under
+``@with_fallback(ResourceType.API_QUOTA)`` with the targets registered on a ResilienceManager,
+each call run on one event loop; its overhead is read beside the same call made directly with
+httpx.AsyncClient on that loop. LiteLLM is
 configured as its documentation describes for a primary with a fallback in one model group
 (deployments ordered by ``order``, ``num_retries`` to reach the other, ``cooldown_time``); its
 telemetry and network look-ups are off (``LITELLM_LOCAL_MODEL_COST_MAP``), and it talks only to
@@ -241,6 +245,75 @@ def make_buttress(providers: Providers, **options: Any) -> tuple[Callable[[], An
             return result
 
     return call_buttress, client
+
+
+_teams = itertools.count()
+#: One event loop for every async subject, so each pays the same loop round per call.
+_loop = asyncio.new_event_loop()
+
+
+def make_with_fallback(providers: Providers, **options: Any) -> tuple[Callable[[], Any], Any]:
+    """The public path: an ``async def`` under ``@with_fallback(ResourceType.API_QUOTA)``, its
+    targets (async callables over one httpx.AsyncClient) registered on a ResilienceManager."""
+    import httpx
+
+    from buttress import ResilienceManager, ResourceType, with_fallback
+
+    client = httpx.AsyncClient()
+    urls = {
+        "primary": providers.url(providers.primary) + "/chat/completions",
+        "secondary": providers.url(providers.secondary) + "/chat/completions",
+    }
+
+    def target(url: str) -> Callable[[], Any]:
+        async def call() -> Any:
+            response = await client.post(url, json=PAYLOAD)
+            if response.status_code >= 400:
+                raise ProviderError(response.status_code)
+            return response.json()
+
+        return call
+
+    class Team:
+        def __init__(self) -> None:
+            self.resilience = ResilienceManager(f"bench-{next(_teams)}")
+            self.resilience.register_targets(
+                ResourceType.API_QUOTA,
+                {name: target(url) for name, url in urls.items()},
+                cooldown=COOLDOWN,
+                storage=None,
+                **options,
+            )
+
+        @with_fallback(ResourceType.API_QUOTA)
+        async def complete(self) -> Any:
+            raise AssertionError("a callable target is called instead")
+
+    team = Team()
+
+    def call_with_fallback() -> Any:
+        return _loop.run_until_complete(team.complete())
+
+    return call_with_fallback, client
+
+
+def direct_async_call(providers: Providers) -> tuple[Callable[[], Any], Any]:
+    """The direct call of :func:`direct_call` with httpx.AsyncClient, on the same loop."""
+    import httpx
+
+    client = httpx.AsyncClient()
+    url = providers.url(providers.primary) + "/chat/completions"
+
+    async def call() -> Any:
+        response = await client.post(url, json=PAYLOAD)
+        if response.status_code >= 400:
+            raise ProviderError(response.status_code)
+        return response.json()
+
+    def run() -> Any:
+        return _loop.run_until_complete(call())
+
+    return run, client
 
 
 def make_litellm(providers: Providers) -> tuple[Callable[[], Any], Any]:
@@ -479,7 +552,11 @@ def main() -> None:
     logging.getLogger("LiteLLM Router").setLevel(logging.CRITICAL)
     providers = Providers()
     try:
-        routers = {"buttress TargetPool": make_buttress, "LiteLLM Router": make_litellm}
+        routers = {
+            "buttress TargetPool": make_buttress,
+            "buttress @with_fallback (async)": make_with_fallback,
+            "LiteLLM Router": make_litellm,
+        }
         results: dict[str, dict[str, Any]] = {}
         calls: dict[str, Callable[[], Any]] = {}
         for name, make in routers.items():
@@ -498,10 +575,28 @@ def main() -> None:
             returns[name] = outages(make, providers)
             print(f"{name}: outage done", file=sys.stderr, flush=True)
         direct, _ = direct_call(providers)
-        fresh = {name: make(providers)[0] for name, make in routers.items()}
+        fresh = {
+            name: make(providers)[0]
+            for name, make in routers.items()
+            if make is not make_with_fallback
+        }
         fresh["direct HTTP call again (the noise floor)"] = direct_call(providers)[0]
         costs = overhead(direct, fresh, seconds=max(5.0, args.seconds / 4))
         direct_alone = statistics.median(_mean(direct, 1000) for _ in range(1))
+        # the async subject against the same call made directly with httpx.AsyncClient on the
+        # same event loop: both pay the loop's round per call
+        adirect, _ = direct_async_call(providers)
+        acosts = overhead(
+            adirect,
+            {
+                "buttress @with_fallback (async), vs the direct async call": make_with_fallback(
+                    providers
+                )[0],
+                "direct async call again (the noise floor)": direct_async_call(providers)[0],
+            },
+            seconds=max(5.0, args.seconds / 4),
+        )
+        adirect_alone = _mean(adirect, 1000)
     finally:
         providers.close()
     pooled_ns, floor_ns = pool_cost()
@@ -541,7 +636,11 @@ def main() -> None:
     )
     print("|---|---|---|---|---|")
     print(f"| direct HTTP call (httpx; mean of 1,000) | {direct_alone * 1e6:,.0f} | — | | |")
-    for name, (median, ratio, low, low_ratio) in costs.items():
+    print(
+        f"| direct async HTTP call (httpx.AsyncClient, run_until_complete; mean of 1,000) "
+        f"| {adirect_alone * 1e6:,.0f} | — | | |"
+    )
+    for name, (median, ratio, low, low_ratio) in {**costs, **acosts}.items():
         print(
             f"| {name} | {median * 1e6:,.0f} | {ratio - 1:+.1%} | {low * 1e6:,.0f} "
             f"| {low_ratio - 1:+.1%} |"

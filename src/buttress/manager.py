@@ -676,6 +676,9 @@ class ResilienceManager:
         self,
         rtype: ResourceType | str,
         targets: Mapping[str, Any] | Sequence[tuple[str, Any]],
+        *,
+        chain: str | None = None,
+        routes: Mapping[Any, str] | None = None,
         **pool_options: Any,
     ) -> TargetPool:
         """Name the targets calls depending on ``rtype`` may use, in order of preference
@@ -684,8 +687,16 @@ class ResilienceManager:
         :class:`~buttress.protocol.TargetPool` (``probes``, ``cooldown``, ``prefer``, ``costs``,
         ``storage``...). With the manager's ``storage``, the pool keeps its state there under
         the resource type's name (``"api_quota"``), shared with every team on that storage;
-        ``name=`` keeps it apart, ``storage=None`` keeps it in this process."""
+        ``name=`` keeps it apart, ``storage=None`` keeps it in this process.
+
+        ``routes`` sends errors of a class to a named chain instead of down the protocol
+        (``{"context_window": "long-context"}``; a key may also be an exception type or a
+        predicate of the error): the failing target is neither retried nor cooled, and the call
+        goes on over the chain's targets within its deadline. ``chain="long-context"`` registers
+        such a chain (its own pool, breakers and cooldowns) without replacing the main targets."""
         resource = resource_type(rtype)
+        if chain is not None and (not isinstance(chain, str) or not chain):
+            raise TypeError(f"chain must be a non-empty str, got {chain!r}")
         if (
             isinstance(targets, Sequence)
             and not isinstance(targets, str | bytes)
@@ -702,8 +713,10 @@ class ResilienceManager:
             # every team on that storage sees the same targets' states
             shared = self._store is not None and pool_options["storage"] is self._store
             name = resource.value if shared else f"{self.team}.{resource.value}"
+            if chain is not None:
+                name = f"{name}.{chain}"
         pool = TargetPool(name, targets, **pool_options)
-        self.protocol_host.register_targets(resource, pool)
+        self.protocol_host.register_targets(resource, pool, chain=chain, routes=routes)
         self._feed_protocols(None, None)
         return pool
 

@@ -33,6 +33,14 @@ shortest attempt seen so far ends the step instead. Once the deadline has passed
 that answer at once (USE_CACHE, QUEUE_REQUEST, CIRCUIT_BREAK) still run. The attempts themselves are
 bounded by the enclosing timeout, which cancels (async) or abandons (sync) them.
 
+**Routes.** A failure on a target that matches one of the resource's routes (``routes=`` of
+``register_targets``: ``"context_window"``, an exception type or a predicate, to a chain's name)
+is the request's fit for that target, not the target's health: the target is reported with
+``cool=False``, never retried, and :meth:`_Run.failed` raises :class:`_Reroute`, which
+:meth:`_Run.walk` catches to go on over the named chain (its own :class:`TargetPool`): each of
+its targets once, in order, within the same deadline, a routed or resource failure passing to
+the next. A route to a chain not registered leaves the error to the protocol as before.
+
 **Known bad resources.** A resource whose monitor says CRITICAL or UNAVAILABLE does not get
 retried (an exhausted quota does not recover in a backoff), and a target with the same name as
 such a monitor is skipped when the first target is chosen: the call switches at once.
@@ -98,9 +106,9 @@ from ..queue import RequestQueue
 from .action import FallbackAction, FallbackProtocol, label
 from .classify import retry_after_of
 from .defaults import default_protocol
-from .targets import TargetChoice, TargetPool, _current_target
+from .targets import TargetChoice, TargetPool, _current_target, is_context_window_error
 
-__all__ = ["ProtocolHost", "cached_age", "degraded"]
+__all__ = ["ProtocolHost", "cached_age", "compile_routes", "degraded"]
 
 _log = logging.getLogger("buttress.protocol")
 
@@ -140,6 +148,57 @@ class _FailedStep(_events.ProtocolStep):
 
 #: Failed steps: per operation and strategy, the first logged at WARNING, then summaries.
 _FAILED = RepeatedWarnings("protocol", "failed protocol steps of {name!r}")
+
+
+_Routes = tuple[tuple[Callable[[BaseException], bool], str], ...]
+
+#: The error classes a route may name by a string.
+_ERROR_CLASSES: dict[str, Callable[[BaseException], bool]] = {
+    "context_window": is_context_window_error,
+}
+
+
+def compile_routes(routes: Mapping[Any, str] | None) -> _Routes:
+    """``routes`` as (predicate, chain name) pairs, checked: a key is an error class's name
+    (``"context_window"``), an exception type, or a predicate of the error; a value is a name."""
+    if routes is None:
+        return ()
+    if not isinstance(routes, Mapping):
+        raise TypeError(f"routes must be a mapping of error class to chain name, got {routes!r}")
+    out: list[tuple[Callable[[BaseException], bool], str]] = []
+    for key, name in routes.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"routes[{key!r}] must name a chain (a non-empty str), got {name!r}")
+        if isinstance(key, str):
+            matches = _ERROR_CLASSES.get(key)
+            if matches is None:
+                raise ValueError(
+                    f"routes: unknown error class {key!r}; use one of "
+                    f"{sorted(_ERROR_CLASSES)}, an exception type or a predicate"
+                )
+        elif isinstance(key, type) and issubclass(key, BaseException):
+            exc_type = key
+
+            def matches(error: BaseException, exc_type: type[BaseException] = exc_type) -> bool:
+                return isinstance(error, exc_type)
+
+        elif callable(key):
+            matches = key
+        else:
+            raise TypeError(
+                f"routes: a key must be an error class's name, an exception type or a "
+                f"predicate, got {key!r}"
+            )
+        out.append((matches, name))
+    return tuple(out)
+
+
+class _Reroute(Exception):
+    """Raised inside a walk when a failure is routed to another chain (caught by the walk)."""
+
+    def __init__(self, error: BaseException, chain: str, pool: TargetPool) -> None:
+        super().__init__(chain)
+        self.error, self.chain, self.pool = error, chain, pool
 
 
 class _Command:
@@ -242,6 +301,8 @@ class ProtocolHost:
         self._lock = threading.Lock()
         self._protocols: dict[ResourceType, FallbackProtocol] = {}
         self._pools: dict[ResourceType, TargetPool] = {}
+        self._chains: dict[tuple[ResourceType, str], TargetPool] = {}
+        self._routes: dict[ResourceType, _Routes] = {}
         self._breakers: dict[ResourceType, CircuitBreaker] = {}
         self._limiters: dict[ResourceType, AdaptiveConcurrency] = {}
         self._caches: dict[ResourceType, _Cache] = {}
@@ -285,20 +346,58 @@ class ProtocolHost:
         protocol = self._protocols.get(resource)
         return default_protocol(resource) if protocol is None else protocol
 
-    def register_targets(self, resource: ResourceType, pool: TargetPool) -> TargetPool:
+    def register_targets(
+        self,
+        resource: ResourceType,
+        pool: TargetPool,
+        *,
+        chain: str | None = None,
+        routes: Mapping[Any, str] | None = None,
+    ) -> TargetPool:
+        """Put ``pool`` in force for ``resource``'s calls, or, with ``chain``, keep it as the
+        named chain a route sends calls to. ``routes`` (the main pool's) maps an error class
+        (``"context_window"``, an exception type or a predicate) to a chain's name."""
+        compiled = compile_routes(routes)
+        if chain is not None and compiled:
+            raise ValueError(f"routes belong to the main pool; chain {chain!r} cannot have them")
         with self._lock:
-            old = self._pools.get(resource)
-            self._pools[resource] = pool
-            self._changed(resource)
+            if chain is not None:
+                old = self._chains.get((resource, chain))
+                self._chains[(resource, chain)] = pool
+            else:
+                old = self._pools.get(resource)
+                self._pools[resource] = pool
+                if compiled:
+                    self._routes[resource] = compiled
+                else:
+                    self._routes.pop(resource, None)
+                self._changed(resource)
         if old is not None and old is not pool:
             old.close()
         return pool
+
+    def chain(self, resource: ResourceType, name: str) -> TargetPool | None:
+        """The routed chain ``name`` of ``resource``, if registered."""
+        return self._chains.get((resource, name))
+
+    def route_of(self, resource: ResourceType, error: BaseException) -> str | None:
+        """The chain an error of ``resource`` is routed to (first matching route), or None."""
+        for matches, name in self._routes.get(resource, ()):
+            try:
+                if matches(error):
+                    return name
+            except Exception:  # a user predicate that breaks does not hide the error
+                _log.exception("route predicate %r raised on %r", matches, error)
+        return None
 
     def pool(self, resource: ResourceType) -> TargetPool | None:
         return self._pools.get(resource)
 
     def provider_states(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return {rtype.value: pool.states() for rtype, pool in self._pools.items()}
+        states = {rtype.value: pool.states() for rtype, pool in self._pools.items()}
+        for (rtype, chain), pool in self._chains.items():
+            states[f"{rtype.value}:{chain}"] = pool.states()
+        return states
 
     def set_bad(self, resource: ResourceType, names: frozenset[str]) -> None:
         """The names of ``resource``'s monitors now CRITICAL or UNAVAILABLE."""
@@ -753,6 +852,7 @@ class _Run:
         self.write = False
         self.deadline = deadline_on(self.clock, is_real(self.clock))
         self.classify = plan.protocol.classifier
+        self.routed: TargetPool | None = None  # the chain a routed call now runs on
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -807,8 +907,19 @@ class _Run:
         """Record a failed attempt; True when it is the resource failing (walk on)."""
         self._timed(took)
         self.error = error
-        resource = self.classify(error)
         choice, pool = self.choice, self.plan.pool
+        if choice is not None and pool is not None and self.routed is None:
+            chain = self.host.route_of(self.resource, error)
+            if chain is not None:
+                routed = self.host.chain(self.resource, chain)
+                if routed is not None:
+                    # The request's size, not the target's health: never cooled, never retried.
+                    pool.failed(choice, error, cool=False)
+                    self.tried.add(choice.name)
+                    self.choice = None
+                    raise _Reroute(error, chain, routed)
+                self.host.step(self, "ROUTE", chain, "skipped", error)
+        resource = self.classify(error)
         if choice is not None and pool is not None:
             # A credential refused is that target's fault, not the request's: cool it and go to
             # another target, but never retry it.
@@ -826,7 +937,7 @@ class _Run:
 
     def broke(self, error: BaseException) -> None:
         """A stream failed after its first chunk (the pool hears of it; nothing is retried)."""
-        pool = self.plan.pool
+        pool = self.plan.pool if self.routed is None else self.routed
         if pool is not None and self.target is not None:
             pool.failed(
                 TargetChoice(name=self.target, target=None, probe=False),
@@ -844,6 +955,59 @@ class _Run:
 
     def walk(self) -> Generator[Any, Any, Any]:
         """Yields a float (sleep) or a :class:`_Command`; receives ``(ok, value, took)``."""
+        try:
+            return (yield from self._walk())
+        except _Reroute as reroute:
+            return (yield from self._rerouted(reroute))
+
+    def _rerouted(self, reroute: _Reroute) -> Generator[Any, Any, Any]:
+        """The call on its routed chain: each of the chain's targets once, in its order, within
+        the deadline; a failure that routes (the same class of error) or that means the target
+        is failing moves on to the chain's next target, any other request error propagates."""
+        host, pool = self.host, reroute.pool
+        self.routed = pool
+        self.error = reroute.error
+        host.step(self, "ROUTE", self.target, "routed", reroute.error)
+        tried: set[str] = set()
+        while True:
+            choice = pool.choose(exclude=tried)
+            if choice is None:
+                if set(pool.names) <= tried:
+                    raise self.error
+                ready = pool.earliest_ready(exclude=tried)
+                wait = None if ready is None else max(0.0, ready - self.clock.now())
+                if wait is None or self.waited + wait > _FIRST_WAIT or not self.fits(wait):
+                    self.error = pool.exhausted_error(exclude=tried)
+                    host.step(self, "ROUTE", reroute.chain, "skipped", self.error)
+                    raise self.error
+                self.waited += wait
+                yield wait
+                continue
+            ok, value, took = yield self.command(choice)
+            target = self.target
+            self._timed(took)
+            self.choice = None
+            if ok:
+                pool.succeeded(choice)
+                cache = self.plan.cache
+                if cache is not None and not self.streaming and not self.write:
+                    host._remember(cache, self.fn, self.args, self.kwargs, value)
+                    _cache_age.set(None)
+                host.step(self, "ROUTE", target, "succeeded")
+                return value
+            resource = self.classify(value)
+            fault = not resource and self.classify.cools_target(value)
+            size = not resource and not fault and host.route_of(self.resource, value) is not None
+            pool.failed(choice, value, retry_after=retry_after_of(value), cool=resource or fault)
+            tried.add(choice.name)
+            self.error = value
+            host.step(self, "ROUTE", target, "failed", value)
+            if not (resource or fault or size):
+                raise value
+            if not self.fits(0.0):
+                raise value
+
+    def _walk(self) -> Generator[Any, Any, Any]:
         host, plan = self.host, self.plan
         # Read here, not when the run was made: the protocol's own timeout is entered between.
         self.deadline = deadline_on(self.clock, is_real(self.clock))
