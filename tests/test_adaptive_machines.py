@@ -344,3 +344,35 @@ def test_aimd_without_tolerance_reacts_to_drops_only() -> None:
     clock.advance(1.0)
     change = algorithm.sample(clock.now(), 0.1, limit, dropped=True)
     assert change == LimitChange(limit, limit - 1, "drop")
+
+
+def test_a_capacity_drop_is_not_taken_for_a_slower_dependency_while_its_queue_drains() -> None:
+    # After a cut, fewer calls are in flight at once, but the dependency's queue (built under the
+    # old limit) drains at its capacity: latency lags the cut for a window or two. Taking that lag
+    # for the dependency's new pace would rebaseline and give the whole cut back.
+    limiter = Gradient2(initial_limit=64, max_limit=64)
+    clock = 0.0
+
+    def window(rtt: float, inflight: int) -> None:
+        nonlocal clock
+        opened = limiter._opened
+        while True:
+            clock += rtt / 10
+            limiter.sample(clock + rtt, rtt, inflight)  # admitted at `clock`
+            if opened is None:
+                opened = limiter._opened
+            elif limiter._opened != opened:
+                clock += rtt
+                return
+
+    for _ in range(5):
+        window(0.1, 64)  # the baseline
+    window(0.8, 64)  # the capacity drops: latency 8x
+    assert limiter.limit <= 32
+    assert limiter.reason == "latency"
+    window(0.8, 32)  # calls admitted after the cut still wait behind the old queue
+    window(0.8, 32)
+    assert limiter.limit <= 32
+    assert limiter.reason != "rebaseline"
+    window(0.4, 32)  # the queue drains: latency falls with the cut, so cut again
+    assert limiter.limit <= 16

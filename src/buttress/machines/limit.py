@@ -269,9 +269,11 @@ class LimitAlgorithm:
 
     def _over(self, mean: float, load: float, baseline: float) -> tuple[float, str]:
         if self._cut_at is not None and mean >= self._cut_at * 0.95:
-            if self._holds < 3 and (not self._holds or load > 0.9 * self._cut_load):
+            if self._holds < 2 or (self._holds < 3 and load > 0.9 * self._cut_load):
                 # Calls admitted before the cut may still be queued in the dependency (and
-                # still in flight here): give the cut a window to take effect.
+                # still in flight here): give the cut two windows to take effect. Fewer calls in
+                # flight here is not enough to judge by: the dependency's own queue, built under
+                # the old limit, drains at its capacity, so its latency lags the cut.
                 self._holds += 1
                 return self._limit, ""
             # Fewer calls in flight, yet latency is not down: not our queue but the
