@@ -184,6 +184,19 @@ def test_config_check_without_a_file_checks_the_environment(
     assert "team file" not in out
 
 
+def test_config_check_never_prints_a_storage_password(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv("BUTTRESS_STORAGE_URL", "redis://app:Env-s3cret@127.0.0.1:6379/0")
+    team = tmp_path / "team.toml"
+    team.write_text('team = "t"\nstorage = "redis://app:File-s3cret@127.0.0.1:6379/1"\n')
+    assert main(["config", "check", str(team)]) == 0
+    out = capsys.readouterr().out
+    assert "redis://app:***@127.0.0.1:6379/0" in out
+    assert "Env-s3cret" not in out
+    assert "File-s3cret" not in out
+
+
 def test_config_check_lists_every_bad_variable_and_key(
     clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

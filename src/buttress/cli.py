@@ -458,6 +458,7 @@ def _config_check(args: argparse.Namespace) -> int:
     import os
 
     from . import _config
+    from ._redact import redact
     from .config import VARIABLES, ConfigError, load_config, load_settings
 
     problems: list[str] = []
@@ -481,7 +482,7 @@ def _config_check(args: argparse.Namespace) -> int:
                 source = f"{profile} profile default"
             else:
                 source = "default"
-            shown = "(unset)" if value is None else str(value)
+            shown = "(unset)" if value is None else redact(str(value))  # a storage URL's password
             print(f"  {var.name:<32} {shown:<12} {source}")
     if args.file:
         try:
@@ -496,7 +497,7 @@ def _config_check(args: argparse.Namespace) -> int:
             if team.environment:
                 print(f"  environment    {team.environment}")
             if team.storage:
-                print(f"  storage        {team.storage}")
+                print(f"  storage        {redact(team.storage)}")
             settings_keys = {
                 k: v
                 for k, v in team.manager.items()
@@ -514,7 +515,7 @@ def _config_check(args: argparse.Namespace) -> int:
                 print(f"    {getattr(rtype, 'value', rtype)}: {steps}")
     if problems:
         for problem in problems:
-            print(f"buttress config check: {problem}", file=sys.stderr)
+            print(f"buttress config check: {redact(problem)}", file=sys.stderr)
         return 1
     print("configuration ok")
     return 0

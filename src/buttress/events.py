@@ -317,8 +317,9 @@ class ProtocolStep(Event):
     ``resource`` is the resource type's value (``"api_quota"``); ``strategy`` the step's strategy
     name (``RETRY``, ``SWITCH_PROVIDER``, ..., ``CALL`` for the call's own first attempt and
     ``ROUTE`` for an error routed to another chain of targets); ``target`` the target it used, if
-    any; ``outcome`` ``succeeded``, ``failed``, ``skipped``, ``queued``, ``opened`` or ``routed``; ``elapsed`` seconds since the call began. Steps are logged at INFO;
-    failures at WARNING the first time, then summarised per interval (each at DEBUG).
+    any; ``outcome`` ``succeeded``, ``failed``, ``skipped``, ``queued``, ``opened`` or ``routed``;
+    ``elapsed`` seconds since the call began. Steps are logged at INFO; failures at WARNING the
+    first time, then summarised per interval (each at DEBUG).
     """
 
     kind: ClassVar[str] = "protocol_step"
