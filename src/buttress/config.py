@@ -88,7 +88,8 @@ class Variable:
     meaning: str
 
 
-#: Every environment variable buttress reads. Profile-dependent defaults show production's.
+#: The variables that configure the policies and the manager (production defaults shown; the
+#: MCP monitor reads MCP_CONFIG, the path of its server list, itself).
 VARIABLES: tuple[Variable, ...] = (
     Variable("BUTTRESS_ENV", "environment", "production", "profile: development or production"),
     Variable("RESILIENCE_CHECK_INTERVAL", "positive seconds", 30.0, "resource check interval"),
