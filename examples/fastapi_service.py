@@ -161,8 +161,9 @@ async def scenario(url: str, upstream: object) -> None:
         health = await http.get("/health")
         report = health.json()
         resource = report["resources"]["network:factor_api"]
+        breaker = report["circuits"]["factor_api"]["state"]
         print(f"GET /health -> {health.status_code} overall={report['overall_health']}",
-              f"factor_api={resource['status']} breaker={report['circuits']['factor_api']['state']}")
+              f"factor_api={resource['status']} breaker={breaker}")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import asyncio
 
 from _standins import AsyncServiceClient, service
 
-from buttress import retry, circuit_breaker
+from buttress import circuit_breaker, retry
 from buttress.testing import FakeClock
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from _standins import ServiceClient, service
 
 from buttress import ResilienceManager
-from buttress import ResourceType
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,8 +15,7 @@ import asyncio
 from _standins import AsyncServiceClient, ServiceClient, service
 
 import buttress
-from buttress import ResilienceManager
-from buttress import with_fallback, ResourceType
+from buttress import ResilienceManager, ResourceType, with_fallback
 
 
 class LLM:
@@ -62,7 +61,8 @@ async def main(urls):
     await team.start()
     try:
         for n in range(3):
-            print(f"post {n}:", await team.generate_content(f"a tagline for solar panels, take {n}"))
+            prompt = f"a tagline for solar panels, take {n}"
+            print(f"post {n}:", await team.generate_content(prompt))
         states = team.resilience.provider_states()["api_quota"]
         for name, state in states.items():
             print(f"provider {name}: {state['state']}", state.get("last_error") or "")

@@ -12,8 +12,7 @@ import asyncio
 from _standins import AsyncServiceClient, service
 
 import buttress
-from buttress import ResilienceManager, ResourceType
-from buttress import with_fallback
+from buttress import ResilienceManager, ResourceType, with_fallback
 
 
 class MCPClient:

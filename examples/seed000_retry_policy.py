@@ -8,7 +8,7 @@ import asyncio
 
 from _standins import AsyncServiceClient, service
 
-from buttress import retry, ExponentialBackoff
+from buttress import ExponentialBackoff, retry
 from buttress.testing import FakeClock
 
 with service(execute=[(503, "starting")] * 4 + [(200, [{"id": 1, "name": "ada"}])]) as database, \

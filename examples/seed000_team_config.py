@@ -1,7 +1,7 @@
 """Fallback protocols, "Per-Team Configuration": a team's own API-quota protocol."""
 # requires: buttress.FallbackAction
 
-from buttress import ResilienceManager, ResourceType, FallbackAction, FallbackStrategy
+from buttress import FallbackAction, FallbackStrategy, ResilienceManager, ResourceType
 
 # In team's __init__.py
 resilience_config = {

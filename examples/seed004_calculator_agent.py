@@ -8,8 +8,18 @@ they are on the import line.
 
 from _standins import ServiceClient, service
 
-from buttress import retry, timeout, fallback, CircuitBreaker, CircuitBreakerConfig, OperationType, FallbackStrategy
-from buttress import degradation_handler, DegradationTier, get_degradation_manager
+from buttress import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    DegradationTier,
+    FallbackStrategy,
+    OperationType,
+    degradation_handler,
+    fallback,
+    get_degradation_manager,
+    retry,
+    timeout,
+)
 from buttress.testing import FakeClock
 
 with service(get=[(503, "busy"), (200, 1.85), (500, "down")]) as api, FakeClock() as clock:

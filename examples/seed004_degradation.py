@@ -5,11 +5,7 @@ Health comes from a probe of local stand-in services on 127.0.0.1 (the LLM API t
 
 from _standins import ServiceClient, ServiceError, service
 
-from buttress import (
-    get_degradation_manager,
-    degradation_handler,
-    DegradationTier
-)
+from buttress import DegradationTier, degradation_handler, get_degradation_manager
 
 with service(factor_api=[(200, "ok")], llm_api=[(504, "Timeout")]) as services:
     client = ServiceClient(services.url)

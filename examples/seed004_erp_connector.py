@@ -8,7 +8,15 @@ Time is virtual.
 
 from _standins import ServiceClient, service
 
-from buttress import get_rate_limiter, RateLimitConfig, retry, timeout, fallback, OperationType, FallbackStrategy
+from buttress import (
+    FallbackStrategy,
+    OperationType,
+    RateLimitConfig,
+    fallback,
+    get_rate_limiter,
+    retry,
+    timeout,
+)
 from buttress.testing import FakeClock
 
 with service(fetch=[(200, {"spend": 1200})]) as erp, FakeClock() as clock:

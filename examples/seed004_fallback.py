@@ -6,7 +6,7 @@ once and then goes down, the supplier API is down from the start.
 
 from _standins import ServiceClient, service
 
-from buttress import fallback, FallbackStrategy
+from buttress import FallbackStrategy, fallback
 
 with service(fetch=[(200, {"steel": 1.85}), (500, "down")], fetch_all=[(500, "down")]) as api:
     external_api = supplier_api = ServiceClient(api.url)

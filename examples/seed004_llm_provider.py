@@ -5,8 +5,16 @@ The LLM API is a local stand-in on 127.0.0.1 that answers once and then fails. T
 
 from _standins import ServiceClient, service
 
-from buttress import retry, timeout, fallback, OperationType, FallbackStrategy
-from buttress import degradation_handler, DegradationTier, get_degradation_manager
+from buttress import (
+    DegradationTier,
+    FallbackStrategy,
+    OperationType,
+    degradation_handler,
+    fallback,
+    get_degradation_manager,
+    retry,
+    timeout,
+)
 from buttress.testing import FakeClock
 
 with service(generate=[(200, "Scope 3 covers the value chain."), (500, "overloaded")]) as llm, \

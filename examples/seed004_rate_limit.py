@@ -1,6 +1,6 @@
 """Resilience patterns, section 4: a token bucket of 10 requests/s with bursts of 20."""
 
-from buttress import RateLimiter, RateLimitConfig, RateLimitExceeded
+from buttress import RateLimitConfig, RateLimiter, RateLimitExceeded
 from buttress.testing import FakeClock
 
 with FakeClock() as clock:

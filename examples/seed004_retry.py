@@ -7,7 +7,7 @@ the waits taken are printed. Without the ``with FakeClock()`` the example runs i
 
 from _standins import ServiceClient, service
 
-from buttress import retry, RetryStrategy
+from buttress import RetryStrategy, retry
 from buttress.testing import FakeClock
 
 with service(get=[(503, "busy"), (503, "busy"), (200, 2.5)]) as api, FakeClock() as clock:

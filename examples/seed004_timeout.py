@@ -6,7 +6,7 @@ Time is virtual (``buttress.testing.FakeClock``), so the 30 s timeout fires at o
 
 from _standins import ServiceClient, service
 
-from buttress import timeout, OperationType, OperationTimeout
+from buttress import OperationTimeout, OperationType, timeout
 from buttress.testing import FakeClock
 
 with service(query=[(200, 0.42)]) as db, FakeClock() as clock:
