@@ -376,3 +376,39 @@ def test_a_capacity_drop_is_not_taken_for_a_slower_dependency_while_its_queue_dr
     assert limiter.reason != "rebaseline"
     window(0.4, 32)  # the queue drains: latency falls with the cut, so cut again
     assert limiter.limit <= 16
+
+
+def test_a_cut_judged_on_the_start_of_an_overload_cuts_again_as_latency_climbs() -> None:
+    # The window that saw the capacity fall held mostly calls admitted just before: it measured
+    # 1.25x the baseline and cut a little. Latency then climbs to 6x under the remaining limit;
+    # holding (and then giving the cut back as a "slower dependency") would leave the limit far
+    # above the new capacity for seconds. Latency that rises past the tolerance since the cut
+    # is a new cut.
+    limiter = Gradient2(initial_limit=64, max_limit=64)
+    clock = 0.0
+
+    def window(rtt: float, inflight: int) -> None:
+        nonlocal clock
+        opened = limiter._opened
+        while True:
+            clock += rtt / 10
+            limiter.sample(clock + rtt, rtt, inflight)
+            if opened is None:
+                opened = limiter._opened
+            elif limiter._opened != opened:
+                clock += rtt
+                return
+
+    for _ in range(5):
+        window(0.1, 64)
+    window(0.125, 64)
+    assert limiter.reason == "latency"
+    first = limiter.limit
+    assert first > 32
+    window(0.6, first)
+    assert limiter.reason == "latency"
+    assert limiter.limit <= first // 2 + 1
+    window(0.3, limiter.limit)  # the cut brought latency down: the knee is lower still
+    assert limiter.reason == "latency"
+    assert limiter.limit <= 16
+    assert limiter.baseline == pytest.approx(0.1)

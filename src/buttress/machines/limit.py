@@ -8,11 +8,12 @@ moves. The caller holds any lock.
 Windows
 -------
 Samples are summarised per *window*: a window closes at the first sample at least ``window``
-seconds (or twice the last window's mean round trip, if longer) after it opened, once it holds
-``min_samples`` samples; a drop closes it at once. One decision is made per window. After every
-change a new window opens and samples of calls that *started* before it are left out, so a
-window measures only calls admitted under the current limit (a cut is judged by what it did,
-not by calls already queued).
+seconds (or two baseline round trips, if longer) after it opened, once it holds ``min_samples``
+samples; a drop closes it at once. (While latency is far above the baseline a window therefore
+lasts about one round trip: its samples must start in it.) One decision is made per window.
+After every change a new window opens and samples of calls that *started* before it are left
+out, so a window measures only calls admitted under the current limit (a cut is judged by what
+it did, not by calls already queued).
 
 AIMD
 ----
@@ -67,6 +68,8 @@ windowing, baseline, growth rule and re-baselining live in :class:`LimitAlgorith
   window is left for the dependency to drain what was queued before the cut, at most three) the
   dependency itself got slower: the baseline is reset to the new
   latency and the limit restored to where it stood before the cuts (reason ``"rebaseline"``).
+  Latency that instead rises past the tolerance since the cut is cut again: the cut's window saw
+  only the start of the overload (calls admitted just before the capacity fell).
 """
 
 from __future__ import annotations
@@ -244,7 +247,6 @@ class LimitAlgorithm:
         return means[0][1]
 
     def _decide(self, mean: float, load: float, drops: int) -> tuple[float, str]:
-        self._last_mean = mean
         baseline = self._remember(mean)
         tolerance = self.tolerance
         if self._closes_late and tolerance is not None:
@@ -268,7 +270,8 @@ class LimitAlgorithm:
         return self._limit + self._step(), "increase"
 
     def _over(self, mean: float, load: float, baseline: float) -> tuple[float, str]:
-        if self._cut_at is not None and mean >= self._cut_at * 0.95:
+        cut_at = self._cut_at
+        if cut_at is not None and cut_at * 0.95 <= mean <= cut_at * cast(float, self.tolerance):
             if self._holds < 2 or (self._holds < 3 and load > 0.9 * self._cut_load):
                 # Calls admitted before the cut may still be queued in the dependency (and
                 # still in flight here): give the cut two windows to take effect. Fewer calls in
@@ -279,6 +282,11 @@ class LimitAlgorithm:
             # Fewer calls in flight, yet latency is not down: not our queue but the
             # dependency's own pace. Take it as the new baseline, give back what was cut.
             return self._rebaseline(mean), "rebaseline"
+        # Latency came down with the cut (the knee is lower still), or it rose past the
+        # tolerance since the cut: the cut's window saw only the start of the overload (calls
+        # admitted before the capacity fell), so it was judged on too low a latency. Cut again,
+        # from the latency now seen; a slower dependency is still given its limit back once
+        # latency stops moving (the limit before the first cut is kept).
         return self._cut(mean, load, baseline), "latency"
 
     def _rebaseline(self, mean: float) -> float:
@@ -307,11 +315,12 @@ class LimitAlgorithm:
         # up far above the capacity under a modest overload).
         return load < GROW_AT * self.limit
 
-    _last_mean = 0.0
-
     def _open(self, now: float) -> None:
         self._opened = now
-        self._span = max(self.window, 2 * self._last_mean)
+        # Two uncontended round trips: while latency is far above the baseline, a window closes
+        # about one round trip after it opened (its samples must start in it), with
+        # ``min_samples`` calls admitted under the current limit; plenty to see the overload.
+        self._span = max(self.window, 2 * (self.baseline or 0.0))
         self._clear()
 
     def _clear(self) -> None:
