@@ -7,8 +7,10 @@ what persist-queue and huey use unless told otherwise). The floors do the least 
 can: enqueue is one ``INSERT`` committed per item; consume is, per item, one transaction that
 selects the oldest row and deletes it. A second floor adds the one thing an idempotent queue
 cannot do without, a unique request key (a hash, as derived keys are): it shows what the key
-costs apart from the queue. Rates are items per second; ratios are to the first floor of the same
-run (compare ratios: the machine is shared and noisy).
+costs apart from the queue; its rowid-numbered variant writes the pages a buttress put writes
+(the row and its key's index entry: AUTOINCREMENT adds a third, its counter). Rates are items
+per second; ratios are to the first floor of the same run (compare ratios: the machine is shared
+and noisy).
 
 Durability is the same for all: a put is committed when it returns. A buttress consumer commits
 the acknowledgements of a batch with its next claim (one commit per batch, not per item): a crash
@@ -74,6 +76,23 @@ def keyed_floor(path: Path, n: int, sync: str) -> tuple[float, float]:
     conn.execute(
         "CREATE TABLE q (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE, payload TEXT)"
     )
+
+    def put() -> None:
+        for i in range(n):
+            payload = f'{{"args":[{i}]}}'
+            key = hashlib.sha256(payload.encode()).hexdigest()[:32]
+            conn.execute("INSERT OR IGNORE INTO q (key, payload) VALUES (?, ?)", (key, payload))
+
+    return timed(put), timed(lambda: take_oldest(conn))
+
+
+def keyed_floor_rowid(path: Path, n: int, sync: str) -> tuple[float, float]:
+    """The keyed floor numbered by the rowid instead of AUTOINCREMENT (as buttress numbers its
+    items): a put writes two pages, the row and its key's index entry, as buttress's does."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {sync}")
+    conn.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, key TEXT UNIQUE, payload TEXT)")
 
     def put() -> None:
         for i in range(n):
@@ -229,6 +248,7 @@ def main() -> None:
     runners = {
         "floor (INSERT / SELECT+DELETE)": floor,
         "floor with a unique key": keyed_floor,
+        "  the same, rowid-numbered": keyed_floor_rowid,
         "buttress RequestQueue": buttress_queue,
         "persist-queue SQLiteAckQueue": persist_queue,
         "huey SqliteHuey": huey_queue,
