@@ -7,6 +7,7 @@ calls local stand-in providers over HTTP, which count what each one receives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -394,6 +395,134 @@ def test_the_async_path_consults_the_shared_verdicts(
     figures["a"] = 100.0
     check(a)
     assert asyncio.run(b.with_resilience(_atarget, QUOTA)) == "anthropic"
+
+
+class ThreadNotingStore(MemoryStore):
+    """The memory store, noting the thread of every read and write of target states and
+    verdicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def targets(self, pool: str) -> dict[str, str]:
+        self.threads.append(threading.get_ident())
+        return super().targets(pool)
+
+    def swap_target(self, *args: Any, **kwargs: Any) -> tuple[bool, str | None]:
+        self.threads.append(threading.get_ident())
+        return super().swap_target(*args, **kwargs)
+
+    def verdicts(self, *args: Any, **kwargs: Any) -> dict[str, tuple[str, float]]:
+        self.threads.append(threading.get_ident())
+        return super().verdicts(*args, **kwargs)
+
+
+def test_the_async_path_never_waits_on_the_store_in_the_event_loop(clock: FakeClock) -> None:
+    store = ThreadNotingStore()
+    a = ResilienceManager("team-a", storage=store, check_interval=10, clock=clock)
+    a.register_api_quota_monitor("openai", lambda: 100.0)
+    b = ResilienceManager("team-b", storage=store, check_interval=10, clock=clock)
+    b.register_targets(QUOTA, ["openai", "anthropic", "mistral"])
+    calls: list[str | None] = []
+
+    async def fails_once() -> str | None:
+        calls.append(current_target())
+        if len(calls) == 1:
+            raise ConnectionError("a blip")
+        await asyncio.sleep(0)
+        return current_target()
+
+    async def scenario() -> tuple[int, list[int], list[int], Any, Any]:
+        loop = threading.get_ident()
+        store.threads.clear()
+        pooled = await b.with_resilience(_atarget, QUOTA)  # the fast path through the pool
+        fast = list(store.threads)
+        store.threads.clear()
+        walked = await b.with_resilience(fails_once, QUOTA)  # a failing call's walk
+        return loop, fast, list(store.threads), pooled, walked
+
+    try:
+        check(a)  # team A says openai's quota is exhausted
+        loop, fast, walk, pooled, walked = asyncio.run(scenario())
+        assert pooled == "anthropic"  # openai skipped on A's verdict
+        assert calls == ["anthropic", "mistral"]  # the blip cooled anthropic
+        assert walked == "mistral"
+        assert fast  # the store was consulted on both paths...
+        assert walk
+        assert loop not in fast + walk  # ...never from the event loop's thread
+    finally:
+        for manager in (a, b):
+            manager.stop()
+            manager.close()
+
+
+def test_the_sync_path_switches_past_a_target_known_bad(clock: FakeClock) -> None:
+    store = MemoryStore()
+    a = ResilienceManager("team-a", storage=store, check_interval=10, clock=clock)
+    a.register_api_quota_monitor("openai", lambda: 100.0)
+    b = ResilienceManager("team-b", storage=store, check_interval=10, clock=clock)
+    b.register_targets(QUOTA, ["openai", "anthropic", "mistral"])
+    calls: list[str | None] = []
+
+    def fails_once() -> str | None:
+        calls.append(current_target())
+        if len(calls) == 1:
+            raise ConnectionError("a blip")
+        return current_target()
+
+    try:
+        check(a)
+        # anthropic fails: the switch passes over openai (its quota is known exhausted)
+        assert b.call_with_resilience(fails_once, QUOTA) == "mistral"
+        assert calls == ["anthropic", "mistral"]
+    finally:
+        for manager in (a, b):
+            manager.stop()
+            manager.close()
+
+
+def test_a_cancelled_async_call_leaves_its_walk_to_close_when_the_worker_step_ends(
+    clock: FakeClock,
+) -> None:
+    gate, entered = threading.Event(), threading.Event()
+
+    class GatedStore(ThreadNotingStore):
+        hold = False
+
+        def verdicts(self, *args: Any, **kwargs: Any) -> dict[str, tuple[str, float]]:
+            if self.hold:
+                entered.set()
+                gate.wait(10)
+            return super().verdicts(*args, **kwargs)
+
+    store = GatedStore()
+    b = ResilienceManager("team-b", storage=store, check_interval=10, clock=clock)
+    b.register_api_quota_monitor("openai", lambda: 10.0)
+    b.register_targets(QUOTA, ["openai", "anthropic"])
+    errors: list[dict[str, Any]] = []
+
+    async def fails() -> None:
+        store.hold = True  # the walk's first step waits in the store
+        raise ConnectionError("down")
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        task = asyncio.create_task(b.with_resilience(fails, QUOTA))
+        assert await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        # cancelled, not "generator already executing": the walk is still in its worker step
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gate.set()
+
+    try:
+        asyncio.run(scenario())  # its shutdown waits for the worker; the walk closes then
+        assert errors == []
+    finally:
+        gate.set()
+        b.stop()
+        b.close()
 
 
 # -- without storage, and configuration ------------------------------------------------------------

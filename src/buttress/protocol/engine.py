@@ -43,7 +43,8 @@ the next. A route to a chain not registered leaves the error to the protocol as 
 
 **Known bad resources.** A resource whose monitor says CRITICAL or UNAVAILABLE does not get
 retried (an exhausted quota does not recover in a backoff), and a target with the same name as
-such a monitor is skipped when the first target is chosen: the call switches at once.
+such a monitor is skipped when the first target is chosen (the call switches at once) and passed
+over by a switch while another target is left.
 
 **Writes.** A call marked ``write=True`` goes to the pool's first registered target (the
 primary, :attr:`TargetPool.primary`, whatever order the pool prefers for reads) only:
@@ -71,6 +72,7 @@ detail at DEBUG), counted by the Prometheus hook and recorded in the ``protocols
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import json
@@ -313,6 +315,9 @@ class ProtocolHost:
         self._steps: deque[dict[str, Any]] = deque(maxlen=50)
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._random = _random.random
+        # Whether a call's steps may wait on a store (shared verdicts, a shared pool): async
+        # callers then take those steps in a worker thread, never on the event loop.
+        self._offload = False
 
     def __repr__(self) -> str:
         return f"ProtocolHost({self.team!r}, protocols={sorted(p.value for p in self._protocols)})"
@@ -360,6 +365,8 @@ class ProtocolHost:
         compiled = compile_routes(routes)
         if chain is not None and compiled:
             raise ValueError(f"routes belong to the main pool; chain {chain!r} cannot have them")
+        if pool.shared:
+            self._offload = True
         with self._lock:
             if chain is not None:
                 old = self._chains.get((resource, chain))
@@ -408,6 +415,7 @@ class ProtocolHost:
         what other processes know (shared verdicts); :meth:`set_bad` still writes to it."""
         known_bad.update(self._bad)
         self._bad = known_bad
+        self._offload = True
 
     def with_timeout(self, resource: ResourceType, seconds: float | None) -> Timeout | None:
         if seconds is None:
@@ -566,7 +574,10 @@ class ProtocolHost:
                 self._recovered(resource)
             return result
         if plan.pooled and not write:
-            choice = self._admit(plan, resource)
+            if self._offload:  # the choice reads the store
+                choice = await asyncio.to_thread(self._admit, plan, resource)
+            else:
+                choice = self._admit(plan, resource)
             if choice is not None:
                 call, cargs, ckwargs = _aimed(fn, args, kwargs, choice, bound)
                 token = _current_target.set(choice.name)
@@ -580,6 +591,11 @@ class ProtocolHost:
                     return await _adrive(run)
                 finally:
                     _current_target.reset(token)
+                assert plan.pool is not None
+                if self._offload and not plan.pool.settles_quietly(choice):
+                    return await asyncio.to_thread(
+                        self._done, plan, resource, choice, fn, args, kwargs, result
+                    )
                 return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
         run.writes(write)
@@ -1108,7 +1124,7 @@ class _Run:
             and any(a.strategy is FallbackStrategy.SWITCH_PROVIDER for a in later)
         ):
             # A provider-level failure with an untried target left: switch now, not after a backoff.
-            choice = pool.choose(exclude=self.tried)
+            choice = self._choose(pool, set(self.tried))
             if choice is not None:
                 self.stash = choice
                 host.step(self, "RETRY", self.target, "skipped")
@@ -1159,6 +1175,16 @@ class _Run:
             self.waited += wait
             yield wait
 
+    def _choose(self, pool: TargetPool, exclude: set[str]) -> TargetChoice | None:
+        """A target outside ``exclude`` to switch to: one that no monitor says is down while
+        there is one, else any."""
+        bad = self.host._bad.get(self.resource)
+        if bad:
+            choice = pool.choose(exclude=exclude | bad)
+            if choice is not None:
+                return choice
+        return pool.choose(exclude=exclude)
+
     def _excluded(self, only: str | None, *, tried: bool = True) -> set[str]:
         exclude = set(self.tried) if tried else set()
         pool = self.plan.pool
@@ -1178,7 +1204,7 @@ class _Run:
                 pool.release(choice)
                 choice = None
             if choice is None:
-                choice = pool.choose(exclude=self._excluded(only))
+                choice = self._choose(pool, self._excluded(only))
             if choice is None:
                 if not action.params["wait"]:
                     self.error = pool.exhausted_error(exclude=self._excluded(only))
@@ -1394,42 +1420,90 @@ def _drive(run: _Run) -> Any:
         walk.close()
 
 
+def _resume(walk: Generator[Any, Any, Any], reply: Any) -> tuple[bool, Any]:
+    """One step of a walk: (True, its result) once it ends, else (False, its next command)."""
+    try:
+        return False, walk.send(reply)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+class _Offloaded:
+    """A walk whose steps run in a worker thread (they may wait on a store), never on the loop.
+
+    The steps run in one copy of the caller's context; what a step sets there that the caller
+    reads (:func:`cached_age`) is copied back after each step. A cancelled call leaves its step
+    running (a thread cannot be stopped): the walk is closed when that step ends.
+    """
+
+    __slots__ = ("context", "running", "walk")
+
+    def __init__(self, walk: Generator[Any, Any, Any]) -> None:
+        self.walk = walk
+        self.context = contextvars.copy_context()
+        self.running: asyncio.Future[tuple[bool, Any]] | None = None
+
+    async def resume(self, reply: Any) -> tuple[bool, Any]:
+        loop = asyncio.get_running_loop()
+        self.running = loop.run_in_executor(None, self.context.run, _resume, self.walk, reply)
+        step = await asyncio.shield(self.running)
+        self.running = None
+        _cache_age.set(self.context.get(_cache_age))
+        return step
+
+    def close(self) -> None:
+        running = self.running
+        if running is not None and not running.done():
+            running.add_done_callback(lambda _: self.walk.close())
+        else:
+            self.walk.close()
+
+
 async def _adrive(run: _Run) -> Any:
     """Run a walk with awaited calls and sleeps (for a stream: up to its first chunk)."""
     walk = run.walk()
+    offloaded = _Offloaded(walk) if run.host._offload else None
     clock = run.clock
     try:
-        command = next(walk)
-        while True:
+        finished, command = (
+            _resume(walk, None) if offloaded is None else await offloaded.resume(None)
+        )
+        while not finished:
             if command.__class__ is float:
                 await clock.asleep(command)
-                command = walk.send(None)
-                continue
-            began = clock.now()
-            token = _current_target.set(command.target) if command.target is not None else None
-            flag = _degraded.set(True) if command.degraded else None
-            try:
-                if run.streaming:
-                    value = await _first_chunk(command)
-                elif command.limiter is not None:
-                    value = await command.limiter.acall(command.fn, *command.args, **command.kwargs)
-                else:
-                    value = command.fn(*command.args, **command.kwargs)
-                    if hasattr(value, "__await__"):
-                        value = await value
-                reply: tuple[bool, Any, float] = (True, value, clock.now() - began)
-            except Exception as error:
-                reply = (False, error, clock.now() - began)
-            finally:
-                if flag is not None:
-                    _degraded.reset(flag)
-                if token is not None:
-                    _current_target.reset(token)
-            command = walk.send(reply)
-    except StopIteration as stop:
-        return stop.value
+                reply: tuple[bool, Any, float] | None = None
+            else:
+                began = clock.now()
+                token = _current_target.set(command.target) if command.target is not None else None
+                flag = _degraded.set(True) if command.degraded else None
+                try:
+                    if run.streaming:
+                        value = await _first_chunk(command)
+                    elif command.limiter is not None:
+                        value = await command.limiter.acall(
+                            command.fn, *command.args, **command.kwargs
+                        )
+                    else:
+                        value = command.fn(*command.args, **command.kwargs)
+                        if hasattr(value, "__await__"):
+                            value = await value
+                    reply = (True, value, clock.now() - began)
+                except Exception as error:
+                    reply = (False, error, clock.now() - began)
+                finally:
+                    if flag is not None:
+                        _degraded.reset(flag)
+                    if token is not None:
+                        _current_target.reset(token)
+            finished, command = (
+                _resume(walk, reply) if offloaded is None else await offloaded.resume(reply)
+            )
+        return command
     finally:
-        walk.close()
+        if offloaded is None:
+            walk.close()
+        else:
+            offloaded.close()
 
 
 async def _first_chunk(command: _Command) -> tuple[Any, Any]:

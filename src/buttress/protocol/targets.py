@@ -343,6 +343,11 @@ class TargetPool:
         return tuple(slot.name for slot in self._order)
 
     @property
+    def shared(self) -> bool:
+        """Whether the pool keeps its states in a store (``storage=``)."""
+        return self._store is not None
+
+    @property
     def primary(self) -> str:
         """The first target registered (a database's primary: where writes go)."""
         return self._primary
@@ -424,6 +429,12 @@ class TargetPool:
         return await asyncio.to_thread(self.choose, exclude)
 
     # -- outcomes ----------------------------------------------------------------------------------
+
+    def settles_quietly(self, choice: TargetChoice) -> bool:
+        """Whether a success of ``choice`` changes nothing (so :meth:`succeeded` writes nothing
+        to the store): the common case."""
+        machine = self._slots[choice.name].machine
+        return machine.healthy and not (machine.failures or machine.level or choice.probe)
 
     def succeeded(self, choice: TargetChoice) -> None:
         """The call sent to ``choice`` succeeded."""
