@@ -440,7 +440,10 @@ def test_the_async_path_never_waits_on_the_store_in_the_event_loop(clock: FakeCl
         fast = list(store.threads)
         store.threads.clear()
         walked = await b.with_resilience(fails_once, QUOTA)  # a failing call's walk
-        return loop, fast, list(store.threads), pooled, walked
+        walk = list(store.threads)
+        store.threads.clear()
+        assert "api_quota:openai" in (await b.get_health_report())["shared"]
+        return loop, fast, walk + store.threads, pooled, walked
 
     try:
         check(a)  # team A says openai's quota is exhausted
@@ -448,7 +451,7 @@ def test_the_async_path_never_waits_on_the_store_in_the_event_loop(clock: FakeCl
         assert pooled == "anthropic"  # openai skipped on A's verdict
         assert calls == ["anthropic", "mistral"]  # the blip cooled anthropic
         assert walked == "mistral"
-        assert fast  # the store was consulted on both paths...
+        assert fast  # the store was consulted on both paths and by the report...
         assert walk
         assert loop not in fast + walk  # ...never from the event loop's thread
     finally:

@@ -57,6 +57,7 @@ imported otherwise; bad arguments fail at registration with the factory's error.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import threading
@@ -606,8 +607,10 @@ class ResilienceManager:
 
     async def get_health_report(self) -> dict[str, Any]:
         """The team's health report (the documented JSON shape), from the last results: no check
-        runs to answer it."""
-        return self.health_report()
+        runs to answer it. With ``storage``, the shared part is read in a worker thread."""
+        if self.shared is None and not self.protocol_host.stored:
+            return self.health_report()
+        return await asyncio.to_thread(self.health_report)
 
     # -- operator surface ------------------------------------------------------------------------
 

@@ -326,6 +326,11 @@ class ProtocolHost:
     def clock(self) -> Clock:
         return self._clock or get_clock()
 
+    @property
+    def stored(self) -> bool:
+        """Whether a call's steps may wait on a store (shared verdicts, a shared pool)."""
+        return self._offload
+
     # -- configuration ---------------------------------------------------------------------------
 
     def set_protocol(
