@@ -32,6 +32,11 @@ class ResourceType(Enum):
     DOCKER = "docker"
     K8S_POD = "k8s_pod"
 
+    # Every protocol call looks its resource type up in a few dicts: Enum's own __hash__ is a
+    # Python function (hash of the name), object's is a C slot. Members are singletons and
+    # compare by identity, so identity hashing is consistent with equality.
+    __hash__ = object.__hash__
+
 
 class ResourceStatus(Enum):
     """A resource's status, best first."""
@@ -40,6 +45,8 @@ class ResourceStatus(Enum):
     DEGRADED = "degraded"
     CRITICAL = "critical"
     UNAVAILABLE = "unavailable"
+
+    __hash__ = object.__hash__  # as ResourceType's
 
     @property
     def rank(self) -> int:
