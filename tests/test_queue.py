@@ -359,6 +359,29 @@ def test_done_key_is_acknowledged_without_running(make: MakeQueue) -> None:
     assert q.stats().depth == 0
 
 
+def test_a_dead_letter_requeued_while_its_request_is_queued_again_runs_once(
+    make: MakeQueue,
+) -> None:
+    q = make(max_attempts=1)
+    runs: list[int] = []
+
+    @q.handler
+    def work(x: int) -> None:
+        runs.append(x)
+        if len(runs) == 1:
+            raise RuntimeError("down")
+
+    q.put("work", [1], key="k")
+    q.process()
+    assert q.stats().dead == 1
+    assert q.put("work", [1], key="k").added  # queued again by its producer, not yet handled
+    q.requeue_dead()
+    assert q.stats().dead == 0
+    assert q.stats().depth == 1  # one request under one key
+    assert q.process() == 1
+    assert runs == [1, 1]
+
+
 def test_dead_letters_requeue_and_purge(make: MakeQueue, clock: FakeClock) -> None:
     q = make(max_attempts=1)
     healthy = False

@@ -15,6 +15,7 @@ flight or backing off holds the rest of that resource back (and nothing else).
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -168,20 +169,37 @@ class GroupedAcks(Protocol):
 
 
 class MemoryQueueStore:
-    """This process's memory: for tests and for queues that need not outlive the process."""
+    """This process's memory: for tests and for queues that need not outlive the process.
+
+    Each queue's items are a dict in id order (a claim walks it from the oldest and stops at its
+    batch), with a dict from key to id beside it (a put's duplicate check is one lookup); done
+    keys are a dict beside a queue of (until, key) in the order they were done, swept from the
+    front as they expire.
+    """
 
     url = "memory://"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: dict[str, dict[int, Item]] = {}
+        self._keys: dict[str, dict[str, int]] = {}
         self._dead: dict[str, dict[int, Item]] = {}
         self._done: dict[str, dict[str, float]] = {}
+        self._done_order: dict[str, deque[tuple[float, str]]] = {}  # (until, key), oldest first
         self._expired: dict[str, int] = {}
         self._next = 0
 
     def _q(self, queue: str) -> dict[int, Item]:
         return self._items.setdefault(queue, {})
+
+    def _drop(self, queue: str, item_id: int) -> Item | None:
+        """Take an item out of the queue (and its key out of the index)."""
+        item = self._q(queue).pop(item_id, None)
+        if item is not None:
+            keys = self._keys.get(queue)
+            if keys is not None and keys.get(item.key) == item_id:
+                del keys[item.key]
+        return item
 
     def _is_done(self, queue: str, key: str, now: float) -> bool:
         until = self._done.get(queue, {}).get(key)
@@ -190,15 +208,17 @@ class MemoryQueueStore:
     def put(self, queue: str, item: Item, max_depth: int | None, now: float) -> tuple[int, bool]:
         with self._lock:
             items = self._q(queue)
-            for existing in items.values():
-                if existing.key == item.key:
-                    return existing.id, False
+            keys = self._keys.setdefault(queue, {})
+            existing = keys.get(item.key)
+            if existing is not None:
+                return existing, False
             if self._is_done(queue, item.key, now):
                 return 0, False
             if max_depth is not None and len(items) >= max_depth:
                 return -1, False
             self._next += 1
             items[self._next] = replace(item, id=self._next)
+            keys[item.key] = self._next
             return self._next, True
 
     def claim(
@@ -206,24 +226,22 @@ class MemoryQueueStore:
     ) -> Claimed:
         out = Claimed()
         with self._lock:
-            items = self._q(queue)
-            heads: set[int] = set()
-            seen: set[str] = set()
-            for item in sorted(items.values(), key=lambda i: i.id):
-                if item.resource is not None and item.resource not in seen:
-                    seen.add(item.resource)
-                    heads.add(item.id)
-            for item in sorted(items.values(), key=lambda i: i.id):
+            seen: set[str] = set()  # resources whose head (oldest item) was passed
+            for item in list(self._q(queue).values()):  # in id order
                 if len(out.items) >= limit:
                     break
+                head = True
+                if item.resource is not None:
+                    head = item.resource not in seen
+                    seen.add(item.resource)
                 if item.expires is not None and item.expires <= now:
-                    del items[item.id]
+                    self._drop(queue, item.id)
                     out.expired += 1
                     continue
-                if item.visible > now or (item.resource is not None and item.id not in heads):
+                if item.visible > now or not head:
                     continue
                 if self._is_done(queue, item.key, now):
-                    del items[item.id]
+                    self._drop(queue, item.id)
                     out.skipped += 1
                     continue
                 if item.owner is not None and item.attempts >= max_attempts:
@@ -238,7 +256,7 @@ class MemoryQueueStore:
         return out
 
     def _bury(self, queue: str, item: Item, error: str | None, now: float) -> None:
-        del self._items[queue][item.id]
+        self._drop(queue, item.id)
         if error is not None:
             _note_error(item, error, now)
         item.died = now
@@ -260,9 +278,15 @@ class MemoryQueueStore:
         with self._lock:
             done = self._done.setdefault(queue, {})
             done[key] = done_until
-            self._q(queue).pop(item_id, None)
-            for old in [k for k, until in done.items() if until <= now]:
-                del done[old]
+            order = self._done_order.setdefault(queue, deque())
+            order.append((done_until, key))
+            queued = self._keys.get(queue, {}).get(key)
+            if queued is not None:  # by key, as the other stores acknowledge
+                self._drop(queue, queued)
+            while order and order[0][0] <= now:
+                until, old = order.popleft()
+                if done.get(old) == until:  # not acknowledged again since
+                    del done[old]
 
     def fail(
         self,
@@ -324,12 +348,18 @@ class MemoryQueueStore:
         with self._lock:
             dead = self._dead.get(queue, {})
             chosen = list(dead) if ids is None else [i for i in ids if i in dead]
+            items, keys = self._q(queue), self._keys.setdefault(queue, {})
             for item_id in chosen:
                 item = dead.pop(item_id)
+                if item.key in keys:
+                    continue  # the same request is queued again already
                 item.attempts = 0
                 item.visible = now
                 item.died = None
-                self._q(queue)[item_id] = item
+                items[item_id] = item
+                keys[item.key] = item_id
+            if chosen:  # back in id order
+                self._items[queue] = dict(sorted(items.items()))
             return len(chosen)
 
     def purge_dead(self, queue: str, ids: list[int] | None) -> int:
