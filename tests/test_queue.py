@@ -654,3 +654,46 @@ def test_replay_on_a_schedule(store: QueueStore) -> None:
     stop()
     assert q.stats().depth == 0
     q.close()
+
+
+def test_sqlite_sweeps_done_keys_past_their_time_a_bounded_slice_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    import buttress.queue.sqlite as queue_sqlite
+
+    monkeypatch.setattr(queue_sqlite, "SWEEP_EVERY", 10)  # a sweep per 10 acknowledgements
+    monkeypatch.setattr(queue_sqlite, "SWEEP_SPAN", 15)  # of the next 15 done keys
+    path = tmp_path / "q.db"
+    store = SQLiteQueueStore(path)
+    q = RequestQueue("jobs", storage=store, clock=clock, done_for=60)
+
+    @q.handler
+    def work(x: int) -> None:
+        pass
+
+    def batch(prefix: str) -> None:
+        for i in range(10):
+            q.put("work", [i], key=f"{prefix}{i}")
+        q.process()
+
+    conn = sqlite3.connect(path)
+
+    def done_keys() -> list[str]:
+        return [k for (k,) in conn.execute("SELECT key FROM buttress_queue_done ORDER BY key")]
+
+    def keys(prefix: str, indices: range = range(10)) -> list[str]:
+        return [f"{prefix}{i}" for i in indices]
+
+    try:
+        batch("a")  # a sweep of a0-a9 (fewer than 15 left): none past its time; then wrap
+        batch("b")  # a sweep of a0-a9, b0-b4: none past its time
+        clock.advance(61.0)  # a and b are past their time
+        batch("c")  # a sweep of b5-b9, c0-c9: a0-b4 are not looked at
+        assert done_keys() == keys("a") + keys("b", range(5)) + keys("c")
+        batch("d")  # d0-d9, the rest: then wrap
+        batch("e")  # a0-a9, b0-b4
+        assert done_keys() == keys("c") + keys("d") + keys("e")
+    finally:
+        conn.close()
+        q.close()
+        store.close()

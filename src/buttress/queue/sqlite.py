@@ -130,9 +130,13 @@ CREATE TABLE IF NOT EXISTS buttress_queue_counts (
 ) WITHOUT ROWID;
 """
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
-# acknowledgements between sweeps of done keys past their time (a scan of the done keys:
-# unindexed by time, so that an acknowledgement writes one index the fewer)
+# acknowledgements between sweeps of the queue's done keys past their time. A sweep looks at the
+# next SWEEP_SPAN keys in key order, from where the last one stopped, and wraps around: a bounded
+# range of the primary key, where a sweep of the whole table would take longer the more keys are
+# done (7 days of them by default). Each key is looked at once per pass, so a key past its time
+# may stay up to one pass longer (its time is checked wherever it is read).
 SWEEP_EVERY = 1000
+SWEEP_SPAN = 2000
 _UNLIMITED = 2**62
 # this process's id, kept by a fork hook: a connection must not cross a fork, and os.getpid() is
 # a system call per step
@@ -190,6 +194,7 @@ class SQLiteQueueStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._acks = 0
+        self._swept: dict[str, str] = {}  # queue: the last done key the last sweep looked at
         self._closed = False
         self._check_and_create()
 
@@ -466,7 +471,29 @@ class SQLiteQueueStore:
             )
         before, self._acks = self._acks, self._acks + len(handled)
         if before // SWEEP_EVERY != self._acks // SWEEP_EVERY:
-            conn.execute("DELETE FROM buttress_queue_done WHERE until <= ?", (now,))
+            self._sweep(conn, queue, now)
+
+    def _sweep(self, conn: sqlite3.Connection, queue: str, now: float) -> None:
+        """Delete the done keys past their time among the next ``SWEEP_SPAN`` of ``queue``."""
+        start = self._swept.get(queue, "")
+        row = conn.execute(
+            "SELECT key FROM buttress_queue_done WHERE queue = ? AND key > ? ORDER BY key "
+            "LIMIT 1 OFFSET ?",
+            (queue, start, SWEEP_SPAN - 1),
+        ).fetchone()
+        if row is None:  # the rest of the keys: the next pass starts from the first
+            conn.execute(
+                "DELETE FROM buttress_queue_done WHERE queue = ? AND key > ? AND until <= ?",
+                (queue, start, now),
+            )
+            self._swept[queue] = ""
+        else:
+            conn.execute(
+                "DELETE FROM buttress_queue_done WHERE queue = ? AND key > ? AND key <= ? "
+                "AND until <= ?",
+                (queue, start, row[0], now),
+            )
+            self._swept[queue] = row[0]
 
     def fail(
         self,
