@@ -2,7 +2,7 @@
 
     queue_worker.py produce QUEUE_DB COUNT PREFIX
     queue_worker.py consume QUEUE_DB EFFECTS_DB [--batch N] [--lease S] [--die-at N]
-        [--until-flag PATH]
+        [--until-flag PATH] [--max-attempts N]
 
 The handler writes, in one transaction of the effects database, a row to ``runs`` (every run,
 with its attempt) and, keyed by the idempotency key, a row to ``effects`` (once per key): the
@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--die-at", type=int, default=0)
     parser.add_argument("--until-flag", default="")
+    parser.add_argument("--max-attempts", type=int, default=5)
     opts = parser.parse_args()
     storage = opts.queue_db if "://" in opts.queue_db else f"sqlite:///{opts.queue_db}"
     q = RequestQueue(
@@ -48,6 +49,7 @@ def main() -> int:
         batch=opts.batch,
         visibility_timeout=opts.lease,
         max_depth=None,
+        max_attempts=opts.max_attempts,
     )
     runs = 0
 

@@ -227,7 +227,9 @@ class MemoryQueueStore:
         out = Claimed()
         with self._lock:
             seen: set[str] = set()  # resources whose head (oldest item) was passed
-            for item in list(self._q(queue).values()):  # in id order
+            gone: list[int] = []  # expired or done: taken out after the walk
+            dead: list[Item] = []
+            for item in self._q(queue).values():  # in id order
                 if len(out.items) >= limit:
                     break
                 head = True
@@ -235,23 +237,27 @@ class MemoryQueueStore:
                     head = item.resource not in seen
                     seen.add(item.resource)
                 if item.expires is not None and item.expires <= now:
-                    self._drop(queue, item.id)
+                    gone.append(item.id)
                     out.expired += 1
                     continue
                 if item.visible > now or not head:
                     continue
                 if self._is_done(queue, item.key, now):
-                    self._drop(queue, item.id)
+                    gone.append(item.id)
                     out.skipped += 1
                     continue
                 if item.owner is not None and item.attempts >= max_attempts:
-                    self._bury(queue, item, LEASE_RAN_OUT, now)
-                    out.dead += 1
+                    dead.append(item)
                     continue
                 item.attempts += 1
                 item.owner = owner
                 item.visible = now + lease
                 out.items.append(replace(item))
+            for item_id in gone:
+                self._drop(queue, item_id)
+            for item in dead:
+                self._bury(queue, item, LEASE_RAN_OUT, now)
+            out.dead = len(dead)
             self._expired[queue] = self._expired.get(queue, 0) + out.expired
         return out
 
