@@ -294,6 +294,32 @@ def test_a_worker_dying_every_time_ends_in_dead_letters(make: MakeQueue, clock: 
     assert "lease ran out" in dead.last_error
 
 
+@pytest.mark.usefixtures("virtual_leases")
+def test_a_batch_whose_worker_died_comes_back_one_item_per_claim(
+    make: MakeQueue, clock: FakeClock
+) -> None:
+    q = make(visibility_timeout=5, max_attempts=3, batch=4)
+    with_log(q, [])
+    for i in range(6):
+        q.put("work", [i])
+    held = q._claim()  # a worker dies holding a batch of four, again and again
+    assert [item.attempts for item in held] == [1, 1, 1, 1]
+    q._heartbeat.release_all([item.id for item in held])
+    for attempt in (2, 3):
+        clock.advance(6)
+        (alone,) = q._claim()  # the first of them, alone: perhaps it is what kills the worker
+        assert (alone.id, alone.attempts) == (held[0].id, attempt)
+        q._heartbeat.release(alone.id)
+    clock.advance(6)
+    rest = [q._claim() for _ in range(4)]  # the first is buried; its batch-mates one by one
+    assert [[item.id for item in got] for got in rest] == [[item.id] for item in held[1:]] + [
+        [held[-1].id + 1, held[-1].id + 2]
+    ]
+    assert [item.attempts for got in rest[:3] for item in got] == [2, 2, 2]
+    (dead,) = q.dead_letters()
+    assert dead.id == held[0].id
+
+
 def test_expired_items_are_dropped_and_counted(make: MakeQueue, clock: FakeClock) -> None:
     q = make(ttl=60)
     log: list[tuple[str, Any, int]] = []

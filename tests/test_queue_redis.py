@@ -12,6 +12,7 @@ import pytest
 
 from buttress.errors import StorageUnavailable
 from buttress.queue import RequestQueue, current_request
+from buttress.queue.store import Item
 
 redis = pytest.importorskip("redis")
 
@@ -50,7 +51,7 @@ def test_dead_consumers_entries_are_claimed_page_by_page(client: Any) -> None:
     for item in held:
         a._heartbeat.release(item.id)
     assert b.process() == 0  # their leases hold
-    drain(b)  # then XAUTOCLAIM pages through them, five at a time
+    drain(b)  # then XAUTOCLAIM pages through them, one at a time (their worker died)
     assert {k for k, _ in seen} == keys
     assert len(seen) == 40
     assert {attempt for _, attempt in seen} == {2}
@@ -322,6 +323,33 @@ def test_queues_on_a_cluster(cluster_url: str) -> None:
     for name in names:
         poisoned(client, f"{name}-client")
     client.close()
+
+
+def test_a_batch_whose_worker_died_comes_back_one_entry_per_claim(client: Any) -> None:
+    q = RequestQueue("jobs", storage=client, visibility_timeout=0.2, batch=4)
+    q.handler("work")(lambda x: None)
+    for i in range(4):
+        q.put("work", [i])
+    held = q._claim()  # its worker dies holding all four
+    assert len(held) == 4
+    for item in held:
+        q._heartbeat.release(item.id)
+    pause = threading.Event()
+    claims: list[list[Item]] = []
+    for _ in range(200):
+        got = q._claim()
+        if got:
+            claims.append(got)
+            for item in got:
+                q._heartbeat.release(item.id)
+            if sum(len(c) for c in claims) == 4:
+                break
+        else:
+            pause.wait(0.02)  # until the leases run out (Redis measures them)
+    assert [len(c) for c in claims] == [1, 1, 1, 1]  # alone: any of them may be what kills
+    assert sorted(c[0].id for c in claims) == sorted(item.id for item in held)
+    assert {c[0].attempts for c in claims} == {2}
+    q.close()
 
 
 def test_a_worker_dying_every_time_ends_in_dead_letters(client: Any) -> None:

@@ -12,8 +12,10 @@ Delivery is at least once; effects are exactly once by the idempotency key. A wo
 items: each claim counts an attempt and leases the item for ``visibility_timeout`` seconds, and a
 heartbeat renews the leases of the items the worker holds while their handlers run. A worker that
 dies stops renewing; its items become visible again when their leases run out and another worker
-(or the same one, restarted) takes them: nothing needs unlocking. A handled request is
-acknowledged in one step that deletes the item and records its key as *done* (kept for
+(or the same one, restarted) takes them: nothing needs unlocking. Each such item is claimed
+alone: the worker died holding a batch, perhaps because of one request in it, and only that one
+should use up its attempts (``max_attempts`` deaths send it to the dead letters). A handled
+request is acknowledged in one step that deletes the item and records its key as *done* (kept for
 ``done_for`` seconds); an item whose key is done is acknowledged without running, and an enqueue
 of a done or queued key adds nothing. On a store where a commit per acknowledgement is the main
 cost (SQLite: :class:`~buttress.queue.store.GroupedAcks`), the acknowledgements of a batch are
@@ -556,6 +558,14 @@ class RequestQueue:
             self._settled(handled, ok)
 
     def _claim(self, limit: int | None = None) -> list[Item]:
+        """Claim what is due; a claim that only settled items (done, expired, dead) is followed
+        by another, so that "nothing claimed" means nothing is due."""
+        while True:
+            items, settled = self._claim_once(limit)
+            if items or not settled:
+                return items
+
+    def _claim_once(self, limit: int | None) -> tuple[list[Item], int]:
         now = self._wall()
         batch = self.batch if limit is None else min(self.batch, limit)
         handled = self._take_handled() if self._grouped is not None else []
@@ -584,7 +594,7 @@ class RequestQueue:
         self.counts["dead"] += got.dead
         if got.items:
             self._heartbeat.hold([item.id for item in got.items])
-        return got.items
+        return got.items, got.skipped + got.expired + got.dead
 
     def _delivering(self, item: Item) -> _Delivery:
         return _Delivery(self, item)

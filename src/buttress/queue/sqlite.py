@@ -410,10 +410,16 @@ class SQLiteQueueStore:
                 _bury(conn, item, now)
                 out.dead += 1
             else:
+                # its lease ran out: its worker died holding it, and perhaps because of it
+                suspect = item.owner is not None
+                if suspect and out.items:
+                    break  # delivered alone, by a later claim
                 item.attempts += 1
                 item.owner = owner
                 item.visible = now + lease
                 out.items.append(item)
+                if suspect:
+                    break
         for start in range(0, len(out.items), _CHUNK):
             ids = [item.id for item in out.items[start : start + _CHUNK]]
             conn.execute(

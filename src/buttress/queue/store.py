@@ -7,7 +7,10 @@ atomic with respect to the other callers of the same store: one lock in memory, 
 
 An item is *visible* when ``visible <= now``. Claiming an item sets ``visible`` to the end of the
 lease, names the owner and counts the delivery in ``attempts``; a lease that runs out makes the
-item visible again by itself. Items with a ``resource`` are delivered in order, one at a time: an
+item visible again by itself, and a claim then delivers it alone: its worker died holding a
+batch, perhaps because of it (a request that crashes the process), so its batch-mates are not
+claimed with it again and only it uses up its attempts. Items with a ``resource`` are delivered
+in order, one at a time: an
 item is claimable only while it is the oldest of its resource, so a resource's head that is in
 flight or backing off holds the rest of that resource back (and nothing else).
 """
@@ -249,10 +252,16 @@ class MemoryQueueStore:
                 if item.owner is not None and item.attempts >= max_attempts:
                     dead.append(item)
                     continue
+                # its lease ran out: its worker died holding it, and perhaps because of it
+                suspect = item.owner is not None
+                if suspect and out.items:
+                    break  # delivered alone, by a later claim
                 item.attempts += 1
                 item.owner = owner
                 item.visible = now + lease
                 out.items.append(replace(item))
+                if suspect:
+                    break
             for item_id in gone:
                 self._drop(queue, item_id)
             for item in dead:

@@ -1,5 +1,6 @@
--- Claim up to `limit` entries for `owner`: first retries now due, then those whose lease ran out
--- (XAUTOCLAIM, paging through the pending list from `cursor`), then new ones (XREADGROUP).
+-- Claim up to `limit` entries for `owner`: first retries now due; when none is, one entry whose
+-- lease ran out (XAUTOCLAIM, paging through the pending list from `cursor`), alone: its worker
+-- died holding it, perhaps because of it; else new ones (XREADGROUP).
 -- Needs prelude.lua.
 -- ARGV: owner, lease (ms), limit, max attempts, now, cursor, pages, JSON [error, at] for an entry
 -- whose worker stopped once too often.
@@ -24,10 +25,10 @@ end  -- (an id not yet delivered stays: XREADGROUP delivers it)
 local taken = {}
 for _, entry in ipairs(got) do taken[entry[1]] = true end
 
+local alone = false
 for _ = 1, pages do
-  if #got >= limit then break end
-  local reply = redis.pcall('XAUTOCLAIM', STREAM, GROUP, owner, lease, cursor,
-    'COUNT', limit - #got)
+  if #got > 0 then break end
+  local reply = redis.pcall('XAUTOCLAIM', STREAM, GROUP, owner, lease, cursor, 'COUNT', 1)
   if no_group(reply) then cursor = '0-0' break end
   cursor = reply[1]
   for _, entry in ipairs(reply[2]) do
@@ -35,12 +36,13 @@ for _ = 1, pages do
       forget(entry[1], nil)  -- (6.2: deleted)
     elseif not taken[entry[1]] then
       got[#got + 1] = entry
+      alone = true
     end
   end
   for _, id in ipairs(reply[3] or {}) do forget(id, nil) end  -- (7: deleted, out of the list)
   if cursor == '0-0' then break end
 end
-if #got < limit then
+if not alone and #got < limit then
   local args = {'XREADGROUP', 'GROUP', GROUP, owner, 'COUNT', limit - #got, 'STREAMS', STREAM, '>'}
   local reply = redis.pcall(unpack(args))
   if no_group(reply) then reply = redis.call(unpack(args)) end
