@@ -352,6 +352,30 @@ def test_a_batch_whose_worker_died_comes_back_one_entry_per_claim(client: Any) -
     q.close()
 
 
+def test_retries_not_yet_due_never_hold_back_new_entries(client: Any) -> None:
+    q = RequestQueue("jobs", storage=client, visibility_timeout=0.1, retry_delay=3600)
+
+    @q.handler
+    def work(x: int) -> None:
+        if x < 3:
+            raise ConnectionError("down")
+
+    for i in range(3):
+        q.put("work", [i])
+    assert q.process() == 3  # all three fail: due again in an hour, pending meanwhile
+    stream = "buttress:queue:{jobs}:stream"
+    pause = threading.Event()
+    for _ in range(200):  # until XAUTOCLAIM would bring them (idle past the lease)
+        pending = client.xpending_range(stream, "workers", "-", "+", 10)
+        if len(pending) == 3 and min(p["time_since_delivered"] for p in pending) > 150:
+            break
+        pause.wait(0.02)
+    new = q.put("work", [3])
+    (item,) = q._claim()  # the first claim: the new entry, not an empty hand
+    assert item.id == new.id
+    q.close()
+
+
 def test_a_worker_dying_every_time_ends_in_dead_letters(client: Any) -> None:
     q = RequestQueue("jobs", storage=client, visibility_timeout=0.2, max_attempts=2)
     q.handler("work")(lambda x: None)

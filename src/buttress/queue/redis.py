@@ -26,7 +26,9 @@ time* there is the lease, measured by the server's clock (so hosts with skewed c
 test clock does not move it). A claim (``claim.lua``) first takes the entries idle for at
 least the visibility timeout with ``XAUTOCLAIM``, paging through the pending list with its cursor
 (kept per queue between claims, so a long list is swept a part per claim; on Redis 7 the ids it
-reports deleted are cleaned up, on 6.2 the entries with no fields), then new entries with
+reports deleted are cleaned up, on 6.2 the entries with no fields), one at a time: an entry whose
+lease ran out is delivered alone (its worker died holding it, perhaps because of it), and a retry
+found there before it is due is set aside again without counting; then new entries with
 ``XREADGROUP``, and counts each delivery, all in one script: an entry changes hands only there,
 and only once its idle time reached the lease. The heartbeat (``renew.lua``) resets the idle
 time with ``XCLAIM ... IDLE 0 JUSTID``, only for entries its worker still holds (checked with

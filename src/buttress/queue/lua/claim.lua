@@ -32,8 +32,12 @@ for _ = 1, pages do
   if no_group(reply) then cursor = '0-0' break end
   cursor = reply[1]
   for _, entry in ipairs(reply[2]) do
+    local due = entry[2] and redis.call('ZSCORE', LATER, entry[1])
+    due = due and (is_inf(due) and math.huge or tonumber(due))
     if not entry[2] then
       forget(entry[1], nil)  -- (6.2: deleted)
+    elseif due and due > now then
+      due_in(entry[1], owner, lease, math.ceil((due - now) * 1000))  -- a retry not yet due
     elseif not taken[entry[1]] then
       got[#got + 1] = entry
       alone = true
