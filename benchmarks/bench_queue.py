@@ -67,32 +67,16 @@ def floor(path: Path, n: int, sync: str) -> tuple[float, float]:
     return timed(put), timed(lambda: take_oldest(conn))
 
 
-def keyed_floor(path: Path, n: int, sync: str) -> tuple[float, float]:
+def keyed_floor(path: Path, n: int, sync: str, *, rowid: bool = False) -> tuple[float, float]:
     """The floor with what an idempotent queue cannot do without: a unique request key (a hash,
-    as derived keys are), so that a put of a key already queued adds nothing."""
+    as derived keys are), so that a put of a key already queued adds nothing. ``rowid``: numbered
+    by the rowid instead of AUTOINCREMENT (as buttress numbers its items), so that a put writes
+    the two pages a buttress put writes, the row and its key's index entry."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {sync}")
-    conn.execute(
-        "CREATE TABLE q (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE, payload TEXT)"
-    )
-
-    def put() -> None:
-        for i in range(n):
-            payload = f'{{"args":[{i}]}}'
-            key = hashlib.sha256(payload.encode()).hexdigest()[:32]
-            conn.execute("INSERT OR IGNORE INTO q (key, payload) VALUES (?, ?)", (key, payload))
-
-    return timed(put), timed(lambda: take_oldest(conn))
-
-
-def keyed_floor_rowid(path: Path, n: int, sync: str) -> tuple[float, float]:
-    """The keyed floor numbered by the rowid instead of AUTOINCREMENT (as buttress numbers its
-    items): a put writes two pages, the row and its key's index entry, as buttress's does."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {sync}")
-    conn.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, key TEXT UNIQUE, payload TEXT)")
+    numbered = "INTEGER PRIMARY KEY" if rowid else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    conn.execute(f"CREATE TABLE q (id {numbered}, key TEXT UNIQUE, payload TEXT)")
 
     def put() -> None:
         for i in range(n):
@@ -248,7 +232,7 @@ def main() -> None:
     runners = {
         "floor (INSERT / SELECT+DELETE)": floor,
         "floor with a unique key": keyed_floor,
-        "  the same, rowid-numbered": keyed_floor_rowid,
+        "  the same, rowid-numbered": lambda p, n, sync: keyed_floor(p, n, sync, rowid=True),
         "buttress RequestQueue": buttress_queue,
         "persist-queue SQLiteAckQueue": persist_queue,
         "huey SqliteHuey": huey_queue,

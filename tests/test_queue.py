@@ -362,7 +362,8 @@ def test_fifo_per_resource_one_at_a_time(make: MakeQueue, clock: FakeClock) -> N
     assert order == ["b1", "x", "b2", "a1", "a2", "a3"]
 
 
-def test_done_key_is_acknowledged_without_running(make: MakeQueue) -> None:
+def one_dead_letter(make: MakeQueue) -> tuple[RequestQueue, list[int]]:
+    """A queue whose request under key "k" failed once and went to the dead letters; the runs."""
     q = make(max_attempts=1)
     runs: list[int] = []
 
@@ -375,6 +376,11 @@ def test_done_key_is_acknowledged_without_running(make: MakeQueue) -> None:
     q.put("work", [1], key="k")
     q.process()
     assert q.stats().dead == 1
+    return q, runs
+
+
+def test_done_key_is_acknowledged_without_running(make: MakeQueue) -> None:
+    q, runs = one_dead_letter(make)
     q.put("work", [1], key="k")  # queued again by its producer and handled
     assert q.process() == 1
     assert q.requeue_dead() == 1  # the dead letter's key is done already
@@ -388,18 +394,7 @@ def test_done_key_is_acknowledged_without_running(make: MakeQueue) -> None:
 def test_a_dead_letter_requeued_while_its_request_is_queued_again_runs_once(
     make: MakeQueue,
 ) -> None:
-    q = make(max_attempts=1)
-    runs: list[int] = []
-
-    @q.handler
-    def work(x: int) -> None:
-        runs.append(x)
-        if len(runs) == 1:
-            raise RuntimeError("down")
-
-    q.put("work", [1], key="k")
-    q.process()
-    assert q.stats().dead == 1
+    q, runs = one_dead_letter(make)
     assert q.put("work", [1], key="k").added  # queued again by its producer, not yet handled
     q.requeue_dead()
     assert q.stats().dead == 0
