@@ -9,8 +9,9 @@ selects the oldest row and deletes it. A second floor adds the one thing an idem
 cannot do without, a unique request key (a hash, as derived keys are): it shows what the key
 costs apart from the queue; its rowid-numbered variant writes the pages a buttress put writes
 (the row and its key's index entry: AUTOINCREMENT adds a third, its counter). Rates are items
-per second; ratios are to the first floor of the same run (compare ratios: the machine is shared
-and noisy).
+per second, the best of the rounds; each round runs every queue once, and ratios are the median
+over the rounds of the ratio to the floor of the same round (compare ratios: the machine is
+shared and its disk's speed drifts).
 
 Durability is the same for all: a put is committed when it returns. A buttress consumer commits
 the acknowledgements of a batch with its next claim (one commit per batch, not per item): a crash
@@ -18,7 +19,7 @@ re-runs the requests handled since (at least once, under their idempotency keys)
 floor, which deletes before it handles, would lose one.
 
     PYTHONPATH=src python benchmarks/bench_queue.py [--items 2000] [--synchronous normal|full]
-        [--redis-port PORT]   (a redis-server of your own on 127.0.0.1; it is flushed)
+        [--repeat 9] [--redis-port PORT]   (a redis-server of your own on 127.0.0.1; it is flushed)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sqlite3
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +36,8 @@ from typing import Any
 
 from buttress.queue import RequestQueue
 from buttress.queue.sqlite import SQLiteQueueStore
+
+Timings = tuple[float, float]  # seconds to enqueue n items, seconds to handle them
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -54,7 +58,7 @@ def take_oldest(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
-def floor(path: Path, n: int, sync: str) -> tuple[float, float]:
+def floor(path: Path, n: int, sync: str) -> Timings:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {sync}")
@@ -67,7 +71,7 @@ def floor(path: Path, n: int, sync: str) -> tuple[float, float]:
     return timed(put), timed(lambda: take_oldest(conn))
 
 
-def keyed_floor(path: Path, n: int, sync: str, *, rowid: bool = False) -> tuple[float, float]:
+def keyed_floor(path: Path, n: int, sync: str, *, rowid: bool = False) -> Timings:
     """The floor with what an idempotent queue cannot do without: a unique request key (a hash,
     as derived keys are), so that a put of a key already queued adds nothing. ``rowid``: numbered
     by the rowid instead of AUTOINCREMENT (as buttress numbers its items), so that a put writes
@@ -87,9 +91,9 @@ def keyed_floor(path: Path, n: int, sync: str, *, rowid: bool = False) -> tuple[
     return timed(put), timed(lambda: take_oldest(conn))
 
 
-def buttress_queue(path: Path, n: int, sync: str) -> tuple[float, float]:
+def buttress_queue(path: Path, n: int, sync: str) -> Timings:
     store = SQLiteQueueStore(path, synchronous=sync)
-    q = RequestQueue("bench", storage=store, max_depth=None)
+    q = RequestQueue("bench", storage=store)  # the default depth bound, checked per put
     seen = 0
 
     @q.handler
@@ -105,7 +109,7 @@ def buttress_queue(path: Path, n: int, sync: str) -> tuple[float, float]:
     return enqueue, consume
 
 
-def persist_queue(path: Path, n: int, sync: str) -> tuple[float, float] | None:
+def persist_queue(path: Path, n: int, sync: str) -> Timings | None:
     try:
         from persistqueue import SQLiteAckQueue
     except ImportError:
@@ -124,7 +128,7 @@ def persist_queue(path: Path, n: int, sync: str) -> tuple[float, float] | None:
     return enqueue, consume
 
 
-def huey_queue(path: Path, n: int, sync: str) -> tuple[float, float] | None:
+def huey_queue(path: Path, n: int, sync: str) -> Timings | None:
     try:
         from huey import SqliteHuey
     except ImportError:
@@ -152,7 +156,7 @@ def huey_queue(path: Path, n: int, sync: str) -> tuple[float, float] | None:
     return enqueue, consume
 
 
-def redis_floor(client: Any, n: int) -> tuple[float, float]:
+def redis_floor(client: Any, n: int) -> Timings:
     client.flushdb()
     client.xgroup_create("floor", "g", id="0", mkstream=True)
 
@@ -174,7 +178,7 @@ def redis_floor(client: Any, n: int) -> tuple[float, float]:
     return timed(put), timed(take)
 
 
-def redis_queue(client: Any, n: int, storage: object = None) -> tuple[float, float]:
+def redis_queue(client: Any, n: int, storage: object = None) -> Timings:
     """The queue on the Redis store, through ``storage`` (a URL: buttress's wire; else the
     redis-py ``client``): one script per put, one per claim of a batch, one per ack."""
     client.flushdb()
@@ -199,66 +203,71 @@ def redis_table(port: int, n: int, repeat: int) -> None:
     client = redis.Redis(port=port)
     url = f"redis://127.0.0.1:{port}/0"
     floor_name = "floor (XADD / XREADGROUP+XACK)"
-    runners: dict[str, Callable[[Any, int], tuple[float, float]]] = {
+    runners: dict[str, Callable[[Any, int], Timings | None]] = {
         floor_name: redis_floor,
         "buttress RequestQueue, redis://": lambda c, k: redis_queue(c, k, url),
         "buttress RequestQueue, redis-py": redis_queue,
     }
-    best: dict[str, tuple[float, float]] = {}
-    for _ in range(repeat):
-        for name, runner in runners.items():
-            got = runner(client, n)
-            old = best.get(name, got)
-            best[name] = (min(old[0], got[0]), min(old[1], got[1]))
+    rounds = [{name: runner(client, n) for name, runner in runners.items()} for _ in range(repeat)]
     client.flushdb()
     client.close()
-    base = best[floor_name]
-    print(f"\n{n} items, Redis on 127.0.0.1:{port}, best of {repeat}")
-    for name, got in best.items():
-        print(
-            f"{name:34} {n / got[0]:10.0f} {base[0] / got[0]:8.2f} "
-            f"{n / got[1]:10.0f} {base[1] / got[1]:8.2f}"
-        )
+    report(f"{n} items, Redis on 127.0.0.1:{port}", rounds, floor_name, n)
+
+
+def report(title: str, rounds: list[dict[str, Timings | None]], base: str, n: int) -> None:
+    """Rates are the best of the rounds; ratios are the median over the rounds of each round's
+    ratio to the floor timed beside it (a drift of the machine's speed moves both), with the
+    lowest and highest."""
+    print(f"{title}, {len(rounds)} rounds")
+    print(
+        f"{'queue':34} {'enqueue/s':>10} {'x floor (range)':>20} {'consume/s':>10} "
+        f"{'x floor (range)':>20}"
+    )
+    for name in rounds[0]:
+        got = [r[name] for r in rounds]
+        cells = []
+        for step in (0, 1):
+            times = [g[step] for g in got if g is not None]
+            if not times:
+                cells.append(f"{'n/a':>10} {'':>20}")
+                continue
+            ratios = sorted(
+                r[base][step] / g[step]  # type: ignore[index]
+                for r, g in zip(rounds, got, strict=True)
+                if g is not None
+            )
+            mid = statistics.median(ratios)
+            span = f"{mid:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+            cells.append(f"{n / min(times):10.0f} {span:>20}")
+        print(f"{name:34} {cells[0]} {cells[1]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--synchronous", choices=["off", "normal", "full"], default="normal")
-    parser.add_argument("--repeat", type=int, default=3, help="best of N runs")
+    parser.add_argument("--repeat", type=int, default=9, help="rounds (each runs every queue)")
     parser.add_argument("--redis-port", type=int, default=0, help="also run on this Redis")
     opts = parser.parse_args()
     n, sync = opts.items, opts.synchronous
-    runners = {
-        "floor (INSERT / SELECT+DELETE)": floor,
+    floor_name = "floor (INSERT / SELECT+DELETE)"
+    runners: dict[str, Callable[[Path, int, str], Timings | None]] = {
+        floor_name: floor,
         "floor with a unique key": keyed_floor,
         "  the same, rowid-numbered": lambda p, n, sync: keyed_floor(p, n, sync, rowid=True),
         "buttress RequestQueue": buttress_queue,
         "persist-queue SQLiteAckQueue": persist_queue,
         "huey SqliteHuey": huey_queue,
     }
-    best: dict[str, tuple[float, float] | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(opts.repeat):
-            for index, (name, runner) in enumerate(runners.items()):
-                got = runner(Path(tmp) / f"{r}-{index}.db", n, sync)
-                old = best.get(name)
-                if got is None or old is None:
-                    best[name] = got if old is None else old
-                else:
-                    best[name] = (min(old[0], got[0]), min(old[1], got[1]))
-    base = best["floor (INSERT / SELECT+DELETE)"]
-    assert base is not None
-    print(f"{n} items, SQLite WAL, synchronous={sync}, best of {opts.repeat}")
-    print(f"{'queue':34} {'enqueue/s':>10} {'x floor':>8} {'consume/s':>10} {'x floor':>8}")
-    for name, got in best.items():
-        if got is None:
-            print(f"{name:34} {'n/a':>10}")
-            continue
-        print(
-            f"{name:34} {n / got[0]:10.0f} {base[0] / got[0]:8.2f} "
-            f"{n / got[1]:10.0f} {base[1] / got[1]:8.2f}"
-        )
+        rounds = [
+            {
+                name: runner(Path(tmp) / f"{r}-{index}.db", n, sync)
+                for index, (name, runner) in enumerate(runners.items())
+            }
+            for r in range(opts.repeat)
+        ]
+    report(f"{n} items, SQLite WAL, synchronous={sync}", rounds, floor_name, n)
     if opts.redis_port:
         redis_table(opts.redis_port, n, opts.repeat)
 

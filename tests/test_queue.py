@@ -116,6 +116,13 @@ def test_keys_derived_and_deduplicated(make: MakeQueue) -> None:
     assert q.put("work", kwargs={"a": [1, 2], "b": 1}, key="other").added is True
 
 
+def test_derived_keys_stay_what_stored_requests_were_queued_under() -> None:
+    # the sha256 of the handler and the canonical JSON {"args":[...],"kwargs":{...}} (sorted
+    # keys, no spaces, UTF-8): queues and done keys on disk hold keys made this way
+    assert idempotency_key("work", "é", 1.5, b=None, a=[1, 2]) == "a965f6038c564349d724d064583b20b0"
+    assert idempotency_key("work") == "4fd0ad438fd226c5a93d68ec4c682af3"
+
+
 def test_handles_in_order_and_passes_the_key(make: MakeQueue) -> None:
     q = make()
     log: list[tuple[str, Any, int]] = []
@@ -718,3 +725,37 @@ def test_sqlite_sweeps_done_keys_past_their_time_a_bounded_slice_at_a_time(
         conn.close()
         q.close()
         store.close()
+
+
+def test_sqlite_checkpoints_on_a_thread_of_its_own_and_stops_it_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import buttress.queue.sqlite as queue_sqlite
+
+    monkeypatch.setattr(queue_sqlite, "CHECKPOINT_EVERY", 5)
+    path = tmp_path / "q.db"
+    store = SQLiteQueueStore(path)
+    q = RequestQueue("jobs", storage=store)
+
+    @q.handler
+    def work(text: str) -> None:
+        pass
+
+    try:
+        before = path.stat().st_size
+        for i in range(4):
+            q.put("work", [f"{i}" * 3000])  # a page of its own each
+        assert not store.checkpointer.running
+        assert store.checkpointer.runs == 0
+        q.put("work", ["4" * 3000])  # the fifth commit wakes the thread
+        assert store.checkpointer.wait_for(1, timeout=30)
+        assert store.checkpointer.running
+        assert store.checkpointer.failures == 0
+        # the pages reached the database file: the writers' own checkpoint is 1000 pages away
+        assert path.stat().st_size >= before + 5 * 3000
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM buttress_queue").fetchone() == (5,)
+    finally:
+        q.close()
+        store.close()
+    assert not store.checkpointer.running

@@ -176,11 +176,13 @@ _ENCODE_C = _c_encoder()
 
 
 def _canonical(handler: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
-    body = {"args": args if type(args) is list else list(args), "kwargs": kwargs}
+    listed = args if type(args) is list else list(args)
     try:
-        if _ENCODE_C is not None:
-            return "".join(_ENCODE_C(body, 0))
-        return _ENCODE(body)
+        if _ENCODE_C is not None:  # the same text as the dict's, without building the dict
+            encoded = "".join(_ENCODE_C(listed, 0))
+            named = "".join(_ENCODE_C(kwargs, 0)) if kwargs else "{}"
+            return f'{{"args":{encoded},"kwargs":{named}}}'
+        return _ENCODE({"args": listed, "kwargs": kwargs})
     except RecursionError:
         raise TypeError(
             f"the arguments of a request for {handler!r} must be JSON: they are circular or "
@@ -468,15 +470,10 @@ class RequestQueue:
         ttl = self.ttl if ttl is None else _positive("ttl", ttl)
         now = self._wall()
         visible = now if delay is None else now + float(_positive("delay", delay) or 0)
+        # id, key, handler, args, resource, enqueued, expires, attempts, visible (by position:
+        # a tenth of a microsecond less per put)
         return Item(
-            id=0,
-            key=key,
-            handler=handler,
-            args=body,
-            resource=resource,
-            enqueued=now,
-            expires=None if ttl is None else now + ttl,
-            visible=visible,
+            0, key, handler, body, resource, now, None if ttl is None else now + ttl, 0, visible
         )
 
     def put(

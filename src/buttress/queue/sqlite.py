@@ -16,13 +16,16 @@ lost (a put reported done that is then not queued, a handled request that runs a
 idempotency key). The database is never corrupted. ``synchronous="full"`` makes every commit wait
 for the disk and survive power loss too, at the price of an fsync per put and per claim.
 
-What each step writes. A put is one statement (one implicit transaction) that writes two pages:
-the row and its key's entry in the unique ``(queue, key)`` index, the least an idempotent queue
-can write (the bare-INSERT floor writes the row and the AUTOINCREMENT counter). So the depth is
-not counted by triggers: the span of ids (``MAX(id) - MIN(id) + 1``, two index probes) bounds it
-from above, and only a queue whose span reaches ``max_depth`` counts its rows exactly. Item ids
-come from the rowid (one past the largest): an id freed by an item handled may be given again, so
-steps that could meet a reused id check the owner (renew, fail) or go by key (acknowledgement).
+Checkpoints. A checkpoint copies the WAL's pages into the database file; under NORMAL it is
+where SQLite fsyncs (the WAL, then the file). Left to SQLite, the commit that takes the WAL past
+1000 pages runs it, copying every page since the last one, and that put waits for it. Here every
+``CHECKPOINT_EVERY`` commits of a store wake a thread of its own that runs a passive checkpoint
+on its own connection while writers go on (a passive checkpoint takes no lock a writer waits
+for). The writers keep SQLite's automatic checkpoint at ``BACKSTOP_PAGES`` (1000): a passive
+checkpoint beside a busy writer never finds the WAL fully copied, and only a complete one lets
+the next writer start the WAL over, so the writer's own checkpoint still bounds the WAL's size,
+but it finds most pages already copied and synced. The WAL is synced at least as often as
+before, so what a power loss may take is unchanged.
 
 A claim takes up to ``limit`` items in one transaction (one commit for a batch). A consumer does
 not commit each acknowledgement on its own: :class:`~buttress.queue.RequestQueue` keeps the
@@ -137,7 +140,9 @@ _SYNCHRONOUS = ("off", "normal", "full", "extra")
 # may stay up to one pass longer (its time is checked wherever it is read).
 SWEEP_EVERY = 1000
 SWEEP_SPAN = 2000
-_UNLIMITED = 2**62
+# commits of a store between its background checkpoints (a put writes two pages, a claim a few)
+CHECKPOINT_EVERY = 100
+BACKSTOP_PAGES = 1000  # wal_autocheckpoint of the store's own connections (SQLite's default)
 # this process's id, kept by a fork hook: a connection must not cross a fork, and os.getpid() is
 # a system call per step
 _PID = [os.getpid()]
@@ -150,11 +155,96 @@ _CHUNK = 300  # rows per statement (three parameters each, well below SQLite's l
 _PUT = (
     "INSERT OR IGNORE INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
     "expires, visible) VALUES (CASE WHEN NOT EXISTS (SELECT 1 FROM buttress_queue_done "
-    "WHERE queue = ?1 AND key = ?2 AND until > ?9) AND (?10 OR COALESCE((SELECT MAX(id) "
-    "FROM buttress_queue) - (SELECT MIN(id) FROM buttress_queue), -1) < ?11 OR "
-    "(SELECT COUNT(*) FROM buttress_queue WHERE queue = ?1) < ?12) THEN ?1 END, "
+    "WHERE queue = ?1 AND key = ?2 AND until > ?9) AND (COALESCE((SELECT MAX(id) "
+    "FROM buttress_queue) - (SELECT MIN(id) FROM buttress_queue), -1) < ?10 OR "
+    "(SELECT COUNT(*) FROM buttress_queue WHERE queue = ?1) < ?11) THEN ?1 END, "
     "?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
+# the same for a queue without a depth limit
+_PUT_UNBOUNDED = (
+    "INSERT OR IGNORE INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
+    "expires, visible) VALUES (CASE WHEN NOT EXISTS (SELECT 1 FROM buttress_queue_done "
+    "WHERE queue = ?1 AND key = ?2 AND until > ?9) THEN ?1 END, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+)
+
+
+class _Checkpointer:
+    """Passive checkpoints of one database file, run by a daemon thread each time it is poked.
+
+    The thread starts at the first poke (again in a forked child: threads do not cross a fork)
+    and ends at :meth:`stop`. A checkpoint that fails (the file busy or gone) is counted and
+    left to the next one or to the writers' automatic checkpoint.
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.runs = 0  # checkpoints run
+        self.failures = 0
+        self._wake = threading.Event()
+        self._ran = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def poke(self) -> None:
+        if self._pid != _PID[0]:
+            self._start()
+        self._wake.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == _PID[0] or self._stopped:
+                return
+            self._wake = threading.Event()
+            self._pid = _PID[0]
+            self._thread = threading.Thread(
+                target=self._run, args=(self._wake,), name="buttress-queue-checkpoint", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, wake: threading.Event) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error:
+            self.failures += 1
+            return
+        try:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            while True:
+                wake.wait()
+                wake.clear()
+                if self._stopped:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    self.failures += 1
+                with self._ran:
+                    self.runs += 1
+                    self._ran.notify_all()
+        except sqlite3.Error:
+            self.failures += 1
+        finally:
+            conn.close()
+
+    def wait_for(self, runs: int, timeout: float) -> bool:
+        """Wait until ``runs`` checkpoints have run (at most ``timeout`` seconds)."""
+        with self._ran:
+            return self._ran.wait_for(lambda: self.runs >= runs, timeout)
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and self._pid == _PID[0] and thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and self._pid == _PID[0] and thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 class SQLiteQueueStore:
@@ -196,6 +286,8 @@ class SQLiteQueueStore:
         self._acks = 0
         self._swept: dict[str, str] = {}  # queue: the last done key the last sweep looked at
         self._closed = False
+        self._commits = 0
+        self.checkpointer = _Checkpointer(self.path, self.synchronous)
         self._check_and_create()
 
     def __repr__(self) -> str:
@@ -265,6 +357,7 @@ class SQLiteQueueStore:
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         local.conn, local.pid = conn, os.getpid()
         with self._lock:
             self._all.append(conn)
@@ -273,6 +366,7 @@ class SQLiteQueueStore:
     def close(self) -> None:
         """Close this store's connections (idempotent); the file stays."""
         self._closed = True
+        self.checkpointer.stop()
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:
@@ -287,6 +381,7 @@ class SQLiteQueueStore:
             try:
                 yield conn
                 conn.execute("COMMIT")
+                self._committed()
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -305,6 +400,12 @@ class SQLiteQueueStore:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    def _committed(self) -> None:
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY:
+            self._commits = 0
+            self.checkpointer.poke()
+
     # -- steps ------------------------------------------------------------------------------------
 
     def put(self, queue: str, item: Item, max_depth: int | None, now: float) -> tuple[int, bool]:
@@ -316,24 +417,26 @@ class SQLiteQueueStore:
         # limit.
         try:
             conn = self._conn()
-            cursor = conn.execute(
-                _PUT,
-                (
-                    queue,
-                    item.key,
-                    item.handler,
-                    item.args,
-                    item.resource,
-                    item.enqueued,
-                    item.expires,
-                    item.visible,
-                    now,
-                    max_depth is None,
-                    _UNLIMITED if max_depth is None else max_depth - 1,
-                    _UNLIMITED if max_depth is None else max_depth,
-                ),
+            params = (
+                queue,
+                item.key,
+                item.handler,
+                item.args,
+                item.resource,
+                item.enqueued,
+                item.expires,
+                item.visible,
+                now,
             )
+            if max_depth is None:
+                cursor = conn.execute(_PUT_UNBOUNDED, params)
+            else:
+                cursor = conn.execute(_PUT, (*params, max_depth - 1, max_depth))
             if cursor.rowcount:
+                self._commits += 1
+                if self._commits >= CHECKPOINT_EVERY:
+                    self._commits = 0
+                    self.checkpointer.poke()
                 return int(cursor.lastrowid or 0), True
             row = conn.execute(
                 "SELECT id FROM buttress_queue WHERE queue = ? AND key = ?", (queue, item.key)
