@@ -620,21 +620,91 @@ def test_queue_schema_versions(tmp_path: Path) -> None:
     )
     conn.execute("UPDATE buttress_meta SET value = '1' WHERE name = 'queue_schema_version'")
     conn.commit()
-    with RequestQueue(storage=f"sqlite:///{path}") as q:  # brought to version 2
+    with RequestQueue(storage=f"sqlite:///{path}") as q:  # brought to version 3
         with_log(q, [])
         q.put("work", [1])
         assert q.process() == 1
     triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
     assert triggers == []
     version = "SELECT value FROM buttress_meta WHERE name = 'queue_schema_version'"
-    assert conn.execute(version).fetchone() == ("2",)
-    conn.execute("UPDATE buttress_meta SET value = '3' WHERE name = 'queue_schema_version'")
+    assert conn.execute(version).fetchone() == ("3",)
+    conn.execute("UPDATE buttress_meta SET value = '4' WHERE name = 'queue_schema_version'")
     conn.commit()
     conn.close()
     before = path.read_bytes()
-    with pytest.raises(StorageError, match="schema version '3'"):
+    with pytest.raises(StorageError, match="schema version '4'"):
         RequestQueue(storage=f"sqlite:///{path}")
     assert path.read_bytes() == before
+
+
+def test_a_version_2_file_is_renumbered_into_queue_ranges_in_order(tmp_path: Path) -> None:
+    # version 2 numbered every queue's items in one sequence: a, b, a, b, ...
+    path = tmp_path / "q.db"
+    SQLiteQueueStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM buttress_queue")
+    for i in range(1, 7):
+        conn.execute(
+            "INSERT INTO buttress_queue (id, queue, key, handler, args, enqueued, visible) "
+            "VALUES (?, ?, ?, 'work', ?, 0, 0)",
+            (i, "ab"[i % 2], f"k{i}", f'{{"args":[{i}],"kwargs":{{}}}}'),
+        )
+    conn.execute("UPDATE buttress_meta SET value = '2' WHERE name = 'queue_schema_version'")
+    conn.commit()
+    store = SQLiteQueueStore(path)
+    try:
+        for name, expected in (("a", [2, 4, 6]), ("b", [1, 3, 5])):
+            items = store.items(name, 10)
+            assert [item.id for item in items] == [1, 2, 3]  # counted within the queue
+            assert [item.key for item in items] == [f"k{i}" for i in expected]  # in order
+            q = RequestQueue(name, storage=store)
+            log: list[tuple[str, Any, int]] = []
+            with_log(q, log)
+            assert q.put("work", [7], key=f"{name}7").id == 4
+            assert q.process() == 4
+            assert [x for _, x, _ in log] == [*expected, 7]
+            q.close()
+        assert conn.execute(version_query()).fetchone() == ("3",)
+    finally:
+        conn.close()
+        store.close()
+
+
+def version_query() -> str:
+    return "SELECT value FROM buttress_meta WHERE name = 'queue_schema_version'"
+
+
+def test_a_claim_walks_its_own_queue_only(tmp_path: Path) -> None:
+    # queue a holds many items; a claim from b reads b's rows, not a's: counted in SQLite
+    # virtual-machine steps, which grow with every row a claim walks past
+    store = SQLiteQueueStore(tmp_path / "q.db")
+    a = RequestQueue("a", storage=store, max_depth=None)
+    b = RequestQueue("b", storage=store)
+    with_log(a, [])
+    log: list[tuple[str, Any, int]] = []
+    with_log(b, log)
+    try:
+        b.put("work", ["first"])
+        for i in range(3000):
+            a.put("work", [i])
+        b.put("work", ["second"])
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        conn = store._conn()
+        conn.set_progress_handler(count, 100)
+        assert b.process() == 2
+        conn.set_progress_handler(None, 0)
+        assert [x for _, x, _ in log] == ["first", "second"]
+        assert steps[0] < 30  # a walk past a's 3,000 rows took 181 (of 100 steps each)
+        assert a.stats().depth == 3000
+    finally:
+        a.close()
+        b.close()
+        store.close()
 
 
 def test_a_full_queue_counts_exactly_when_ids_are_spread(tmp_path: Path) -> None:
@@ -759,3 +829,21 @@ def test_sqlite_checkpoints_on_a_thread_of_its_own_and_stops_it_at_close(
         q.close()
         store.close()
     assert not store.checkpointer.running
+
+
+def test_a_queue_that_used_up_its_ids_refuses_puts_until_it_empties(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import buttress.queue.sqlite as queue_sqlite
+
+    monkeypatch.setattr(queue_sqlite, "_LAST", 3)  # a range of three ids instead of 2**42
+    with RequestQueue("jobs", storage=f"sqlite:///{tmp_path / 'q.db'}", max_depth=None) as q:
+        log: list[tuple[str, Any, int]] = []
+        with_log(q, log)
+        assert [q.put("work", [i]).id for i in range(3)] == [1, 2, 3]
+        with pytest.raises(QueueFull, match="no ids left until it empties"):
+            q.put("work", [3])
+        assert q.process() == 3
+        assert q.put("work", [3]).id == 1  # empty: numbered from the start again
+        assert q.process() == 1
+        assert [x for _, x, _ in log] == [0, 1, 2, 3]

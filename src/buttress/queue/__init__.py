@@ -501,9 +501,13 @@ class RequestQueue:
     def _put(self, item: Item) -> QueuedRequest:
         item_id, added = self._store.put(self.name, item, self.max_depth, item.enqueued)
         if item_id < 0:
+            room = (
+                "its store has no ids left until it empties"
+                if self.max_depth is None
+                else f"{self.max_depth} requests"
+            )
             raise QueueFull(
-                f"queue {self.name!r} is full ({self.max_depth} requests); {item.handler!r} "
-                "was not queued",
+                f"queue {self.name!r} is full ({room}); {item.handler!r} was not queued",
                 name=self.name,
             )
         return QueuedRequest(item_id, item.key, added)

@@ -27,6 +27,17 @@ the next writer start the WAL over, so the writer's own checkpoint still bounds 
 but it finds most pages already copied and synced. The WAL is synced at least as often as
 before, so what a power loss may take is unchanged.
 
+What each step writes. A put is one statement (one implicit transaction) that writes two pages:
+the row and its key's entry in the unique ``(queue, key)`` index, the least an idempotent queue
+can write (the bare-INSERT floor writes the row and the AUTOINCREMENT counter). So the depth is
+not counted by triggers: each queue numbers its items in a range of rowids of its own (see
+``RANGE_BITS``), and the span of ids in the range (``MAX(id) - MIN(id) + 1``, two probes of the
+rowid) bounds the queue's depth from above; only a queue whose span reaches ``max_depth`` counts
+its rows exactly. An item's id is one past the largest in its range: an id freed by an item
+handled may be given again, so steps that could meet a reused id check the owner (renew, fail)
+or go by key (acknowledgement). A claim walks its queue's range in id order, so the items of
+other queues in the same file cost it nothing.
+
 A claim takes up to ``limit`` items in one transaction (one commit for a batch). A consumer does
 not commit each acknowledgement on its own: :class:`~buttress.queue.RequestQueue` keeps the
 ``(id, key)`` of the requests it handled and commits them with its next claim, in the same
@@ -44,6 +55,7 @@ version raise :class:`StorageError` naming the path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -58,10 +70,12 @@ from .store import LEASE_RAN_OUT, Claimed, Item, Stats, settle_failure
 
 __all__ = ["QUEUE_SCHEMA_VERSION", "SQLiteQueueStore"]
 
-QUEUE_SCHEMA_VERSION = 2
+QUEUE_SCHEMA_VERSION = 3
 # version 1 kept the depth in buttress_queue_counts by triggers and numbered items with
 # AUTOINCREMENT (two more pages written by every put) and deleted a handled item by a trigger.
-# Its tables read as version 2's once the triggers are gone.
+# Its tables read as version 2's once the triggers are gone. Version 2 numbered the items of
+# every queue in one sequence; version 3 gives each queue a range of rowids (see _range) and
+# renumbers the items of an older file into their queues' ranges, in their order.
 _MIGRATE_1 = (
     "DROP TRIGGER IF EXISTS buttress_queue_added; DROP TRIGGER IF EXISTS buttress_queue_removed; "
     "DROP TRIGGER IF EXISTS buttress_queue_handled;"
@@ -149,22 +163,48 @@ _PID = [os.getpid()]
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 _CHUNK = 300  # rows per statement (three parameters each, well below SQLite's limit)
+# Item ids. Each queue numbers its items in a range of rowids of its own, chosen by a hash of its
+# name: RANGE_BITS low bits count, the bits above them name the range (2**20 ranges, the first
+# left unused). So the items of one queue sit together in the table's rowid order, and a claim
+# walks its own queue's range instead of every queue's rows (several queues share the default
+# file). A new item takes one past the largest id in its range; two queues whose names share a
+# range share its numbers (every step also checks the queue's name). The ids a store hands out
+# count from 1 within the range. A range holds 2**42 ids; its numbering restarts whenever the
+# queue is empty, and a put into a queue that used them all up without ever emptying is refused.
+RANGE_BITS = 42
+_RANGE_SLOTS = 1 << 20
+
+
+def _range(queue: str) -> int:
+    """The first rowid of ``queue``'s range (its items are numbered from one past it)."""
+    digest = hashlib.blake2b(queue.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return (1 + int.from_bytes(digest, "big") % (_RANGE_SLOTS - 1)) << RANGE_BITS
+
+
+_LAST = (1 << RANGE_BITS) - 1  # the last id of a range, counted from its start
 # The conditions choose the queue name or NULL: a NULL in that NOT NULL column makes INSERT OR
 # IGNORE skip the row, as a taken key does. (A VALUES row rather than INSERT ... SELECT: a SELECT
-# that reads the table it fills is first copied to a temporary table, every put.)
+# that reads the table it fills is first copied to a temporary table, every put.) ?10 and ?11
+# are the range's first and last rowids; a range used up gives its last id again, which is
+# taken, so the put is refused.
+_NEXT_ID = (
+    "min(COALESCE((SELECT MAX(id) FROM buttress_queue WHERE id BETWEEN ?10 AND ?11), ?10) + 1, ?11)"
+)
 _PUT = (
-    "INSERT OR IGNORE INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
-    "expires, visible) VALUES (CASE WHEN NOT EXISTS (SELECT 1 FROM buttress_queue_done "
-    "WHERE queue = ?1 AND key = ?2 AND until > ?9) AND (COALESCE((SELECT MAX(id) "
-    "FROM buttress_queue) - (SELECT MIN(id) FROM buttress_queue), -1) < ?10 OR "
-    "(SELECT COUNT(*) FROM buttress_queue WHERE queue = ?1) < ?11) THEN ?1 END, "
+    "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, enqueued, "
+    f"expires, visible) VALUES ({_NEXT_ID}, CASE WHEN NOT EXISTS (SELECT 1 FROM "
+    "buttress_queue_done WHERE queue = ?1 AND key = ?2 AND until > ?9) AND (COALESCE((SELECT "
+    "MAX(id) FROM buttress_queue WHERE id BETWEEN ?10 AND ?11) - (SELECT MIN(id) FROM "
+    "buttress_queue WHERE id BETWEEN ?10 AND ?11), -1) < ?12 OR (SELECT COUNT(*) FROM "
+    "buttress_queue WHERE id BETWEEN ?10 AND ?11 AND +queue = ?1) < ?13) THEN ?1 END, "
     "?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
 # the same for a queue without a depth limit
 _PUT_UNBOUNDED = (
-    "INSERT OR IGNORE INTO buttress_queue (queue, key, handler, args, resource, enqueued, "
-    "expires, visible) VALUES (CASE WHEN NOT EXISTS (SELECT 1 FROM buttress_queue_done "
-    "WHERE queue = ?1 AND key = ?2 AND until > ?9) THEN ?1 END, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, enqueued, "
+    f"expires, visible) VALUES ({_NEXT_ID}, CASE WHEN NOT EXISTS (SELECT 1 FROM "
+    "buttress_queue_done WHERE queue = ?1 AND key = ?2 AND until > ?9) THEN ?1 END, "
+    "?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
 
 
@@ -287,8 +327,10 @@ class SQLiteQueueStore:
         self._swept: dict[str, str] = {}  # queue: the last done key the last sweep looked at
         self._closed = False
         self._commits = 0
+        self._starts: dict[str, int] = {}  # queue: the first rowid of its range
         self.checkpointer = _Checkpointer(self.path, self.synchronous)
         self._check_and_create()
+        self._commits = 0  # the queue's own commits from here
 
     def __repr__(self) -> str:
         return f"SQLiteQueueStore({str(self.path)!r})"
@@ -323,24 +365,35 @@ class SQLiteQueueStore:
                     f"{self.path} is an SQLite database of something else (tables: "
                     f"{', '.join(sorted(tables))}); buttress will not write to it"
                 )
-            if tables & _QUEUE_TABLES and version not in ("1", str(QUEUE_SCHEMA_VERSION)):
+            if tables & _QUEUE_TABLES and version not in ("1", "2", str(QUEUE_SCHEMA_VERSION)):
                 raise StorageError(
                     f"{self.path} holds buttress queues of schema version {version!r}; this "
                     f"version of buttress reads version {QUEUE_SCHEMA_VERSION}"
                 )
         SQLiteStore(self.path, busy_timeout=self.busy_timeout).close()  # its checks, its tables
-        # one script, one transaction: two processes creating the file at once both succeed
-        script = (
-            f"BEGIN IMMEDIATE;{_SCHEMA}{_MIGRATE_1}INSERT INTO buttress_meta (name, value) "
-            f"VALUES ('queue_schema_version', '{QUEUE_SCHEMA_VERSION}') ON CONFLICT (name) "
-            "DO UPDATE SET value = excluded.value WHERE value = '1';COMMIT;"
-        )
-        try:
-            self._conn().executescript(script)
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"{self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+        # one transaction: two processes creating or upgrading the file at once both succeed
+        with self._transaction() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute(
+                "SELECT value FROM buttress_meta WHERE name = 'queue_schema_version'"
+            ).fetchone()
+            if row is not None and row[0] not in ("1", "2", str(QUEUE_SCHEMA_VERSION)):
+                raise StorageError(  # written by a newer buttress since the check above
+                    f"{self.path} holds buttress queues of schema version {row[0]!r}; this "
+                    f"version of buttress reads version {QUEUE_SCHEMA_VERSION}"
+                )
+            if row is not None and row[0] in ("1", "2"):
+                for statement in _MIGRATE_1.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                _renumber(conn)
+            conn.execute(
+                "INSERT INTO buttress_meta (name, value) VALUES ('queue_schema_version', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (str(QUEUE_SCHEMA_VERSION),),
+            )
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -400,6 +453,12 @@ class SQLiteQueueStore:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    def _start(self, queue: str) -> int:
+        start = self._starts.get(queue)
+        if start is None:
+            start = self._starts[queue] = _range(queue)
+        return start
+
     def _committed(self) -> None:
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY:
@@ -415,6 +474,9 @@ class SQLiteQueueStore:
         # depth: the span of ids in the table bounds the depth from above in two index probes,
         # so the exact count (a scan of the queue's keys) runs only when that bound reaches the
         # limit.
+        start = self._starts.get(queue)
+        if start is None:  # (the lookup of _start, inlined: a put is the hot path)
+            start = self._start(queue)
         try:
             conn = self._conn()
             params = (
@@ -427,6 +489,8 @@ class SQLiteQueueStore:
                 item.expires,
                 item.visible,
                 now,
+                start,
+                start + _LAST,
             )
             if max_depth is None:
                 cursor = conn.execute(_PUT_UNBOUNDED, params)
@@ -437,12 +501,12 @@ class SQLiteQueueStore:
                 if self._commits >= CHECKPOINT_EVERY:
                     self._commits = 0
                     self.checkpointer.poke()
-                return int(cursor.lastrowid or 0), True
+                return int(cursor.lastrowid or 0) - start, True
             row = conn.execute(
                 "SELECT id FROM buttress_queue WHERE queue = ? AND key = ?", (queue, item.key)
             ).fetchone()
             if row is not None:
-                return int(row[0]), False
+                return int(row[0]) - start, False
             if self.is_done(queue, item.key, now):
                 return 0, False
             return -1, False
@@ -492,15 +556,17 @@ class SQLiteQueueStore:
         if out.expired:
             _count(conn, queue, "expired", out.expired)
         # a resource's items go one at a time, oldest first: only its head may be claimed.
-        # (+queue: walk the rows in id order rather than sort the queue's by id)
+        # (+queue: walk the queue's range in id order rather than sort the queue's rows by id)
+        start = self._start(queue)
         rows = conn.execute(
             f"SELECT {_COLUMNS}, "
             "EXISTS (SELECT 1 FROM buttress_queue_done d WHERE d.queue = q.queue "
             "AND d.key = q.key AND d.until > ?) "
-            "FROM buttress_queue q WHERE +queue = ? AND visible <= ? AND (resource IS NULL "
-            "OR id = (SELECT MIN(id) FROM buttress_queue h WHERE h.queue = q.queue "
-            "AND h.resource = q.resource AND h.resource IS NOT NULL)) ORDER BY id LIMIT ?",
-            (now, queue, now, limit),
+            "FROM buttress_queue q WHERE id BETWEEN ? AND ? AND +queue = ? AND visible <= ? "
+            "AND (resource IS NULL OR id = (SELECT MIN(id) FROM buttress_queue h "
+            "WHERE h.queue = q.queue AND h.resource = q.resource AND h.resource IS NOT NULL)) "
+            "ORDER BY id LIMIT ?",
+            (now, start, start + _LAST, queue, now, limit),
         ).fetchall()
         for row in rows:
             item = _item(row)
@@ -523,24 +589,27 @@ class SQLiteQueueStore:
                 out.items.append(item)
                 if suspect:
                     break
-        for start in range(0, len(out.items), _CHUNK):
-            ids = [item.id for item in out.items[start : start + _CHUNK]]
+        for chunk in range(0, len(out.items), _CHUNK):
+            ids = [item.id for item in out.items[chunk : chunk + _CHUNK]]
             conn.execute(
                 "UPDATE buttress_queue SET attempts = attempts + 1, owner = ?, visible = ? "
                 f"WHERE id IN ({', '.join('?' * len(ids))})",
                 (owner, now + lease, *ids),
             )
+        for item in out.items:
+            item.id -= start
         return out
 
     def renew(self, queue: str, owner: str, ids: list[int], until: float) -> list[int]:
         if not ids:
             return []
         held = []
+        start = self._start(queue)
         with self._transaction() as conn:
             for item_id in ids:
                 cursor = conn.execute(
                     "UPDATE buttress_queue SET visible = ? WHERE id = ? AND owner = ?",
-                    (until, item_id, owner),
+                    (until, start + item_id, owner),
                 )
                 if cursor.rowcount:
                     held.append(item_id)
@@ -616,7 +685,7 @@ class SQLiteQueueStore:
         with self._transaction() as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM buttress_queue WHERE id = ? AND queue = ?",
-                (item_id, queue),
+                (self._start(queue) + item_id, queue),
             ).fetchone()
             item = None if row is None else _item(row)
             outcome = settle_failure(item, owner, error, now, retry_at)
@@ -632,7 +701,7 @@ class SQLiteQueueStore:
                         item.first_error_at,
                         item.last_error,
                         item.last_error_at,
-                        item_id,
+                        item.id,
                     ),
                 )
             return outcome
@@ -668,24 +737,32 @@ class SQLiteQueueStore:
         return Stats(queue, waiting, in_flight, delayed, dead, 0 if row is None else row[0], done)
 
     def items(self, queue: str, limit: int, dead: bool = False) -> list[Item]:
-        table = "buttress_queue_dead" if dead else "buttress_queue"
-        extra = ", died" if dead else ""
         with self._mapped() as conn:
+            if dead:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS}, died FROM buttress_queue_dead WHERE queue = ? "
+                    "ORDER BY id LIMIT ?",
+                    (queue, limit),
+                ).fetchall()
+                return [_item(row, True) for row in rows]
+            start = self._start(queue)
             rows = conn.execute(
-                f"SELECT {_COLUMNS}{extra} FROM {table} WHERE queue = ? ORDER BY id LIMIT ?",
-                (queue, limit),
+                f"SELECT {_COLUMNS} FROM buttress_queue WHERE id BETWEEN ? AND ? AND +queue = ? "
+                "ORDER BY id LIMIT ?",
+                (start, start + _LAST, queue, limit),
             ).fetchall()
-        return [_item(row, dead) for row in rows]
+        return [_item(row, False, start) for row in rows]
 
     def get(self, queue: str, item_id: int, dead: bool = False) -> Item | None:
         table = "buttress_queue_dead" if dead else "buttress_queue"
         extra = ", died" if dead else ""
+        start = 0 if dead else self._start(queue)
         with self._mapped() as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS}{extra} FROM {table} WHERE queue = ? AND id = ?",
-                (queue, item_id),
+                (queue, start + item_id),
             ).fetchone()
-        return None if row is None else _item(row, dead)
+        return None if row is None else _item(row, dead, start)
 
     def replay(self, queue: str, now: float) -> int:
         with self._transaction() as conn:
@@ -697,14 +774,19 @@ class SQLiteQueueStore:
 
     def requeue_dead(self, queue: str, ids: list[int] | None, now: float) -> int:
         where, params = _chosen(queue, ids)
+        numbered, _ = _chosen(queue, ids, 4)
+        start = self._start(queue)
         with self._transaction() as conn:
+            # numbered after the queue's last item, in the order they died
             conn.execute(
-                "INSERT OR IGNORE INTO buttress_queue (queue, key, handler, args, resource, "
+                "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, "
                 "enqueued, expires, attempts, visible, owner, first_error, first_error_at, "
-                "last_error, last_error_at) SELECT queue, key, handler, args, resource, "
-                "enqueued, expires, 0, ?, NULL, first_error, first_error_at, last_error, "
-                f"last_error_at FROM buttress_queue_dead WHERE {where} ORDER BY id",
-                (now, *params),
+                "last_error, last_error_at) SELECT COALESCE((SELECT MAX(id) FROM buttress_queue "
+                "WHERE id BETWEEN ?1 AND ?2), ?1) + ROW_NUMBER() OVER (ORDER BY id), queue, key, "
+                "handler, args, resource, enqueued, expires, 0, ?3, NULL, first_error, "
+                "first_error_at, last_error, last_error_at FROM buttress_queue_dead "
+                f"WHERE {numbered} ORDER BY id",
+                (start, start + _LAST, now, *params),
             )
             return conn.execute(f"DELETE FROM buttress_queue_dead WHERE {where}", params).rowcount
 
@@ -722,15 +804,31 @@ class SQLiteQueueStore:
         return [row[0] for row in rows]
 
 
-def _chosen(queue: str, ids: list[int] | None) -> tuple[str, tuple[Any, ...]]:
+def _renumber(conn: sqlite3.Connection) -> None:
+    """Give the items of a file of version 1 or 2 ids in their queues' ranges, in their order."""
+    rows = conn.execute("SELECT id, queue FROM buttress_queue ORDER BY id").fetchall()
+    conn.execute("UPDATE buttress_queue SET id = -id")  # out of every range's way
+    last: dict[int, int] = {}  # range: its last id given (queues may share a range)
+    moves = []
+    for old, queue in rows:
+        start = _range(queue)
+        new = last[start] = last.get(start, start) + 1
+        moves.append((new, -old))
+    conn.executemany("UPDATE buttress_queue SET id = ? WHERE id = ?", moves)
+
+
+def _chosen(queue: str, ids: list[int] | None, first: int = 1) -> tuple[str, tuple[Any, ...]]:
+    """The dead letters of ``queue`` (those of ``ids``, if given): a condition whose parameters
+    are numbered from ``first``, and their values."""
     if ids is None:
-        return "queue = ?", (queue,)
-    marks = ", ".join("?" * len(ids)) or "NULL"
-    return f"queue = ? AND id IN ({marks})", (queue, *ids)
+        return f"queue = ?{first}", (queue,)
+    marks = ", ".join(f"?{first + 1 + i}" for i in range(len(ids))) or "NULL"
+    return f"queue = ?{first} AND id IN ({marks})", (queue, *ids)
 
 
-def _item(row: Any, dead: bool = False) -> Item:
+def _item(row: Any, dead: bool = False, start: int = 0) -> Item:
     item = Item(*row[:14])
+    item.id -= start
     if dead:
         item.died = row[14]
     return item
