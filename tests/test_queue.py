@@ -432,6 +432,31 @@ def test_dead_letters_requeue_and_purge(make: MakeQueue, clock: FakeClock) -> No
     assert q.stats().depth == 0
 
 
+def test_requeued_dead_letters_go_behind_what_is_queued_in_the_order_they_died(
+    make: MakeQueue,
+) -> None:
+    q = make(max_attempts=1)
+    order: list[str] = []
+    healthy = False
+
+    @q.handler
+    def work(x: str) -> None:
+        if not healthy:
+            raise RuntimeError("down")
+        order.append(x)
+
+    q.put("work", ["d1"])
+    q.put("work", ["d2"])
+    q.process()
+    assert q.stats().dead == 2
+    healthy = True
+    q.put("work", ["new"])
+    assert q.requeue_dead() == 2
+    assert [item.id for item in q.items()] == sorted(item.id for item in q.items())
+    assert q.process() == 3
+    assert order == ["new", "d1", "d2"]
+
+
 def test_replay_when_breaker_closes_is_paced(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=100, replay_rate=10)
     down = True

@@ -329,8 +329,12 @@ class RedisQueueStore:
     def requeue_dead(self, queue: str, ids: list[int] | None, now: float) -> int:
         key = self._key(queue) + "dead"
         count = 0
-        for raw_id, record in _pairs(self._wire.call(key, _HGETALL, [])):
-            item = _dead(record)
+        records = [
+            (_dead(record), raw_id) for raw_id, record in _pairs(self._wire.call(key, _HGETALL, []))
+        ]
+        # behind what is queued, in the order they died (a hash keeps none)
+        records.sort(key=lambda pair: (pair[0].died or 0.0, pair[0].id))
+        for item, raw_id in records:
             if ids is not None and item.id not in ids:
                 continue
             item.attempts, item.visible = 0, now

@@ -364,17 +364,17 @@ class MemoryQueueStore:
             dead = self._dead.get(queue, {})
             chosen = list(dead) if ids is None else [i for i in ids if i in dead]
             items, keys = self._q(queue), self._keys.setdefault(queue, {})
-            for item_id in chosen:
+            for item_id in chosen:  # behind what is queued, in the order they died
                 item = dead.pop(item_id)
                 if item.key in keys:
                     continue  # the same request is queued again already
+                self._next += 1
+                item.id = self._next
                 item.attempts = 0
                 item.visible = now
                 item.died = None
-                items[item_id] = item
-                keys[item.key] = item_id
-            if chosen:  # back in id order
-                self._items[queue] = dict(sorted(items.items()))
+                items[item.id] = item
+                keys[item.key] = item.id
             return len(chosen)
 
     def purge_dead(self, queue: str, ids: list[int] | None) -> int:
