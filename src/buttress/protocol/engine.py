@@ -535,6 +535,10 @@ class ProtocolHost:
                     run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, error)
                     run.choice, run.target = choice, choice.name
                     return _drive(run)
+                except BaseException:  # interrupted: the call ended neither way
+                    if choice.probe:
+                        plan.pool.release(choice)  # type: ignore[union-attr]
+                    raise
                 finally:
                     _current_target.reset(token)
                 if hasattr(result, "__await__"):
@@ -580,7 +584,7 @@ class ProtocolHost:
             return result
         if plan.pooled and not write:
             if self._offload:  # the choice reads the store
-                choice = await asyncio.to_thread(self._admit, plan, resource)
+                choice = await self._admit_off_loop(plan, resource)
             else:
                 choice = self._admit(plan, resource)
             if choice is not None:
@@ -594,6 +598,10 @@ class ProtocolHost:
                     run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, error)
                     run.choice, run.target, run.is_async = choice, choice.name, True
                     return await _adrive(run)
+                except BaseException:  # cancelled: the call ended neither way
+                    if choice.probe:
+                        self._give_back(plan, choice)
+                    raise
                 finally:
                     _current_target.reset(token)
                 assert plan.pool is not None
@@ -705,6 +713,33 @@ class ProtocolHost:
         assert pool is not None
         bad = self._bad.get(resource)
         return pool.choose(exclude=bad) if bad else pool.choose()
+
+    async def _admit_off_loop(self, plan: _Plan, resource: ResourceType) -> TargetChoice | None:
+        """:meth:`_admit` in a worker thread. A caller cancelled meanwhile leaves the thread
+        running: a probe it takes is given back when it ends, not held until its lease ends."""
+        choosing = asyncio.ensure_future(asyncio.to_thread(self._admit, plan, resource))
+        try:
+            return await asyncio.shield(choosing)
+        except asyncio.CancelledError:
+            choosing.add_done_callback(lambda done: self._given_up(plan, done))
+            raise
+
+    def _given_up(self, plan: _Plan, done: asyncio.Future[TargetChoice | None]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        choice = done.result()
+        if choice is not None and choice.probe:
+            self._give_back(plan, choice)
+
+    def _give_back(self, plan: _Plan, choice: TargetChoice) -> None:
+        """Free the probe of a call that ended neither way, from async code: a shared pool's
+        store step goes to a worker thread, unawaited (the caller is being cancelled)."""
+        pool = plan.pool
+        assert pool is not None
+        if self._offload:
+            asyncio.get_running_loop().run_in_executor(None, pool.release, choice)
+        else:
+            pool.release(choice)
 
     def _done(
         self,
@@ -977,9 +1012,22 @@ class _Run:
     def walk(self) -> Generator[Any, Any, Any]:
         """Yields a float (sleep) or a :class:`_Command`; receives ``(ok, value, took)``."""
         try:
-            return (yield from self._walk())
-        except _Reroute as reroute:
-            return (yield from self._rerouted(reroute))
+            try:
+                return (yield from self._walk())
+            except _Reroute as reroute:
+                return (yield from self._rerouted(reroute))
+        finally:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Free the probes the walk still holds: its call ended neither way (cancelled,
+        interrupted, closed) or a target it set aside was never used."""
+        choice, stash, self.choice, self.stash = self.choice, self.stash, None, None
+        pool = self.routed or self.plan.pool
+        if choice is not None and choice.probe and pool is not None:
+            pool.release(choice)
+        if stash is not None and stash.probe and self.plan.pool is not None:
+            self.plan.pool.release(stash)
 
     def _rerouted(self, reroute: _Reroute) -> Generator[Any, Any, Any]:
         """The call on its routed chain: each of the chain's targets once, in its order, within
@@ -1457,11 +1505,19 @@ class _Offloaded:
         return step
 
     def close(self) -> None:
+        # A walk left before its end (its caller cancelled) is closed in a worker thread, as
+        # every step: closing it may free a probe in the store. One that ended has nothing left.
         running = self.running
         if running is not None and not running.done():
-            running.add_done_callback(lambda _: self.walk.close())
-        else:
-            self.walk.close()
+            running.add_done_callback(lambda _: self._close_off_loop())
+        elif inspect.getgeneratorstate(self.walk) != inspect.GEN_CLOSED:
+            self._close_off_loop()
+
+    def _close_off_loop(self) -> None:
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self.context.run, self.walk.close)
+        except RuntimeError:  # the loop is shutting its executor down: close it here
+            self.context.run(self.walk.close)
 
 
 async def _adrive(run: _Run) -> Any:
