@@ -525,7 +525,8 @@ class ProtocolHost:
                 self._recovered(resource)
             return result
         if plan.pooled and not write:
-            choice = self._admit(plan, resource)
+            bad = self._bad.get(resource)  # (_admit, inlined)
+            choice = plan.pool.choose(exclude=bad) if bad else plan.pool.choose()  # type: ignore[union-attr]
             if choice is not None:
                 call, cargs, ckwargs = _aimed(fn, args, kwargs, choice, bound)
                 token = _current_target.set(choice.name)
@@ -543,6 +544,9 @@ class ProtocolHost:
                     _current_target.reset(token)
                 if hasattr(result, "__await__"):
                     _refuse_awaitable(fn, result)
+                if plan.cache is None and not plan.recovering:
+                    plan.pool.succeeded(choice)  # type: ignore[union-attr]
+                    return result
                 return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
         run.writes(write)
@@ -586,7 +590,8 @@ class ProtocolHost:
             if self._offload:  # the choice reads the store
                 choice = await self._admit_off_loop(plan, resource)
             else:
-                choice = self._admit(plan, resource)
+                bad = self._bad.get(resource)  # (_admit, inlined)
+                choice = plan.pool.choose(exclude=bad) if bad else plan.pool.choose()  # type: ignore[union-attr]
             if choice is not None:
                 call, cargs, ckwargs = _aimed(fn, args, kwargs, choice, bound)
                 token = _current_target.set(choice.name)
@@ -609,6 +614,9 @@ class ProtocolHost:
                     return await asyncio.to_thread(
                         self._done, plan, resource, choice, fn, args, kwargs, result
                     )
+                if plan.cache is None and not plan.recovering:
+                    plan.pool.succeeded(choice)
+                    return result
                 return self._done(plan, resource, choice, fn, args, kwargs, result)
         run = _Run(self, plan, resource, fn, args, kwargs, variant, bound, name, None)
         run.writes(write)
@@ -1401,7 +1409,10 @@ def _aimed(
     """The call to make on ``choice``: ``fn`` with ``target=`` when it takes one, else a callable
     target itself (without the instance of a method), else ``fn`` as it is (it reads
     :func:`~buttress.current_target`)."""
-    if _takes_target(fn):
+    takes = _TAKES_TARGET.get(fn)  # (a plain function: found at once)
+    if takes is None:
+        takes = _takes_target(fn)
+    if takes:
         return fn, args, {**kwargs, "target": choice.target}
     target = choice.target
     if callable(target):
