@@ -393,8 +393,9 @@ def test_done_key_is_acknowledged_without_running(make: MakeQueue) -> None:
     assert q.requeue_dead() == 1  # the dead letter's key is done already
     assert q.process() == 0
     assert runs == [1, 1]
-    # dropped at its claim (SQLite, memory) or refused at its requeue (Redis)
-    assert q.counts["skipped"] == (0 if "redis" in q.store.url else 1)
+    # dropped at its claim (memory) or refused at its requeue (SQLite, Redis: the done key
+    # holds its place in the key index)
+    assert q.counts["skipped"] == (1 if "memory" in q.store.url else 0)
     assert q.stats().depth == 0
 
 
@@ -662,34 +663,80 @@ def test_queue_schema_versions(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
-def test_a_version_2_file_is_renumbered_into_queue_ranges_in_order(tmp_path: Path) -> None:
-    # version 2 numbered every queue's items in one sequence: a, b, a, b, ...
+# the queue tables as version 2 made them (buttress_queue_counts is unchanged since)
+VERSION_2 = """
+CREATE TABLE buttress_queue (
+    id INTEGER PRIMARY KEY, queue TEXT NOT NULL, key TEXT NOT NULL, handler TEXT NOT NULL,
+    args TEXT NOT NULL, resource TEXT, enqueued REAL NOT NULL, expires REAL,
+    attempts INTEGER NOT NULL DEFAULT 0, visible REAL NOT NULL, owner TEXT, first_error TEXT,
+    first_error_at REAL, last_error TEXT, last_error_at REAL, UNIQUE (queue, key)
+);
+CREATE INDEX buttress_queue_resource ON buttress_queue (queue, resource, id)
+    WHERE resource IS NOT NULL;
+CREATE INDEX buttress_queue_expires ON buttress_queue (queue, expires) WHERE expires IS NOT NULL;
+CREATE TABLE buttress_queue_dead (
+    id INTEGER PRIMARY KEY, queue TEXT NOT NULL, key TEXT NOT NULL, handler TEXT NOT NULL,
+    args TEXT NOT NULL, resource TEXT, enqueued REAL NOT NULL, expires REAL,
+    attempts INTEGER NOT NULL, visible REAL NOT NULL, owner TEXT, first_error TEXT,
+    first_error_at REAL, last_error TEXT, last_error_at REAL, died REAL NOT NULL
+);
+CREATE TABLE buttress_queue_done (
+    queue TEXT NOT NULL, key TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (queue, key)
+) WITHOUT ROWID;
+CREATE TABLE buttress_queue_counts (
+    queue TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (queue, name)
+) WITHOUT ROWID;
+INSERT INTO buttress_meta (name, value) VALUES ('queue_schema_version', '2');
+"""
+
+
+def test_a_version_2_file_is_upgraded_in_order_with_its_done_keys(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    from buttress.backends.sqlite import SQLiteStore
+
     path = tmp_path / "q.db"
-    SQLiteQueueStore(path).close()
+    SQLiteStore(path).close()
     conn = sqlite3.connect(path)
-    conn.execute("DELETE FROM buttress_queue")
+    conn.executescript(VERSION_2)
+    # version 2 numbered every queue's items in one sequence: a, b, a, b, ...
     for i in range(1, 7):
         conn.execute(
             "INSERT INTO buttress_queue (id, queue, key, handler, args, enqueued, visible) "
             "VALUES (?, ?, ?, 'work', ?, 0, 0)",
             (i, "ab"[i % 2], f"k{i}", f'{{"args":[{i}],"kwargs":{{}}}}'),
         )
-    conn.execute("UPDATE buttress_meta SET value = '2' WHERE name = 'queue_schema_version'")
+    now = clock.wall()
+    conn.executemany(
+        "INSERT INTO buttress_queue_done (queue, key, until) VALUES (?, ?, ?)",
+        [
+            ("a", "done", now + 100),  # remembered: refuses its request
+            ("a", "old", now - 1),  # past its time: forgotten
+            ("b", "k5", now + 100),  # done while queued again: the claim would skip it
+        ],
+    )
     conn.commit()
     store = SQLiteQueueStore(path)
     try:
-        for name, expected in (("a", [2, 4, 6]), ("b", [1, 3, 5])):
+        tables = {t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "buttress_queue_done" not in tables
+        assert conn.execute(version_query()).fetchone() == ("3",)
+        for name, expected in (("a", [2, 4, 6]), ("b", [1, 3])):
             items = store.items(name, 10)
-            assert [item.id for item in items] == [1, 2, 3]  # counted within the queue
+            assert [item.id for item in items] == list(range(1, len(expected) + 1))
             assert [item.key for item in items] == [f"k{i}" for i in expected]  # in order
-            q = RequestQueue(name, storage=store)
+            q = RequestQueue(name, storage=store, clock=clock)
             log: list[tuple[str, Any, int]] = []
             with_log(q, log)
-            assert q.put("work", [7], key=f"{name}7").id == 4
-            assert q.process() == 4
+            assert q.put("work", [7], key=f"{name}7").id == len(expected) + 1
+            assert q.process() == len(expected) + 1
             assert [x for _, x, _ in log] == [*expected, 7]
             q.close()
-        assert conn.execute(version_query()).fetchone() == ("3",)
+        a = RequestQueue("a", storage=store, clock=clock)
+        with_log(a, [])
+        assert a.put("work", [0], key="done").added is False
+        assert a.put("work", [0], key="old").added is True
+        a.close()
     finally:
         conn.close()
         store.close()
@@ -785,7 +832,7 @@ def test_sqlite_sweeps_done_keys_past_their_time_a_bounded_slice_at_a_time(
     import buttress.queue.sqlite as queue_sqlite
 
     monkeypatch.setattr(queue_sqlite, "SWEEP_EVERY", 10)  # a sweep per 10 acknowledgements
-    monkeypatch.setattr(queue_sqlite, "SWEEP_SPAN", 15)  # of the next 15 done keys
+    monkeypatch.setattr(queue_sqlite, "SWEEP_SPAN", 15)  # of the 15 oldest done keys
     path = tmp_path / "q.db"
     store = SQLiteQueueStore(path)
     q = RequestQueue("jobs", storage=store, clock=clock, done_for=60)
@@ -802,20 +849,30 @@ def test_sqlite_sweeps_done_keys_past_their_time_a_bounded_slice_at_a_time(
     conn = sqlite3.connect(path)
 
     def done_keys() -> list[str]:
-        return [k for (k,) in conn.execute("SELECT key FROM buttress_queue_done ORDER BY key")]
+        return [
+            k
+            for (k,) in conn.execute(
+                "SELECT key FROM buttress_queue WHERE done_until IS NOT NULL ORDER BY id"
+            )
+        ]
 
     def keys(prefix: str, indices: range = range(10)) -> list[str]:
         return [f"{prefix}{i}" for i in indices]
 
     try:
-        batch("a")  # a sweep of a0-a9 (fewer than 15 left): none past its time; then wrap
+        batch("a")  # a sweep of a0-a9: none past its time
         batch("b")  # a sweep of a0-a9, b0-b4: none past its time
         clock.advance(61.0)  # a and b are past their time
-        batch("c")  # a sweep of b5-b9, c0-c9: a0-b4 are not looked at
-        assert done_keys() == keys("a") + keys("b", range(5)) + keys("c")
-        batch("d")  # d0-d9, the rest: then wrap
-        batch("e")  # a0-a9, b0-b4
-        assert done_keys() == keys("c") + keys("d") + keys("e")
+        batch("c")  # a sweep of a0-b4: gone; b5-b9 are not looked at
+        assert done_keys() == keys("b", range(5, 10)) + keys("c")
+        batch("d")  # a sweep of b5-b9 (gone) and c0-c9 (kept)
+        assert done_keys() == keys("c") + keys("d")
+        assert q.stats().done == 20
+        clock.advance(61.0)
+        assert q.stats().done == 0  # past their time, swept or not
+        q.put("work", [0], key="c0")  # a done key past its time does not refuse its request
+        assert q.process() == 1
+        assert done_keys() == keys("c", range(1, 10)) + keys("d") + ["c0"]
     finally:
         conn.close()
         q.close()
@@ -861,7 +918,7 @@ def test_a_queue_that_used_up_its_ids_refuses_puts_until_it_empties(
 ) -> None:
     import buttress.queue.sqlite as queue_sqlite
 
-    monkeypatch.setattr(queue_sqlite, "_LAST", 3)  # a range of three ids instead of 2**42
+    monkeypatch.setattr(queue_sqlite, "_QUEUED_LAST", 3)  # three queued ids instead of 2**45
     with RequestQueue("jobs", storage=f"sqlite:///{tmp_path / 'q.db'}", max_depth=None) as q:
         log: list[tuple[str, Any, int]] = []
         with_log(q, log)
@@ -872,3 +929,26 @@ def test_a_queue_that_used_up_its_ids_refuses_puts_until_it_empties(
         assert q.put("work", [3]).id == 1  # empty: numbered from the start again
         assert q.process() == 1
         assert [x for _, x, _ in log] == [0, 1, 2, 3]
+
+
+def test_a_used_up_done_half_is_renumbered_from_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    import buttress.queue.sqlite as queue_sqlite
+
+    monkeypatch.setattr(queue_sqlite, "_LAST", queue_sqlite._DONE_FIRST + 7)  # 8 done ids
+    monkeypatch.setattr(queue_sqlite, "SWEEP_EVERY", 1)
+    path = tmp_path / "q.db"
+    with RequestQueue("jobs", storage=f"sqlite:///{path}", clock=clock, done_for=60) as q:
+        with_log(q, [])
+        start = queue_sqlite._range("jobs") + queue_sqlite._DONE_FIRST
+        for round_ in range(4):  # 12 keys done through 8 ids, the oldest swept each round
+            clock.advance(61.0)  # the last round's keys are past their time
+            for i in range(3):
+                q.put("work", [i], key=f"{round_}-{i}")
+            assert q.process() == 3
+        with sqlite3.connect(path) as conn:
+            ids = [i for (i,) in conn.execute("SELECT id FROM buttress_queue ORDER BY id")]
+        assert len(ids) == 3
+        assert all(start <= i <= start + 7 for i in ids)
+        assert q.put("work", [0], key="3-0").added is False  # the last round's keys: done

@@ -38,12 +38,21 @@ handled may be given again, so steps that could meet a reused id check the owner
 or go by key (acknowledgement). A claim walks its queue's range in id order, so the items of
 other queues in the same file cost it nothing.
 
+Done keys. A handled request's row stays, moved to the upper half of its queue's range with its
+arguments dropped and ``done_until`` set (``done_for`` ahead): its key stays in the unique index,
+so a put of a done key is refused by the same index probe as a put of a queued one, with no
+table of done keys to check, and an acknowledgement rewrites the row's index entry in place
+instead of deleting it there and inserting the key in another B-tree at another random page.
+The done half is in the order of acknowledgement, so keys past their time are swept from its
+front, a bounded slice at a time. A put whose key is done but past its time deletes that row and
+is queued.
+
 A claim takes up to ``limit`` items in one transaction (one commit for a batch). A consumer does
 not commit each acknowledgement on its own: :class:`~buttress.queue.RequestQueue` keeps the
 ``(id, key)`` of the requests it handled and commits them with its next claim, in the same
 transaction (:meth:`SQLiteQueueStore.ack_and_claim`), or on their own (:meth:`ack_many`) when it
-stops consuming or at the next heartbeat. An acknowledgement records the key as done and deletes
-the item in one transaction, so a request is never both gone and not done. What a crash may
+stops consuming or at the next heartbeat. An acknowledgement turns the item into its done key in
+one step, so a request is never both gone and not done. What a crash may
 re-run: the requests handled since the last such commit, at most one claimed batch (16 by
 default) and at most one heartbeat interval's worth, each under its key with its attempt raised;
 a handler that makes its effect idempotent by the key repeats no effect.
@@ -66,6 +75,7 @@ from typing import Any
 
 from ..backends.base import StorageError, StorageUnavailable
 from ..backends.sqlite import SQLiteStore
+from ..clock import get_clock
 from .store import LEASE_RAN_OUT, Claimed, Item, Stats, settle_failure
 
 __all__ = ["QUEUE_SCHEMA_VERSION", "SQLiteQueueStore"]
@@ -74,8 +84,10 @@ QUEUE_SCHEMA_VERSION = 3
 # version 1 kept the depth in buttress_queue_counts by triggers and numbered items with
 # AUTOINCREMENT (two more pages written by every put) and deleted a handled item by a trigger.
 # Its tables read as version 2's once the triggers are gone. Version 2 numbered the items of
-# every queue in one sequence; version 3 gives each queue a range of rowids (see _range) and
-# renumbers the items of an older file into their queues' ranges, in their order.
+# every queue in one sequence and kept done keys in buttress_queue_done; version 3 gives each
+# queue a range of rowids (see _range), with its done keys in the range's upper half. Opening an
+# older file renumbers its items into their queues' ranges, in their order, and moves its done
+# keys into the done halves (a queued item whose key is done goes: it would never run).
 _MIGRATE_1 = (
     "DROP TRIGGER IF EXISTS buttress_queue_added; DROP TRIGGER IF EXISTS buttress_queue_removed; "
     "DROP TRIGGER IF EXISTS buttress_queue_handled;"
@@ -109,6 +121,7 @@ CREATE TABLE IF NOT EXISTS buttress_queue (
     first_error_at REAL,
     last_error TEXT,
     last_error_at REAL,
+    done_until REAL,
     UNIQUE (queue, key)
 );
 CREATE INDEX IF NOT EXISTS buttress_queue_resource ON buttress_queue (queue, resource, id)
@@ -133,12 +146,6 @@ CREATE TABLE IF NOT EXISTS buttress_queue_dead (
     last_error_at REAL,
     died REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS buttress_queue_done (
-    queue TEXT NOT NULL,
-    key TEXT NOT NULL,
-    until REAL NOT NULL,
-    PRIMARY KEY (queue, key)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buttress_queue_counts (
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -148,10 +155,10 @@ CREATE TABLE IF NOT EXISTS buttress_queue_counts (
 """
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 # acknowledgements between sweeps of the queue's done keys past their time. A sweep looks at the
-# next SWEEP_SPAN keys in key order, from where the last one stopped, and wraps around: a bounded
-# range of the primary key, where a sweep of the whole table would take longer the more keys are
-# done (7 days of them by default). Each key is looked at once per pass, so a key past its time
-# may stay up to one pass longer (its time is checked wherever it is read).
+# SWEEP_SPAN oldest done keys (the front of the done half, in acknowledgement order) and deletes
+# those past their time: bounded work under the write lock, however many keys are done (7 days
+# of them by default). A key past its time may stay until a sweep reaches it; its time is checked
+# wherever it is read.
 SWEEP_EVERY = 1000
 SWEEP_SPAN = 2000
 # commits of a store between its background checkpoints (a put writes two pages, a claim a few)
@@ -164,15 +171,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 _CHUNK = 300  # rows per statement (three parameters each, well below SQLite's limit)
 # Item ids. Each queue numbers its items in a range of rowids of its own, chosen by a hash of its
-# name: RANGE_BITS low bits count, the bits above them name the range (2**20 ranges, the first
+# name: RANGE_BITS low bits count, the bits above them name the range (2**16 ranges, the first
 # left unused). So the items of one queue sit together in the table's rowid order, and a claim
 # walks its own queue's range instead of every queue's rows (several queues share the default
-# file). A new item takes one past the largest id in its range; two queues whose names share a
-# range share its numbers (every step also checks the queue's name). The ids a store hands out
-# count from 1 within the range. A range holds 2**42 ids; its numbering restarts whenever the
-# queue is empty, and a put into a queue that used them all up without ever emptying is refused.
-RANGE_BITS = 42
-_RANGE_SLOTS = 1 << 20
+# file). The lower half of a range holds queued items, the upper half done keys. A new item (a
+# done key) takes one past the largest id in its half; two queues whose names share a range
+# share its numbers (every step also checks the queue's name). The ids a store hands out count
+# from 1 within the range. A half holds 2**45 ids. The queued half numbers from its start again
+# whenever the queue is empty, and a put into a queue that used it all up without ever emptying
+# is refused; a done half used up is renumbered from its start (_compact_done).
+RANGE_BITS = 46
+_RANGE_SLOTS = 1 << 16
 
 
 def _range(queue: str) -> int:
@@ -181,30 +190,28 @@ def _range(queue: str) -> int:
     return (1 + int.from_bytes(digest, "big") % (_RANGE_SLOTS - 1)) << RANGE_BITS
 
 
+_QUEUED_LAST = (1 << (RANGE_BITS - 1)) - 1  # the last id of the queued half, from the start
+_DONE_FIRST = 1 << (RANGE_BITS - 1)  # the first id of the done half, from the range's start
 _LAST = (1 << RANGE_BITS) - 1  # the last id of a range, counted from its start
-# The conditions choose the queue name or NULL: a NULL in that NOT NULL column makes INSERT OR
-# IGNORE skip the row, as a taken key does. (A VALUES row rather than INSERT ... SELECT: a SELECT
-# that reads the table it fills is first copied to a temporary table, every put.) ?10 and ?11
-# are the range's first and last rowids; a range used up gives its last id again, which is
-# taken, so the put is refused.
+# ?9 and ?10 are the queued half's first and last rowids; a half used up gives its last id
+# again, which is taken, so the put is refused. The depth condition chooses the queue name or
+# NULL: a NULL in that NOT NULL column makes INSERT OR IGNORE skip the row, as a taken key (queued
+# or done) does. (A VALUES row rather than INSERT ... SELECT: a SELECT that reads the table it
+# fills is first copied to a temporary table, every put.)
 _NEXT_ID = (
-    "min(COALESCE((SELECT MAX(id) FROM buttress_queue WHERE id BETWEEN ?10 AND ?11), ?10) + 1, ?11)"
+    "min(COALESCE((SELECT MAX(id) FROM buttress_queue WHERE id BETWEEN ?9 AND ?10), ?9) + 1, ?10)"
 )
 _PUT = (
     "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, enqueued, "
-    f"expires, visible) VALUES ({_NEXT_ID}, CASE WHEN NOT EXISTS (SELECT 1 FROM "
-    "buttress_queue_done WHERE queue = ?1 AND key = ?2 AND until > ?9) AND (COALESCE((SELECT "
-    "MAX(id) FROM buttress_queue WHERE id BETWEEN ?10 AND ?11) - (SELECT MIN(id) FROM "
-    "buttress_queue WHERE id BETWEEN ?10 AND ?11), -1) < ?12 OR (SELECT COUNT(*) FROM "
-    "buttress_queue WHERE id BETWEEN ?10 AND ?11 AND +queue = ?1) < ?13) THEN ?1 END, "
-    "?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    f"expires, visible) VALUES ({_NEXT_ID}, CASE WHEN COALESCE((SELECT MAX(id) FROM "
+    "buttress_queue WHERE id BETWEEN ?9 AND ?10) - (SELECT MIN(id) FROM buttress_queue WHERE "
+    "id BETWEEN ?9 AND ?10), -1) < ?11 OR (SELECT COUNT(*) FROM buttress_queue WHERE id "
+    "BETWEEN ?9 AND ?10 AND +queue = ?1) < ?12 THEN ?1 END, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
 # the same for a queue without a depth limit
 _PUT_UNBOUNDED = (
     "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, enqueued, "
-    f"expires, visible) VALUES ({_NEXT_ID}, CASE WHEN NOT EXISTS (SELECT 1 FROM "
-    "buttress_queue_done WHERE queue = ?1 AND key = ?2 AND until > ?9) THEN ?1 END, "
-    "?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    f"expires, visible) VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
 
 
@@ -324,7 +331,6 @@ class SQLiteQueueStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._acks = 0
-        self._swept: dict[str, str] = {}  # queue: the last done key the last sweep looked at
         self._closed = False
         self._commits = 0
         self._starts: dict[str, int] = {}  # queue: the first rowid of its range
@@ -385,10 +391,7 @@ class SQLiteQueueStore:
                     f"version of buttress reads version {QUEUE_SCHEMA_VERSION}"
                 )
             if row is not None and row[0] in ("1", "2"):
-                for statement in _MIGRATE_1.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                _renumber(conn)
+                _upgrade(conn, get_clock().wall())
             conn.execute(
                 "INSERT INTO buttress_meta (name, value) VALUES ('queue_schema_version', ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -470,10 +473,9 @@ class SQLiteQueueStore:
     def put(self, queue: str, item: Item, max_depth: int | None, now: float) -> tuple[int, bool]:
         # One statement, so one implicit transaction that writes two pages (the row, its key's
         # index entry), as few as a bare INSERT with a unique key can. The item is added only
-        # when its key is neither queued (the unique index) nor done, and the queue is below its
-        # depth: the span of ids in the table bounds the depth from above in two index probes,
-        # so the exact count (a scan of the queue's keys) runs only when that bound reaches the
-        # limit.
+        # when its key is not in the unique index (neither queued nor done) and the queue is
+        # below its depth: the span of the queued half's ids bounds the depth from above in two
+        # probes of the rowid, so the exact count runs only when that bound reaches the limit.
         start = self._starts.get(queue)
         if start is None:  # (the lookup of _start, inlined: a put is the hot path)
             start = self._start(queue)
@@ -488,27 +490,34 @@ class SQLiteQueueStore:
                 item.enqueued,
                 item.expires,
                 item.visible,
-                now,
                 start,
-                start + _LAST,
+                start + _QUEUED_LAST,
             )
-            if max_depth is None:
-                cursor = conn.execute(_PUT_UNBOUNDED, params)
-            else:
-                cursor = conn.execute(_PUT, (*params, max_depth - 1, max_depth))
-            if cursor.rowcount:
-                self._commits += 1
-                if self._commits >= CHECKPOINT_EVERY:
-                    self._commits = 0
-                    self.checkpointer.poke()
-                return int(cursor.lastrowid or 0) - start, True
-            row = conn.execute(
-                "SELECT id FROM buttress_queue WHERE queue = ? AND key = ?", (queue, item.key)
-            ).fetchone()
-            if row is not None:
-                return int(row[0]) - start, False
-            if self.is_done(queue, item.key, now):
-                return 0, False
+            for _ in range(2):
+                if max_depth is None:
+                    cursor = conn.execute(_PUT_UNBOUNDED, params)
+                else:
+                    cursor = conn.execute(_PUT, (*params, max_depth - 1, max_depth))
+                if cursor.rowcount:
+                    self._commits += 1
+                    if self._commits >= CHECKPOINT_EVERY:
+                        self._commits = 0
+                        self.checkpointer.poke()
+                    return int(cursor.lastrowid or 0) - start, True
+                row = conn.execute(
+                    "SELECT id, done_until FROM buttress_queue WHERE queue = ? AND key = ?",
+                    (queue, item.key),
+                ).fetchone()
+                if row is None:
+                    return -1, False  # the depth bound refused it
+                if row[1] is None:
+                    return int(row[0]) - start, False  # queued already
+                if row[1] > now:
+                    return 0, False  # done
+                # done, but remembered past its time (not swept yet): forget it, queue again
+                conn.execute(
+                    "DELETE FROM buttress_queue WHERE id = ? AND done_until <= ?", (row[0], now)
+                )
             return -1, False
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"{self.path}: {exc}") from exc
@@ -558,22 +567,17 @@ class SQLiteQueueStore:
         # a resource's items go one at a time, oldest first: only its head may be claimed.
         # (+queue: walk the queue's range in id order rather than sort the queue's rows by id)
         start = self._start(queue)
+        # (a queued item's key is never done: both are one row, one key in the unique index)
         rows = conn.execute(
-            f"SELECT {_COLUMNS}, "
-            "EXISTS (SELECT 1 FROM buttress_queue_done d WHERE d.queue = q.queue "
-            "AND d.key = q.key AND d.until > ?) "
-            "FROM buttress_queue q WHERE id BETWEEN ? AND ? AND +queue = ? AND visible <= ? "
-            "AND (resource IS NULL OR id = (SELECT MIN(id) FROM buttress_queue h "
-            "WHERE h.queue = q.queue AND h.resource = q.resource AND h.resource IS NOT NULL)) "
+            f"SELECT {_COLUMNS} FROM buttress_queue q WHERE id BETWEEN ? AND ? AND +queue = ? "
+            "AND visible <= ? AND (resource IS NULL OR id = (SELECT MIN(id) FROM buttress_queue "
+            "h WHERE h.queue = q.queue AND h.resource = q.resource AND h.resource IS NOT NULL)) "
             "ORDER BY id LIMIT ?",
-            (now, start, start + _LAST, queue, now, limit),
+            (start, start + _QUEUED_LAST, queue, now, limit),
         ).fetchall()
         for row in rows:
             item = _item(row)
-            if row[-1]:
-                conn.execute("DELETE FROM buttress_queue WHERE id = ?", (item.id,))
-                out.skipped += 1
-            elif item.owner is not None and item.attempts >= max_attempts:
+            if item.owner is not None and item.attempts >= max_attempts:
                 # a delivery that failed by its worker's death, with no attempt left
                 settle_failure(item, item.owner, LEASE_RAN_OUT, now, None)
                 _bury(conn, item, now)
@@ -635,43 +639,61 @@ class SQLiteQueueStore:
         done_until: float,
     ) -> None:
         # by key, not id: an id may name another item by now (a lease that ran out, an item
-        # handled elsewhere, its id reused), a key cannot (it is done, so not queued again)
-        for start in range(0, len(handled), _CHUNK):
-            keys = [key for _, key in handled[start : start + _CHUNK]]
-            marks = ", ".join("?" * len(keys))
-            conn.execute(
-                f"DELETE FROM buttress_queue WHERE queue = ? AND key IN ({marks})", (queue, *keys)
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO buttress_queue_done (queue, key, until) VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(keys)),
-                [value for key in keys for value in (queue, key, done_until)],
-            )
+        # handled elsewhere, its id reused), a key cannot (it is done, so not queued again).
+        # Each row moves to the end of the done half, in the order handled.
+        start = self._start(queue)
+        first, last = start + _DONE_FIRST, start + _LAST
+        keys = [key for _, key in handled]
+        (top,) = conn.execute(
+            "SELECT MAX(id) FROM buttress_queue WHERE id BETWEEN ? AND ?", (first, last)
+        ).fetchone()
+        next_id = first if top is None else top + 1
+        if next_id + 2 * len(keys) > last:
+            next_id = _compact_done(conn, first, last)
+        cursor = conn.executemany(
+            "UPDATE buttress_queue SET id = ?, done_until = ?, args = '', resource = NULL, "
+            "expires = NULL, owner = NULL WHERE queue = ? AND key = ?",
+            [(next_id + i, done_until, queue, key) for i, key in enumerate(keys)],
+        )
+        if cursor.rowcount < len(keys):
+            # rows gone meanwhile (buried by another consumer, expired): their requests ran,
+            # so their keys are done all the same
+            self._remember(conn, queue, keys, next_id + len(keys), done_until)
         before, self._acks = self._acks, self._acks + len(handled)
         if before // SWEEP_EVERY != self._acks // SWEEP_EVERY:
             self._sweep(conn, queue, now)
 
+    def _remember(
+        self, conn: sqlite3.Connection, queue: str, keys: list[str], next_id: int, until: float
+    ) -> None:
+        """Record as done those of ``keys`` that have no row in ``queue``."""
+        present: set[str] = set()
+        for chunk in range(0, len(keys), _CHUNK):
+            part = keys[chunk : chunk + _CHUNK]
+            present.update(
+                key
+                for (key,) in conn.execute(
+                    "SELECT key FROM buttress_queue WHERE queue = ? AND key IN "
+                    f"({', '.join('?' * len(part))})",
+                    (queue, *part),
+                )
+            )
+        missing = [key for key in dict.fromkeys(keys) if key not in present]
+        conn.executemany(
+            "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, enqueued, "
+            "visible, done_until) VALUES (?, ?, ?, '', '', ?, ?, ?)",
+            [(next_id + i, queue, key, until, until, until) for i, key in enumerate(missing)],
+        )
+
     def _sweep(self, conn: sqlite3.Connection, queue: str, now: float) -> None:
-        """Delete the done keys past their time among the next ``SWEEP_SPAN`` of ``queue``."""
-        start = self._swept.get(queue, "")
-        row = conn.execute(
-            "SELECT key FROM buttress_queue_done WHERE queue = ? AND key > ? ORDER BY key "
-            "LIMIT 1 OFFSET ?",
-            (queue, start, SWEEP_SPAN - 1),
-        ).fetchone()
-        if row is None:  # the rest of the keys: the next pass starts from the first
-            conn.execute(
-                "DELETE FROM buttress_queue_done WHERE queue = ? AND key > ? AND until <= ?",
-                (queue, start, now),
-            )
-            self._swept[queue] = ""
-        else:
-            conn.execute(
-                "DELETE FROM buttress_queue_done WHERE queue = ? AND key > ? AND key <= ? "
-                "AND until <= ?",
-                (queue, start, row[0], now),
-            )
-            self._swept[queue] = row[0]
+        """Delete the done keys past their time among the ``SWEEP_SPAN`` oldest of ``queue``'s
+        range (the front of its done half)."""
+        start = self._start(queue)
+        conn.execute(
+            "DELETE FROM buttress_queue WHERE id IN (SELECT id FROM buttress_queue WHERE id "
+            "BETWEEN ? AND ? ORDER BY id LIMIT ?) AND done_until <= ?",
+            (start + _DONE_FIRST, start + _LAST, SWEEP_SPAN, now),
+        )
 
     def fail(
         self,
@@ -709,7 +731,7 @@ class SQLiteQueueStore:
     def is_done(self, queue: str, key: str, now: float) -> bool:
         with self._mapped() as conn:
             row = conn.execute(
-                "SELECT 1 FROM buttress_queue_done WHERE queue = ? AND key = ? AND until > ?",
+                "SELECT 1 FROM buttress_queue WHERE queue = ? AND key = ? AND done_until > ?",
                 (queue, key, now),
             ).fetchone()
         return row is not None
@@ -723,14 +745,15 @@ class SQLiteQueueStore:
                 "COALESCE(SUM(visible > ? AND owner IS NOT NULL), 0), "
                 "COALESCE(SUM(visible > ? AND owner IS NULL), 0) FROM buttress_queue "
                 "WHERE id BETWEEN ? AND ? AND +queue = ?",
-                (now, now, now, start, start + _LAST, queue),
+                (now, now, now, start, start + _QUEUED_LAST, queue),
             ).fetchone()
             (dead,) = conn.execute(
                 "SELECT COUNT(*) FROM buttress_queue_dead WHERE queue = ?", (queue,)
             ).fetchone()
             (done,) = conn.execute(
-                "SELECT COUNT(*) FROM buttress_queue_done WHERE queue = ? AND until > ?",
-                (queue, now),
+                "SELECT COUNT(*) FROM buttress_queue WHERE id BETWEEN ? AND ? AND +queue = ? "
+                "AND done_until > ?",
+                (start + _DONE_FIRST, start + _LAST, queue, now),
             ).fetchone()
             row = conn.execute(
                 "SELECT value FROM buttress_queue_counts WHERE queue = ? AND name = 'expired'",
@@ -751,7 +774,7 @@ class SQLiteQueueStore:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM buttress_queue WHERE id BETWEEN ? AND ? AND +queue = ? "
                 "ORDER BY id LIMIT ?",
-                (start, start + _LAST, queue, limit),
+                (start, start + _QUEUED_LAST, queue, limit),
             ).fetchall()
         return [_item(row, False, start) for row in rows]
 
@@ -759,6 +782,8 @@ class SQLiteQueueStore:
         table = "buttress_queue_dead" if dead else "buttress_queue"
         extra = ", died" if dead else ""
         start = 0 if dead else self._start(queue)
+        if not dead and not 0 < item_id <= _QUEUED_LAST:
+            return None
         with self._mapped() as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS}{extra} FROM {table} WHERE queue = ? AND id = ?",
@@ -772,7 +797,7 @@ class SQLiteQueueStore:
             return conn.execute(
                 "UPDATE buttress_queue SET visible = ? WHERE id BETWEEN ? AND ? AND +queue = ? "
                 "AND owner IS NULL AND visible > ?",
-                (now, start, start + _LAST, queue, now),
+                (now, start, start + _QUEUED_LAST, queue, now),
             ).rowcount
 
     def requeue_dead(self, queue: str, ids: list[int] | None, now: float) -> int:
@@ -780,6 +805,20 @@ class SQLiteQueueStore:
         numbered, _ = _chosen(queue, ids, 4)
         start = self._start(queue)
         with self._transaction() as conn:
+            # a key done but past its time (not swept yet) would refuse its request: forget it
+            keys = [
+                k
+                for (k,) in conn.execute(
+                    f"SELECT key FROM buttress_queue_dead WHERE {where}", params
+                )
+            ]
+            for chunk in range(0, len(keys), _CHUNK):
+                part = keys[chunk : chunk + _CHUNK]
+                conn.execute(
+                    "DELETE FROM buttress_queue WHERE queue = ? AND done_until <= ? AND key IN "
+                    f"({', '.join('?' * len(part))})",
+                    (queue, now, *part),
+                )
             # numbered after the queue's last item, in the order they died
             conn.execute(
                 "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, "
@@ -789,7 +828,7 @@ class SQLiteQueueStore:
                 "handler, args, resource, enqueued, expires, 0, ?3, NULL, first_error, "
                 "first_error_at, last_error, last_error_at FROM buttress_queue_dead "
                 f"WHERE {numbered} ORDER BY id",
-                (start, start + _LAST, now, *params),
+                (start, start + _QUEUED_LAST, now, *params),
             )
             return conn.execute(f"DELETE FROM buttress_queue_dead WHERE {where}", params).rowcount
 
@@ -807,8 +846,16 @@ class SQLiteQueueStore:
         return [row[0] for row in rows]
 
 
-def _renumber(conn: sqlite3.Connection) -> None:
-    """Give the items of a file of version 1 or 2 ids in their queues' ranges, in their order."""
+def _upgrade(conn: sqlite3.Connection, now: float) -> None:
+    """Bring the queue tables of a file of version 1 or 2 to version 3: each item in its queue's
+    range, in order; each done key in the done half of its queue's range, in the order of its
+    time; the done keys' table dropped."""
+    for statement in _MIGRATE_1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(buttress_queue)")}
+    if "done_until" not in columns:
+        conn.execute("ALTER TABLE buttress_queue ADD COLUMN done_until REAL")
     rows = conn.execute("SELECT id, queue FROM buttress_queue ORDER BY id").fetchall()
     conn.execute("UPDATE buttress_queue SET id = -id")  # out of every range's way
     last: dict[int, int] = {}  # range: its last id given (queues may share a range)
@@ -818,6 +865,42 @@ def _renumber(conn: sqlite3.Connection) -> None:
         new = last[start] = last.get(start, start) + 1
         moves.append((new, -old))
     conn.executemany("UPDATE buttress_queue SET id = ? WHERE id = ?", moves)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "buttress_queue_done" not in tables:
+        return
+    done = conn.execute(
+        "SELECT queue, key, until FROM buttress_queue_done WHERE until > ? ORDER BY until", (now,)
+    ).fetchall()
+    # a queued item whose key is done would only have been skipped by a claim
+    conn.executemany(
+        "DELETE FROM buttress_queue WHERE queue = ? AND key = ?", [(q, k) for q, k, _ in done]
+    )
+    last = {}
+    added = []
+    for queue, key, until in done:
+        start = _range(queue) + _DONE_FIRST
+        new = last[start] = last.get(start, start - 1) + 1
+        added.append((new, queue, key, until, until, until))
+    conn.executemany(
+        "INSERT INTO buttress_queue (id, queue, key, handler, args, enqueued, visible, "
+        "done_until) VALUES (?, ?, ?, '', '', ?, ?, ?)",
+        added,
+    )
+    conn.execute("DROP TABLE buttress_queue_done")
+
+
+def _compact_done(conn: sqlite3.Connection, first: int, last: int) -> int:
+    """Renumber the done keys between rowids ``first`` and ``last`` from ``first``, in order
+    (their half used up); the next id free."""
+    rows = conn.execute(
+        "SELECT id FROM buttress_queue WHERE id BETWEEN ? AND ? ORDER BY id", (first, last)
+    ).fetchall()
+    conn.execute("UPDATE buttress_queue SET id = -id WHERE id BETWEEN ? AND ?", (first, last))
+    conn.executemany(
+        "UPDATE buttress_queue SET id = ? WHERE id = ?",
+        [(first + i, -old) for i, (old,) in enumerate(rows)],
+    )
+    return first + len(rows)
 
 
 def _chosen(queue: str, ids: list[int] | None, first: int = 1) -> tuple[str, tuple[Any, ...]]:
