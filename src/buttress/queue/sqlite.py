@@ -59,7 +59,10 @@ a handler that makes its effect idempotent by the key repeats no effect.
 
 Opening checks the file first and never touches one that is not buttress's: a file that is not an
 SQLite database, one with tables buttress does not know, or the queue tables at another schema
-version raise :class:`StorageError` naming the path.
+version raise :class:`StorageError` naming the path. A file of an older version is upgraded in
+one transaction when a newer buttress opens it; processes of the older version that still hold
+it open then fail their steps (``StorageUnavailable``), so the processes sharing a file are
+upgraded together.
 """
 
 from __future__ import annotations
