@@ -745,9 +745,12 @@ class ProtocolHost:
         pool = plan.pool
         assert pool is not None
         if self._offload:
-            asyncio.get_running_loop().run_in_executor(None, pool.release, choice)
-        else:
-            pool.release(choice)
+            try:
+                asyncio.get_running_loop().run_in_executor(None, pool.release, choice)
+                return
+            except RuntimeError:  # the loop is shutting its executor down: free it here
+                pass
+        pool.release(choice)
 
     def _done(
         self,
