@@ -362,9 +362,10 @@ class MemoryQueueStore:
     def requeue_dead(self, queue: str, ids: list[int] | None, now: float) -> int:
         with self._lock:
             dead = self._dead.get(queue, {})
-            chosen = list(dead) if ids is None else [i for i in ids if i in dead]
+            wanted = None if ids is None else set(ids)
+            chosen = [i for i in dead if wanted is None or i in wanted]  # in the order they died
             items, keys = self._q(queue), self._keys.setdefault(queue, {})
-            for item_id in chosen:  # behind what is queued, in the order they died
+            for item_id in chosen:  # behind what is queued
                 item = dead.pop(item_id)
                 if item.key in keys:
                     continue  # the same request is queued again already
