@@ -554,3 +554,18 @@ def test_an_open_breaker_refuses_a_stream_and_a_stream_failure_cools_its_target(
         assert opened == ["a"]
     finally:
         manager.protocol_host.breaker(ResourceType.API_QUOTA).dispose()
+
+
+def test_an_unhashable_callable_is_sent_to_a_target() -> None:
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __eq__(self, other: object) -> bool:
+            return False
+
+        def __call__(self, target: str | None = None) -> str:
+            return f"sent to {target}"
+
+    manager = ResilienceManager("unhashable")
+    manager.register_targets(ResourceType.MCP_SERVER, ["a", "b"])
+    assert manager.call_with_resilience(Unhashable(), ResourceType.MCP_SERVER) == "sent to a"

@@ -1412,7 +1412,10 @@ def _aimed(
     """The call to make on ``choice``: ``fn`` with ``target=`` when it takes one, else a callable
     target itself (without the instance of a method), else ``fn`` as it is (it reads
     :func:`~buttress.current_target`)."""
-    takes = _TAKES_TARGET.get(fn)  # (a plain function: found at once)
+    try:
+        takes = _TAKES_TARGET.get(fn)  # (a plain function: found at once)
+    except TypeError:  # an unhashable callable
+        takes = None
     if takes is None:
         takes = _takes_target(fn)
     if takes:
