@@ -152,6 +152,37 @@ def test_lease_expiry_redelivers_to_another_consumer(make: MakeQueue, clock: Fak
 
 
 @pytest.mark.usefixtures("virtual_leases")
+def test_a_request_handled_after_its_item_was_buried_elsewhere_stays_done(
+    make: MakeQueue, clock: FakeClock
+) -> None:
+    # a's handler outlives its lease (no heartbeat); b takes the item, fails its last attempt
+    # and buries it; a's handler then succeeds: its acknowledgement finds no item, yet the
+    # request ran, so its key is done and the dead letter it left is never run again
+    a, b = make(visibility_timeout=10, max_attempts=2), make(visibility_timeout=10, max_attempts=2)
+    runs: list[str] = []
+
+    @b.handler("work")
+    def fails(x: str) -> None:
+        runs.append("b")
+        raise RuntimeError("down")
+
+    @a.handler("work")
+    def slow(x: str) -> None:
+        runs.append("a")
+        a._heartbeat.stop()
+        clock.advance(10.1)
+        assert b.process() == 1  # delivered to b, failed on its last attempt: buried
+        assert b.stats().dead == 1
+
+    item = a.put("work", ["x"])
+    assert a.process() == 1
+    assert a.store.is_done(a.name, item.key, clock.wall())
+    assert b.requeue_dead() == 1
+    assert b.process() == 0
+    assert runs == ["a", "b"]
+
+
+@pytest.mark.usefixtures("virtual_leases")
 def test_heartbeat_keeps_a_handler_of_ten_leases_leased(make: MakeQueue, clock: FakeClock) -> None:
     # The test clock drives the lease: the first consumer's handler runs for ten visibility
     # timeouts, beating a third of one apart, while the second polls at every step.
