@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from buttress import events
-from buttress.errors import RejectedError, StorageError
+from buttress.errors import RejectedError, StorageError, StorageUnavailable
 from buttress.machines.breaker import CircuitState
 from buttress.queue import (
     MemoryQueueStore,
@@ -651,6 +651,18 @@ def test_corrupt_file_is_refused_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="not a usable SQLite database"):
         RequestQueue(storage=f"sqlite:///{path}")
     assert path.read_bytes() == before
+
+
+def test_a_file_locked_by_another_writer_at_open_is_an_outage(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # the rollback journal: readers wait too
+    try:
+        with pytest.raises(StorageUnavailable, match=r"longer than busy_timeout \(0.2 s\)"):
+            SQLiteQueueStore(path, busy_timeout=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:

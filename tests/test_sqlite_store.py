@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from buttress import RateLimitConfig, RateLimiter, RateLimitExceeded
-from buttress.backends import StorageError, open_storage
+from buttress.backends import StorageError, StorageUnavailable, open_storage
 from buttress.backends.sqlite import SQLiteStore
 from buttress.machines.breaker import BreakerSettings, CircuitState
 from buttress.machines.ratelimit import Params, RateLimitAlgorithm
@@ -93,6 +93,49 @@ def test_another_schema_version_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StorageError, match="schema version '99'"):
         SQLiteStore(path)
+
+
+def test_processes_creating_one_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # Two connections switching a new file to the WAL journal at once: SQLite refuses one at once
+    # ("database is locked", its busy handler not consulted). 300 files, 4 openers each: without
+    # the store's retry, about one opener in 200 failed here, so a run had several failures.
+    failures: list[BaseException] = []
+
+    def open_(path: Path, ready: threading.Barrier) -> None:
+        ready.wait(10)
+        try:
+            SQLiteStore(path).close()
+        except BaseException as exc:
+            failures.append(exc)
+
+    for i in range(300):
+        ready = threading.Barrier(4)
+        threads = [
+            threading.Thread(target=open_, args=(tmp_path / f"{i}.db", ready)) for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    conn = sqlite3.connect(tmp_path / "299.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_a_file_held_by_another_writer_at_open_is_an_outage_not_a_bad_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a new file, still in the rollback journal, write-locked
+    try:
+        with pytest.raises(StorageUnavailable, match=r"longer than busy_timeout \(0.2 s\)"):
+            SQLiteStore(path, busy_timeout=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    SQLiteStore(path).close()  # free again: it opens
 
 
 def test_a_corrupt_record_is_named_and_kept(tmp_path: Path) -> None:

@@ -23,6 +23,12 @@ away. Async callers run each step in a worker thread.
 
 Errors: a locked database (after ``busy_timeout``), a file that cannot be opened or a full disk
 raise :class:`StorageUnavailable`; any other SQLite error, :class:`StorageError`.
+
+Several processes creating one file at once. The switch to the WAL journal is the one step
+SQLite's busy handler does not cover: a connection that switches holds a read lock while it asks
+for the write lock, so when two processes switch at once SQLite answers "database is locked" at
+once rather than let them wait for each other forever. The switch is retried, with short real
+sleeps (an operating-system lock, not the policies' clock), until ``busy_timeout``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -234,7 +241,7 @@ class SQLiteStore(AsyncFromSync):
                             f"version of buttress reads version {SCHEMA_VERSION}"
                         )
                     return
-                conn.execute("PRAGMA journal_mode = WAL")
+                _to_wal(conn, self.busy_timeout)
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     for statement in _SCHEMA.split(";"):
@@ -250,6 +257,16 @@ class SQLiteStore(AsyncFromSync):
                     raise
             finally:
                 conn.close()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise StorageError(
+                    f"{self.path} is not a usable SQLite database ({exc}); buttress will not "
+                    "overwrite it"
+                ) from None
+            raise StorageUnavailable(
+                f"{self.path}: another process held the file for longer than busy_timeout "
+                f"({self.busy_timeout:g} s) while it was opened ({exc})"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             raise StorageError(
                 f"{self.path} is not a usable SQLite database ({exc}); buttress will not "
@@ -445,6 +462,30 @@ class SQLiteStore(AsyncFromSync):
         with _translated(self.path):
             row = self._conn().execute("PRAGMA integrity_check").fetchone()
         return str(row[0])
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for a lock another connection holds."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch the file to the WAL journal, retrying the refusals of a concurrent switch (see the
+    module notes) for up to ``busy_timeout`` seconds."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 @contextmanager

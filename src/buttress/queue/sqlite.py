@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import StorageError, StorageUnavailable
-from ..backends.sqlite import SQLiteStore
+from ..backends.sqlite import SQLiteStore, _busy
 from ..clock import get_clock
 from .store import LEASE_RAN_OUT, Claimed, Item, Stats, settle_failure
 
@@ -363,6 +363,16 @@ class SQLiteQueueStore:
                         version = None if row is None else row[0]
                 finally:
                     conn.close()
+            except sqlite3.OperationalError as exc:
+                if _busy(exc):
+                    raise StorageUnavailable(
+                        f"{self.path}: another process held the file for longer than "
+                        f"busy_timeout ({self.busy_timeout:g} s) while it was opened ({exc})"
+                    ) from exc
+                raise StorageError(
+                    f"{self.path} is not a usable SQLite database ({exc}); buttress will not "
+                    "overwrite it"
+                ) from None
             except sqlite3.DatabaseError as exc:
                 raise StorageError(
                     f"{self.path} is not a usable SQLite database ({exc}); buttress will not "
