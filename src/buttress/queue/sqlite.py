@@ -196,25 +196,29 @@ def _range(queue: str) -> int:
 _QUEUED_LAST = (1 << (RANGE_BITS - 1)) - 1  # the last id of the queued half, from the start
 _DONE_FIRST = 1 << (RANGE_BITS - 1)  # the first id of the done half, from the range's start
 _LAST = (1 << RANGE_BITS) - 1  # the last id of a range, counted from its start
-# ?9 and ?10 are the queued half's first and last rowids; a half used up gives its last id
-# again, which is taken, so the put is refused. The depth condition chooses the queue name or
-# NULL: a NULL in that NOT NULL column makes INSERT OR IGNORE skip the row, as a taken key (queued
-# or done) does. (A VALUES row rather than INSERT ... SELECT: a SELECT that reads the table it
-# fills is first copied to a temporary table, every put.)
-_NEXT_ID = (
-    "min(COALESCE((SELECT MAX(id) FROM buttress_queue WHERE id BETWEEN ?9 AND ?10), ?9) + 1, ?10)"
+# ?9 and ?10 are the queued half's first and last rowids, ?11 the depth bound. The new id is one
+# past the largest in the half (a half used up gives its last id again). A put past the depth
+# bound gives the largest id itself. Either is taken, so INSERT OR IGNORE skips the row, as it
+# does for a taken key (queued or done). The span of the half's ids bounds the depth from above
+# in one more probe of the rowid; the exact count runs only when that bound reaches the limit.
+# The largest id is read once, in a FROM subquery. (A VALUES row rather than INSERT ... SELECT:
+# a SELECT that reads the table it fills is first copied to a temporary table, every put.)
+_HALF = "id BETWEEN ?9 AND ?10"
+_INSERT = (
+    "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, enqueued, "
+    "expires, visible) VALUES "
 )
 _PUT = (
-    "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, enqueued, "
-    f"expires, visible) VALUES ({_NEXT_ID}, CASE WHEN COALESCE((SELECT MAX(id) FROM "
-    "buttress_queue WHERE id BETWEEN ?9 AND ?10) - (SELECT MIN(id) FROM buttress_queue WHERE "
-    "id BETWEEN ?9 AND ?10), -1) < ?11 OR (SELECT COUNT(*) FROM buttress_queue WHERE id "
-    "BETWEEN ?9 AND ?10 AND +queue = ?1) < ?12 THEN ?1 END, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    f"{_INSERT}((SELECT CASE WHEN top IS NULL THEN ?9 + 1 WHEN top - (SELECT MIN(id) FROM "
+    f"buttress_queue WHERE {_HALF}) < ?11 - 1 OR (SELECT COUNT(*) FROM buttress_queue WHERE "
+    f"{_HALF} AND +queue = ?1) < ?11 THEN min(top + 1, ?10) "
+    f"ELSE top END FROM (SELECT MAX(id) AS top FROM buttress_queue WHERE {_HALF})), "
+    "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
 # the same for a queue without a depth limit
 _PUT_UNBOUNDED = (
-    "INSERT OR IGNORE INTO buttress_queue (id, queue, key, handler, args, resource, enqueued, "
-    f"expires, visible) VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    f"{_INSERT}(min(COALESCE((SELECT MAX(id) FROM buttress_queue WHERE {_HALF}), ?9) + 1, "
+    "?10), ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
 
 
@@ -487,14 +491,14 @@ class SQLiteQueueStore:
         # One statement, so one implicit transaction that writes two pages (the row, its key's
         # index entry), as few as a bare INSERT with a unique key can. The item is added only
         # when its key is not in the unique index (neither queued nor done) and the queue is
-        # below its depth: the span of the queued half's ids bounds the depth from above in two
-        # probes of the rowid, so the exact count runs only when that bound reaches the limit.
+        # below its depth (see _PUT): two probes of the rowid, the exact count only near the
+        # limit.
         start = self._starts.get(queue)
         if start is None:  # (the lookup of _start, inlined: a put is the hot path)
             start = self._start(queue)
         try:
             conn = self._conn()
-            params = (
+            params: tuple[object, ...] = (
                 queue,
                 item.key,
                 item.handler,
@@ -506,11 +510,12 @@ class SQLiteQueueStore:
                 start,
                 start + _QUEUED_LAST,
             )
+            if max_depth is None:
+                sql = _PUT_UNBOUNDED
+            else:
+                sql, params = _PUT, (*params, max_depth)
             for _ in range(2):
-                if max_depth is None:
-                    cursor = conn.execute(_PUT_UNBOUNDED, params)
-                else:
-                    cursor = conn.execute(_PUT, (*params, max_depth - 1, max_depth))
+                cursor = conn.execute(sql, params)
                 if cursor.rowcount:
                     self._commits += 1
                     if self._commits >= CHECKPOINT_EVERY:
