@@ -58,7 +58,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..backends import default_sqlite_path
 from ..clock import Clock, get_clock
@@ -113,14 +113,17 @@ class Request:
     queue: str
 
 
-@dataclass(frozen=True, slots=True)
-class QueuedRequest:
+class QueuedRequest(NamedTuple):
     """What an enqueue did: the item's ``id`` and ``key``; ``added`` is False when the key was
-    already queued (``id`` is that item's) or already done (``id`` is 0)."""
+    already queued (``id`` is that item's) or already done (``id`` is 0). A named tuple: every put
+    returns one, and it is built in a quarter of the time a frozen dataclass takes."""
 
     id: int
     key: str
     added: bool
+
+
+_queued = tuple.__new__  # QueuedRequest without its Python __new__: (cls, (id, key, added))
 
 
 _CURRENT: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
@@ -496,21 +499,27 @@ class RequestQueue:
             StorageUnavailable: the store did not answer (nothing was queued).
         """
         item = self._item(handler, args, kwargs, key, resource, ttl, delay)
-        return self._put(item)
+        item_id, added = self._store.put(self.name, item, self.max_depth, item.enqueued)
+        if item_id < 0:
+            raise self._full(item)
+        return _queued(QueuedRequest, (item_id, item.key, added))
 
     def _put(self, item: Item) -> QueuedRequest:
         item_id, added = self._store.put(self.name, item, self.max_depth, item.enqueued)
         if item_id < 0:
-            room = (
-                "its store has no ids left until it empties"
-                if self.max_depth is None
-                else f"{self.max_depth} requests"
-            )
-            raise QueueFull(
-                f"queue {self.name!r} is full ({room}); {item.handler!r} was not queued",
-                name=self.name,
-            )
-        return QueuedRequest(item_id, item.key, added)
+            raise self._full(item)
+        return _queued(QueuedRequest, (item_id, item.key, added))
+
+    def _full(self, item: Item) -> QueueFull:
+        room = (
+            "its store has no ids left until it empties"
+            if self.max_depth is None
+            else f"{self.max_depth} requests"
+        )
+        return QueueFull(
+            f"queue {self.name!r} is full ({room}); {item.handler!r} was not queued",
+            name=self.name,
+        )
 
     async def aput(
         self,
