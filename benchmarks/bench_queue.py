@@ -142,11 +142,19 @@ def persist_queue(path: Path, n: int, sync: str) -> Timings | None:
 def huey_queue(path: Path, n: int, sync: str) -> Timings | None:
     try:
         from huey import SqliteHuey
+        from huey.storage import SqliteStorage
     except ImportError:
         return None
-    if sync not in ("off", "full"):
-        return None  # huey sets synchronous only to 0 or 2 (its fsync flag)
-    huey = SqliteHuey(filename=str(path), fsync=sync == "full", results=False)
+
+    class AtSetting(SqliteStorage):  # type: ignore[misc]
+        """huey's own storage, at the run's setting (its fsync flag offers only off and full)."""
+
+        def _create_connection(self) -> Any:
+            conn = super()._create_connection()
+            conn.execute(f"PRAGMA synchronous = {sync}")
+            return conn
+
+    huey = SqliteHuey(filename=str(path), storage_class=AtSetting, results=False)
     seen = 0
 
     @huey.task()
