@@ -106,10 +106,10 @@ def buttress_queue(path: Path, n: int, sync: str, *, prebuilt: bool = False) -> 
         seen += 1
 
     if prebuilt:
-        items = [q._item("work", [i], None, None, None, None, None) for i in range(n)]
+        rows = [q._row("work", [i], None, None, None, None, None) for i in range(n)]
         depth = q.max_depth
         enqueue = timed(
-            lambda: [store.put("bench", it, depth, it.enqueued) for it in items] and None
+            lambda: [store.put_row("bench", row, depth, row[4]) for row in rows] and None
         )
     else:
         enqueue = timed(lambda: [q.put("work", [i]) for i in range(n)] and None)

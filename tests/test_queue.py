@@ -26,6 +26,7 @@ from buttress.queue import (
     idempotency_key,
 )
 from buttress.queue.sqlite import SQLiteQueueStore
+from buttress.queue.store import Item
 from buttress.testing import FakeClock
 
 MakeQueue = Callable[..., RequestQueue]
@@ -663,6 +664,30 @@ def test_a_file_locked_by_another_writer_at_open_is_an_outage(tmp_path: Path) ->
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_the_sqlite_store_puts_an_item_as_the_queue_puts_its_row(tmp_path: Path) -> None:
+    # A queue hands the SQLite store a row (put_row); put, the store protocol's step, takes an
+    # Item: both store the same fields and refuse the same way.
+    store = SQLiteQueueStore(tmp_path / "q.db")
+    try:
+        item = Item(0, "k1", "work", '{"args":[1],"kwargs":{}}', "db", 100.0, 500.0, 0, 150.0)
+        assert store.put("jobs", item, 2, 120.0) == (1, True)
+        assert store.put("jobs", item, 2, 120.0) == (1, False)  # queued already
+        row = ("k2", "work", '{"args":[2],"kwargs":{}}', None, 130.0, None, 130.0)
+        assert store.put_row("jobs", row, 2, 130.0) == (2, True)
+        assert store.put_row("jobs", ("k3", *row[1:]), 2, 130.0) == (-1, False)  # full
+        got = [store.get("jobs", i) for i in (1, 2)]
+        assert [
+            (g.key, g.handler, g.args, g.resource, g.enqueued, g.expires, g.visible)
+            for g in got
+            if g is not None
+        ] == [
+            ("k1", "work", '{"args":[1],"kwargs":{}}', "db", 100.0, 500.0, 150.0),
+            ("k2", "work", '{"args":[2],"kwargs":{}}', None, 130.0, None, 130.0),
+        ]
+    finally:
+        store.close()
 
 
 def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:

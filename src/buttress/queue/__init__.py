@@ -72,7 +72,7 @@ from ..events import (
     remove_hook,
 )
 from ..policies.ratelimit import RateLimitConfig, RateLimiter
-from .store import GroupedAcks, Item, MemoryQueueStore, QueueStore, Stats
+from .store import GroupedAcks, Item, MemoryQueueStore, QueueStore, Row, Stats
 
 __all__ = [
     "Item",
@@ -176,6 +176,13 @@ def _c_encoder() -> Callable[[Any, int], Any] | None:
 
 
 _ENCODE_C = _c_encoder()
+_NO_KWARGS: dict[str, Any] = {}  # read only
+_sha256 = hashlib.sha256
+
+
+def _as_item(row: Row) -> Item:
+    # id, key, handler, args, resource, enqueued, expires, attempts, visible (by position)
+    return Item(0, row[0], row[1], row[2], row[3], row[4], row[5], 0, row[6])
 
 
 def _canonical(handler: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
@@ -201,7 +208,7 @@ def _canonical(handler: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str
 def idempotency_key(handler: str, *args: Any, **kwargs: Any) -> str:
     """The key a request gets when none is given: a hash of the handler and canonical JSON args."""
     body = _canonical(handler, args, kwargs)
-    return hashlib.sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
+    return _sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
 
 
 def open_queue_store(spec: object = None) -> QueueStore:
@@ -391,6 +398,11 @@ class RequestQueue:
             and callable(getattr(self._store, "ack_many", None))
             else None
         )
+        # a store that takes a put as a row (SQLite, see RowPuts): no Item is built for it
+        put_row = getattr(self._store, "put_row", None)
+        self._put_row: Callable[[str, Row, int | None, float], tuple[int, bool]] | None = (
+            put_row if callable(put_row) else None
+        )
         self._handled: list[tuple[int, str]] = []
         self._handled_lock = threading.Lock()
         self._hooks: list[Callable[[Event], None]] = []
@@ -442,7 +454,7 @@ class RequestQueue:
 
     # -- enqueue ----------------------------------------------------------------------------------
 
-    def _item(
+    def _row(
         self,
         handler: str,
         args: tuple[Any, ...] | list[Any],
@@ -451,7 +463,9 @@ class RequestQueue:
         resource: str | None,
         ttl: float | None,
         delay: float | None,
-    ) -> Item:
+    ) -> Row:
+        """The checked request as a :data:`Row`: ``(key, handler, args, resource, enqueued,
+        expires, visible)``."""
         if handler not in self._handlers:
             known = ", ".join(self.handlers) or "none"
             raise UnknownHandler(
@@ -460,24 +474,22 @@ class RequestQueue:
         if not isinstance(args, (tuple, list)):
             raise TypeError(f"args must be a tuple or list, got {type(args).__name__}")
         if kwargs is None:
-            kwargs = {}
+            kwargs = _NO_KWARGS
         elif not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         body = _canonical(handler, args, kwargs)
         if key is None:
-            key = hashlib.sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
+            key = _sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
         elif not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty string, got {key!r}")
         if resource is not None and not isinstance(resource, str):
             raise TypeError(f"resource must be a string or None, got {resource!r}")
         ttl = self.ttl if ttl is None else _positive("ttl", ttl)
-        now = self._wall()
-        visible = now if delay is None else now + float(_positive("delay", delay) or 0)
-        # id, key, handler, args, resource, enqueued, expires, attempts, visible (by position:
-        # a tenth of a microsecond less per put)
-        return Item(
-            0, key, handler, body, resource, now, None if ttl is None else now + ttl, 0, visible
-        )
+        now = (self._clock or get_clock()).wall()
+        if delay is None:
+            return key, handler, body, resource, now, None if ttl is None else now + ttl, now
+        visible = now + float(_positive("delay", delay) or 0)
+        return key, handler, body, resource, now, None if ttl is None else now + ttl, visible
 
     def put(
         self,
@@ -498,27 +510,25 @@ class RequestQueue:
             QueueFull: the queue holds ``max_depth`` requests.
             StorageUnavailable: the store did not answer (nothing was queued).
         """
-        item = self._item(handler, args, kwargs, key, resource, ttl, delay)
-        item_id, added = self._store.put(self.name, item, self.max_depth, item.enqueued)
-        if item_id < 0:
-            raise self._full(item)
-        return _queued(QueuedRequest, (item_id, item.key, added))
+        return self._put(self._row(handler, args, kwargs, key, resource, ttl, delay))
 
-    def _put(self, item: Item) -> QueuedRequest:
-        item_id, added = self._store.put(self.name, item, self.max_depth, item.enqueued)
+    def _put(self, row: Row) -> QueuedRequest:
+        if self._put_row is not None:
+            item_id, added = self._put_row(self.name, row, self.max_depth, row[4])
+        else:
+            item_id, added = self._store.put(self.name, _as_item(row), self.max_depth, row[4])
         if item_id < 0:
-            raise self._full(item)
-        return _queued(QueuedRequest, (item_id, item.key, added))
+            raise self._full(row[1])
+        return _queued(QueuedRequest, (item_id, row[0], added))
 
-    def _full(self, item: Item) -> QueueFull:
+    def _full(self, handler: str) -> QueueFull:
         room = (
             "its store has no ids left until it empties"
             if self.max_depth is None
             else f"{self.max_depth} requests"
         )
         return QueueFull(
-            f"queue {self.name!r} is full ({room}); {item.handler!r} was not queued",
-            name=self.name,
+            f"queue {self.name!r} is full ({room}); {handler!r} was not queued", name=self.name
         )
 
     async def aput(
@@ -533,10 +543,10 @@ class RequestQueue:
         delay: float | None = None,
     ) -> QueuedRequest:
         """Async twin of :meth:`put` (the store step runs in a worker thread)."""
-        item = self._item(handler, args, kwargs, key, resource, ttl, delay)
+        row = self._row(handler, args, kwargs, key, resource, ttl, delay)
         if isinstance(self._store, MemoryQueueStore):
-            return self._put(item)
-        return await asyncio.to_thread(self._put, item)
+            return self._put(row)
+        return await asyncio.to_thread(self._put, row)
 
     # -- consuming --------------------------------------------------------------------------------
 

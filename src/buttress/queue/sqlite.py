@@ -79,7 +79,7 @@ from typing import Any
 from ..backends.base import StorageError, StorageUnavailable
 from ..backends.sqlite import SQLiteStore, _busy
 from ..clock import get_clock
-from .store import LEASE_RAN_OUT, Claimed, Item, Stats, settle_failure
+from .store import LEASE_RAN_OUT, Claimed, Item, Row, Stats, settle_failure
 
 __all__ = ["QUEUE_SCHEMA_VERSION", "SQLiteQueueStore"]
 
@@ -488,6 +488,20 @@ class SQLiteQueueStore:
     # -- steps ------------------------------------------------------------------------------------
 
     def put(self, queue: str, item: Item, max_depth: int | None, now: float) -> tuple[int, bool]:
+        row = (
+            item.key,
+            item.handler,
+            item.args,
+            item.resource,
+            item.enqueued,
+            item.expires,
+            item.visible,
+        )
+        return self.put_row(queue, row, max_depth, now)
+
+    def put_row(self, queue: str, row: Row, max_depth: int | None, now: float) -> tuple[int, bool]:
+        """:meth:`put` of the item ``row`` describes (a :data:`~buttress.queue.store.Row`): what
+        a queue calls, without building an :class:`Item`."""
         # One statement, so one implicit transaction that writes two pages (the row, its key's
         # index entry), as few as a bare INSERT with a unique key can. The item is added only
         # when its key is not in the unique index (neither queued nor done) and the queue is
@@ -496,24 +510,16 @@ class SQLiteQueueStore:
         start = self._starts.get(queue)
         if start is None:  # (the lookup of _start, inlined: a put is the hot path)
             start = self._start(queue)
-        try:
+        local = self._local  # (the lookup of _conn, inlined)
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != _PID[0] or self._closed:
             conn = self._conn()
-            params: tuple[object, ...] = (
-                queue,
-                item.key,
-                item.handler,
-                item.args,
-                item.resource,
-                item.enqueued,
-                item.expires,
-                item.visible,
-                start,
-                start + _QUEUED_LAST,
-            )
-            if max_depth is None:
-                sql = _PUT_UNBOUNDED
-            else:
-                sql, params = _PUT, (*params, max_depth)
+        params: tuple[object, ...]
+        if max_depth is None:
+            sql, params = _PUT_UNBOUNDED, (queue, *row, start, start + _QUEUED_LAST)
+        else:
+            sql, params = _PUT, (queue, *row, start, start + _QUEUED_LAST, max_depth)
+        try:
             for _ in range(2):
                 cursor = conn.execute(sql, params)
                 if cursor.rowcount:
@@ -521,20 +527,21 @@ class SQLiteQueueStore:
                     if self._commits >= CHECKPOINT_EVERY:
                         self._commits = 0
                         self.checkpointer.poke()
-                    return int(cursor.lastrowid or 0) - start, True
-                row = conn.execute(
+                    return cursor.lastrowid - start, True  # type: ignore[operator]
+                found = conn.execute(
                     "SELECT id, done_until FROM buttress_queue WHERE queue = ? AND key = ?",
-                    (queue, item.key),
+                    (queue, row[0]),
                 ).fetchone()
-                if row is None:
+                if found is None:
                     return -1, False  # the depth bound refused it
-                if row[1] is None:
-                    return int(row[0]) - start, False  # queued already
-                if row[1] > now:
+                if found[1] is None:
+                    return int(found[0]) - start, False  # queued already
+                if found[1] > now:
                     return 0, False  # done
                 # done, but remembered past its time (not swept yet): forget it, queue again
                 conn.execute(
-                    "DELETE FROM buttress_queue WHERE id = ? AND done_until <= ?", (row[0], now)
+                    "DELETE FROM buttress_queue WHERE id = ? AND done_until <= ?",
+                    (found[0], now),
                 )
             return -1, False
         except sqlite3.OperationalError as exc:

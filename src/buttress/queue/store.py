@@ -142,6 +142,20 @@ class QueueStore(Protocol):
     def close(self) -> None: ...
 
 
+#: A request as a queue hands it to a store that takes rows: ``(key, handler, args, resource,
+#: enqueued, expires, visible)``, the fields of a new :class:`Item` in its order.
+Row = tuple[str, str, str, str | None, float, float | None, float]
+
+
+class RowPuts(Protocol):
+    """What a store offers when building an :class:`Item` for each put is a cost worth sparing
+    (SQLite, where a put's Python is a large part of it)."""
+
+    def put_row(self, queue: str, row: Row, max_depth: int | None, now: float) -> tuple[int, bool]:
+        """:meth:`QueueStore.put` of the item ``row`` describes."""
+        ...
+
+
 class GroupedAcks(Protocol):
     """What a store offers when one commit per acknowledgement is its main cost (SQLite).
 
