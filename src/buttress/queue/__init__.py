@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import importlib
 import inspect
 import json
 import math
@@ -177,7 +178,20 @@ def _c_encoder() -> Callable[[Any, int], Any] | None:
 
 _ENCODE_C = _c_encoder()
 _NO_KWARGS: dict[str, Any] = {}  # read only
-_sha256 = hashlib.sha256
+
+
+def _own_sha256() -> Callable[[bytes], Any]:
+    """CPython's own SHA-256 (``_sha2`` from 3.12, ``_sha256`` before), else OpenSSL's: the same
+    digest, and 0.8 µs less CPU per put between two SQLite commits than OpenSSL's context setup."""
+    for name in ("_sha2", "_sha256"):
+        try:
+            return importlib.import_module(name).sha256  # type: ignore[no-any-return]
+        except (ImportError, AttributeError):
+            continue
+    return hashlib.sha256  # pragma: no cover - an interpreter without them
+
+
+_sha256: Callable[[bytes], hashlib._Hash] = _own_sha256()
 
 
 def _as_item(row: Row) -> Item:
