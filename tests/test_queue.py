@@ -291,6 +291,26 @@ def test_poison_goes_to_dead_letters_while_the_rest_flows(
     assert q.counts["retried"] == 4
 
 
+def test_the_backlog_is_the_depth_and_dead_letters_of_the_stats(
+    make: MakeQueue, clock: FakeClock
+) -> None:
+    q = make(retry_delay=5, max_attempts=1)
+
+    @q.handler
+    def work(x: int) -> None:
+        if x < 2:
+            raise ValueError("dead")  # one attempt: a dead letter
+
+    for i in range(6):
+        q.put("work", [i])
+    assert q.backlog() == (6, 0)
+    assert q.process(limit=4) == 4  # 0 and 1 dead, 2 and 3 done
+    q.put("work", [9], delay=30)  # delayed
+    stats = q.stats()
+    assert (stats.depth, stats.dead, stats.done) == (3, 2, 2)
+    assert q.backlog() == (3, 2)  # the done keys are not part of it
+
+
 def test_retries_back_off(make: MakeQueue, clock: FakeClock) -> None:
     q = make(retry_delay=2)
     calls: list[int] = []

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -95,6 +96,32 @@ def test_rate_limits_queue_and_protocol_steps_appear_in_the_state() -> None:
             "switched",
         )
         assert abs(step["at"] - time.time()) < 60
+
+
+def test_the_state_reads_the_queue_without_counting_its_done_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite, stats() counts the done keys a queue remembers (a week of handled requests by
+    # default): the state polls the backlog instead, the depth and the dead letters.
+    queue = RequestQueue("server-state-done", storage=f"sqlite:///{tmp_path / 'q.db'}")
+
+    @queue.handler("noop")
+    def noop() -> None:
+        return None
+
+    for i in range(5):
+        queue.put("noop", key=f"k{i}")
+    assert queue.process(limit=3) == 3
+
+    def no_stats() -> None:
+        raise AssertionError("the state counted the done keys")
+
+    monkeypatch.setattr(queue, "stats", no_stats)
+    hub = Hub(team("server-state-done"), queue=queue)
+    try:
+        assert hub._queue() == {"depth": 2, "dead_letters": 0}
+    finally:
+        queue.close()
 
 
 def test_a_slow_client_never_holds_up_the_emitting_thread() -> None:

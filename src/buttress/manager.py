@@ -788,7 +788,7 @@ class ResilienceManager:
         clock = self._clock or get_clock()
         for _ in range(_REPLAY_ROUNDS):
             queue.replay()
-            if queue.stats().depth == 0 or self.protocol_host._bad.get(rtype):
+            if queue.backlog()[0] == 0 or self.protocol_host._bad.get(rtype):
                 return
             clock.sleep(queue.retry_delay)
 

@@ -829,6 +829,17 @@ class RequestQueue:
     def stats(self) -> Stats:
         return self._store.stats(self.name, self._wall())
 
+    def backlog(self) -> tuple[int, int]:
+        """``(depth, dead letters)`` as :meth:`stats` gives them, without counting the done keys
+        it also reports: on SQLite that count grows with every request handled within
+        ``done_for`` (a week by default). What a dashboard or a replay loop polls."""
+        backlog = getattr(self._store, "backlog", None)
+        if callable(backlog):
+            depth, dead = backlog(self.name, self._wall())
+            return int(depth), int(dead)
+        stats = self.stats()
+        return stats.depth, stats.dead
+
     def items(self, limit: int = 100) -> list[Item]:
         return self._store.items(self.name, limit)
 

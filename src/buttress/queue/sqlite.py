@@ -761,6 +761,19 @@ class SQLiteQueueStore:
             ).fetchone()
         return row is not None
 
+    def backlog(self, queue: str, now: float) -> tuple[int, int]:
+        """The depth and the dead letters of ``queue`` (:meth:`stats` without the done keys)."""
+        start = self._start(queue)
+        with self._mapped() as conn:
+            (depth,) = conn.execute(
+                "SELECT COUNT(*) FROM buttress_queue WHERE id BETWEEN ? AND ? AND +queue = ?",
+                (start, start + _QUEUED_LAST, queue),
+            ).fetchone()
+            (dead,) = conn.execute(
+                "SELECT COUNT(*) FROM buttress_queue_dead WHERE queue = ?", (queue,)
+            ).fetchone()
+        return int(depth), int(dead)
+
     def stats(self, queue: str, now: float) -> Stats:
         start = self._start(queue)
         with self._mapped() as conn:

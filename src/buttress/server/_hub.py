@@ -540,11 +540,16 @@ class Hub:
         if queue is None:
             return None
         try:
-            stats = queue.stats()
+            backlog = getattr(queue, "backlog", None)
+            if callable(backlog):  # a RequestQueue: without counting its done keys
+                depth, dead = backlog()
+            else:
+                stats = queue.stats()
+                depth, dead = stats.depth, stats.dead
         except Exception as exc:
             _log.warning("reading the queue's figures failed: %s", scrub(str(exc)))
             return None
-        return {"depth": int(stats.depth), "dead_letters": int(stats.dead)}
+        return {"depth": int(depth), "dead_letters": int(dead)}
 
     def _required(self) -> tuple[Any, ...]:
         """The monitors registered as required (re-read at most every ``max_age``)."""
