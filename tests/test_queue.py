@@ -710,6 +710,33 @@ def test_the_sqlite_store_puts_an_item_as_the_queue_puts_its_row(tmp_path: Path)
         store.close()
 
 
+def test_a_put_that_cannot_open_its_connection_is_an_outage(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    store = SQLiteQueueStore(folder / "q.db")
+    try:
+        body = ("work", '{"args":[],"kwargs":{}}', None, 1.0, None, 0, 1.0)
+        assert store.put("jobs", Item(0, "k1", *body), None, 1.0) == (1, True)
+        shutil.rmtree(folder)  # a thread's first put opens a connection: there is no file now
+        raised: list[BaseException] = []
+
+        def put() -> None:
+            try:
+                store.put("jobs", Item(0, "k2", *body), None, 1.0)
+            except BaseException as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=put)
+        thread.start()
+        thread.join(10)
+        assert len(raised) == 1
+        assert isinstance(raised[0], StorageUnavailable), raised
+    finally:
+        store.close()
+
+
 def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     conn = sqlite3.connect(path)

@@ -510,16 +510,16 @@ class SQLiteQueueStore:
         start = self._starts.get(queue)
         if start is None:  # (the lookup of _start, inlined: a put is the hot path)
             start = self._start(queue)
-        local = self._local  # (the lookup of _conn, inlined)
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != _PID[0] or self._closed:
-            conn = self._conn()
         params: tuple[object, ...]
         if max_depth is None:
             sql, params = _PUT_UNBOUNDED, (queue, *row, start, start + _QUEUED_LAST)
         else:
             sql, params = _PUT, (queue, *row, start, start + _QUEUED_LAST, max_depth)
         try:
+            local = self._local  # (the lookup of _conn, inlined)
+            conn = getattr(local, "conn", None)
+            if conn is None or local.pid != _PID[0] or self._closed:
+                conn = self._conn()  # (opening one may fail as a step does)
             for _ in range(2):
                 cursor = conn.execute(sql, params)
                 if cursor.rowcount:
