@@ -222,12 +222,13 @@ def test_heartbeat_keeps_a_handler_of_ten_leases_leased(make: MakeQueue, clock: 
 
 
 def test_heartbeat_keeps_a_long_handler_leased_on_redis(store: QueueStore) -> None:
-    # Redis measures leases by its own clock: real time, a 0.1 s lease and a handler that works
-    # for ten of them while a peer polls (memory and SQLite: the test above, on the test clock)
+    # Redis measures leases by its own clock: real time, a 0.3 s lease (renewed every 0.1 s, so
+    # a stall of the machine shorter than 0.2 s cannot end it) and a handler that works for ten
+    # of them while a peer polls (memory and SQLite: the test above, on the test clock)
     if "redis" not in store.url:
         pytest.skip("the test clock drives this on memory and SQLite")
-    a = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
-    b = RequestQueue("jobs", storage=store, visibility_timeout=0.1)
+    a = RequestQueue("jobs", storage=store, visibility_timeout=0.3)
+    b = RequestQueue("jobs", storage=store, visibility_timeout=0.3)
     stolen: list[int] = []
     polls = 0
 
@@ -238,7 +239,7 @@ def test_heartbeat_keeps_a_long_handler_leased_on_redis(store: QueueStore) -> No
     @a.handler("work")
     def slow(x: int) -> None:
         nonlocal polls
-        end = time.monotonic() + 1.0
+        end = time.monotonic() + 3.0
         while time.monotonic() < end:
             polls += 1
             assert b.process() == 0

@@ -36,8 +36,9 @@ def drain(q: RequestQueue, rounds: int = 400) -> None:
 
 
 def test_dead_consumers_entries_are_claimed_page_by_page(client: Any) -> None:
-    a = RequestQueue("jobs", storage=client, visibility_timeout=0.2, batch=40)
-    b = RequestQueue("jobs", storage=client, visibility_timeout=0.2, batch=5)
+    # 0.5 s leases: long enough that a stalled machine does not end them before b's first poll
+    a = RequestQueue("jobs", storage=client, visibility_timeout=0.5, batch=40)
+    b = RequestQueue("jobs", storage=client, visibility_timeout=0.5, batch=5)
     seen: list[tuple[str, int]] = []
 
     @b.handler
@@ -93,11 +94,12 @@ def test_url_and_errors(client: Any, redis_port: int) -> None:
 
 
 def test_heartbeat_holds_a_handler_running_ten_leases(client: Any, redis_port: int) -> None:
-    # a 0.2 s lease, a handler that runs 2 s while another consumer keeps polling the queue:
-    # without the heartbeat the poller would claim the entry after 0.2 s and run it again
+    # a 0.3 s lease (renewed every 0.1 s), a handler that runs 3 s while another consumer keeps
+    # polling the queue: without the heartbeat the poller would claim the entry after 0.3 s and
+    # run it again
     url = f"redis://127.0.0.1:{redis_port}/0"
-    a = RequestQueue("jobs", storage=url, visibility_timeout=0.2)
-    b = RequestQueue("jobs", storage=url, visibility_timeout=0.2)
+    a = RequestQueue("jobs", storage=url, visibility_timeout=0.3)
+    b = RequestQueue("jobs", storage=url, visibility_timeout=0.3)
     started, finish = threading.Event(), threading.Event()
     runs: list[tuple[str, int]] = []
 
@@ -116,7 +118,7 @@ def test_heartbeat_holds_a_handler_running_ten_leases(client: Any, redis_port: i
     worker.start()
     assert started.wait(30)
     polls, pause = 0, threading.Event()
-    end = time.monotonic() + 2.0  # ten leases
+    end = time.monotonic() + 3.0  # ten leases
     while time.monotonic() < end:
         b.process()
         polls += 1
