@@ -162,7 +162,7 @@ def test_sync_timeout_raises_promptly_and_abandons_the_work() -> None:
     with pytest.raises(OperationTimeout):
         slow()
     elapsed = time.monotonic() - start
-    assert elapsed < 0.5
+    assert elapsed < 1.0  # not the 2 s the work would take (margin for a stalling machine)
     assert abandoned_calls() == before + 1  # still running in its worker
     release.set()
     assert finished.wait(2.0)
@@ -181,7 +181,7 @@ def test_sync_timeout_two_second_sleep_under_point_two() -> None:
     start = time.monotonic()
     with pytest.raises(OperationTimeout):
         sleeper()
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 1.0  # not the 2 s sleep (margin for a stalling machine)
 
 
 def test_sync_worker_sees_the_deadline() -> None:
