@@ -215,6 +215,19 @@ def test_use_cache_serves_the_last_good_answer_with_its_age(mode: str, clock: Fa
         run(generate(t, "other"))
 
 
+def test_use_cache_keeps_answers_for_arguments_that_cannot_be_hashed(
+    mode: str, clock: FakeClock
+) -> None:
+    # a request as a dict: kept under its JSON form, found again by an equal dict
+    t = team(mode, clock, ["fresh", ConnectionError("down"), ConnectionError("down")])
+    t.resilience.set_protocol(ResourceType.MEMORY, [FallbackAction(S.USE_CACHE)])
+    generate = method(mode, ResourceType.MEMORY)
+    assert run(generate(t, {"q": [1, 2]})) == "fresh:{'q': [1, 2]}"
+    assert run(generate(t, {"q": [1, 2]})) == "fresh:{'q': [1, 2]}"  # served from the cache
+    with pytest.raises(ConnectionError):  # another request: nothing cached for it
+        run(generate(t, {"q": [3]}))
+
+
 def test_degrade_runs_the_registered_variant_and_raises_the_tier(
     mode: str, clock: FakeClock
 ) -> None:

@@ -140,14 +140,24 @@ def with_fallback(
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
                 plan = host._plans.get(rtype)
-                if plan is not None and plan.bare and not write:
-                    # The success path inline: nothing in force but the protocol.
-                    try:
-                        return await fn(*args, **kwargs)
-                    except Exception as error:
-                        return await host.arecover(
-                            plan, rtype, fn, args, kwargs, error, variant[0], bound, label
-                        )
+                if plan is not None and not write:
+                    if plan.bare:
+                        # The success path inline: nothing in force but the protocol.
+                        try:
+                            return await fn(*args, **kwargs)
+                        except Exception as error:
+                            return await host.arecover(
+                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                            )
+                    elif plan.cached and plan.cache is not None:  # the same, answers kept
+                        try:
+                            result = await fn(*args, **kwargs)
+                        except Exception as error:
+                            return await host.arecover(
+                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                            )
+                        host._remember(plan.cache, fn, args, kwargs, result)
+                        return result
                 return await host.acall(
                     rtype,
                     fn,
@@ -166,16 +176,28 @@ def with_fallback(
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
                 plan = host._plans.get(rtype)
-                if plan is not None and plan.bare and not write:
-                    try:
-                        result = fn(*args, **kwargs)
-                    except Exception as error:
-                        return host.recover(
-                            plan, rtype, fn, args, kwargs, error, variant[0], bound, label
-                        )
-                    if hasattr(result, "__await__"):
-                        _refuse_awaitable(fn, result)
-                    return result
+                if plan is not None and not write:
+                    if plan.bare:
+                        try:
+                            result = fn(*args, **kwargs)
+                        except Exception as error:
+                            return host.recover(
+                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                            )
+                        if hasattr(result, "__await__"):
+                            _refuse_awaitable(fn, result)
+                        return result
+                    if plan.cached and plan.cache is not None:  # the same, answers kept
+                        try:
+                            result = fn(*args, **kwargs)
+                        except Exception as error:
+                            return host.recover(
+                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                            )
+                        if hasattr(result, "__await__"):
+                            _refuse_awaitable(fn, result)
+                        host._remember(plan.cache, fn, args, kwargs, result)
+                        return result
                 return host.call(
                     rtype,
                     fn,

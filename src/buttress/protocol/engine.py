@@ -228,6 +228,7 @@ class _Plan:
         "bare",
         "breaker",
         "cache",
+        "cached",
         "limiter",
         "pool",
         "pooled",
@@ -252,27 +253,60 @@ class _Plan:
         )
         #: Simple, and nothing to do after a success (no cache to fill, no recovery to report).
         self.bare = self.simple and cache is None and not recovering
+        #: Simple, and a success only fills the cache.
+        self.cached = self.simple and cache is not None and not recovering
         #: Targets but nothing else in force: the first attempt runs inline on a chosen target.
         self.pooled = (
             pool is not None and breaker is None and limiter is None and protocol.timeout is None
         )
 
 
+def _call_key(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """The cache key of a call as it comes: the function, its instance, the arguments (which may
+    not be hashable: see :func:`_cache_key`)."""
+    owner = getattr(fn, "__self__", None)
+    return (
+        getattr(fn, "__func__", fn),
+        None if owner is None else id(owner),
+        args,
+        tuple(sorted(kwargs.items())) if kwargs else (),
+    )
+
+
+def _json_key(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[Any, ...] | None:
+    """The cache key of a call whose arguments are not hashable: their JSON form, so a request
+    dict or a list of messages is a key too. What JSON cannot hold (the ``self`` of a method,
+    a client) stands aside in the key as itself, so it must be hashable; ``None`` otherwise."""
+    owner = getattr(fn, "__self__", None)
+    aside: list[Any] = []
+
+    def set_aside(value: Any) -> str:
+        aside.append(value)
+        return f"\0{len(aside) - 1}"  # a place in the text; the value itself is in the key
+
+    try:
+        text = json.dumps([args, kwargs], sort_keys=True, default=set_aside)
+        key = (getattr(fn, "__func__", fn), None if owner is None else id(owner), text, *aside)
+        hash(key)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return key
+
+
 def _cache_key(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> Hashable:
     """The cache key of a call: the function, its instance, and the arguments (hashed as they
-    are, else by their JSON form, so a request dict is a key too); ``None`` when neither."""
-    owner = getattr(fn, "__self__", None)
-    head = (getattr(fn, "__func__", fn), None if owner is None else id(owner))
-    key: Hashable = (*head, args, tuple(sorted(kwargs.items())) if kwargs else ())
+    are, else by their JSON form); ``None`` when neither."""
+    key = _call_key(fn, args, kwargs)
     try:
         hash(key)
     except TypeError:
-        try:
-            key = (*head, json.dumps([args, kwargs], sort_keys=True))
-        except (TypeError, ValueError):
-            return None
+        return _json_key(fn, args, kwargs)
     return key
 
 
@@ -778,10 +812,13 @@ class ProtocolHost:
         kwargs: dict[str, Any],
         result: Any,
     ) -> None:
-        key = _cache_key(fn, args, kwargs)
-        if key is not None:
-            now = self.clock.now()
-            cache.put(key, (now, result), now)
+        now = (self._clock or get_clock()).now()
+        try:  # hashed once, by the cache (a tuple does not keep its hash)
+            cache.put(_call_key(fn, args, kwargs), (now, result), now)
+        except TypeError:  # arguments that cannot be hashed: by their JSON form
+            key = _json_key(fn, args, kwargs)
+            if key is not None:
+                cache.put(key, (now, result), now)
 
     # -- degradation -----------------------------------------------------------------------------
 
