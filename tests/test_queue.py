@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import sqlite3
 import threading
 import time
@@ -712,8 +713,6 @@ def test_the_sqlite_store_puts_an_item_as_the_queue_puts_its_row(tmp_path: Path)
 
 
 def test_a_put_that_cannot_open_its_connection_is_an_outage(tmp_path: Path) -> None:
-    import shutil
-
     folder = tmp_path / "gone"
     folder.mkdir()
     store = SQLiteQueueStore(folder / "q.db")

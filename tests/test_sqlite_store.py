@@ -95,10 +95,12 @@ def test_another_schema_version_is_refused(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
-def test_processes_creating_one_file_at_once_all_open_it(tmp_path: Path) -> None:
-    # Two connections switching a new file to the WAL journal at once: SQLite refuses one at once
-    # ("database is locked", its busy handler not consulted). 300 files, 4 openers each: without
-    # the store's retry, about one opener in 200 failed here, so a run had several failures.
+def test_connections_creating_one_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # Two connections switching a new file to the WAL journal at once: SQLite refuses one at
+    # once ("database is locked", its busy handler not consulted). SQLite locks between the
+    # connections of one process as between processes, so threads meet the refusal processes
+    # meet. 300 files, 4 openers each: without the store's retry, about one opener in 200 failed
+    # here, so a run had several failures.
     failures: list[BaseException] = []
 
     def open_(path: Path, ready: threading.Barrier) -> None:
