@@ -140,24 +140,18 @@ def with_fallback(
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
                 plan = host._plans.get(rtype)
-                if plan is not None and not write:
-                    if plan.bare:
-                        # The success path inline: nothing in force but the protocol.
-                        try:
-                            return await fn(*args, **kwargs)
-                        except Exception as error:
-                            return await host.arecover(
-                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
-                            )
-                    elif plan.cached and plan.cache is not None:  # the same, answers kept
-                        try:
-                            result = await fn(*args, **kwargs)
-                        except Exception as error:
-                            return await host.arecover(
-                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
-                            )
-                        host._remember(plan.cache, fn, args, kwargs, result)
-                        return result
+                if plan is not None and plan.inline and not write:
+                    # The success path inline: nothing in force but the protocol (and a cache).
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except Exception as error:
+                        return await host.arecover(
+                            plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                        )
+                    cache = plan.cache
+                    if cache is not None:  # kept for USE_CACHE
+                        host._remember(cache, fn, args, kwargs, result)
+                    return result
                 return await host.acall(
                     rtype,
                     fn,
@@ -176,28 +170,19 @@ def with_fallback(
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 host, bound = _find(args)
                 plan = host._plans.get(rtype)
-                if plan is not None and not write:
-                    if plan.bare:
-                        try:
-                            result = fn(*args, **kwargs)
-                        except Exception as error:
-                            return host.recover(
-                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
-                            )
-                        if hasattr(result, "__await__"):
-                            _refuse_awaitable(fn, result)
-                        return result
-                    if plan.cached and plan.cache is not None:  # the same, answers kept
-                        try:
-                            result = fn(*args, **kwargs)
-                        except Exception as error:
-                            return host.recover(
-                                plan, rtype, fn, args, kwargs, error, variant[0], bound, label
-                            )
-                        if hasattr(result, "__await__"):
-                            _refuse_awaitable(fn, result)
-                        host._remember(plan.cache, fn, args, kwargs, result)
-                        return result
+                if plan is not None and plan.inline and not write:
+                    try:
+                        result = fn(*args, **kwargs)
+                    except Exception as error:
+                        return host.recover(
+                            plan, rtype, fn, args, kwargs, error, variant[0], bound, label
+                        )
+                    if hasattr(result, "__await__"):
+                        _refuse_awaitable(fn, result)
+                    cache = plan.cache
+                    if cache is not None:  # kept for USE_CACHE
+                        host._remember(cache, fn, args, kwargs, result)
+                    return result
                 return host.call(
                     rtype,
                     fn,

@@ -225,10 +225,9 @@ class _Plan:
     """What is in force for one resource type, rebuilt when any of it changes."""
 
     __slots__ = (
-        "bare",
         "breaker",
         "cache",
-        "cached",
+        "inline",
         "limiter",
         "pool",
         "pooled",
@@ -251,10 +250,8 @@ class _Plan:
         self.simple = (
             pool is None and breaker is None and limiter is None and protocol.timeout is None
         )
-        #: Simple, and nothing to do after a success (no cache to fill, no recovery to report).
-        self.bare = self.simple and cache is None and not recovering
-        #: Simple, and a success only fills the cache.
-        self.cached = self.simple and cache is not None and not recovering
+        #: Simple, and a success at most fills the cache: the decorator runs it inline.
+        self.inline = self.simple and not recovering
         #: Targets but nothing else in force: the first attempt runs inline on a chosen target.
         self.pooled = (
             pool is not None and breaker is None and limiter is None and protocol.timeout is None
