@@ -381,8 +381,8 @@ class MemoryQueueStore:
             items, keys = self._q(queue), self._keys.setdefault(queue, {})
             for item_id in chosen:  # behind what is queued
                 item = dead.pop(item_id)
-                if item.key in keys:
-                    continue  # the same request is queued again already
+                if item.key in keys or self._is_done(queue, item.key, now):
+                    continue  # the same request is queued again already, or was handled
                 self._next += 1
                 item.id = self._next
                 item.attempts = 0
