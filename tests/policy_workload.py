@@ -36,6 +36,7 @@ from buttress import (
     Retry,
     Timeout,
 )
+from buttress.queue import RequestQueue
 from buttress.testing import FakeClock
 
 
@@ -132,4 +133,17 @@ def exercise(tag: str, clock: FakeClock) -> list[Any]:
         team = Team()
         keep.append(team)
         assert team.generate() == "ok"
+
+    queue = RequestQueue(f"{tag}-mail", storage="memory://", max_attempts=1, clock=clock)
+    keep.append(queue)
+
+    @queue.handler
+    def send(to: str) -> None:
+        if to == "nobody":
+            raise LookupError(to)
+
+    for to in ("ann", "nobody", "bob"):
+        queue.put("send", [to])
+    assert queue.process() == 3  # two handled, one to the dead letters
+    queue.put("send", ["cy"])  # one waiting
     return keep

@@ -5,11 +5,6 @@ after every policy took every kind of decision (``policy_workload.exercise``); m
 collected from it with their series suffixes (``_total``, ``_bucket``, ``_count``, ``_sum``), and
 the metric names are parsed out of every PromQL expression of the dashboard (panel targets,
 template variables, annotations).
-
-Two families are awaited from features still being built: the request queue's and the fallback
-protocols' metrics. A dashboard name of those families may be missing only while buttress exports
-no metric of that family at all; once the first one is exported, every name the dashboard uses
-must be exact.
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ from buttress.testing import FakeClock
 from policy_workload import exercise
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "buttress.json"
-AWAITED_FAMILIES = ("buttress_queue_", "buttress_protocol_")
 _n = itertools.count()
 
 # PromQL words that are not metric names: aggregation modifiers, operators, vector matching.
@@ -171,7 +165,6 @@ def _scrape(app: Any) -> str:
 def test_every_query_names_only_exported_metrics(exposition: str) -> None:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     exported = exported_names(exposition)
-    awaited = {f for f in AWAITED_FAMILIES if not any(n.startswith(f) for n in exported)}
     unknown: list[str] = []
     named: set[str] = set()
     exprs = _exprs(dashboard)
@@ -180,9 +173,7 @@ def test_every_query_names_only_exported_metrics(exposition: str) -> None:
         names = metric_names(expr)
         assert names, f"{where}: no metric in {expr!r}"
         named |= names
-        for name in sorted(names - exported):
-            if not name.startswith(tuple(awaited)):
-                unknown.append(f"{where}: {name}")
+        unknown += [f"{where}: {name}" for name in sorted(names - exported)]
     assert unknown == [], "the dashboard queries metrics buttress does not export"
     # and the dashboard shows every metric buttress exports (bar the series of a histogram)
     families = {

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -18,6 +21,7 @@ from buttress import (
     events,
 )
 from buttress.instrumentation.prometheus import enable_prometheus
+from buttress.queue import RequestQueue
 from buttress.testing import FakeClock
 
 _n = itertools.count()
@@ -137,3 +141,69 @@ def test_scraped_gauges_come_from_published_readings() -> None:
 
 def _fail() -> None:
     raise ConnectionError
+
+
+def test_request_queues_publish_their_backlog_and_counts(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    metrics = enable_prometheus(registry, namespace="queues")
+    metrics.disable()  # read at scrape time
+    name = f"mail-{next(_n)}"
+
+    def value(metric: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"queues_{metric}", {"name": name, **labels})
+
+    def make() -> RequestQueue:
+        q = RequestQueue(name, storage=f"sqlite:///{tmp_path / 'q.db'}", max_attempts=1)
+
+        @q.handler
+        def send(to: str) -> None:
+            if to == "bad":
+                raise ValueError("no such mailbox")
+
+        return q
+
+    producer, consumer = make(), make()  # two objects of one queue: one backlog, counts summed
+    for to in ("a", "b", "bad", "c"):
+        producer.put("send", [to])
+    assert value("queue_depth") == 4
+    assert value("queue_dead_letters") == 0
+    assert consumer.process(limit=2) == 2
+    producer.put("send", ["a"], key="k-a")
+    assert producer.process() == 3  # "bad" to the dead letters, "c", then "a" under its key
+    assert value("queue_depth") == 0
+    assert value("queue_dead_letters") == 1
+    assert value("queue_requests_total", outcome="handled") == 4
+    assert value("queue_requests_total", outcome="dead") == 1
+    consumer.close()  # its counts stay in the totals: a counter never goes down
+    producer.close()
+    assert value("queue_requests_total", outcome="handled") == 4
+    assert value("queue_depth") is None  # no open queue of that name
+    # a queue dropped without close(): published, yet not kept alive by it; its counts stay
+    dropped = make()
+    dropped.counts["handled"] += 3  # (as if it had handled three)
+    assert value("queue_requests_total", outcome="handled") == 7
+    gone = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert gone() is None
+    assert value("queue_requests_total", outcome="handled") == 7
+
+
+def test_a_queue_whose_store_fails_does_not_hide_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    enable_prometheus(registry, namespace="failing").disable()
+    healthy = RequestQueue(f"ok-{next(_n)}", storage="memory://")
+    broken = RequestQueue(f"down-{next(_n)}", storage=f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        healthy.handler(print)
+        healthy.put("print", ["x"])
+        broken.store.close()  # every read of it fails from now on
+        value = registry.get_sample_value
+        assert value("failing_queue_depth", {"name": healthy.name}) == 1
+        assert value("failing_queue_depth", {"name": broken.name}) is None
+        assert f"reading the backlog of queue {broken.name!r} failed" in caplog.text
+    finally:
+        healthy.close()
+        broken.close()

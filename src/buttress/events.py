@@ -506,7 +506,9 @@ def add_reading(kind: str, provider: Reading) -> Reading:
     and ``"resource_check_latency_seconds"``; for components, ``"component_error_rate"``
     (labels: ``(monitor name, component)``); ``"adaptive_limit"`` (labels: the adaptive
     concurrency limiter's name, value its current limit), ``"adaptive_limit_reason"`` (labels:
-    ``(name, reason of the last change)``, value 1).
+    ``(name, reason of the last change)``, value 1); for request queues (labels: the queue's
+    name), ``"queue_depth"``, ``"queue_dead_letters"`` and ``"queue_requests"`` (labels:
+    ``(name, outcome)``, a count that never goes down).
     """
     if not callable(provider):
         raise TypeError(f"provider must be callable, got {provider!r}")

@@ -41,6 +41,9 @@ OpenTelemetry instrument (unit)                    kind           Prometheus nam
 ``buttress.adaptive.limit_reason`` (1)             observed       ``adaptive_limit_reason``
 ``buttress.component.error_rate`` (1)              observed       ``component_error_rate``
 ``buttress.protocol.steps`` ({step})               counter        ``protocol_steps_total``
+``buttress.queue.depth`` ({request})               observed       ``queue_depth``
+``buttress.queue.dead_letters`` ({request})        observed       ``queue_dead_letters``
+``buttress.queue.requests`` ({request})            observed sum   ``queue_requests_total``
 =================================================  =============  ===========================
 
 Counters and the histogram follow the events as they are emitted; the observed gauges are
@@ -178,6 +181,31 @@ _OBSERVED: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
         "component_error_rate",
         ("name", "component"),
     ),
+    (
+        "buttress.queue.depth",
+        "{request}",
+        "Requests waiting in each request queue",
+        "queue_depth",
+        ("name",),
+    ),
+    (
+        "buttress.queue.dead_letters",
+        "{request}",
+        "Dead letters of each request queue",
+        "queue_dead_letters",
+        ("name",),
+    ),
+)
+# The counts read when the SDK collects (monotonic sums), in the same form.
+_OBSERVED_COUNTS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    (
+        "buttress.queue.requests",
+        "{request}",
+        "Requests this process's request queues handled, skipped (their key was done), "
+        "retried, sent to the dead letters or dropped as expired",
+        "queue_requests",
+        ("name", "outcome"),
+    ),
 )
 
 # The protocol-step fields that become metric attributes: configured names and outcomes only,
@@ -272,6 +300,11 @@ class OTelInstrumentation:
                 name, callbacks=[self._reader(kind, labels)], unit=unit, description=doc
             )
             for name, unit, doc, kind, labels in _OBSERVED
+        ] + [
+            meter.create_observable_counter(
+                name, callbacks=[self._reader(kind, labels)], unit=unit, description=doc
+            )
+            for name, unit, doc, kind, labels in _OBSERVED_COUNTS
         ]
         # Handlers by event class name; _dispatch caches the answer per class.
         self._handlers: dict[str, Handler] = {

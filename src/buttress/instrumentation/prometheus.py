@@ -254,16 +254,41 @@ class _ReadingsCollector:
                 ("name", "component"),
                 "component_error_rate",
             ),
+            (
+                f"{namespace}_queue_depth",
+                "Requests waiting in each request queue",
+                ("name",),
+                "queue_depth",
+            ),
+            (
+                f"{namespace}_queue_dead_letters",
+                "Dead letters of each request queue",
+                ("name",),
+                "queue_dead_letters",
+            ),
+        )
+        self.counters = (
+            (
+                f"{namespace}_queue_requests",
+                "Requests this process's request queues handled, skipped (their key was done), "
+                "retried, sent to the dead letters or dropped as expired",
+                ("name", "outcome"),
+                "queue_requests",
+            ),
         )
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        for metric, documentation, labels, kind in self.gauges:
-            family = GaugeMetricFamily(metric, documentation, labels=list(labels))
-            for values, value in sorted(_labelled(kind, len(labels)).items()):
-                family.add_metric(list(values), value)
-            yield family
+        for make, families in (
+            (GaugeMetricFamily, self.gauges),
+            (CounterMetricFamily, self.counters),
+        ):
+            for metric, documentation, labels, kind in families:
+                family = make(metric, documentation, labels=list(labels))
+                for values, value in sorted(_labelled(kind, len(labels)).items()):
+                    family.add_metric(list(values), value)
+                yield family
 
     def describe(self) -> Iterator[Any]:
         return iter(())

@@ -50,13 +50,16 @@ import contextvars
 import hashlib
 import importlib
 import inspect
+import itertools
 import json
+import logging
 import math
 import os
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -70,6 +73,7 @@ from ..events import (
     ResourceStatusChanged,
     ServiceHealthChanged,
     add_hook,
+    add_reading,
     remove_hook,
 )
 from ..policies.ratelimit import RateLimitConfig, RateLimiter
@@ -125,6 +129,62 @@ class QueuedRequest(NamedTuple):
 
 
 _queued = tuple.__new__  # QueuedRequest without its Python __new__: (cls, (id, key, added))
+
+
+_log = logging.getLogger("buttress.queue")
+
+# -- readings (metrics) ------------------------------------------------------------------------
+# Every open RequestQueue publishes, when metrics are read, what its queue holds ("queue_depth",
+# "queue_dead_letters", labelled by the queue's name) and what this process did with its requests
+# ("queue_requests", labelled (name, outcome): a count that never goes down, as the counts of a
+# queue closed or collected are kept in _FOLDED). Queues of one name share their labels: their
+# backlog is read once, their counts are summed.
+_LIVE: weakref.WeakSet[RequestQueue] = weakref.WeakSet()
+_COUNTS: dict[int, tuple[str, dict[str, int]]] = {}  # the counts of the open queues
+_FOLDED: dict[tuple[str, str], int] = {}  # the counts of the queues closed or collected
+_COUNTS_LOCK = threading.RLock()  # (a queue may be collected, and unlisted, while it is held)
+_TOKENS = itertools.count()
+
+
+def _unlist(token: int) -> None:
+    """Move a queue's counts from the open ones to the folded totals, in one step."""
+    with _COUNTS_LOCK:
+        entry = _COUNTS.pop(token, None)
+        if entry is not None:
+            name, counts = entry
+            for outcome, count in counts.items():
+                _FOLDED[name, outcome] = _FOLDED.get((name, outcome), 0) + count
+
+
+def _backlog_readings(part: int) -> list[tuple[Hashable, float]]:
+    """The depth (``part`` 0) or the dead letters (1) of each open queue, by name."""
+    out: list[tuple[Hashable, float]] = []
+    read: set[str] = set()
+    for queue in list(_LIVE):
+        if queue.name in read:
+            continue
+        read.add(queue.name)
+        try:
+            backlog = queue.backlog()
+        except Exception as exc:  # one store down does not hide the other queues
+            _log.warning("reading the backlog of queue %r failed: %s", queue.name, exc)
+            continue
+        out.append((queue.name, float(backlog[part])))
+    return out
+
+
+def _count_readings() -> list[tuple[Hashable, float]]:
+    with _COUNTS_LOCK:
+        totals = dict(_FOLDED)
+        for name, counts in _COUNTS.values():
+            for outcome, count in list(counts.items()):
+                totals[name, outcome] = totals.get((name, outcome), 0) + count
+    return [(labels, float(count)) for labels, count in totals.items()]
+
+
+add_reading("queue_depth", lambda: _backlog_readings(0))
+add_reading("queue_dead_letters", lambda: _backlog_readings(1))
+add_reading("queue_requests", _count_readings)
 
 
 _CURRENT: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
@@ -424,6 +484,12 @@ class RequestQueue:
         self._replaying = threading.Lock()
         #: counts since this object was made: handled, skipped (done), retried, dead, expired
         self.counts = {"handled": 0, "skipped": 0, "retried": 0, "dead": 0, "expired": 0}
+        # published as readings until closed or collected; then its counts join the totals
+        token = next(_TOKENS)
+        with _COUNTS_LOCK:
+            _COUNTS[token] = (name, self.counts)
+        self._unlist = weakref.finalize(self, _unlist, token)
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"RequestQueue({self.name!r}, storage={self._store.url!r})"
@@ -857,6 +923,8 @@ class RequestQueue:
 
     def close(self) -> None:
         """Stop the heartbeat and replay hooks; close the store if this queue opened it."""
+        _LIVE.discard(self)
+        self._unlist()  # (once)
         for hook in list(self._hooks):
             remove_hook(hook)
         self._hooks.clear()
