@@ -224,3 +224,20 @@ def test_config_check_with_a_good_environment_and_a_bad_file_fails(
     assert "check_interval" in capsys.readouterr().err
     assert main(["config", "check", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml" in capsys.readouterr().err
+
+
+def test_config_check_shows_the_state_file_and_refuses_one_that_cannot_be_made(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path))  # a directory: state.db in it
+    assert main(["config", "check"]) == 0
+    assert f"(its state file)                 {tmp_path / 'state.db'}" in capsys.readouterr().out
+    clean_env.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "data" / "resilience"))
+    assert main(["config", "check"]) == 0  # made at the first use
+    assert f"{tmp_path}/data/resilience/state.db" in capsys.readouterr().out
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    clean_env.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "blocker" / "resilience"))
+    assert main(["config", "check"]) == 1
+    captured = capsys.readouterr()
+    assert "configuration ok" not in captured.out
+    assert f"{tmp_path / 'blocker'} is not a directory" in captured.err

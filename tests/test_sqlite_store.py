@@ -22,6 +22,7 @@ from buttress.backends import StorageError, StorageUnavailable, open_storage
 from buttress.backends.sqlite import SQLiteStore
 from buttress.machines.breaker import BreakerSettings, CircuitState
 from buttress.machines.ratelimit import Params, RateLimitAlgorithm
+from buttress.queue import RequestQueue
 from buttress.testing import FakeClock
 from steps import step as _step
 
@@ -170,6 +171,23 @@ def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert absolute.path == tmp_path / "abs.db"
     monkeypatch.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "env.db"))
     assert open_storage("sqlite://").path == tmp_path / "env.db"
+    # a directory (as in "RESILIENCE_STORAGE_PATH=/data/resilience") holds state.db
+    (tmp_path / "resilience").mkdir()
+    monkeypatch.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "resilience"))
+    assert open_storage("sqlite://").path == tmp_path / "resilience" / "state.db"
+    for to_be in (f"{tmp_path}/new/", f"{tmp_path}/fresh"):  # directories to be made
+        monkeypatch.setenv("RESILIENCE_STORAGE_PATH", to_be)
+        assert open_storage("sqlite://").path == Path(to_be) / "state.db"
+        assert (Path(to_be) / "state.db").is_file()
+    monkeypatch.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "fresh" / "state.db"))
+    assert open_storage("sqlite://").path == tmp_path / "fresh" / "state.db"  # a file: itself
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    monkeypatch.setenv("RESILIENCE_STORAGE_PATH", str(tmp_path / "blocker" / "resilience"))
+    blocked = f"RESILIENCE_STORAGE_PATH='{tmp_path}/blocker/resilience': cannot make the directory"
+    with pytest.raises(StorageError, match=blocked):
+        open_storage("sqlite://")
+    with pytest.raises(StorageError, match=blocked):
+        RequestQueue("jobs", storage="sqlite://")
     assert open_storage("memory://") is None
     monkeypatch.setenv("BUTTRESS_STORAGE_URL", "sqlite:///from-env.db")
     assert open_storage(None).path == Path("from-env.db")

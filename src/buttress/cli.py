@@ -484,6 +484,10 @@ def _config_check(args: argparse.Namespace) -> int:
                 source = "default"
             shown = "(unset)" if value is None else redact(str(value))  # a storage URL's password
             print(f"  {var.name:<32} {shown:<12} {source}")
+        if settings.storage_path:
+            problem = _state_file_problem()
+            if problem:
+                problems.append(problem)
     if args.file:
         try:
             team = load_config(args.file)
@@ -519,6 +523,27 @@ def _config_check(args: argparse.Namespace) -> int:
         return 1
     print("configuration ok")
     return 0
+
+
+def _state_file_problem() -> str | None:
+    """What keeps ``sqlite://`` from using the file ``RESILIENCE_STORAGE_PATH`` names, if any."""
+    from .backends import STORAGE_PATH_ENV, default_sqlite_path
+
+    path = default_sqlite_path()
+    print(f"  {'(its state file)':<32} {path}")
+    import os
+
+    named = f"{STORAGE_PATH_ENV}={os.environ.get(STORAGE_PATH_ENV, '').strip()!r}"
+    if path.exists():
+        return None if path.is_file() else f"{named}: {path} exists and is not a file"
+    made = path.parent  # made at the first use, from its closest existing directory
+    while not made.exists() and made != made.parent:
+        made = made.parent
+    if not made.is_dir():
+        return f"{named}: {made} is not a directory, so {path} cannot be made"
+    if not os.access(made, os.W_OK | os.X_OK):
+        return f"{named}: {made} is not writable, so {path} cannot be made"
+    return None
 
 
 def _action_text(action: Any) -> str:

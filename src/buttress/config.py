@@ -93,7 +93,12 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     Variable("BUTTRESS_ENV", "environment", "production", "profile: development or production"),
     Variable("RESILIENCE_CHECK_INTERVAL", "positive seconds", 30.0, "resource check interval"),
-    Variable("RESILIENCE_STORAGE_PATH", "text", None, "SQLite state file of sqlite:// stores"),
+    Variable(
+        "RESILIENCE_STORAGE_PATH",
+        "text",
+        None,
+        "SQLite state file (or its directory) of sqlite:// stores and request queues",
+    ),
     Variable("BUTTRESS_STORAGE_URL", "text", None, "default storage= of every policy"),
     Variable("CIRCUIT_FAILURE_THRESHOLD", "integer >= 1", 5, "failures that open a breaker"),
     Variable("CIRCUIT_RECOVERY_TIMEOUT", "seconds", 60.0, "open time before a probe"),

@@ -5,8 +5,9 @@
 * ``None``: the process default, ``BUTTRESS_STORAGE_URL`` if set, else in memory;
 * ``"memory://"``: this process's memory (the default; the fastest);
 * ``"sqlite:///path/state.db"``: a durable file shared by the processes of one machine;
-  ``"sqlite://"`` without a path uses ``RESILIENCE_STORAGE_PATH``, else
-  ``$XDG_STATE_HOME/buttress/state.db`` (``~/.local/state/buttress/state.db``);
+  ``"sqlite://"`` without a path uses ``RESILIENCE_STORAGE_PATH`` (a file, or a directory to
+  hold ``state.db``), else ``$XDG_STATE_HOME/buttress/state.db``
+  (``~/.local/state/buttress/state.db``);
 * ``"redis://[[user]:password@]host:port/db"`` (``rediss://`` for TLS), or
   ``"unix:///path/to/redis.sock?db=0"``: shared by every process on every host;
 * ``"redis+cluster://host:port[,host:port...]"``: a Redis Cluster, any of its nodes;
@@ -77,13 +78,44 @@ _REDIS_SCHEMES = (
 )
 
 
+STATE_FILE = "state.db"  # the file's name in a directory RESILIENCE_STORAGE_PATH names
+
+
 def default_sqlite_path() -> Path:
-    """Where ``sqlite://`` without a path keeps its state."""
+    """Where ``sqlite://`` without a path keeps its state.
+
+    ``RESILIENCE_STORAGE_PATH`` names the file, or a directory to hold ``state.db``: a directory
+    that exists, or a path yet to be made that ends in ``/`` or has no suffix
+    (``/data/resilience``); a file that exists is used whatever its name.
+    """
     configured = os.environ.get(STORAGE_PATH_ENV, "").strip()
     if configured:
-        return Path(configured).expanduser()
+        path = Path(configured).expanduser()
+        if path.is_dir() or (
+            not path.exists() and (configured.endswith(("/", os.sep)) or not path.suffix)
+        ):
+            return path / STATE_FILE
+        return path
     base = os.environ.get("XDG_STATE_HOME", "").strip() or str(Path.home() / ".local" / "state")
-    return Path(base) / "buttress" / "state.db"
+    return Path(base) / "buttress" / STATE_FILE
+
+
+def _default_sqlite_file() -> Path:
+    """:func:`default_sqlite_path`, its directory made if missing.
+
+    Raises:
+        StorageError: the directory cannot be made (naming the variable that chose it).
+    """
+    path = default_sqlite_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        configured = os.environ.get(STORAGE_PATH_ENV, "").strip()
+        chosen = f"{STORAGE_PATH_ENV}={configured!r}" if configured else "the default state file"
+        raise StorageError(
+            f"{chosen}: cannot make the directory {path.parent} ({exc.strerror or exc})"
+        ) from None
+    return path
 
 
 def open_storage(spec: object = None) -> Any:
@@ -137,9 +169,7 @@ def _sqlite_path(url: str, source: str) -> Path:
         )
     raw = unquote(parts.path)
     if not raw or raw == "/":
-        path = default_sqlite_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return _default_sqlite_file()
     return Path(raw[1:]) if raw.startswith("/") else Path(raw)
 
 

@@ -64,7 +64,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
-from ..backends import default_sqlite_path
 from ..clock import Clock, get_clock
 from ..errors import RejectedError, StorageUnavailable
 from ..events import (
@@ -303,12 +302,11 @@ def open_queue_store(spec: object = None) -> QueueStore:
                 raise ValueError(f"storage={spec!r}: a memory store takes no address")
             return MemoryQueueStore()
         if scheme == "sqlite":
-            from ..backends import _sqlite_path
+            from ..backends import _default_sqlite_file, _sqlite_path
             from .sqlite import SQLiteQueueStore
 
             if spec.lower() in ("sqlite://", "sqlite:///"):
-                path = default_sqlite_path()
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path = _default_sqlite_file()
             else:
                 path = _sqlite_path(spec, f"storage={spec!r}")
             return SQLiteQueueStore(path)
