@@ -91,7 +91,17 @@ def test_refuses_unknown_handler_and_non_json(make: MakeQueue) -> None:
         q.put("work", [float("nan")])
     with pytest.raises(ValueError, match="key must be a non-empty string"):
         q.put("work", [1], key="")
-    assert q.stats().depth == 0
+    # JSON would turn these keys into strings: the handler would get another dict
+    for args, kwargs, key in (
+        ([{1: "a"}], None, "1"),
+        ([["x", {"ok": {None: 0}}]], None, "None"),
+        (["z"], {"n": {2.5: 1}}, "2.5"),
+        (["z"], {1: 2}, "1"),
+    ):
+        with pytest.raises(TypeError, match=f"must be JSON.*dict key {key} is not a string"):
+            q.put("work", args, kwargs)
+    assert q.put("work", [{"{": "}", "a": [{"b": 1}]}], {"k": {"v": [1]}}).added  # str keys
+    assert q.stats().depth == 1
 
 
 def test_full_queue_is_a_rejection(make: MakeQueue) -> None:
@@ -746,6 +756,41 @@ def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="something else \\(tables: orders\\)"):
         RequestQueue(storage=f"sqlite:///{path}")
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stored_request_that_does_not_decode_goes_to_the_dead_letters_alone(
+    tmp_path: Path, clock: FakeClock, mode: str
+) -> None:
+    path = tmp_path / "q.db"
+    q = RequestQueue("orders", storage=f"sqlite:///{path}", clock=clock, batch=16)
+    ran: list[str] = []
+    q.handler("charge")(ran.append)
+    tampered = {
+        "not json": "its arguments are not JSON: 'not json'",
+        "[1, 2]": "not an object with an 'args' list and a 'kwargs' object: [1, 2]",
+        "null": "not an object with an 'args' list and a 'kwargs' object: None",
+        '{"args": "abc", "kwargs": {}}': "an 'args' list and a 'kwargs' object: {'args': 'abc',",
+    }
+    ids = [q.put("charge", [f"o-{i}"]).id for i in range(len(tampered) + 2)]
+    with sqlite3.connect(path) as conn:  # written over, as by a bad migration or by hand
+        for item_id, text in zip(ids[1:], tampered, strict=False):
+            conn.execute(
+                "UPDATE buttress_queue SET args = ? WHERE key = ?",
+                (text, q.items()[ids.index(item_id)].key),
+            )
+    handled = q.process() if mode == "sync" else asyncio.run(q.aprocess())
+    assert handled == len(ids)  # one claim held them all: the good ones ran
+    assert ran == ["o-0", f"o-{len(ids) - 1}"]
+    stats = q.stats()
+    assert (stats.depth, stats.in_flight, stats.dead) == (0, 0, len(tampered))
+    errors = [item.last_error or "" for item in q.dead_letters()]
+    for error, expected in zip(errors, tampered.values(), strict=True):
+        assert error.startswith("buttress.errors.StorageError: queue 'orders' item #")
+        assert expected in error
+    assert all(item.attempts == 1 for item in q.dead_letters())  # not round the retries
+    assert q.counts["dead"] == len(tampered)
+    q.close()
 
 
 def test_queue_schema_versions(tmp_path: Path) -> None:

@@ -430,3 +430,34 @@ def test_each_step_is_one_script_from_package_files(client: Any, redis_port: int
     assert "XAUTOCLAIM" in lua_side
     assert "XREADGROUP" in lua_side
     q.close()
+
+
+def test_entries_written_by_something_else_go_to_the_dead_letters_alone(client: Any) -> None:
+    q = RequestQueue("orders", storage=client, batch=16)
+    ran: list[str] = []
+    q.handler("charge")(ran.append)
+    q.put("charge", ["first"])
+    stream = "buttress:queue:{orders}:stream"
+    good = {"k": "k", "h": "charge", "a": '{"args":["x"],"kwargs":{}}', "r": "", "e": "1", "x": ""}
+    written = {  # XADDed by hand, by another tool, or by a bad migration
+        "no args": {key: value for key, value in good.items() if key != "a"} | {"k": "k1"},
+        "no enqueue time": {key: value for key, value in good.items() if key != "e"} | {"k": "k2"},
+        "bad expiry": {**good, "k": "k3", "x": "soon"},
+        "bad JSON": {**good, "k": "k4", "a": "not json"},
+        "no fields": {"z": "1"},
+    }
+    for fields in written.values():
+        client.xadd(stream, fields)
+    q.put("charge", ["last"])
+    assert q.process() == 2 + len(written)
+    assert ran == ["first", "last"]
+    stats = q.stats()
+    assert (stats.depth, stats.in_flight, stats.dead) == (0, 0, len(written))
+    errors = sorted(item.last_error or "" for item in q.dead_letters())
+    assert all(e.startswith("buttress.errors.StorageError: queue 'orders' item #") for e in errors)
+    assert any("the stored entry has no field 'a'" in e for e in errors)
+    assert any("the stored entry has no field 'e'" in e for e in errors)
+    assert any("its field 'x' is not a number: 'soon'" in e for e in errors)
+    assert any("its arguments are not JSON: 'not json'" in e for e in errors)
+    assert any("the stored entry has no field 'k'" in e for e in errors)
+    q.close()

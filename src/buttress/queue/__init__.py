@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from ..clock import Clock, get_clock
-from ..errors import RejectedError, StorageUnavailable
+from ..errors import RejectedError, StorageError, StorageUnavailable
 from ..events import (
     CircuitStateChanged,
     Event,
@@ -264,8 +264,16 @@ def _canonical(handler: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str
         if _ENCODE_C is not None:  # the same text as the dict's, without building the dict
             encoded = "".join(_ENCODE_C(listed, 0))
             named = "".join(_ENCODE_C(kwargs, 0)) if kwargs else "{}"
-            return f'{{"args":{encoded},"kwargs":{named}}}'
-        return _ENCODE({"args": listed, "kwargs": kwargs})
+            text = f'{{"args":{encoded},"kwargs":{named}}}'
+        else:
+            encoded = text = _ENCODE({"args": listed, "kwargs": kwargs})
+        # JSON writes a number, bool or None dict key as a string: the handler would receive
+        # another dict than the one queued. Only arguments whose text holds an object are walked.
+        if "{" in encoded:
+            _string_keys(listed)
+        if kwargs:
+            _string_keys(kwargs)
+        return text
     except RecursionError:
         raise TypeError(
             f"the arguments of a request for {handler!r} must be JSON: they are circular or "
@@ -276,6 +284,22 @@ def _canonical(handler: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str
             f"the arguments of a request for {handler!r} must be JSON (str, numbers, bool, None, "
             f"lists, dicts with str keys; no NaN): {exc}"
         ) from None
+
+
+def _string_keys(value: Any) -> None:
+    """Raise TypeError at a dict key in ``value`` (already encoded, so JSON) that is not a str."""
+    if type(value) is dict:
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"dict key {key!r} is not a string (JSON would make it {str(key)!r})"
+                )
+            if isinstance(inner, dict | list | tuple):
+                _string_keys(inner)
+    else:  # a list or tuple
+        for inner in value:
+            if isinstance(inner, dict | list | tuple):
+                _string_keys(inner)
 
 
 def idempotency_key(handler: str, *args: Any, **kwargs: Any) -> str:
@@ -697,10 +721,10 @@ class RequestQueue:
     def _delivering(self, item: Item) -> _Delivery:
         return _Delivery(self, item)
 
-    def _failed(self, item: Item, exc: Exception) -> None:
+    def _failed(self, item: Item, exc: Exception, *, dead: bool = False) -> None:
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
         now = self._wall()
-        if item.attempts >= self.max_attempts:
+        if dead or item.attempts >= self.max_attempts:
             retry_at = None
         else:
             delay = min(self.retry_delay * 2 ** (item.attempts - 1), self.max_retry_delay)
@@ -946,21 +970,29 @@ class _Delivery:
     """One delivery: the handler's call, then its outcome recorded (a class, not a generator:
     this runs once per request)."""
 
-    __slots__ = ("_item", "_queue", "_token")
+    __slots__ = ("_item", "_malformed", "_queue", "_token")
 
     def __init__(self, queue: RequestQueue, item: Item) -> None:
-        self._queue, self._item = queue, item
+        self._queue, self._item, self._malformed = queue, item, False
 
     def __enter__(self) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
         q, item = self._queue, self._item
-        body = _DECODE(item.args)  # fresh lists and dicts: the handler may keep them
-        args, kwargs = body.get("args") or [], body.get("kwargs") or {}
         request = Request(
             item.id, item.key, item.handler, item.attempts, item.resource, item.enqueued, q.name
         )
+        self._token = _CURRENT.set(request)
+        try:
+            body = _DECODE(item.args)  # fresh lists and dicts: the handler may keep them
+            args, kwargs = body.get("args", []), body.get("kwargs", {})
+        except (TypeError, ValueError, AttributeError):
+            args = kwargs = None
+        if type(args) is not list or type(kwargs) is not dict or item.malformed is not None:
+            # a stored record this code cannot have written: nothing runs, and the item goes to
+            # the dead letters (see __exit__), not round the retries
+            self._malformed = True
+            return _refuse(q.name, item), [], {}
         if item.handler in q._with_request:
             args.insert(0, request)
-        self._token = _CURRENT.set(request)
         fn = q._handlers.get(item.handler)
         return _missing(item.handler) if fn is None else fn, args, kwargs
 
@@ -981,13 +1013,38 @@ class _Delivery:
                     q._store.ack(q.name, item.id, item.key, now, now + q.done_for)
                 return False
             if isinstance(exc, Exception):
-                q._failed(item, exc)
+                q._failed(item, exc, dead=self._malformed)
                 return True  # a failed request is recorded, not raised
             return False
         finally:
             _CURRENT.reset(self._token)
             if held:
                 q._heartbeat.release(item.id)
+
+
+def _refuse(queue: str, item: Item) -> Callable[..., Any]:
+    """What runs in place of a handler for a stored request that does not decode."""
+    problem = item.malformed
+    if problem is None:
+        try:
+            body = json.loads(item.args)
+        except (TypeError, ValueError):
+            problem = f"its arguments are not JSON: {_shown(item.args)}"
+        else:
+            problem = (
+                f"its arguments are not an object with an 'args' list and a 'kwargs' object: "
+                f"{_shown(body)}"
+            )
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise StorageError(f"queue {queue!r} item #{item.id} cannot be delivered: {problem}")
+
+    return refuse
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
 
 
 def _missing(name: str) -> Callable[..., Any]:

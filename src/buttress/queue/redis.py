@@ -159,16 +159,11 @@ def _item(raw: Sequence[Any]) -> Item:
     """An :class:`Item` from a script's ``{id, fields, attempts, first error, last error}``."""
     sid, flat, attempts, first, last = raw
     f = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-    first_error, first_at = json.loads(first) if first else (None, None)
-    last_error, last_at = json.loads(last) if last else (None, None)
-    return Item(
+    first_error, first_at = _error_of(first)
+    last_error, last_at = _error_of(last)
+    return _decoded(
+        f,
         id=_int_id(sid),
-        key=f["k"],
-        handler=f["h"],
-        args=f["a"],
-        resource=f["r"] or None,
-        enqueued=float(f["e"]),
-        expires=float(f["x"]) if f["x"] else None,
         attempts=int(attempts),
         first_error=first_error,
         first_error_at=first_at,
@@ -178,24 +173,72 @@ def _item(raw: Sequence[Any]) -> Item:
 
 
 def _dead(record: Any) -> Item:
-    d = json.loads(record)
-    first_error, first_at = json.loads(d["f"])
-    last_error, last_at = json.loads(d["l"])
-    return Item(
-        id=_int_id(d["id"]),
-        key=d["k"],
-        handler=d["h"],
-        args=d["a"],
-        resource=d["r"] or None,
-        enqueued=float(d["e"]),
-        expires=float(d["x"]) if d["x"] else None,
-        attempts=int(d["n"]),
+    try:
+        d = json.loads(record)
+        if not isinstance(d, dict):
+            raise TypeError(type(d).__name__)
+    except (TypeError, ValueError):
+        d = {"a": _text(record), "why": "the dead letter is not a JSON object"}
+    first_error, first_at = _error_of(d.get("f"))
+    last_error, last_at = _error_of(d.get("l"))
+    try:
+        died: float | None = float(d["d"])
+    except (KeyError, TypeError, ValueError):
+        died = None
+    try:
+        attempts = int(d["n"])
+    except (KeyError, TypeError, ValueError):
+        attempts = 0
+    return _decoded(
+        d,
+        id=_int_id(d["id"]) if isinstance(d.get("id"), str) else 0,
+        attempts=attempts,
         first_error=first_error,
         first_error_at=first_at,
         last_error=last_error,
         last_error_at=last_at,
-        died=float(d["d"]),
+        died=died,
     )
+
+
+def _decoded(fields: dict[str, Any], **known: Any) -> Item:
+    """The item the stored ``fields`` describe; one that lacks a field or holds one that does not
+    decode is marked :attr:`~buttress.queue.store.Item.malformed` (with what is wrong) instead."""
+    problem: str | None = fields.get("why")
+    text = {name: fields.get(name) for name in ("k", "h", "a", "r", "e", "x")}
+    for name in ("k", "h", "a", "e"):
+        if problem is None and not isinstance(text[name], str):
+            problem = f"the stored entry has no field {name!r}"
+    numbers: dict[str, float | None] = {"e": 0.0, "x": None}
+    for name in ("e", "x"):
+        value = text[name]
+        if isinstance(value, str) and value:
+            try:
+                numbers[name] = float(value)
+            except ValueError:
+                problem = problem or f"its field {name!r} is not a number: {value[:100]!r}"
+    resource = text["r"]
+    return Item(
+        key=text["k"] if isinstance(text["k"], str) else "",
+        handler=text["h"] if isinstance(text["h"], str) else "",
+        args=text["a"] if isinstance(text["a"], str) else "",
+        resource=resource if isinstance(resource, str) and resource else None,
+        enqueued=numbers["e"] or 0.0,
+        expires=numbers["x"],
+        malformed=problem,
+        **known,
+    )
+
+
+def _error_of(stored: Any) -> tuple[str | None, float | None]:
+    """A stored ``[error, at]`` (JSON), or what it holds as the error when it is not that."""
+    if not stored:
+        return None, None
+    try:
+        error, at = json.loads(stored)
+        return (None if error is None else str(error)), (None if at is None else float(at))
+    except (TypeError, ValueError):
+        return _text(stored), None
 
 
 class RedisQueueStore:

@@ -56,6 +56,9 @@ class Item:
     last_error: str | None = None
     last_error_at: float | None = None
     died: float | None = None  # dead letters only
+    # why the stored record cannot be delivered (a field that does not decode): the queue sends
+    # the item to the dead letters with this as its error, without running anything
+    malformed: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}

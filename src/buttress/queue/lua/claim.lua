@@ -60,15 +60,18 @@ for _, entry in ipairs(got) do
   local id, f = entry[1], fieldmap(entry[2])
   local due = redis.call('ZSCORE', LATER, id)
   due = due and (is_inf(due) and math.huge or tonumber(due))
+  -- (an entry written by something else may lack a field or hold a non-number: it is delivered,
+  -- and the caller, finding it cannot decode it, sends it to the dead letters)
+  local expires = f.x and f.x ~= '' and tonumber(f.x)
   if due and due > now then
     due_in(id, owner, lease, math.ceil((due - now) * 1000))  -- not yet: back in a while
-  elseif f.x ~= '' and tonumber(f.x) <= now then
+  elseif expires and expires <= now then
     forget(id, f)
     expired = expired + 1
-  elseif (tonumber(redis.call('ZSCORE', DONE, f.k)) or -1 / 0) > now then
+  elseif f.k and (tonumber(redis.call('ZSCORE', DONE, f.k)) or -1 / 0) > now then
     forget(id, f)
     skipped = skipped + 1
-  elseif f.r ~= '' and head(f.r) ~= id then
+  elseif f.r and f.r ~= '' and head(f.r) ~= id then
     -- its resource's older entries go first: it waits, out of the way, until forget() of the
     -- one before it makes it due
     redis.call('ZADD', LATER, 'inf', id)
