@@ -668,6 +668,12 @@ def test_configuration_errors() -> None:
         RequestQueue(storage="memory://", visibility_timeout=0)
     with pytest.raises(ValueError, match="max_attempts must be an integer >= 1"):
         RequestQueue(storage="memory://", max_attempts=0)
+    with pytest.raises(ValueError, match=r"max_retry_delay \(1\) is below retry_delay \(10\)"):
+        RequestQueue(storage="memory://", retry_delay=10, max_retry_delay=1)
+    assert RequestQueue(storage="memory://").max_retry_delay == 300
+    assert RequestQueue(storage="memory://", retry_delay=3600).max_retry_delay == 3600
+    with pytest.raises(ValueError, match="name must be a non-empty string, got ' '"):
+        RequestQueue(" ", storage="memory://")
     with pytest.raises(ValueError, match="a queue is stored in"):
         RequestQueue(storage="ftp://x")
     with pytest.raises(TypeError, match="lacks put"):

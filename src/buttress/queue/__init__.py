@@ -440,7 +440,7 @@ class RequestQueue:
         max_attempts: deliveries before an item goes to the dead letters.
         ttl: default seconds a request may wait before it is dropped (None: forever).
         retry_delay: seconds before a failed item is tried again (doubling per attempt).
-        max_retry_delay: the longest such delay.
+        max_retry_delay: the longest such delay (default 300 s, or ``retry_delay`` if longer).
         done_for: seconds a handled key is remembered (a re-enqueue of it within that adds nothing).
         batch: items one claim takes (one transaction for all).
         replay_rate: requests per second :meth:`replay` runs (None: as fast as they go).
@@ -457,13 +457,13 @@ class RequestQueue:
         max_attempts: int = 5,
         ttl: float | None = None,
         retry_delay: float = 1.0,
-        max_retry_delay: float = 300.0,
+        max_retry_delay: float | None = None,
         done_for: float = 7 * 86400.0,
         batch: int = 16,
         replay_rate: float | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.name = name
         self.max_depth = _count("max_depth", max_depth, allow_none=True)
@@ -471,7 +471,14 @@ class RequestQueue:
         self.max_attempts = int(_count("max_attempts", max_attempts) or 0)
         self.ttl = _positive("ttl", ttl, allow_none=True)
         self.retry_delay = float(_positive("retry_delay", retry_delay) or 0)
-        self.max_retry_delay = float(_positive("max_retry_delay", max_retry_delay) or 0)
+        if max_retry_delay is None:  # five minutes, or the first delay when that is longer
+            self.max_retry_delay = max(300.0, self.retry_delay)
+        else:
+            self.max_retry_delay = float(_positive("max_retry_delay", max_retry_delay) or 0)
+        if self.max_retry_delay < self.retry_delay:
+            raise ValueError(
+                f"max_retry_delay ({max_retry_delay!r}) is below retry_delay ({retry_delay!r})"
+            )
         self.done_for = float(_positive("done_for", done_for) or 0)
         self.batch = int(_count("batch", batch) or 0)
         self.replay_rate = _positive("replay_rate", replay_rate, allow_none=True)
