@@ -79,10 +79,13 @@ def test_recovery_probe_success_closes(mode: str, clock: FakeClock) -> None:
     with pytest.raises(CircuitOpenError) as info:
         cb.call(ok)
     assert info.value.retry_after == pytest.approx(0.1)
+    assert cb.failure_rate == 1.0  # held failing while open (the count restarts at the trip)
     clock.advance(0.1)
     assert cb.state is CircuitState.HALF_OPEN
+    assert cb.failure_rate == 1.0
     assert run(cb(make(mode, ok))()) == "ok"
     assert cb.state is CircuitState.CLOSED
+    assert cb.failure_rate == 0.0
 
 
 def test_recovery_probe_failure_reopens(mode: str, clock: FakeClock) -> None:

@@ -97,8 +97,8 @@ def test_repr_sends_no_redis_command(redis_port: int) -> None:
         shown, rate, readings = repr(cb), cb.failure_rate, events.readings("circuit_failure_rate")
     assert seen == []
     assert shown == f"CircuitBreaker(name={name!r}, state='open')"
-    assert rate == 0.0  # the trip reset the count
-    assert (name, 0.0) in readings
+    assert rate == 1.0  # open: held failing (not the count the trip restarted)
+    assert (name, 1.0) in readings
     with commands_sent(redis_port) as seen:
         assert cb.state is CircuitState.OPEN  # the property asks: one round trip
     assert [command for sender, command in seen if sender != "lua"] == ["EVALSHA"]

@@ -73,7 +73,11 @@ def _snapshot(
     wait = opened_at + settings.recovery - now if state is _OPEN else 0.0
     if state is _OPEN and wait <= 0:
         state, wait = _HALF_OPEN, 0.0
-    return Snapshot(state, failures, wait, min(1.0, failures / settings.fail_max))
+    # an open or half-open breaker holds its dependency failing until a probe closes it: its
+    # rate stays 1, as a windowed breaker's stays at the window that tripped it (kept until it
+    # closes), and does not read 0 because the count starts again at the trip
+    rate = min(1.0, failures / settings.fail_max) if state is _CLOSED else 1.0
+    return Snapshot(state, failures, wait, rate)
 
 
 class LocalState:

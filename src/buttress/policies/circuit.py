@@ -584,7 +584,8 @@ class CircuitBreaker:
 
     @property
     def failure_rate(self) -> float:
-        """Failures over calls in the window; without a window, consecutive failures/fail_max.
+        """Failures over calls in the window; without a window, consecutive failures/fail_max
+        while CLOSED and 1.0 while OPEN or HALF_OPEN (the failures that opened it).
 
         Never asks a store: a stored breaker reports the failures it last heard of.
         """
