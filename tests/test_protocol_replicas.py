@@ -512,3 +512,27 @@ def test_a_retry_does_not_sleep_out_the_lease_of_another_calls_probe(clock: Fake
         write("insert 2")
     # Not the probe's 60 s lease: the retry backed off and looked again.
     assert clock.now() - began < pool.settings.probe_timeout / 2
+
+
+def test_a_write_whose_primary_cools_down_is_queued_after_its_backoff_not_the_cooldown(
+    mode: str, clock: FakeClock
+) -> None:
+    # The README's protocol: retry -> switch -> queue -> break, a primary that cools for 30 s.
+    manager, db = _manager(clock, f"cool-{mode}", cooldown=30.0)
+    manager.set_protocol(
+        DB,
+        [
+            FallbackAction(S.RETRY, attempts=3, base_delay=1.0, jitter=False),
+            FallbackAction(S.SWITCH_PROVIDER),
+            FallbackAction(S.QUEUE_REQUEST),
+            FallbackAction(S.CIRCUIT_BREAK),
+        ],
+    )
+    _, write = _calls(manager, db, mode)
+    db.down.add("primary")
+    began = clock.now()
+    with pytest.raises(RequestQueued):
+        write("insert 1")
+    # one backoff (1 s) and one more look as long: not the primary's 30 s cooldown
+    assert clock.now() - began <= 2.0
+    assert [target for kind, target in db.calls if kind == "write"] == ["primary"]

@@ -1244,7 +1244,10 @@ class _Run:
             if pool is not None:
                 choice = pool.choose(exclude=self._excluded(self.only, tried=False))
                 if choice is None:
-                    choice = yield from self._wait_for_target(self.only, _FIRST_WAIT)
+                    # every target cooling: wait for one no longer than this attempt's backoff
+                    # (a retry is paced by it, not by a cooldown that may last half a minute),
+                    # else leave the call to the next step (a write: QUEUE_REQUEST)
+                    choice = yield from self._wait_for_target(self.only, self.waited + delay)
                     if choice is _MISSING:
                         return _MISSING
             value = yield from self._attempt("RETRY", choice)
