@@ -53,3 +53,27 @@ def test_queue_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "mail: 0 dead letters purged" in capsys.readouterr().out
     assert main(["queue", "--storage", url, "dead", "purge"]) == 0
     assert "mail: 2 dead letters purged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("storage", "status", "says"),
+    [
+        ("bogus://x", 2, "storage='bogus://x': a queue is stored in"),
+        ("sqlite:///{tmp}/missing/q.db", 1, "missing does not exist"),
+        ("sqlite:///{tmp}/notes.txt", 1, "notes.txt is not a usable SQLite database"),
+        ("redis://u:secret@127.0.0.1:1/0", 1, "redis://u:***@127.0.0.1:1/0: no answer"),
+    ],
+)
+def test_a_storage_it_cannot_use_is_one_line_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], storage: str, status: int, says: str
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    assert main(["queue", "--storage", storage.format(tmp=tmp_path), "list"]) == status
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("buttress queue: ")
+    assert says in err
+    assert err.count("\n") == 1
+    assert "secret" not in err
+    assert notes.read_text() == "not a database\n"  # never touched
