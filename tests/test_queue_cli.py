@@ -143,3 +143,50 @@ def test_items_changed_in_the_file_are_listed_marked_and_shown_as_stored(
         stored = conn.execute("SELECT args FROM buttress_queue WHERE key = 'args'").fetchone()
     conn.close()
     assert stored == ("not json",)
+
+
+def test_a_queue_the_storage_does_not_hold_is_named_with_those_it_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    for name in ("mail", "sms"):
+        with RequestQueue(name, storage=url) as q:
+            q.handler("send")(print)
+            q.put("send", ["x"])
+    for action in (["list"], ["show", "1"], ["replay"], ["dead", "purge"]):
+        assert main(["queue", "--storage", url, "--queue", "nope", *action]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == f"buttress queue: no queue 'nope' in {url}: its queues are mail, sms\n"
+    assert main(["queue", "--storage", url, "--queue", "sms", "list"]) == 0
+    assert capsys.readouterr().out.startswith("sms: 1 queued")
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["queue", "--storage", empty, "--queue", "mail", "list"]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"buttress queue: no queue 'mail' in {empty}: it holds no queues\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--queue", "", "list"], "argument --queue: must name a queue, got ''"),
+        (["list", "--limit", "0"], "argument --limit: must be an integer >= 1, got 0"),
+        (["dead", "list", "--limit", "-1"], "argument --limit: must be an integer >= 1, got -1"),
+        (["dead", "list", "--limit", "x"], "argument --limit: must be an integer >= 1, got 'x'"),
+    ],
+)
+def test_usage_errors_exit_2_naming_the_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    with RequestQueue("mail", storage=url) as q:
+        q.handler("send")(print)
+        q.put("send", ["x"])
+    with pytest.raises(SystemExit) as info:
+        main(["queue", "--storage", url, *argv])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert says in err

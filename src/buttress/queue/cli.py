@@ -4,9 +4,9 @@
 backoff delays of a queue's waiting items (its workers take them at their next claim), and
 ``dead`` lists, requeues or purges dead letters. Every command prints what it counted.
 
-A storage that cannot be opened or does not answer is one line on stderr (``buttress queue:
-...``) and exit status 1; a malformed ``--storage`` URL exits with 2, as argparse's usage errors
-do.
+A storage that cannot be opened or does not answer, or a ``--queue`` it does not hold, is one line
+on stderr (``buttress queue: ...``) and exit status 1; a malformed ``--storage`` URL exits with 2,
+as argparse's usage errors do.
 
 A stored item whose fields do not read as what they hold (arguments that are not JSON, a time or
 a count that is not a number) is still listed, marked, and shown: each such field as it is
@@ -41,10 +41,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the queue store: 'sqlite:///path.db' or 'redis://host:port/db' (default: the"
         " buttress state file)",
     )
-    queue.add_argument("--queue", default=None, help="the queue's name (default: every queue)")
+    queue.add_argument(
+        "--queue", type=_name, default=None, help="the queue's name (default: every queue)"
+    )
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="counts and the first items of each queue")
-    listing.add_argument("--limit", type=int, default=20, help="items shown per queue")
+    listing.add_argument("--limit", type=_limit, default=20, help="items shown per queue")
     show = actions.add_parser("show", help="one item in full")
     show.add_argument("id", type=int)
     show.add_argument("--dead", action="store_true", help="a dead letter")
@@ -52,7 +54,23 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dead = actions.add_parser("dead", help="dead letters: list, requeue, purge")
     dead.add_argument("verb", choices=["list", "requeue", "purge"])
     dead.add_argument("ids", type=int, nargs="*", help="items (default: all)")
-    dead.add_argument("--limit", type=int, default=20, help="dead letters listed per queue")
+    dead.add_argument("--limit", type=_limit, default=20, help="dead letters listed per queue")
+
+
+def _name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must name a queue, got ''")
+    return text
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 _TIMES = ("enqueued", "visible", "expires", "first_error_at", "last_error_at", "died")
@@ -154,7 +172,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _act(store: QueueStore, args: argparse.Namespace) -> int:
-    names = [args.queue] if args.queue else store.queues()
+    names = store.queues()
+    if args.queue is not None:
+        if args.queue not in names:
+            held = f"its queues are {', '.join(names)}" if names else "it holds no queues"
+            return _error(f"no queue {args.queue!r} in {store.url}: {held}", 1)
+        names = [args.queue]
     now = wall_time()
     if args.action == "show":
         for name in names:
