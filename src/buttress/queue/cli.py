@@ -3,15 +3,26 @@
 ``list`` shows each queue's counts and its first items, ``show`` one item, ``replay`` ends the
 backoff delays of a queue's waiting items (its workers take them at their next claim), and
 ``dead`` lists, requeues or purges dead letters. Every command prints what it counted.
+
+A storage that cannot be opened or does not answer, or a ``--queue`` it does not hold, is one line
+on stderr (``buttress queue: ...``) and exit status 1; a malformed ``--storage`` URL exits with 2,
+as argparse's usage errors do.
+
+A stored item whose fields do not read as what they hold (arguments that are not JSON, a time or
+a count that is not a number) is still listed, marked, and shown: each such field as it is
+stored, and named with what is wrong with it under ``unreadable``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 
+from .._redact import redact
 from ..clock import wall_time
+from ..errors import StorageError, StorageUnavailable
 from . import open_queue_store
 from .store import Item, QueueStore
 
@@ -27,12 +38,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     queue.add_argument(
         "--storage",
         default=None,
-        help="the queue store: 'sqlite:///path.db' (default: the buttress state file)",
+        help="the queue store: 'sqlite:///path.db' or 'redis://host:port/db' (default: the"
+        " buttress state file)",
     )
-    queue.add_argument("--queue", default=None, help="the queue's name (default: every queue)")
+    queue.add_argument(
+        "--queue", type=_name, default=None, help="the queue's name (default: every queue)"
+    )
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="counts and the first items of each queue")
-    listing.add_argument("--limit", type=int, default=20, help="items shown per queue")
+    listing.add_argument("--limit", type=_limit, default=20, help="items shown per queue")
     show = actions.add_parser("show", help="one item in full")
     show.add_argument("id", type=int)
     show.add_argument("--dead", action="store_true", help="a dead letter")
@@ -40,7 +54,28 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dead = actions.add_parser("dead", help="dead letters: list, requeue, purge")
     dead.add_argument("verb", choices=["list", "requeue", "purge"])
     dead.add_argument("ids", type=int, nargs="*", help="items (default: all)")
-    dead.add_argument("--limit", type=int, default=20, help="dead letters listed per queue")
+    dead.add_argument("--limit", type=_limit, default=20, help="dead letters listed per queue")
+
+
+def _name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must name a queue, got ''")
+    return text
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+_TIMES = ("enqueued", "visible", "expires", "first_error_at", "last_error_at", "died")
+_TEXTS = ("key", "handler", "resource", "owner", "first_error", "last_error")
+_REQUIRED = {"enqueued", "visible", "key", "handler"}
 
 
 def _when(t: float | None) -> str:
@@ -49,56 +84,141 @@ def _when(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _line(item: Item) -> str:
-    state = f"dead {_when(item.died)}" if item.died is not None else f"due {_when(item.visible)}"
-    error = f"  last error: {item.last_error}" if item.last_error else ""
-    where = f" resource={item.resource}" if item.resource else ""
+def _unreadable(item: Item) -> dict[str, str]:
+    """The fields of a stored item that do not read as what they hold, each with what is wrong.
+
+    The queue writes every field itself; these are rows changed by hand or by another program,
+    which the listing must still show (and ``show`` exists to inspect)."""
+    wrong: dict[str, str] = {}
+    try:
+        body = json.loads(item.args)
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        wrong["args"] = f"not JSON ({exc})"
+    else:
+        if not (
+            isinstance(body, dict)
+            and isinstance(body.get("args") or [], list)
+            and isinstance(body.get("kwargs") or {}, dict)
+        ):
+            wrong["args"] = 'not {"args": [...], "kwargs": {...}}'
+    attempts: object = item.attempts
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        wrong["attempts"] = "not a count"
+    for name in _TIMES:
+        value: object = getattr(item, name)
+        if value is None and name not in _REQUIRED:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            wrong[name] = "not a time"
+            continue
+        try:
+            _when(value)
+        except (ValueError, OverflowError, OSError):  # NaN, or out of the calendar's range
+            wrong[name] = "not a time"
+    for name in _TEXTS:
+        value = getattr(item, name)
+        if not isinstance(value, str) and (value is not None or name in _REQUIRED):
+            wrong[name] = "not text"
+    return wrong
+
+
+def _stored(value: object) -> str:
+    """A field as stored, for JSON: bytes (a BLOB) as text, with undecodable bytes escaped."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return repr(value)
+
+
+def _field(item: Item, wrong: dict[str, str], name: str) -> str:
+    """A field for a listing line: as stored (quoted) when it does not read as what it holds."""
+    value = getattr(item, name)
+    if name in wrong:
+        return repr(value)
+    return _when(value) if name in _TIMES else str(value)
+
+
+def _line(item: Item, wrong: dict[str, str]) -> str:
+    def field(name: str) -> str:
+        return _field(item, wrong, name)
+
+    state = f"dead {field('died')}" if item.died is not None else f"due {field('visible')}"
+    error = f"  last error: {field('last_error')}" if item.last_error else ""
+    where = f" resource={field('resource')}" if item.resource else ""
+    marked = "".join(f"  [{name} unreadable: {why}]" for name, why in wrong.items())
     return (
-        f"  #{item.id} {item.handler}{where} attempts={item.attempts} {state} key={item.key}{error}"
+        f"  #{item.id} {field('handler')}{where} attempts={field('attempts')} {state}"
+        f" key={field('key')}{error}{marked}"
     )
 
 
+def _error(message: str, status: int) -> int:
+    print(f"buttress queue: {redact(message)}", file=sys.stderr)
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
-    store: QueueStore = open_queue_store(args.storage)
     try:
-        names = [args.queue] if args.queue else store.queues()
-        now = wall_time()
-        if args.action == "show":
-            for name in names:
-                item = store.get(name, args.id, dead=args.dead)
-                if item is not None:
-                    record = item.as_dict()
-                    record["args"] = json.loads(item.args)
-                    print(json.dumps({"queue": name, **record}, indent=2))
-                    return 0
-            print(f"no {'dead letter' if args.dead else 'item'} #{args.id}")
-            return 1
-        if not names:
-            print("no queues")
-            return 0
-        for name in names:
-            if args.action == "list":
-                s = store.stats(name, now)
-                print(
-                    f"{name}: {s.depth} queued ({s.waiting} due, {s.in_flight} in flight, "
-                    f"{s.delayed} delayed), {s.dead} dead, {s.expired} expired, {s.done} done"
-                )
-                for item in store.items(name, args.limit):
-                    print(_line(item))
-            elif args.action == "replay":
-                print(f"{name}: {store.replay(name, now)} items made due now")
-            elif args.verb == "list":
-                dead = store.items(name, args.limit, dead=True)
-                print(f"{name}: {store.stats(name, now).dead} dead letters")
-                for item in dead:
-                    print(_line(item))
-                    print(f"      first error {_when(item.first_error_at)}: {item.first_error}")
-            elif args.verb == "requeue":
-                count = store.requeue_dead(name, args.ids or None, now)
-                print(f"{name}: {count} dead letters requeued")
-            else:
-                count = store.purge_dead(name, args.ids or None)
-                print(f"{name}: {count} dead letters purged")
-        return 0
+        store: QueueStore = open_queue_store(args.storage)
+    except ValueError as exc:  # a malformed URL
+        return _error(str(exc), 2)
+    except (StorageError, StorageUnavailable) as exc:
+        return _error(str(exc), 1)
+    try:
+        return _act(store, args)
+    except (StorageError, StorageUnavailable) as exc:
+        return _error(str(exc), 1)
     finally:
         store.close()
+
+
+def _act(store: QueueStore, args: argparse.Namespace) -> int:
+    names = store.queues()
+    if args.queue is not None:
+        if args.queue not in names:
+            held = f"its queues are {', '.join(names)}" if names else "it holds no queues"
+            return _error(f"no queue {args.queue!r} in {store.url}: {held}", 1)
+        names = [args.queue]
+    now = wall_time()
+    if args.action == "show":
+        for name in names:
+            item = store.get(name, args.id, dead=args.dead)
+            if item is not None:
+                wrong = _unreadable(item)
+                record = item.as_dict()
+                if "args" not in wrong:
+                    record["args"] = json.loads(item.args)
+                if wrong:
+                    record["unreadable"] = wrong
+                print(json.dumps({"queue": name, **record}, indent=2, default=_stored))
+                return 0
+        print(f"no {'dead letter' if args.dead else 'item'} #{args.id}")
+        return 1
+    if not names:
+        print("no queues")
+        return 0
+    for name in names:
+        if args.action == "list":
+            s = store.stats(name, now)
+            print(
+                f"{name}: {s.depth} queued ({s.waiting} due, {s.in_flight} in flight, "
+                f"{s.delayed} delayed), {s.dead} dead, {s.expired} expired, {s.done} done"
+            )
+            for item in store.items(name, args.limit):
+                print(_line(item, _unreadable(item)))
+        elif args.action == "replay":
+            print(f"{name}: {store.replay(name, now)} items made due now")
+        elif args.verb == "list":
+            dead = store.items(name, args.limit, dead=True)
+            print(f"{name}: {store.stats(name, now).dead} dead letters")
+            for item in dead:
+                wrong = _unreadable(item)
+                print(_line(item, wrong))
+                when = _field(item, wrong, "first_error_at")
+                print(f"      first error {when}: {item.first_error}")
+        elif args.verb == "requeue":
+            count = store.requeue_dead(name, args.ids or None, now)
+            print(f"{name}: {count} dead letters requeued")
+        else:
+            count = store.purge_dead(name, args.ids or None)
+            print(f"{name}: {count} dead letters purged")
+    return 0
