@@ -10,6 +10,7 @@ import pytest
 
 from buttress.cli import main
 from buttress.queue import RequestQueue
+from buttress.queue.sqlite import SQLiteQueueStore
 from buttress.testing import FakeClock
 
 
@@ -60,7 +61,9 @@ def test_queue_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     ("storage", "status", "says"),
     [
         ("bogus://x", 2, "storage='bogus://x': a queue is stored in"),
-        ("sqlite:///{tmp}/missing/q.db", 1, "missing does not exist"),
+        ("sqlite:///{tmp}/missing/q.db", 1, "no SQLite file at {tmp}/missing/q.db"),
+        ("sqlite:///{tmp}/typo.db", 1, "no SQLite file at {tmp}/typo.db"),
+        ("sqlite://remote/x.db", 2, "an SQLite URL names a local file"),
         ("sqlite:///{tmp}/notes.txt", 1, "notes.txt is not a usable SQLite database"),
         ("redis://u:secret@127.0.0.1:1/0", 1, "redis://u:***@127.0.0.1:1/0: no answer"),
     ],
@@ -74,10 +77,11 @@ def test_a_storage_it_cannot_use_is_one_line_on_stderr(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("buttress queue: ")
-    assert says in err
+    assert says.format(tmp=tmp_path) in err
     assert err.count("\n") == 1
     assert "secret" not in err
     assert notes.read_text() == "not a database\n"  # never touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing made
 
 
 def test_items_changed_in_the_file_are_listed_marked_and_shown_as_stored(
@@ -161,6 +165,7 @@ def test_a_queue_the_storage_does_not_hold_is_named_with_those_it_holds(
     assert main(["queue", "--storage", url, "--queue", "sms", "list"]) == 0
     assert capsys.readouterr().out.startswith("sms: 1 queued")
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    SQLiteQueueStore(tmp_path / "empty.db").close()
     assert main(["queue", "--storage", empty, "--queue", "mail", "list"]) == 1
     assert (
         capsys.readouterr().err

@@ -21,6 +21,7 @@ import sys
 from datetime import UTC, datetime
 
 from .._redact import redact
+from ..backends import _sqlite_path
 from ..clock import wall_time
 from ..errors import StorageError, StorageUnavailable
 from . import open_queue_store
@@ -157,8 +158,17 @@ def _error(message: str, status: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    spec = args.storage
+    if isinstance(spec, str) and spec.lower().startswith("sqlite:///") and len(spec) > 10:
+        # an inspection tool does not make the file a mistyped path names
+        try:
+            path = _sqlite_path(spec, f"--storage {spec!r}")
+        except ValueError as exc:
+            return _error(str(exc), 2)
+        if not path.exists():
+            return _error(f"no SQLite file at {path} (--storage {spec!r})", 1)
     try:
-        store: QueueStore = open_queue_store(args.storage)
+        store: QueueStore = open_queue_store(spec)
     except ValueError as exc:  # a malformed URL
         return _error(str(exc), 2)
     except (StorageError, StorageUnavailable) as exc:
