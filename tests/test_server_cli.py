@@ -116,6 +116,29 @@ def test_serve_reports_a_bad_configuration(
     assert "monitors[0].type" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_token_variable_unset_or_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "team.json"
+    config.write_text(json.dumps({"team": "t"}))
+    monkeypatch.delenv("BUTTRESS_TEST_UNSET_VARIABLE", raising=False)
+    serve = ["serve", "--config", str(config), "--port", "0"]
+    assert main([*serve, "--token-env", "BUTTRESS_TEST_UNSET_VARIABLE"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "buttress serve: bad configuration: --token-env names BUTTRESS_TEST_UNSET_VARIABLE, "
+        "which is not set in the environment\n"
+    )  # one line, not one per character
+    monkeypatch.setenv("BUTTRESS_SERVER_TOKEN", " ")  # set to nothing: not an open door
+    assert main(serve) == 2
+    assert "BUTTRESS_SERVER_TOKEN is set but empty" in capsys.readouterr().err
+    monkeypatch.delenv("BUTTRESS_SERVER_TOKEN")
+    monkeypatch.setenv("ORDERS_TOKEN", "")
+    config.write_text(json.dumps({"team": "t", "token_env": "ORDERS_TOKEN"}))
+    assert main(serve) == 2
+    assert "'token_env' names ORDERS_TOKEN, which is set but empty" in capsys.readouterr().err
+
+
 def test_serve_says_clearly_that_the_port_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -211,3 +234,20 @@ def test_connections_on_the_served_socket_have_nagle_off() -> None:
             return result
 
     assert asyncio.run(accepted_nodelay()) != 0
+
+
+@pytest.mark.parametrize("command", [["serve", "--demo", "--port", "0"], ["demo", "--serve"]])
+def test_without_the_server_extra_the_commands_say_so_once(command: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None  # as if it were not installed\n"
+        "from buttress.cli import main\n"
+        f"sys.exit(main({command!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("pip install 'buttress[server]'") == 1
+    assert "Starlette" in done.stderr

@@ -359,12 +359,7 @@ def _team_story(duration: float, serve: bool, port: int) -> int:
             _demo_team.run_story(duration, serve=serve, port=port, announce=announce)
         )
     except ImportError as exc:
-        print(
-            f"buttress demo --serve: {exc}; install the server extra:"
-            " pip install 'buttress[server]'",
-            file=sys.stderr,
-        )
-        return 2
+        return _missing_extra("demo --serve", exc)
     except OSError as exc:
         print(f"buttress demo: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -410,11 +405,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from .server.serve import ConfigError, run, token_from_env
     except ImportError as exc:
-        print(
-            f"buttress serve: {exc}; install the server extra: pip install 'buttress[server]'",
-            file=sys.stderr,
-        )
-        return 2
+        return _missing_extra("serve", exc)
     try:
         return run(
             host=args.host,
@@ -424,6 +415,8 @@ def _serve(args: argparse.Namespace) -> int:
             token=token_from_env(args.token_env),
             log_level=args.log_level,
         )
+    except ImportError as exc:  # the server's own packages, imported when the app is built
+        return _missing_extra("serve", exc)
     except ConfigError as exc:
         print(f"buttress serve: {exc}", file=sys.stderr)
         return 2
@@ -432,6 +425,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _missing_extra(command: str, exc: ImportError) -> int:
+    """A package of the server extra is missing: say which, and how to install it (once)."""
+    message = str(exc)
+    if "pip install" not in message:
+        message += "; install the server extra: pip install 'buttress[server]'"
+    print(f"buttress {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def _add_config_parser(commands: Any) -> None:

@@ -82,12 +82,10 @@ def load_config(path: str | os.PathLike[str]) -> tuple[ResilienceManager, str | 
         raise ConfigError(["'team' must be a non-empty string"], source=where)
     token: str | None = None
     if config.token_env is not None:
-        token = os.environ.get(config.token_env) or None
-        if token is None:
-            raise ConfigError(
-                [f"'token_env' names {config.token_env}, which is not set in the environment"],
-                source=where,
-            )
+        token = os.environ.get(config.token_env)
+        if token is None or not token.strip():
+            said = "is not set in the environment" if token is None else "is set but empty"
+            raise ConfigError([f"'token_env' names {config.token_env}, which {said}"], source=where)
     return _config.build_manager(config), token
 
 
@@ -280,7 +278,7 @@ def run(
 ) -> int:
     """``buttress serve``: returns the exit status."""
     if (config is None) == (not demo):
-        raise ConfigError("give a configuration file (--config FILE) or --demo, not both")
+        raise ConfigError(["give a configuration file (--config FILE) or --demo, not both"])
     background = None
     if demo:
         sock = bind(host, port)  # before the demo registers its breakers and limits
@@ -320,7 +318,10 @@ def run(
 def token_from_env(variable: str | None) -> str | None:
     """The bearer token in ``variable`` (default :data:`TOKEN_ENV`); ``None`` when unset."""
     name = variable or TOKEN_ENV
-    value = os.environ.get(name, "")
-    if variable and not value:
-        raise ConfigError(f"--token-env names {variable}, which is not set in the environment")
-    return value or None
+    value = os.environ.get(name)
+    if variable and value is None:
+        raise ConfigError([f"--token-env names {variable}, which is not set in the environment"])
+    if value is not None and not value.strip():
+        # set, but to nothing: serving without a token was surely not meant
+        raise ConfigError([f"{name} is set but empty: give it a token, or unset it"])
+    return value
