@@ -288,7 +288,11 @@ def test_token_guards_everything_but_live() -> None:
         assert login.status_code == 303
         assert login.headers["location"] == "/"
         assert "HttpOnly" in login.headers["set-cookie"]
+        assert "tkn-0123456789" not in login.headers["set-cookie"]  # a value derived from it
         assert http.get("/state").status_code == 200  # the cookie is sent now
+        with httpx.Client(base_url=base, timeout=5) as other:  # the token is not the cookie
+            other.cookies.set("buttress_token", "tkn-0123456789")
+            assert other.get("/state").status_code == 401
 
 
 def test_mounted_under_a_prefix() -> None:

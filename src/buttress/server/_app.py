@@ -89,6 +89,10 @@ class _Auth:
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
+        # The cookie holds a value derived from the token, not the token: a browser that keeps
+        # it can see the dashboard, yet no response ever carries the token itself. Derived the
+        # same in every worker process, and changed with the token.
+        self.cookie = hmac.new(self.token, b"buttress dashboard cookie", "sha256").hexdigest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _route_path(scope) == "/live":
@@ -101,9 +105,7 @@ class _Auth:
             # The dashboard in a browser: a token given once in the URL becomes a cookie, and
             # the URL that carried it is left at once.
             root = scope.get("root_path", "") or ""
-            cookie = (
-                f"{COOKIE}={self.token.decode()}; Path={root}/; HttpOnly; SameSite=Strict"
-            ).encode()
+            cookie = (f"{COOKIE}={self.cookie}; Path={root}/; HttpOnly; SameSite=Strict").encode()
             await _answer(
                 send,
                 303,
@@ -129,7 +131,7 @@ class _Auth:
             for part in cookies.split(b";"):
                 name, _, value = part.strip().partition(b"=")
                 if name == COOKIE.encode():
-                    return hmac.compare_digest(value, self.token)
+                    return hmac.compare_digest(value, self.cookie.encode())
         return False
 
     def _login(self, scope: Scope) -> bool:
