@@ -37,7 +37,10 @@ def pool(clock: FakeClock, **options: object) -> TargetPool:
 
 
 def test_healthy_primary_is_chosen_and_its_success_changes_nothing(clock: FakeClock) -> None:
+    clock.advance(1000.0)  # the monotonic clock's zero is not when the pool was made
     p = pool(clock)
+    clock.advance(5.0)
+    assert {state["since"] for state in p.states().values()} == {clock.wall() - 5.0}
     first = p.choose()
     assert first is not None
     assert (first.name, first.target, first.probe) == ("primary", "P", False)

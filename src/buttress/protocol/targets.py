@@ -333,6 +333,9 @@ class TargetPool:
                 self._shared = True
                 self._owns_store = store is not storage
                 self._guard = StoreGuard(store, f"target pool {name!r}", "local", retry_interval)
+        start = self._times()[0]
+        for slot in slots:  # healthy since the pool was made (not since the clock's zero)
+            slot.machine.since = start
 
     def __repr__(self) -> str:
         return f"TargetPool({self.name!r}, {[slot.name for slot in self._order]!r})"
@@ -596,8 +599,9 @@ class TargetPool:
 
     def _adopt(self, slot: _Slot, raw: str | None) -> None:
         """``raw`` (read from the store) becomes the slot's state; call with the lock held."""
+        fresh = TargetMachine(self._times()[0])  # (what no store holds yet: healthy from now)
         try:
-            machine = TargetMachine() if raw is None else TargetMachine.from_state(json.loads(raw))
+            machine = fresh if raw is None else TargetMachine.from_state(json.loads(raw))
         except ValueError as exc:
             logging.getLogger("buttress.targets").warning(
                 "target pool %r: the stored state of %r is unusable (%s); using a fresh one",
@@ -605,7 +609,7 @@ class TargetPool:
                 slot.name,
                 exc,
             )
-            machine = TargetMachine()
+            machine = fresh
         slot.raw, slot.machine = raw, machine
 
     # -- reading -----------------------------------------------------------------------------------
