@@ -21,7 +21,7 @@ from buttress import (
     preset,
     retry,
 )
-from buttress.config import VARIABLES
+from buttress.config import VARIABLES, check_config
 
 SEED_ENV = {
     "RESILIENCE_CHECK_INTERVAL": "30",
@@ -181,6 +181,8 @@ def test_json_and_yaml_files_say_the_same(tmp_path: Path) -> None:
         ({"thresholds": {"memory": {"degraded": 95, "critical": 90}}}, "thresholds.memory"),
         ({"thresholds": {"memory": {"warn": 1}}}, "thresholds.memory"),
         ({"thresholds": {"disk": {"critical": 90}}}, "thresholds key 'disk'"),
+        ({"thresholds": {"memory": {"critical": 101}}}, "thresholds.memory.critical"),
+        ({"check_interval": 0.001}, "check_interval must be at least 0.01"),
         ({"fallback_strategies": {"api_quota": [{"strategy": "pray"}]}}, "api_quota[0].strategy"),
         (
             {"fallback_strategies": {"api_quota": [{"strategy": "retry", "priority": "hi"}]}},
@@ -225,6 +227,23 @@ def test_a_monitor_its_method_refuses_is_named(tmp_path: Path) -> None:
         build_manager({"team": "t", "monitors": [{"type": "network", "name": "x", "colour": 1}]})
     with pytest.raises(ConfigError, match="team is missing"):
         build_manager({"check_interval": 5})
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"interval": 1e-9}, "cpu:system interval must be at least 0.01 seconds"),
+        ({"critical_at": 150}, "cpu:system critical_at must be <= 100"),
+    ],
+)
+def test_a_monitor_setting_that_can_never_work_is_refused_by_check_and_build(
+    options: dict[str, object], named: str
+) -> None:
+    data = {"team": "t", "monitors": [{"type": "cpu", "scope": "process", **options}]}
+    for step in (check_config, build_manager):
+        with pytest.raises(ConfigError) as caught:
+            step(data)
+        assert f"monitors[0] (cpu 'system'): {named}" in str(caught.value)
 
 
 def test_the_loader_is_exported() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from buttress.cli import main
-from buttress.config import VARIABLES
+from buttress.config import VARIABLES, ConfigError, build_manager
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
@@ -224,6 +224,66 @@ def test_config_check_with_a_good_environment_and_a_bad_file_fails(
     assert "check_interval" in capsys.readouterr().err
     assert main(["config", "check", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"storage": "bogus://"}, "storage='bogus://': unknown storage"),
+        ({"storage": "redis://app:pw-s3cret@h:notaport/0"}, "the port 'notaport'"),
+        ({"storage": "sqlite:///missing-dir/state.db"}, "the directory missing-dir does not exist"),
+        (
+            {"monitors": [{"type": "network", "name": "n", "target": "not a url"}]},
+            "monitors[0] (network 'n'): network target must be",
+        ),
+        ({"thresholds": {"memory": {"critical": 50}}}, "'degraded' must be <= 'critical'"),
+    ],
+)
+def test_config_check_refuses_what_building_the_team_refuses(
+    clean_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    data: dict[str, Any],
+    named: str,
+) -> None:
+    clean_env.chdir(tmp_path)
+    team = tmp_path / "team.json"
+    team.write_text(json.dumps({"team": "t", **data}))
+    with pytest.raises(ConfigError) as built:
+        build_manager(str(team))
+    assert named in str(built.value)
+    assert main(["config", "check", str(team)]) == 1
+    captured = capsys.readouterr()
+    assert "configuration ok" not in captured.out
+    assert named in captured.err
+    assert "pw-s3cret" not in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["team.json"]  # nothing was opened
+
+
+def test_config_check_passes_what_builds_and_opens_no_store(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    team = tmp_path / "team.json"
+    state = tmp_path / "state.db"
+    team.write_text(json.dumps({"team": "t", "storage": f"sqlite:///{state}"}))
+    assert main(["config", "check", str(team)]) == 0
+    assert "configuration ok" in capsys.readouterr().out
+    assert not state.exists()
+    build_manager(str(team)).close()
+    assert state.exists()
+
+
+def test_config_check_refuses_a_check_interval_below_the_least(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    team = tmp_path / "team.toml"
+    team.write_text(GOOD.replace("check_interval = 20", "check_interval = 1e-9"))
+    assert main(["config", "check", str(team)]) == 1
+    assert "check_interval must be at least 0.01 seconds" in capsys.readouterr().err
+    clean_env.setenv("RESILIENCE_CHECK_INTERVAL", "1e-9")
+    assert main(["config", "check"]) == 1
+    err = capsys.readouterr().err
+    assert "RESILIENCE_CHECK_INTERVAL must be a number of seconds >= 0.01, got '1e-9'" in err
 
 
 def test_config_check_shows_the_state_file_and_refuses_one_that_cannot_be_made(

@@ -875,6 +875,16 @@ async def test_check_now_waits_within_each_timeout(clock: FakeClock) -> None:
         (lambda m: m.register("cpu", "c", lambda: 1, interval=-1), ValueError, "cpu:c interval"),
         (lambda m: m.register("cpu", "c", lambda: 1, timeout=0), ValueError, "cpu:c timeout"),
         (
+            lambda m: m.register("cpu", "c", lambda: 1, interval=1e-9),
+            ValueError,
+            "cpu:c interval must be at least 0.01 seconds",
+        ),
+        (
+            lambda m: m.register("cpu", "c", lambda: 1, critical_at=150),
+            ValueError,
+            "cpu:c critical_at must be <= 100",
+        ),
+        (
             lambda m: m.register("cpu", "c", lambda: 1, degraded_at=90, critical_at=80),
             ValueError,
             "degraded_at",
@@ -891,7 +901,7 @@ def test_bad_registrations_say_what_is_wrong(
         call(ResourceManager("test", check_interval=10))
 
 
-@pytest.mark.parametrize("raw", ["abc", "-5", "0", "nan", "inf"])
+@pytest.mark.parametrize("raw", ["abc", "-5", "0", "nan", "inf", "1e-9", "0.009"])
 def test_a_bad_check_interval_variable_fails_at_construction(
     monkeypatch: pytest.MonkeyPatch, raw: str
 ) -> None:
@@ -920,6 +930,8 @@ def test_the_check_interval_comes_from_the_environment(monkeypatch: pytest.Monke
         ({"thresholds": {"cpu": {"warn": 1}}}, "unknown keys"),
         ({"thresholds": {"cpu": {"degraded": 90, "critical": 80}}}, "'degraded' must be"),
         ({"thresholds": {"cpu": 80}}, r"thresholds\[cpu\]"),
+        ({"thresholds": {"cpu": {"critical": 101}}}, r"thresholds\[cpu\]\.critical must be <= 100"),
+        ({"check_interval": 1e-9}, "check_interval must be at least 0.01 seconds"),
         ({"clock": object()}, "clock"),
         ({"name": ""}, "name"),
     ],

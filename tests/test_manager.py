@@ -368,6 +368,12 @@ def test_per_team_configuration() -> None:
         ({"fallback_strategies": {"api_quota": [None]}}, ValueError, "None"),
         ({"circuits": "db"}, TypeError, "circuits"),
         ({"thresholds": {"cpu": {"degraded": 99, "critical": 1}}}, ValueError, "degraded"),
+        (
+            {"thresholds": {"memory": {"degraded": 150, "critical": 200}}},
+            ValueError,
+            r"thresholds\[memory\]\.degraded must be <= 100",
+        ),
+        ({"check_interval": 1e-9}, ValueError, "check_interval must be at least 0.01"),
         ("fast", TypeError, "config"),
     ],
 )

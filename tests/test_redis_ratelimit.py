@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from buttress.backends import StorageError
 from buttress.backends.redis import RedisStore
 from buttress.machines.ratelimit import Params, RateLimitAlgorithm, idle, reserve
 from redis_server import commands_sent
@@ -285,6 +286,62 @@ def test_block_refuses_with_the_remaining_time(store: RedisStore) -> None:
     store.block("api", "k", 1.0, now=T0 + 2.0)  # an earlier end does not shorten the block
     assert store.reserve("api", "k", p, 1, 0.0, now=T0 + 4.0) == (False, pytest.approx(1.0))
     assert store.reserve("api", "k", p, 1, 0.0, now=T0 + 5.0) == (True, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "stored", "named"),
+    [
+        (TOKEN, "T|inf||", "time inf"),
+        (TOKEN, "T|nan||", "time nan"),
+        (LEAKY, "L|1e300||", "time 1e300"),
+        (FIXED, "F|1700000000|inf|", "count inf"),
+        (TOKEN, "T|||1e300", "block end 1e300"),
+        (TOKEN, "|||inf", "block end inf"),
+        (SLIDING, "|||1e300", "block end 1e300"),
+        (TOKEN, "garbage", "value garbage"),
+    ],
+)
+def test_a_stored_string_state_no_limiter_writes_is_named(
+    client: Any, store: RedisStore, algorithm: RateLimitAlgorithm, stored: str, named: str
+) -> None:
+    client.set(store.limit_key("api", "k"), stored)
+    with pytest.raises(StorageError) as caught:
+        store.reserve("api", "k", params(algorithm), 1, 0.0, now=T0)
+    message = str(caught.value)
+    assert repr(store.limit_key("api", "k")) in message
+    assert f"the stored rate-limit state is malformed: {named}" in message
+    assert client.get(store.limit_key("api", "k")) == stored.encode()  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("log", "named"),
+    [
+        (["S", "1700000000", "inf"], "time inf"),
+        (["S", "1e300"], "time 1e300"),
+        (["S", "soon"], "time soon"),
+        (["S|inf", "1700000000"], "block end in S|inf"),
+    ],
+)
+def test_a_stored_sliding_log_no_limiter_writes_is_named(
+    client: Any, store: RedisStore, log: list[str], named: str
+) -> None:
+    key = store.limit_key("api", "k")
+    client.rpush(key, *log)
+    with pytest.raises(StorageError) as caught:
+        store.reserve("api", "k", params(SLIDING), 1, 0.0, now=T0)
+    assert repr(key) in str(caught.value)
+    assert f"the stored rate-limit state is malformed: {named}" in str(caught.value)
+    assert [x.decode() for x in client.lrange(key, 0, -1)] == log
+
+
+def test_a_stored_block_is_bounded(client: Any, store: RedisStore) -> None:
+    with pytest.raises(ValueError, match=r"seconds of a stored block must be <= 3\.1536e"):
+        store.block("api", "k", 1e12, now=T0)
+    client.set(store.limit_key("api", "k"), "T|||1e300")
+    with pytest.raises(StorageError, match="block end 1e300"):
+        store.block("api", "k", 1.0, now=T0)
+    store.block("api", "old", 1.0, now=T0 - 20 * 365 * 86400)  # long past: expired, not malformed
+    assert store.reserve("api", "old", params(TOKEN), 1, 0.0, now=T0) == (True, 0.0)
 
 
 def test_reset_forgets_state_and_block(store: RedisStore) -> None:

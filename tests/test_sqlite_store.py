@@ -141,6 +141,48 @@ def test_a_file_held_by_another_writer_at_open_is_an_outage_not_a_bad_file(
     SQLiteStore(path).close()  # free again: it opens
 
 
+@pytest.mark.parametrize(
+    ("record", "named"),
+    [
+        ('{"s": [Infinity], "b": null}', "inf is not a finite time"),
+        ('{"s": [NaN], "b": null}', "nan is not a finite time"),
+        ('{"s": [], "b": 1e300}', "the block's end 1e+300"),
+        ('{"s": [], "b": -Infinity}', "the block's end -inf"),
+        ('{"s": [1e300, 1], "b": null}', "1e+300 is not a finite time"),
+        ('{"s": [1e400], "b": null}', "inf is not a finite time"),
+        ('{"s": [true], "b": null}', "list of numbers"),
+    ],
+)
+def test_a_stored_rate_limit_state_no_limiter_writes_is_named(
+    tmp_path: Path, record: str, named: str
+) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    store.reserve("api", "k", BUCKET, 1, 0.0, T0)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE buttress_state SET state = ?", (record,))
+        conn.commit()
+    for step in (
+        lambda: store.reserve("api", "k", BUCKET, 1, 0.0, T0),
+        lambda: store.block("api", "k", 5.0, T0),
+    ):
+        with pytest.raises(StorageError) as caught:
+            step()
+        message = str(caught.value)
+        assert "the stored rate-limit state of 'api' (key \"k\") is malformed" in message
+        assert named in message
+    store.close()
+
+
+def test_an_old_stored_state_is_expired_not_malformed(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.db")
+    store.reserve("api", "k", BUCKET, 2, 0.0, T0 - 10 * 365 * 86400)
+    assert store.reserve("api", "k", BUCKET, 2, 0.0, T0) == (True, 0.0)
+    with pytest.raises(ValueError, match=r"seconds of a stored block must be <= 3\.1536e"):
+        store.block("api", "k", 1e12, T0)
+    store.close()
+
+
 def test_a_corrupt_record_is_named_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = SQLiteStore(path)

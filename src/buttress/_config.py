@@ -72,6 +72,46 @@ def number(
     return result
 
 
+def percent(field: str, value: object) -> float:
+    """``value`` as a usage threshold in percent: a finite number from 0 to 100."""
+    return number(field, value, minimum=0.0, maximum=100.0)
+
+
+#: The shortest interval between two checks of one monitor (seconds). A check's deadline defaults
+#: to its interval, the scheduler sleeps on the event loop's timers (millisecond granularity) and a
+#: ``def`` check first hands over to a worker thread: below this a monitor cannot keep its interval,
+#: it only keeps the loop busy.
+MIN_CHECK_INTERVAL = 0.01
+
+
+def check_interval(field: str, value: object) -> float:
+    """``value`` as the seconds between two checks of a monitor, at least
+    :data:`MIN_CHECK_INTERVAL`."""
+    result = seconds(field, value, allow_zero=False)
+    if result < MIN_CHECK_INTERVAL:
+        raise ValueError(
+            f"{field} must be at least {MIN_CHECK_INTERVAL:g} seconds (checks cannot run more "
+            f"often), got {value!r}"
+        )
+    return result
+
+
+def env_check_interval(name: str, raw: str) -> float:
+    """The check interval in environment variable ``name`` (its text ``raw``), checked by
+    :func:`check_interval`."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    try:
+        return check_interval(f"environment variable {name}", value)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name} must be a number of seconds >= {MIN_CHECK_INTERVAL:g}, "
+            f"got {raw!r}"
+        ) from None
+
+
 ENVIRONMENTS = ("development", "production")
 ENV_ALIASES = {
     "dev": "development",

@@ -16,8 +16,9 @@ callers; ``--serve`` serves the team's dashboard meanwhile. Without ``--story`` 
 the other (only the team story with ``--serve``).
 
 ``buttress config check [FILE]`` reads every environment variable with
-:func:`buttress.config.load_settings` (and a team file with :func:`buttress.config.load_config`),
-prints each value and where it came from, and exits 1 with every problem listed.
+:func:`buttress.config.load_settings` (and a team file with :func:`buttress.config.check_config`:
+what passes builds with :func:`buttress.config.build_manager`), prints each value and where it
+came from, and exits 1 with every problem listed.
 """
 
 from __future__ import annotations
@@ -449,7 +450,8 @@ def _add_config_parser(commands: Any) -> None:
         description=(
             "Read every environment variable buttress uses and print its value and where it"
             " came from (environment, profile default or default); with FILE, read the team"
-            " configuration (.toml, .json, .yaml) and summarise its team, monitors and"
+            " configuration (.toml, .json, .yaml), check it as building the team would (without"
+            " starting monitors or opening its storage) and summarise its team, monitors and"
             " protocols. Exits 1 listing every problem found."
         ),
     )
@@ -461,7 +463,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
     from . import _config
     from ._redact import redact
-    from .config import VARIABLES, ConfigError, load_config, load_settings
+    from .config import VARIABLES, ConfigError, check_config, load_settings
 
     problems: list[str] = []
     try:
@@ -492,7 +494,7 @@ def _config_check(args: argparse.Namespace) -> int:
                 problems.append(problem)
     if args.file:
         try:
-            team = load_config(args.file)
+            team = check_config(args.file)
         except ConfigError as exc:
             problems.append(str(exc))
         except OSError as exc:

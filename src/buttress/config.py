@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _config
-from .health.manager import resource_type
+from .health.manager import resource_type, threshold_levels
 from .health.types import ResourceType, redact
 from .policies.fallback import FallbackStrategy
 from .protocol.action import FallbackAction
@@ -59,6 +59,7 @@ __all__ = [
     "TeamConfig",
     "Variable",
     "build_manager",
+    "check_config",
     "load_config",
     "load_settings",
 ]
@@ -83,7 +84,7 @@ class Variable:
     """One environment variable buttress reads: its name, kind, default and meaning."""
 
     name: str
-    kind: str  # "seconds", "positive seconds", "integer >= 1", "text", "environment"
+    kind: str  # "seconds", "check interval", "integer >= 1", "text", "environment"
     default: object
     meaning: str
 
@@ -92,7 +93,12 @@ class Variable:
 #: MCP monitor reads MCP_CONFIG, the path of its server list, itself).
 VARIABLES: tuple[Variable, ...] = (
     Variable("BUTTRESS_ENV", "environment", "production", "profile: development or production"),
-    Variable("RESILIENCE_CHECK_INTERVAL", "positive seconds", 30.0, "resource check interval"),
+    Variable(
+        "RESILIENCE_CHECK_INTERVAL",
+        "check interval",
+        30.0,
+        f"resource check interval (at least {_config.MIN_CHECK_INTERVAL:g} s)",
+    ),
     Variable(
         "RESILIENCE_STORAGE_PATH",
         "text",
@@ -165,6 +171,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def _parse(var: Variable, raw: str) -> object:
     if var.kind == "text":
         return raw
+    if var.kind == "check interval":
+        return _config.env_check_interval(var.name, raw)
     if var.kind == "integer >= 1":
         try:
             number = int(raw)
@@ -177,10 +185,8 @@ def _parse(var: Variable, raw: str) -> object:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
-    positive = var.kind == "positive seconds"
-    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{var.name} must be a number of seconds {bound}, got {raw!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{var.name} must be a number of seconds >= 0, got {raw!r}")
     return seconds
 
 
@@ -307,7 +313,8 @@ def _team(data: object, problems: list[str]) -> TeamConfig | None:
     manager: dict[str, Any] = {}
     for key in _SECONDS_KEYS:
         if key in data:
-            _check(problems, key, lambda v, k=key: _config.seconds(k, v, allow_zero=False), data)
+            check = _config.check_interval if key == "check_interval" else _seconds
+            _check(problems, key, lambda v, k=key, c=check: c(k, v), data)
             manager[key] = data[key]
     for key in _COUNT_KEYS:
         if key in data:
@@ -351,6 +358,10 @@ def _team(data: object, problems: list[str]) -> TeamConfig | None:
     )
 
 
+def _seconds(key: str, value: object) -> float:
+    return _config.seconds(key, value, allow_zero=False)
+
+
 def _check(problems: list[str], key: str, parse: Any, data: Mapping[str, Any]) -> None:
     try:
         parse(data[key])
@@ -387,21 +398,12 @@ def _thresholds(value: object, problems: list[str]) -> dict[ResourceType, dict[s
     out: dict[ResourceType, dict[str, float]] = {}
     for key, levels in value.items():
         rtype = _rtype(key, f"thresholds key {key!r}", problems)
-        where = f"thresholds.{key}"
-        if not isinstance(levels, Mapping) or set(levels) - {"degraded", "critical"}:
-            problems.append(f"{where} must be {{degraded = N, critical = M}}, got {levels!r}")
-            continue
         try:
-            checked = {
-                name: _config.number(f"{where}.{name}", level, minimum=0, maximum=100)
-                for name, level in levels.items()
-            }
+            checked = threshold_levels(f"thresholds.{key}", levels)
         except (TypeError, ValueError) as exc:
             problems.append(str(exc))
             continue
-        if checked.get("degraded", 0) > checked.get("critical", 100):
-            problems.append(f"{where}: degraded must not exceed critical, got {dict(levels)!r}")
-        elif rtype is not None:
+        if rtype is not None:
             out[rtype] = checked
     return out
 
@@ -561,8 +563,8 @@ def build_manager(
     """A :class:`~buttress.ResilienceManager` with the configuration's settings and monitors.
 
     ``team`` overrides the configuration's ``team``; ``manager_options`` go to the manager
-    (``clock=``, ``degradation=`` ...). A monitor whose options its ``register_*`` method refuses
-    is a :class:`ConfigError` naming the monitor.
+    (``clock=``, ``degradation=`` ...). A storage URL of the wrong form, or a monitor whose
+    options its ``register_*`` method refuses, is a :class:`ConfigError` naming it.
     """
     from .manager import ResilienceManager
 
@@ -571,8 +573,76 @@ def build_manager(
     if not name:
         raise ConfigError(["team is missing: give team= or a 'team' key"], source=config.source)
     if config.storage is not None:
+        problem = _storage_problem(config.storage)
+        if problem:
+            raise ConfigError([problem], source=config.source)
         manager_options.setdefault("storage", config.storage)
     manager = ResilienceManager(name, config.manager, **manager_options)
+    problems = _register_monitors(manager, config)
+    if problems:
+        manager.close()
+        raise ConfigError(problems, source=config.source)
+    return manager
+
+
+def check_config(source: Mapping[str, Any] | str | os.PathLike[str] | TeamConfig) -> TeamConfig:
+    """The checked configuration, refused for everything :func:`build_manager` would refuse.
+
+    Runs the same checks as :func:`build_manager`: the manager's settings and every monitor's
+    ``register_*`` method, on a manager that is never started, and the storage URL's form. Nothing
+    is opened or connected: no store, no monitor check. A missing ``team`` is no error here (code
+    may give ``team=``).
+
+    Raises:
+        ConfigError: every problem found, named by its key or monitor.
+    """
+    from .manager import ResilienceManager
+
+    config = source if isinstance(source, TeamConfig) else load_config(source)
+    problems = []
+    if config.storage is not None:
+        problem = _storage_problem(config.storage)
+        if problem:
+            problems.append(problem)
+    try:
+        manager = ResilienceManager(config.team or "check", config.manager)
+    except (TypeError, ValueError) as exc:
+        problems.append(redact(str(exc)))
+    else:
+        problems += _register_monitors(manager, config)
+        manager.close()
+    if problems:
+        raise ConfigError(problems, source=config.source)
+    return config
+
+
+def _storage_problem(url: str) -> str | None:
+    """What is wrong with the form of storage URL ``url`` (``None``: nothing), found without
+    opening the store: what :func:`buttress.backends.open_storage` refuses before it opens one."""
+    from .backends import _REDIS_SCHEMES, _sqlite_path, open_storage
+    from .backends.redis_wire import parse_url
+
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    try:
+        if scheme == "sqlite":
+            if url.partition("://")[2].strip("/"):  # without a path: the default state file
+                path = _sqlite_path(url, f"storage={url!r}")
+                if path.is_dir():
+                    return f"storage={url!r}: {path} is a directory, not a state file"
+                if not path.parent.is_dir():
+                    return f"storage={url!r}: the directory {path.parent} does not exist"
+        elif scheme in _REDIS_SCHEMES:
+            parse_url(url)
+        else:
+            open_storage(url)  # memory:// or an unknown scheme: opens nothing
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        return redact(message if message.startswith("storage") else f"storage: {message}")
+    return None
+
+
+def _register_monitors(manager: ResilienceManager, config: TeamConfig) -> list[str]:
+    """Register the configuration's monitors on ``manager``; the problems, one per refused one."""
     problems = []
     for i, spec in enumerate(config.monitors):
         register = getattr(manager, _REGISTER[spec.type])
@@ -581,9 +651,7 @@ def build_manager(
         except (TypeError, ValueError, LookupError, OSError) as exc:
             # a DSN's password must not reach a log through the error that quotes the DSN
             problems.append(f"monitors[{i}] ({spec.type.value} {spec.name!r}): {redact(str(exc))}")
-    if problems:
-        raise ConfigError(problems, source=config.source)
-    return manager
+    return problems
 
 
 _REGISTER: Mapping[ResourceType, str] = {

@@ -42,10 +42,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
+from .._config import seconds as to_seconds
 from ..clock import wall_time
 from ..errors import StorageError, StorageUnavailable
 from ..machines.breaker import Admission, BreakerMachine, BreakerSettings, CircuitState
-from ..machines.ratelimit import Params, idle, reserve
+from ..machines.ratelimit import FAR_AHEAD, Params, idle, reserve
 
 __all__ = [
     "ACQUIRE",
@@ -329,6 +330,15 @@ def apply_breaker(machine: BreakerMachine, step: BreakerStep, now: float) -> Bre
         if transition is None
         else (transition.old, transition.new, transition.reason),
     )
+
+
+def block_seconds(seconds: object) -> float:
+    """``seconds`` of a stored block, checked: a block ends no further ahead than a stored state
+    may reach (:data:`~buttress.machines.ratelimit.FAR_AHEAD`)."""
+    value = to_seconds("seconds", seconds)
+    if value > FAR_AHEAD:
+        raise ValueError(f"seconds of a stored block must be <= {FAR_AHEAD:g}, got {seconds!r}")
+    return value
 
 
 def shared_settings(settings: BreakerSettings) -> BreakerSettings:

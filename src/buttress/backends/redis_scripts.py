@@ -70,7 +70,14 @@ from .._config import seconds as to_seconds
 from ..clock import wall_time
 from ..machines.breaker import BreakerSettings, CircuitState
 from ..machines.ratelimit import Params, RateLimitAlgorithm
-from .base import BreakerOp, BreakerReply, BreakerStep, StorageError, shared_settings
+from .base import (
+    BreakerOp,
+    BreakerReply,
+    BreakerStep,
+    StorageError,
+    block_seconds,
+    shared_settings,
+)
 from .redis_wire import Command, Script
 
 __all__ = [
@@ -218,7 +225,7 @@ def reserve_args(params: Params, cost: int, max_wait: float, now: str) -> list[s
 
 def block_args(seconds: float, now: str) -> list[str]:
     """The arguments of ``block.lua`` (validated)."""
-    return [repr(to_seconds("seconds", seconds)), now]
+    return [repr(block_seconds(seconds)), now]
 
 
 def check_idle_ttl(idle_ttl: object) -> str:

@@ -47,7 +47,7 @@ from typing import Any
 
 from ..clock import wall_time
 from ..machines.breaker import BreakerMachine, BreakerSettings
-from ..machines.ratelimit import Params, fresh_at, reserve
+from ..machines.ratelimit import Params, fresh_at, reserve, state_problem
 from .base import (
     AsyncFromSync,
     BreakerOp,
@@ -58,6 +58,7 @@ from .base import (
     StorageError,
     StorageUnavailable,
     apply_breaker,
+    block_seconds,
     shared_settings,
 )
 
@@ -326,7 +327,7 @@ class SQLiteStore(AsyncFromSync):
         k = _key(key)
         with self._transaction() as conn:
             record = self._load(conn, "ratelimit", name, k)
-            state, until = _rate_record(record, self.path, name, k)
+            state, until = _rate_record(record, self.path, name, k, now)
             if until is not None:
                 if now < until:
                     return False, until - now
@@ -348,9 +349,11 @@ class SQLiteStore(AsyncFromSync):
     def block(self, name: str, key: Key, seconds: float, now: Now = None) -> None:
         """Refuse ``key`` of ``name`` for ``seconds`` (a later block already set wins)."""
         now = wall_time() if now is None else now
+        seconds = block_seconds(seconds)
         k = _key(key)
         with self._transaction() as conn:
-            state, until = _rate_record(self._load(conn, "ratelimit", name, k), self.path, name, k)
+            record = self._load(conn, "ratelimit", name, k)
+            state, until = _rate_record(record, self.path, name, k, now)
             until = max(until or 0.0, now + seconds)
             row = conn.execute(
                 "SELECT expires FROM buttress_state WHERE kind = 'ratelimit' AND name = ? "
@@ -508,7 +511,7 @@ def _verdict_at(stored: object) -> float:
 
 
 def _rate_record(
-    record: Any, path: Path, name: str, key: str
+    record: Any, path: Path, name: str, key: str, now: float
 ) -> tuple[list[float] | None, float | None]:
     if record is None:
         return None, None
@@ -521,8 +524,13 @@ def _rate_record(
             raise ValueError(f"state must be a list of numbers, got {state!r}")
         if until is not None and (isinstance(until, bool) or not isinstance(until, int | float)):
             raise ValueError(f"block must be a number or null, got {until!r}")
-    except (KeyError, TypeError, ValueError) as exc:
+        values = [float(x) for x in state]
+        block = None if until is None else float(until)
+        problem = state_problem(values, block, now)
+        if problem is not None:
+            raise ValueError(problem)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise StorageError(
             f"{path}: the stored rate-limit state of {name!r} (key {key}) is malformed: {exc}"
         ) from None
-    return ([float(x) for x in state] or None), (None if until is None else float(until))
+    return (values or None), block

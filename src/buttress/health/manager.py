@@ -92,7 +92,15 @@ from types import MappingProxyType
 from typing import Any
 
 from .. import events as _events
-from .._config import callable_name, integer, number, seconds
+from .._config import (
+    callable_name,
+    env_check_interval,
+    integer,
+    number,
+    percent,
+    seconds,
+)
+from .._config import check_interval as interval_seconds
 from ..clock import Clock, get_clock, is_real
 from .predict import LatencyBaseline, UsageTrend
 from .types import Reading, ResourceStatus, ResourceType, redact
@@ -159,22 +167,14 @@ def resource_type(value: object) -> ResourceType:
 
 
 def check_interval_from_env(default: float = DEFAULT_CHECK_INTERVAL) -> float:
-    """The interval in ``RESILIENCE_CHECK_INTERVAL`` (seconds > 0), or ``default`` when unset."""
+    """The interval in ``RESILIENCE_CHECK_INTERVAL`` (seconds, at least
+    :data:`~buttress._config.MIN_CHECK_INTERVAL`), or ``default`` when unset."""
     import os
 
     raw = os.environ.get(CHECK_INTERVAL_ENV, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"environment variable {CHECK_INTERVAL_ENV} must be a number of seconds > 0, "
-            f"got {raw!r}"
-        )
-    return value
+    return env_check_interval(CHECK_INTERVAL_ENV, raw)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -490,7 +490,7 @@ class ResourceManager:
         self.name = name
         if check_interval is None:
             check_interval = check_interval_from_env()
-        self.check_interval = seconds("check_interval", check_interval, allow_zero=False)
+        self.check_interval = interval_seconds("check_interval", check_interval)
         self.check_timeout = (
             None
             if check_timeout is None
@@ -586,7 +586,7 @@ class ResourceManager:
         every = (
             self.check_interval
             if interval is None
-            else seconds(f"{key} interval", interval, allow_zero=False)
+            else interval_seconds(f"{key} interval", interval)
         )
         if timeout is None:
             limit = self.check_timeout if self.check_timeout is not None else DEFAULT_TIMEOUT
@@ -594,15 +594,13 @@ class ResourceManager:
         else:
             limit = seconds(f"{key} timeout", timeout, allow_zero=False)
         defaults = self._thresholds.get(rtype, {})
-        degraded = number(
+        degraded = percent(
             f"{key} degraded_at",
             defaults.get("degraded", 80.0) if degraded_at is None else degraded_at,
-            minimum=0.0,
         )
-        crit = number(
+        crit = percent(
             f"{key} critical_at",
             defaults.get("critical", 95.0) if critical_at is None else critical_at,
-            minimum=0.0,
         )
         if degraded > crit:
             raise ValueError(f"{key}: degraded_at ({degraded:g}) must be <= critical_at ({crit:g})")
@@ -1223,24 +1221,30 @@ def _check_thresholds(
     out: dict[ResourceType, dict[str, float]] = {}
     for key, value in thresholds.items():
         rtype = resource_type(key)
-        if not isinstance(value, Mapping):
-            raise TypeError(
-                f"thresholds[{rtype.value}] must be a mapping like "
-                f"{{'degraded': 80, 'critical': 95}}, got {value!r}"
-            )
-        unknown = set(value) - {"degraded", "critical"}
-        if unknown:
-            raise ValueError(
-                f"thresholds[{rtype.value}] has unknown keys {sorted(map(str, unknown))}; "
-                "expected 'degraded' and 'critical'"
-            )
-        entry = {
-            k: number(f"thresholds[{rtype.value}][{k!r}]", v, minimum=0.0) for k, v in value.items()
-        }
-        if entry.get("degraded", 80.0) > entry.get("critical", 95.0):
-            raise ValueError(f"thresholds[{rtype.value}]: 'degraded' must be <= 'critical'")
-        out[rtype] = entry
+        out[rtype] = threshold_levels(f"thresholds[{rtype.value}]", value)
     return out
+
+
+def threshold_levels(where: str, levels: object) -> dict[str, float]:
+    """One resource type's ``{"degraded": x, "critical": y}`` (either may be left out): percents
+    from 0 to 100, degraded no higher than critical. Errors name ``where``.
+
+    The one check of thresholds, whether they come from code or a configuration file.
+    """
+    if not isinstance(levels, Mapping):
+        raise TypeError(
+            f"{where} must be a mapping like {{'degraded': 80, 'critical': 95}}, got {levels!r}"
+        )
+    unknown = set(levels) - {"degraded", "critical"}
+    if unknown:
+        raise ValueError(
+            f"{where} has unknown keys {sorted(map(str, unknown))}; "
+            "expected 'degraded' and 'critical'"
+        )
+    entry = {k: percent(f"{where}.{k}", v) for k, v in levels.items()}
+    if entry.get("degraded", 80.0) > entry.get("critical", 95.0):
+        raise ValueError(f"{where}: 'degraded' must be <= 'critical', got {dict(levels)!r}")
+    return entry
 
 
 # -- readings for metrics --------------------------------------------------------------------------

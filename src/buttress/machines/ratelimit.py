@@ -64,6 +64,7 @@ __all__ = [
     "Held",
     "Params",
     "RateLimitAlgorithm",
+    "FAR_AHEAD",
     "cancel",
     "fresh_at",
     "give_back",
@@ -72,11 +73,17 @@ __all__ = [
     "reserve",
     "reserve_held",
     "spent",
+    "state_problem",
     "take_hole",
     "with_remaining",
 ]
 
 EPSILON = 1e-9
+
+#: How far ahead of ``now`` a time in a stored state may lie (seconds; ten years). The reservations
+#: of waiters and a server's ``Retry-After`` reach far less; a state further ahead was not written
+#: by a limiter, and would refuse its key for ever.
+FAR_AHEAD = 315_360_000.0
 
 State = list[float] | deque[float]
 
@@ -253,6 +260,22 @@ def one_step(p: Params) -> Step:
         return slot - now
 
     return sliding
+
+
+def state_problem(state: State, until: float | None, now: float) -> str | None:
+    """What makes a state read from a store one no limiter writes (``None``: nothing): a number
+    that is not finite, or a time (an entry, the end of a block) more than :data:`FAR_AHEAD`
+    seconds after ``now``. Times in the past are an expired state, however old.
+
+    A fixed window's count is no time, but a finite count is never beyond the bound either.
+    """
+    ahead = now + FAR_AHEAD
+    for x in state:
+        if not -math.inf < x <= ahead:  # NaN fails both comparisons
+            return f"{x!r} is not a finite time within {FAR_AHEAD:g} s of now ({now!r})"
+    if until is not None and not -math.inf < until <= ahead:
+        return f"the block's end {until!r} is not a finite time within {FAR_AHEAD:g} s of now"
+    return None
 
 
 def spent(now: float, p: Params) -> State:

@@ -40,3 +40,17 @@ local function fail(message)
   -- an error the store reports as StorageError (the tag tells it from Redis's own errors)
   return redis.error_reply('BUTTRESS ' .. message)
 end
+
+-- How far ahead of now a time in a stored rate-limit state may lie (seconds): the twin of
+-- buttress.machines.ratelimit.FAR_AHEAD. A state further ahead would refuse its key for ever.
+local FAR_AHEAD = 315360000
+
+local function bad_time(x, now)
+  -- whether a number read from a stored rate-limit state is no time a limiter writes: not a
+  -- number, not finite (NaN fails both comparisons), or too far ahead
+  return not (x and x > -math.huge and x <= now + FAR_AHEAD)
+end
+
+local function bad_state(what, text)
+  return fail('the stored rate-limit state is malformed: ' .. what .. ' ' .. tostring(text))
+end

@@ -22,8 +22,14 @@ if tag ~= 'S' then
   local a, b, till = nil, nil, nil
   if type(raw) == 'string' then
     local t, x, y, u = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    if not t then return bad_state('value', raw) end
     till = tonumber(u)
-    if t == tag then a, b = tonumber(x), tonumber(y) end
+    if u ~= '' and bad_time(till, now) then return bad_state('block end', u) end
+    if t == tag then
+      a, b = tonumber(x), tonumber(y)
+      if x ~= '' and bad_time(a, now) then return bad_state('time', x) end
+      if y ~= '' and bad_time(b, now) then return bad_state('count', y) end
+    end
   end
   -- (a list here is a sliding window's log: another algorithm's state, which counts as none)
   if till then
@@ -73,7 +79,9 @@ end
 local head = redis.pcall('LRANGE', key, 0, 0)
 if head.err then
   -- a string: another algorithm's state (none for this one), or a block set on a fresh key
-  local till = tonumber(string.match(redis.call('GET', key), '|([^|]*)$'))
+  local u = string.match(redis.call('GET', key), '|([^|]*)$')
+  local till = tonumber(u)
+  if u and u ~= '' and bad_time(till, now) then return bad_state('block end', u) end
   if till and now < till then
     return {0, fmt(till - now)}
   end
@@ -84,6 +92,9 @@ local header = head[1]
 local held = false
 if header then
   local htag, till = split(header)
+  if string.find(header, '|', 1, true) and bad_time(till, now) then
+    return bad_state('block end in', header)
+  end
   if till and now < till then
     return {0, fmt(till - now)}
   end
@@ -93,14 +104,18 @@ local n = 0
 if held then n = redis.call('LLEN', key) - 1 end
 local slot = now
 if n > 0 then
-  local newest = tonumber(redis.call('LINDEX', key, -1))
+  local text = redis.call('LINDEX', key, -1)
+  local newest = tonumber(text)
+  if bad_time(newest, now) then return bad_state('time', text) end
   if newest > slot then slot = newest end
 end
 -- The admission `need` places back must have left the window; in a log of n <= limit entries it
 -- sits at list index n - need + 1 <= cost, near the head.
 local need = limit - cost + 1
 if need <= n then
-  local back = tonumber(redis.call('LINDEX', key, n - need + 1))
+  local text = redis.call('LINDEX', key, n - need + 1)
+  local back = tonumber(text)
+  if bad_time(back, now) then return bad_state('time', text) end
   if back > now - window and back + window > slot then slot = back + window end
 end
 local wait = slot - now
