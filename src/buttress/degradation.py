@@ -63,7 +63,7 @@ from typing import Any, TypeVar, cast
 
 from . import events as _events
 from ._config import env_float, number, optional_seconds
-from .clock import Clock, get_clock
+from .clock import Clock, checked_clock, get_clock
 from .errors import ServiceDegraded
 
 __all__ = [
@@ -230,7 +230,7 @@ class DegradationManager:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.name = name
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._lock = threading.RLock()
         self._services: dict[str, _Service] = {}
         self._forced: DegradationTier | None = None

@@ -52,7 +52,7 @@ from .. import clock as _clock
 from .. import events as _events
 from .._callables import guarded_kind, refused_awaitable
 from .._config import number
-from ..clock import Clock
+from ..clock import Clock, checked_clock
 from ..errors import RejectedError
 from ..machines.limit import AIMD, Gradient2, LimitAlgorithm
 from .bulkhead import Bulkhead
@@ -110,7 +110,7 @@ class AdaptiveConcurrency(Bulkhead):
         ):
             raise TypeError(f"drops must be a tuple of exception types, got {drops!r}")
         self._drops = (*drops, RejectedError)
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._scale = 1.0
         self._started: contextvars.ContextVar[tuple[float, int] | None] = contextvars.ContextVar(
             "buttress_adaptive_start", default=None

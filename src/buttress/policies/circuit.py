@@ -55,7 +55,7 @@ from .. import events as _events
 from .._callables import guarded_kind, refused_awaitable
 from .._config import env_float, env_int, integer, number, optional_seconds, seconds
 from ..backends import open_storage
-from ..clock import Clock, get_clock
+from ..clock import Clock, checked_clock, get_clock
 from ..errors import CircuitOpenError
 from ..machines.breaker import (
     Admission,
@@ -526,6 +526,7 @@ class CircuitBreaker:
         clock: Clock | None = None,
         **options: Any,
     ) -> None:
+        clock = checked_clock(clock)
         if config is None:
             config = CircuitBreakerConfig(**options)
         elif options:

@@ -55,7 +55,7 @@ from .._callables import (
     resolved,
 )
 from .._config import callable_name, integer, seconds
-from ..clock import Clock, get_clock
+from ..clock import Clock, checked_clock, get_clock
 
 __all__ = ["Fallback", "FallbackStrategy", "fallback"]
 
@@ -212,7 +212,7 @@ class Fallback:
         self.fallback_function = fallback_function
         self.on = on
         self.name = name
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._key = key or _default_key
         self.cache: _Cache | None = None
         if FallbackStrategy.CACHED in self.strategies:

@@ -54,7 +54,7 @@ from .._callables import guarded_kind
 from .._config import integer, number, optional_seconds
 from .._config import seconds as to_seconds
 from ..backends import open_storage
-from ..clock import Clock, get_clock
+from ..clock import Clock, checked_clock, get_clock
 from ..errors import RateLimitExceeded, UnknownRateLimit
 from ..machines.ratelimit import (
     EPSILON,
@@ -500,7 +500,7 @@ class RateLimiter:
         retry_interval: float = 1.0,
     ) -> None:
         self._limits: dict[str, _Limit] = {}
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._storage = storage
         self._fail_mode = check_fail_mode(fail_mode)
         self._local_share = number(

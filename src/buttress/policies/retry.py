@@ -61,7 +61,7 @@ from .._config import (
     seconds,
 )
 from .._deadline import deadline_on
-from ..clock import Clock, get_clock, is_real
+from ..clock import Clock, checked_clock, get_clock, is_real
 from ..machines.backoff import (
     Backoff,
     ExponentialBackoff,
@@ -285,7 +285,7 @@ class Retry:
             raise TypeError(f"on_retry must be callable, got {on_retry!r}")
         self._on_retry = on_retry
         self.name = name
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._random = random or _random.random
 
     @property
