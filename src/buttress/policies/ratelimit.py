@@ -101,7 +101,10 @@ class RateLimitConfig:
             window algorithms ignore it.
         algorithm: a :class:`RateLimitAlgorithm` (default TOKEN_BUCKET).
         window_seconds: FIXED_WINDOW / SLIDING_WINDOW length; the limit per window is
-            ``requests_per_second * window_seconds`` (at least 1).
+            ``requests_per_second * window_seconds`` rounded down to whole requests (2.5 admits
+            2 per window: a window never admits more than the rate allows). A product below 1
+            would admit no request at all and is refused; lengthen the window instead
+            (0.1/s needs ``window_seconds >= 10``).
         max_wait: default longest wait for ``acquire`` (seconds; None: wait as long as needed).
     """
 
@@ -128,13 +131,27 @@ class RateLimitConfig:
             to_seconds("window_seconds", self.window_seconds, allow_zero=False),
         )
         object.__setattr__(self, "max_wait", optional_seconds("max_wait", self.max_wait))
+        _check_window(self, 1.0, "")
 
     def params(self) -> Params:
         """The numbers the algorithm works with."""
         rate = float(self.requests_per_second)
         burst = self.burst_size if self.burst_size is not None else max(1, math.floor(rate))
-        limit = max(1, math.floor(rate * self.window_seconds + EPSILON))
+        limit = math.floor(rate * self.window_seconds + EPSILON)
         return Params(self.algorithm, 1.0 / rate, burst, self.window_seconds, limit)
+
+
+def _check_window(config: RateLimitConfig, share: float, scaled: str) -> None:
+    """Refuse a window limit that admits no whole request per window (with ``share`` of it)."""
+    if config.algorithm not in (RateLimitAlgorithm.FIXED_WINDOW, RateLimitAlgorithm.SLIDING_WINDOW):
+        return
+    rate = float(config.requests_per_second) * share
+    per_window = rate * config.window_seconds
+    if per_window + EPSILON < 1:
+        raise ValueError(
+            f"requests_per_second * window_seconds{scaled} = {per_window:g} admits no whole "
+            f"request per window; use window_seconds >= {1 / rate:g}"
+        )
 
 
 class _Limit:
@@ -558,6 +575,9 @@ class RateLimiter:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if not isinstance(config, RateLimitConfig):
             raise TypeError(f"config must be a RateLimitConfig, got {config!r}")
+        if self._local_share < 1:
+            # During a store outage this process decides on that share of the limit alone.
+            _check_window(config, self._local_share, f" * local_share ({self._local_share:g})")
         self._limits[name] = _Limit(name, config)
 
     def config(self, name: str) -> RateLimitConfig:
