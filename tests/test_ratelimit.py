@@ -153,6 +153,40 @@ def test_a_local_share_that_leaves_no_whole_request_per_window_is_refused() -> N
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("key", [[1], 5, object(), b"tenant"])
+def test_a_key_that_is_not_a_str_or_none_is_refused_naming_it(
+    algorithm: RateLimitAlgorithm, key: Any, clock: FakeClock
+) -> None:
+    limiter = limiter_with(algorithm)
+    calls: list[Callable[[], object]] = [
+        lambda: limiter.check_limit("api", key),
+        lambda: limiter.check_limit("api", key, cost=2),
+        lambda: limiter.acquire("api", key),
+        lambda: run(limiter.aacquire("api", key)),
+        lambda: run(limiter.acheck_limit("api", key)),
+        lambda: limiter.block("api", key, seconds=1),
+        lambda: limiter.set_remaining("api", key, remaining=1, reset_after=1),
+        lambda: limiter.reset("api", key),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"key must be a str or None .*, got "):
+            call()
+    limiter.block("api", "other", seconds=1)  # a block elsewhere takes the checked path too
+    with pytest.raises(TypeError, match="key must be a str or None"):
+        limiter.check_limit("api", key)
+    assert limiter.keys("api") == 0
+    limiter.check_limit("api", "")  # any str is a key, the empty one too, apart from None
+    limiter.check_limit("api", None)
+    assert limiter.keys("api") == 2
+
+
+def test_a_fixed_key_of_the_decorator_is_checked_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"key must be a str or None .*got 5"):
+        rate_limit("api", key=5)  # type: ignore[arg-type]
+    rate_limit("api", key=lambda tenant: tenant)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_keys_are_independent(algorithm: RateLimitAlgorithm, clock: FakeClock) -> None:
     limiter = limiter_with(algorithm, rate=1, burst=1)
     assert admitted(limiter, "tenant-a")

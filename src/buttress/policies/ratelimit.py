@@ -154,6 +154,15 @@ def _check_window(config: RateLimitConfig, share: float, scaled: str) -> None:
         )
 
 
+def _check_key(key: object) -> str | None:
+    """``key`` when it is a rate-limit key: a ``str`` (each its own state; ``""`` too) or ``None``
+    (the limit's shared state). Other values are refused rather than turned into strings: ``5``
+    and ``"5"`` would be one key in a shared store and two in memory."""
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be a str or None (the limit's shared state), got {key!r}")
+    return key
+
+
 class _Limit:
     """One configured name, in this process: its parameters, its keys' states, its lock."""
 
@@ -222,6 +231,8 @@ class _Limit:
         self, key: str | None, now: float, cost: int, max_wait: float
     ) -> tuple[bool, float, Held | None]:
         """(admitted, wait or retry_after, what a waiter holds); call with the lock held."""
+        if key is not None and key.__class__ is not str:
+            _check_key(key)  # before any look-up: an unhashable key would fail there, unnamed
         if self.blocked:
             until = self.blocked.get(key)
             if until is not None:
@@ -255,7 +266,11 @@ class _Limit:
         with self.lock:
             if cost is _ONE and not self.blocked:
                 # Admitted at once, a waiting request is decided as a check is: by the step.
-                state = self.states.get(key)
+                try:
+                    state = self.states.get(key)
+                except TypeError:  # an unhashable key (checking every key would cost every call)
+                    _check_key(key)  # never a str, so this raises, naming it
+                    raise
                 if state is not None and not self.step(state, now):
                     return True, 0.0, _NOTHING
             admitted, wait, held = self.decide(key, now, cost, max_wait)
@@ -606,19 +621,27 @@ class RateLimiter:
     # -- deciding --------------------------------------------------------------------------------
 
     def check_limit(self, name: str, key: str | None = None, cost: int = 1) -> None:
-        """Admit one request now, or raise :class:`RateLimitExceeded` with ``retry_after``."""
+        """Admit one request now, or raise :class:`RateLimitExceeded` with ``retry_after``.
+
+        ``key`` is a ``str`` (each key has its own state) or ``None`` (the name's shared state);
+        any other key is a ``TypeError``, as in every method that takes one.
+        """
         limit = self._limits.get(name)
         if limit is None:
             limit = self._limit(name)
         if self._shared_store is not None:
             shared = self._shared()
             if shared is not None:
-                self._stored(shared, limit, key, limit.check_cost(cost), 0.0)
+                self._stored(shared, limit, _check_key(key), limit.check_cost(cost), 0.0)
                 return
         now = (self._clock or get_clock()).now()
         if cost is _ONE:
             with limit.lock:
-                state = limit.states.get(key)
+                try:
+                    state = limit.states.get(key)
+                except TypeError:  # an unhashable key; any other is checked when first seen
+                    _check_key(key)  # never a str, so this raises, naming it
+                    raise
                 if state is not None and not limit.blocked:
                     if limit.token:
                         # GCRA for one unit, in place: the machine's one_step, inlined.
@@ -652,7 +675,7 @@ class RateLimiter:
             shared = self._shared()
             if shared is not None:
                 limit = self._limit(name)
-                await self._astored(shared, limit, key, limit.check_cost(cost), 0.0)
+                await self._astored(shared, limit, _check_key(key), limit.check_cost(cost), 0.0)
                 return
         self.check_limit(name, key, cost)
 
@@ -700,7 +723,7 @@ class RateLimiter:
         limit, cost, longest = self._waiting(name, cost, max_wait)
         shared = self._shared()
         if shared is not None:
-            return self._stored(shared, limit, key, cost, longest)
+            return self._stored(shared, limit, _check_key(key), cost, longest)
         return self._local(limit, key, cost, longest)
 
     async def _areserve(
@@ -709,7 +732,7 @@ class RateLimiter:
         limit, cost, longest = self._waiting(name, cost, max_wait)
         shared = self._shared()
         if shared is not None:
-            return await self._astored(shared, limit, key, cost, longest)
+            return await self._astored(shared, limit, _check_key(key), cost, longest)
         return self._local(limit, key, cost, longest)
 
     def _local(
@@ -742,7 +765,8 @@ class RateLimiter:
 
     # -- server hints and resets -----------------------------------------------------------------
 
-    def _begin(self, name: str) -> tuple[_Limit, Clock, float, _Shared | None]:
+    def _begin(self, name: str, key: object) -> tuple[_Limit, Clock, float, _Shared | None]:
+        _check_key(key)
         limit = self._limit(name)
         clock = self._clock or get_clock()
         return limit, clock, clock.now(), self._shared()
@@ -750,7 +774,7 @@ class RateLimiter:
     def block(self, name: str, key: str | None = None, *, seconds: float) -> None:
         """Refuse ``key`` of ``name`` for the next ``seconds`` (a server said "come back")."""
         duration = to_seconds("seconds", seconds)
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         if shared is not None:
             _ask(shared.guard, now, shared.store.block, name, key, duration, store_time(clock))
         limit.block(key, now + duration)
@@ -758,7 +782,7 @@ class RateLimiter:
     async def ablock(self, name: str, key: str | None = None, *, seconds: float) -> None:
         """Async twin of :meth:`block`."""
         duration = to_seconds("seconds", seconds)
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         if shared is not None:
             await _aask(
                 shared.guard, now, shared.store.ablock, name, key, duration, store_time(clock)
@@ -780,7 +804,7 @@ class RateLimiter:
         if not remaining:
             self.block(name, key, seconds=seconds)
             return
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         gone = limit.params.capacity - remaining
         if shared is not None and gone > 0:
             _ask(
@@ -799,7 +823,7 @@ class RateLimiter:
         if not remaining:
             await self.ablock(name, key, seconds=seconds)
             return
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         gone = limit.params.capacity - remaining
         if shared is not None and gone > 0:
             await _aask(
@@ -812,14 +836,14 @@ class RateLimiter:
 
     def reset(self, name: str, key: str | None = None) -> None:
         """Forget the state (and any block) of ``key`` of ``name``."""
-        limit, _, now, shared = self._begin(name)
+        limit, _, now, shared = self._begin(name, key)
         if shared is not None:
             _ask(shared.guard, now, shared.store.reset, name, key)  # if not, the stored state stays
         limit.forget(key)
 
     async def areset(self, name: str, key: str | None = None) -> None:
         """Async twin of :meth:`reset`."""
-        limit, _, now, shared = self._begin(name)
+        limit, _, now, shared = self._begin(name, key)
         if shared is not None:
             await _aask(shared.guard, now, shared.store.areset, name, key)
         limit.forget(key)
@@ -879,7 +903,8 @@ class RateLimit:
     Args:
         name: the configured limit to apply.
         limiter: the limiter holding it (default: :func:`get_rate_limiter`, looked up per call).
-        key: a fixed key, or ``(*args, **kwargs) -> key`` computing it from the call.
+        key: a fixed key (a ``str``, or ``None``: the limit's shared state), or
+            ``(*args, **kwargs) -> key`` computing it from the call.
         wait: ``True`` to wait for a slot (``acquire``) instead of refusing (``check_limit``).
         max_wait: with ``wait``, the longest wait (default: the config's ``max_wait``).
     """
@@ -897,7 +922,7 @@ class RateLimit:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.name = name
         self.limiter = limiter
-        self.key = key
+        self.key = key if callable(key) else _check_key(key)
         self.wait = wait
         self.max_wait = optional_seconds("max_wait", max_wait)
 
