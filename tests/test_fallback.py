@@ -33,6 +33,13 @@ def test_enum_carries_both_documents_members() -> None:
     assert {"SCALE_DOWN", "CIRCUIT_BREAK"} <= names
 
 
+@pytest.mark.parametrize("strategy", [None, 5, b"cached", {"cached": 1}])
+def test_a_strategy_that_is_neither_a_member_nor_a_sequence_is_named(strategy: object) -> None:
+    with pytest.raises(TypeError, match="strategy must be a FallbackStrategy or a sequence") as e:
+        Fallback(strategy=strategy)  # type: ignore[arg-type]
+    assert repr(strategy) in str(e.value)
+
+
 def test_protocol_members_are_refused() -> None:
     with pytest.raises(ValueError, match="SWITCH_PROVIDER is a fallback protocol step"):
         Fallback(strategy=FallbackStrategy.SWITCH_PROVIDER)

@@ -36,7 +36,7 @@ import functools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, cast, overload
 
@@ -177,7 +177,15 @@ class Fallback:
         name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        chain = [strategy] if isinstance(strategy, FallbackStrategy | str) else list(strategy)
+        if isinstance(strategy, FallbackStrategy | str):
+            chain: list[object] = [strategy]
+        elif isinstance(strategy, Iterable) and not isinstance(strategy, bytes | Mapping):
+            chain = list(strategy)
+        else:
+            raise TypeError(
+                "strategy must be a FallbackStrategy or a sequence of them tried in order, "
+                f"got {strategy!r}"
+            )
         if not chain:
             raise ValueError("strategy must name at least one FallbackStrategy")
         resolved: list[FallbackStrategy] = []
