@@ -246,3 +246,9 @@ def test_methods_cache_per_instance(clock: FakeClock) -> None:
     assert (a.get(), b.get()) == ("a", "b")
     a.down = b.down = True
     assert (a.get(), b.get()) == ("a", "b")
+
+
+@pytest.mark.parametrize(("name", "error"), [(5, TypeError), ("", ValueError), (" ", ValueError)])
+def test_a_name_must_be_a_non_empty_string(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+        Fallback(strategy=FallbackStrategy.NONE, name=name)  # type: ignore[arg-type]

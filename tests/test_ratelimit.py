@@ -180,6 +180,24 @@ def test_a_key_that_is_not_a_str_or_none_is_refused_naming_it(
     assert limiter.keys("api") == 2
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"name": 5}, TypeError, "name must be a non-empty string, got 5"),
+        ({"name": "  "}, ValueError, "name must be a non-empty string, not only whitespace"),
+        ({"wait": "yes"}, TypeError, "wait must be True or False, got 'yes'"),
+        ({"limiter": 5}, TypeError, "limiter must be a RateLimiter, got 5"),
+    ],
+)
+def test_the_decorator_checks_its_name_and_flags(
+    options: dict[str, Any], error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error, match=text):
+        rate_limit(**{"name": "api", **options})
+    with pytest.raises(ValueError, match="name must be a non-empty string, not only whitespace"):
+        RateLimiter().configure(" ", RateLimitConfig(requests_per_second=1))
+
+
 def test_a_fixed_key_of_the_decorator_is_checked_at_construction() -> None:
     with pytest.raises(TypeError, match=r"key must be a str or None .*got 5"):
         rate_limit("api", key=5)  # type: ignore[arg-type]

@@ -323,3 +323,9 @@ def test_seed_000_spelling(clock: FakeClock) -> None:
     body = Flaky(4)
     assert policy.call(body) == "ok"
     assert clock.sleeps == [2, 4, 8, 16]
+
+
+@pytest.mark.parametrize(("name", "error"), [(5, TypeError), ("", ValueError), (" ", ValueError)])
+def test_a_name_must_be_a_non_empty_string(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+        Retry(name=name)  # type: ignore[arg-type]

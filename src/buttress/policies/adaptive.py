@@ -99,7 +99,7 @@ class AdaptiveConcurrency(Bulkhead):
         max_limit: int | None = None,
         max_wait: float = 0.0,
         drops: tuple[type[BaseException], ...] = (TimeoutError,),
-        name: str = "",
+        name: str | None = None,
         clock: Clock | None = None,
         **settings: Any,
     ) -> None:

@@ -54,7 +54,7 @@ from .._callables import (
     is_awaitable,
     resolved,
 )
-from .._config import callable_name, integer, seconds
+from .._config import callable_name, integer, optional_nonblank, seconds
 from ..clock import Clock, checked_clock, get_clock
 
 __all__ = ["Fallback", "FallbackStrategy", "fallback"]
@@ -219,7 +219,7 @@ class Fallback:
         self.default_value = default_value
         self.fallback_function = fallback_function
         self.on = on
-        self.name = name
+        self.name = optional_nonblank("name", name)
         self._clock = checked_clock(clock)
         self._key = key or _default_key
         self.cache: _Cache | None = None

@@ -51,7 +51,7 @@ from typing import Any, Final, TypeVar, cast
 
 from .. import events as _events
 from .._callables import guarded_kind
-from .._config import integer, number, optional_seconds
+from .._config import boolean, integer, nonblank, number, optional_seconds
 from .._config import seconds as to_seconds
 from ..backends import open_storage
 from ..clock import Clock, checked_clock, get_clock
@@ -586,8 +586,7 @@ class RateLimiter:
 
     def configure(self, name: str, config: RateLimitConfig) -> None:
         """Set (or replace) the limit called ``name``; replacing forgets its keys' state."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        nonblank("name", name)
         if not isinstance(config, RateLimitConfig):
             raise TypeError(f"config must be a RateLimitConfig, got {config!r}")
         if self._local_share < 1:
@@ -918,12 +917,12 @@ class RateLimit:
         wait: bool = False,
         max_wait: float | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
-        self.name = name
+        self.name = nonblank("name", name)
+        if limiter is not None and not isinstance(limiter, RateLimiter):
+            raise TypeError(f"limiter must be a RateLimiter, got {limiter!r}")
         self.limiter = limiter
         self.key = key if callable(key) else _check_key(key)
-        self.wait = wait
+        self.wait = boolean("wait", wait)
         self.max_wait = optional_seconds("max_wait", max_wait)
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

@@ -57,6 +57,7 @@ from .._config import (
     env_float,
     env_int,
     integer,
+    optional_nonblank,
     optional_seconds,
     seconds,
 )
@@ -284,7 +285,7 @@ class Retry:
         if on_retry is not None and not callable(on_retry):
             raise TypeError(f"on_retry must be callable, got {on_retry!r}")
         self._on_retry = on_retry
-        self.name = name
+        self.name = optional_nonblank("name", name)
         self._clock = checked_clock(clock)
         self._random = random or _random.random
 

@@ -69,7 +69,7 @@ from .._callables import (
     is_awaitable,
     resolved,
 )
-from .._config import callable_name, integer, seconds
+from .._config import callable_name, integer, optional_nonblank, seconds
 from .._deadline import DEADLINE, Deadline, within
 from ..clock import Clock, checked_clock, get_clock
 from ..errors import OperationTimeout
@@ -272,7 +272,7 @@ class Timeout:
             self.seconds = seconds("timeout_seconds", timeout_seconds, allow_zero=False)
         else:
             raise ValueError("timeout needs timeout_seconds= or operation_type=")
-        self.name = name
+        self.name = optional_nonblank("name", name)
         self._clock = checked_clock(clock)
         self.max_abandoned = integer("max_abandoned", max_abandoned, minimum=0)
 
