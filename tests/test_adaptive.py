@@ -14,6 +14,7 @@ import pytest
 
 from buttress import (
     AdaptiveConcurrency,
+    Bulkhead,
     BulkheadFull,
     CircuitOpenError,
     OperationTimeout,
@@ -139,6 +140,21 @@ def test_the_algorithm_keeps_learning_under_a_scale_down() -> None:
     assert limiter.limit == 4
     limiter.restore()
     assert limiter.limit == 9
+
+
+def test_set_limit_takes_an_integer_within_the_bounds_as_a_bulkhead_does() -> None:
+    limiter = aimd(FakeClock(), initial_limit=10, min_limit=2, max_limit=100)
+    for value in (1.5, True, "5"):
+        with pytest.raises(TypeError, match=f"max_concurrent must be an integer, got {value!r}"):
+            limiter.set_limit(value)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="max_concurrent must be an integer"):
+            Bulkhead(5).set_limit(value)  # type: ignore[arg-type]
+    for value in (5000, 1):
+        with pytest.raises(ValueError, match=f"from min_limit 2 to max_limit 100 .*got {value}"):
+            limiter.set_limit(value)
+    assert limiter.limit == 10
+    limiter.set_limit(100)
+    assert limiter.limit == 100
 
 
 def test_lowering_the_limit_never_interrupts_running_calls() -> None:

@@ -305,3 +305,17 @@ def test_name_is_read_only() -> None:
     assert Bulkhead().name.startswith("bulkhead-")
     with pytest.raises(AttributeError):
         bulkhead.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "error"), [(5, TypeError), ("", ValueError), ("  ", ValueError), (None, None)]
+)
+def test_a_name_is_a_non_empty_string_or_left_out(name: Any, error: type[Exception] | None) -> None:
+    from buttress import AdaptiveConcurrency
+
+    for build in (lambda: Bulkhead(2, name=name), lambda: AdaptiveConcurrency(name=name)):
+        if error is None:
+            assert build().name  # left out: a generated one
+        else:
+            with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+                build()

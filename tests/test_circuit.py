@@ -532,3 +532,11 @@ def test_a_disposed_breaker_frees_its_name_and_refuses_new_calls(clock: FakeCloc
     fresh = CircuitBreaker(name=name, fail_max=7)  # the name is free for another configuration
     assert fresh.call(ok) == "ok"
     assert repr(cb) == f"CircuitBreaker(name='{name}', state='closed')"
+
+
+@pytest.mark.parametrize(("name", "error"), [(5, TypeError), ("  ", ValueError)])
+def test_a_breaker_name_must_be_a_non_empty_string(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+        CircuitBreakerConfig(name=name)  # type: ignore[arg-type]
+    with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+        get_circuit_breaker(name)  # type: ignore[arg-type]

@@ -410,3 +410,15 @@ def test_managers_publish_their_tier_and_service_health_as_readings(clock: FakeC
     health = dict(ev.readings("service_health"))
     assert health[(m.name, "llm_api")] == 0.0
     assert health[(m.name, "factor_api")] == 1.0
+
+
+def test_names_and_flags_are_checked() -> None:
+    with pytest.raises(ValueError, match="name must be a non-empty string, not only whitespace"):
+        DegradationManager(name="  ")
+    with pytest.raises(TypeError, match="name must be a non-empty string, got 5"):
+        DegradationManager(name=5)  # type: ignore[arg-type]
+    manager = DegradationManager(name="team")
+    with pytest.raises(ValueError, match="service name must be a non-empty string"):
+        manager.update_health(" ", healthy=False)
+    with pytest.raises(TypeError, match="raise_on_degraded must be True or False, got 'yes'"):
+        degradation_handler(DegradationTier.TIER_2_CORE, raise_on_degraded="yes")  # type: ignore[arg-type]

@@ -33,6 +33,13 @@ def test_enum_carries_both_documents_members() -> None:
     assert {"SCALE_DOWN", "CIRCUIT_BREAK"} <= names
 
 
+@pytest.mark.parametrize("strategy", [None, 5, b"cached", {"cached": 1}])
+def test_a_strategy_that_is_neither_a_member_nor_a_sequence_is_named(strategy: object) -> None:
+    with pytest.raises(TypeError, match="strategy must be a FallbackStrategy or a sequence") as e:
+        Fallback(strategy=strategy)  # type: ignore[arg-type]
+    assert repr(strategy) in str(e.value)
+
+
 def test_protocol_members_are_refused() -> None:
     with pytest.raises(ValueError, match="SWITCH_PROVIDER is a fallback protocol step"):
         Fallback(strategy=FallbackStrategy.SWITCH_PROVIDER)
@@ -239,3 +246,9 @@ def test_methods_cache_per_instance(clock: FakeClock) -> None:
     assert (a.get(), b.get()) == ("a", "b")
     a.down = b.down = True
     assert (a.get(), b.get()) == ("a", "b")
+
+
+@pytest.mark.parametrize(("name", "error"), [(5, TypeError), ("", ValueError), (" ", ValueError)])
+def test_a_name_must_be_a_non_empty_string(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+        Fallback(strategy=FallbackStrategy.NONE, name=name)  # type: ignore[arg-type]

@@ -247,3 +247,48 @@ def test_digits_that_are_not_ascii_are_garbage(digits: str) -> None:
     )
     assert info.remaining is None
     assert info.reset_after is None
+
+
+def _limiter() -> RateLimiter:
+    limiter = RateLimiter()
+    limiter.configure("erp", RateLimitConfig(requests_per_second=10))
+    return limiter
+
+
+def test_a_limiter_without_a_name_is_refused_not_ignored() -> None:
+    refused = FakeResponse(429, {"Retry-After": "3"})
+    with pytest.raises(ValueError, match="limiter= needs name="):
+        raise_for_rate_limit(refused, limiter=_limiter(), now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"low_watermark": "5"}, TypeError, "low_watermark must be an integer, got '5'"),
+        ({"low_watermark": None}, TypeError, "low_watermark must be an integer, got None"),
+        ({"low_watermark": math.nan}, TypeError, "low_watermark must be an integer, got nan"),
+        ({"low_watermark": -1}, ValueError, "low_watermark must be >= 0, got -1"),
+        ({"limiter": 5}, TypeError, r"limiter must be a RateLimiter .*, got 5"),
+        ({"key": 5}, TypeError, "key must be a str or None"),
+        ({"name": "  "}, ValueError, "name must be a non-empty string"),
+        ({"now": "x"}, TypeError, "now must be a number, got 'x'"),
+    ],
+)
+def test_bad_arguments_of_raise_for_rate_limit_are_named(
+    options: dict[str, object], error: type[Exception], text: str
+) -> None:
+    nearly_spent = FakeResponse(200, {"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": "5"})
+    arguments: dict[str, object] = {"limiter": _limiter(), "name": "erp", **options}
+    with pytest.raises(error, match=text):
+        raise_for_rate_limit(nearly_spent, **arguments)  # type: ignore[arg-type]
+
+
+def test_a_bad_now_or_headers_is_named() -> None:
+    with pytest.raises(TypeError, match="now must be a number, got 'x'"):
+        parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now must be a finite number"):
+        parse_retry_after("120", now=math.inf)
+    listed = FakeResponse(200, {})
+    listed.headers = [("Retry-After", "3")]  # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"response\.headers must be a mapping"):
+        rate_limit_info(listed)

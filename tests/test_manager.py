@@ -543,3 +543,9 @@ def test_register_methods_call_their_factory(
     assert monitor.type is rtype
     assert monitor.target == "stub"
     assert monitor.key in rm.degradation.services()
+
+
+@pytest.mark.parametrize(("team", "error"), [("  ", ValueError), ("", ValueError), (5, TypeError)])
+def test_a_team_name_must_be_a_non_empty_string(team: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"team must be a non-empty string.*got {team!r}"):
+        ResilienceManager(team)  # type: ignore[arg-type]

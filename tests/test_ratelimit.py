@@ -106,6 +106,104 @@ def test_sliding_window_is_exact(clock: FakeClock) -> None:
     assert admitted(limiter)
 
 
+WINDOWS = [RateLimitAlgorithm.FIXED_WINDOW, RateLimitAlgorithm.SLIDING_WINDOW]
+
+
+@pytest.mark.parametrize("algorithm", WINDOWS)
+def test_a_window_that_admits_no_whole_request_is_refused(algorithm: RateLimitAlgorithm) -> None:
+    with pytest.raises(ValueError, match="admits no whole request") as caught:
+        RateLimitConfig(requests_per_second=0.1, algorithm=algorithm, window_seconds=1)
+    assert str(caught.value) == (
+        "requests_per_second * window_seconds = 0.1 admits no whole request per window; "
+        "use window_seconds >= 10"
+    )
+    # The buckets spread the same rate over time: one request every 10 s.
+    RateLimitConfig(requests_per_second=0.1, algorithm=RateLimitAlgorithm.TOKEN_BUCKET)
+
+
+@pytest.mark.parametrize("algorithm", WINDOWS)
+def test_a_slow_rate_over_a_long_enough_window_admits_the_rate(
+    algorithm: RateLimitAlgorithm, clock: FakeClock
+) -> None:
+    limiter = RateLimiter()
+    config = RateLimitConfig(requests_per_second=0.1, algorithm=algorithm, window_seconds=10)
+    limiter.configure("api", config)
+    admissions = 0
+    for _ in range(100):
+        admissions += admitted(limiter)
+        clock.advance(1)
+    assert admissions == 10
+
+
+@pytest.mark.parametrize("algorithm", WINDOWS)
+def test_a_fractional_limit_per_window_rounds_down(
+    algorithm: RateLimitAlgorithm, clock: FakeClock
+) -> None:
+    limiter = RateLimiter()
+    limiter.configure("api", RateLimitConfig(requests_per_second=2.5, algorithm=algorithm))
+    assert [admitted(limiter) for _ in range(3)] == [True, True, False]
+
+
+def test_a_local_share_that_leaves_no_whole_request_per_window_is_refused() -> None:
+    limiter = RateLimiter(local_share=0.25)
+    config = RateLimitConfig(requests_per_second=2, algorithm=RateLimitAlgorithm.FIXED_WINDOW)
+    with pytest.raises(ValueError, match=r"window_seconds \* local_share \(0.25\) = 0.5"):
+        limiter.configure("api", config)
+    limiter.configure("api", RateLimitConfig(requests_per_second=4, algorithm=config.algorithm))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("key", [[1], 5, object(), b"tenant"])
+def test_a_key_that_is_not_a_str_or_none_is_refused_naming_it(
+    algorithm: RateLimitAlgorithm, key: Any, clock: FakeClock
+) -> None:
+    limiter = limiter_with(algorithm)
+    calls: list[Callable[[], object]] = [
+        lambda: limiter.check_limit("api", key),
+        lambda: limiter.check_limit("api", key, cost=2),
+        lambda: limiter.acquire("api", key),
+        lambda: run(limiter.aacquire("api", key)),
+        lambda: run(limiter.acheck_limit("api", key)),
+        lambda: limiter.block("api", key, seconds=1),
+        lambda: limiter.set_remaining("api", key, remaining=1, reset_after=1),
+        lambda: limiter.reset("api", key),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"key must be a str or None .*, got "):
+            call()
+    limiter.block("api", "other", seconds=1)  # a block elsewhere takes the checked path too
+    with pytest.raises(TypeError, match="key must be a str or None"):
+        limiter.check_limit("api", key)
+    assert limiter.keys("api") == 0
+    limiter.check_limit("api", "")  # any str is a key, the empty one too, apart from None
+    limiter.check_limit("api", None)
+    assert limiter.keys("api") == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"name": 5}, TypeError, "name must be a non-empty string, got 5"),
+        ({"name": "  "}, ValueError, "name must be a non-empty string, not only whitespace"),
+        ({"wait": "yes"}, TypeError, "wait must be True or False, got 'yes'"),
+        ({"limiter": 5}, TypeError, "limiter must be a RateLimiter, got 5"),
+    ],
+)
+def test_the_decorator_checks_its_name_and_flags(
+    options: dict[str, Any], error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error, match=text):
+        rate_limit(**{"name": "api", **options})
+    with pytest.raises(ValueError, match="name must be a non-empty string, not only whitespace"):
+        RateLimiter().configure(" ", RateLimitConfig(requests_per_second=1))
+
+
+def test_a_fixed_key_of_the_decorator_is_checked_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"key must be a str or None .*got 5"):
+        rate_limit("api", key=5)  # type: ignore[arg-type]
+    rate_limit("api", key=lambda tenant: tenant)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_keys_are_independent(algorithm: RateLimitAlgorithm, clock: FakeClock) -> None:
     limiter = limiter_with(algorithm, rate=1, burst=1)
@@ -493,7 +591,7 @@ def test_a_refusal_reads_and_pickles_as_its_message(clock: FakeClock) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     algorithm=st.sampled_from(ALGORITHMS),
-    rate=st.sampled_from([1.0, 3.0, 10.0]),
+    rate=st.sampled_from([2.0, 3.0, 10.0]),  # limits of 1, 1 and 5 per window of 0.5 s
     burst=st.integers(min_value=1, max_value=6),
     gaps=arrivals,
     waiting=st.lists(st.booleans(), min_size=80, max_size=80),

@@ -194,6 +194,42 @@ def test_env_defaults_and_malformed_env(monkeypatch: pytest.MonkeyPatch, clock: 
 
 
 @pytest.mark.parametrize(
+    ("env", "kwargs", "names"),
+    [
+        ({"RETRY_MAX_DELAY": "0.5"}, {}, ["RETRY_MAX_DELAY='0.5'", "default base_delay 1.0"]),
+        ({"RETRY_MAX_DELAY": "1"}, {"base_delay": 5}, ["RETRY_MAX_DELAY='1'", "base_delay=5"]),
+        ({"RETRY_BASE_DELAY": "5"}, {"max_delay": 2}, ["max_delay=2", "RETRY_BASE_DELAY='5'"]),
+        (
+            {"RETRY_BASE_DELAY": "5", "RETRY_MAX_DELAY": "2"},
+            {},
+            ["RETRY_MAX_DELAY='2'", "RETRY_BASE_DELAY='5'"],
+        ),
+        ({"RETRY_BASE_DELAY": "120"}, {}, ["default max_delay 60.0", "RETRY_BASE_DELAY='120'"]),
+        ({}, {"base_delay": 5, "max_delay": 1}, ["max_delay=1", "base_delay=5"]),
+    ],
+)
+def test_a_max_delay_below_the_base_delay_is_refused_naming_both_sources(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], kwargs: dict[str, Any], names: list[str]
+) -> None:
+    for variable in ("RETRY_BASE_DELAY", "RETRY_MAX_DELAY", "BUTTRESS_ENV"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match="max_delay must be >= base_delay") as caught:
+        Retry(**kwargs)
+    for name in names:
+        assert name in str(caught.value)
+
+
+def test_an_explicit_base_delay_above_the_default_cap_is_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RETRY_MAX_DELAY", raising=False)
+    policy = Retry(base_delay=120, jitter=False)
+    assert policy.backoff == ExponentialBackoff(base_delay=120, max_delay=120)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "text"),
     [
         ({"max_attempts": 0}, "max_attempts must be >= 1"),
@@ -287,3 +323,9 @@ def test_seed_000_spelling(clock: FakeClock) -> None:
     body = Flaky(4)
     assert policy.call(body) == "ok"
     assert clock.sleeps == [2, 4, 8, 16]
+
+
+@pytest.mark.parametrize(("name", "error"), [(5, TypeError), ("", ValueError), (" ", ValueError)])
+def test_a_name_must_be_a_non_empty_string(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+        Retry(name=name)  # type: ignore[arg-type]

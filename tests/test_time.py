@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from buttress import (
+    AdaptiveConcurrency,
+    CircuitBreaker,
+    DegradationManager,
+    Fallback,
     OperationTimeout,
     OperationType,
+    RateLimiter,
     Retry,
     SystemClock,
     Timeout,
@@ -74,6 +81,34 @@ def test_set_clock_accepts_a_legacy_clock_as_virtual_and_names_what_is_missing()
 
     with pytest.raises(TypeError, match="lacks wall, sleep, asleep"):
         set_clock(Half())  # type: ignore[arg-type]
+
+
+def _builders() -> dict[str, Callable[[Any], object]]:
+    from buttress.protocol.engine import ProtocolHost
+    from buttress.protocol.targets import TargetPool
+
+    return {
+        "RateLimiter": lambda clock: RateLimiter(clock=clock),
+        "CircuitBreaker": lambda clock: CircuitBreaker(clock=clock),
+        "Timeout": lambda clock: Timeout(timeout_seconds=1, clock=clock),
+        "deadline": lambda clock: deadline(1, clock=clock),
+        "Retry": lambda clock: Retry(clock=clock),
+        "Fallback": lambda clock: Fallback(clock=clock),
+        "AdaptiveConcurrency": lambda clock: AdaptiveConcurrency(clock=clock),
+        "DegradationManager": lambda clock: DegradationManager(clock=clock),
+        "ProtocolHost": lambda clock: ProtocolHost("team", clock=clock),
+        "TargetPool": lambda clock: TargetPool("pool", {"a": lambda: None}, clock=clock),
+    }
+
+
+@pytest.mark.parametrize("policy", sorted(_builders()))
+def test_every_clock_argument_is_checked_where_it_is_given(policy: str) -> None:
+    build = _builders()[policy]
+    with pytest.raises(TypeError, match=r"clock must provide now\(\), wall\(\), sleep\(\)") as e:
+        build(5)
+    assert "5 lacks now, wall, sleep, asleep" in str(e.value)
+    build(LegacyClock())  # a clock without `real` is accepted (as virtual)
+    build(None)
 
 
 def test_a_second_system_clock_enforces_a_sync_budget() -> None:

@@ -243,3 +243,9 @@ def test_async_inner_timeout_error_is_not_ours() -> None:
     with pytest.raises(TimeoutError) as info:
         asyncio.run(raises_timeout())
     assert not isinstance(info.value, OperationTimeout)
+
+
+@pytest.mark.parametrize(("name", "error"), [(5, TypeError), ("", ValueError), (" ", ValueError)])
+def test_a_name_must_be_a_non_empty_string(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"name must be a non-empty string.*got {name!r}"):
+        Timeout(timeout_seconds=1, name=name)  # type: ignore[arg-type]

@@ -112,6 +112,27 @@ def env_check_interval(name: str, raw: str) -> float:
         ) from None
 
 
+def nonblank(field: str, value: object) -> str:
+    """``value`` as a name: a string with something other than whitespace in it, kept as given."""
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a non-empty string, got {value!r}")
+    if not value.strip():
+        raise ValueError(f"{field} must be a non-empty string, not only whitespace, got {value!r}")
+    return value
+
+
+def optional_nonblank(field: str, value: object) -> str | None:
+    """:func:`nonblank`, or ``None`` when ``value`` is ``None``."""
+    return None if value is None else nonblank(field, value)
+
+
+def boolean(field: str, value: object) -> bool:
+    """``value`` when it is ``True`` or ``False``; anything else (``1``, ``"yes"``) is refused."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{field} must be True or False, got {value!r}")
+    return value
+
+
 ENVIRONMENTS = ("development", "production")
 ENV_ALIASES = {
     "dev": "development",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 __all__ = [
     "Clock",
@@ -103,6 +103,28 @@ def get_clock() -> Clock:
     return _current
 
 
+def checked_clock(clock: object, field: str = "clock") -> Clock | None:
+    """``clock`` as given, once it is known to be usable as a :class:`Clock` (``None`` passes).
+
+    Every ``clock=`` argument goes through here when it is given, so a wrong object is refused
+    where it is passed in, not at the first call that reads the time. A clock without ``real`` is
+    accepted and treated as virtual (see the module notes).
+
+    Raises:
+        TypeError: ``clock`` lacks one of ``now``, ``wall``, ``sleep``, ``asleep``, naming
+            ``field`` and what is missing.
+    """
+    if clock is None:
+        return None
+    missing = [name for name in _METHODS if not callable(getattr(clock, name, None))]
+    if missing:
+        raise TypeError(
+            f"{field} must provide now(), wall(), sleep() and asleep(); "
+            f"{clock!r} lacks {', '.join(missing)}"
+        )
+    return cast(Clock, clock)
+
+
 def set_clock(clock: Clock | None) -> Clock:
     """Install ``clock`` as the default (``None`` restores the system clock).
 
@@ -115,13 +137,7 @@ def set_clock(clock: Clock | None) -> Clock:
         TypeError: ``clock`` lacks one of ``now``, ``wall``, ``sleep``, ``asleep``.
     """
     global _current
-    if clock is not None:
-        missing = [name for name in _METHODS if not callable(getattr(clock, name, None))]
-        if missing:
-            raise TypeError(
-                "clock must provide now(), wall(), sleep() and asleep(); "
-                f"{clock!r} lacks {', '.join(missing)}"
-            )
+    checked_clock(clock)
     previous = _current
     _current = clock if clock is not None else SYSTEM_CLOCK
     return previous

@@ -62,8 +62,8 @@ from enum import Enum, IntEnum
 from typing import Any, TypeVar, cast
 
 from . import events as _events
-from ._config import env_float, number, optional_seconds
-from .clock import Clock, get_clock
+from ._config import boolean, env_float, nonblank, number, optional_seconds
+from .clock import Clock, checked_clock, get_clock
 from .errors import ServiceDegraded
 
 __all__ = [
@@ -227,10 +227,8 @@ class DegradationManager:
         self._rules: dict[ServiceCategory, DegradationTier] = dict(DEFAULT_RULES)
         if rules is not None:
             self._rules.update(_check_rules(rules))
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
-        self.name = name
-        self._clock = clock
+        self.name = nonblank("name", name)
+        self._clock = checked_clock(clock)
         self._lock = threading.RLock()
         self._services: dict[str, _Service] = {}
         self._forced: DegradationTier | None = None
@@ -263,8 +261,7 @@ class DegradationManager:
                 (required for ``ServiceCategory.CUSTOM``).
             max_response_time_ms: a healthy report slower than this counts as unhealthy.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"service name must be a non-empty string, got {name!r}")
+        nonblank("service name", name)
         if category is None:
             category = category_for(name)
         elif not isinstance(category, ServiceCategory):
@@ -301,14 +298,12 @@ class DegradationManager:
         A report with ``healthy=True`` but a response time over the service's
         ``max_response_time_ms`` counts as unhealthy.
         """
-        if not isinstance(healthy, bool):
-            raise TypeError(f"healthy must be True or False, got {healthy!r}")
+        boolean("healthy", healthy)
         if response_time_ms is not None:
             response_time_ms = number("response_time_ms", response_time_ms, minimum=0.0)
         if error is not None and not isinstance(error, str | BaseException):
             raise TypeError(f"error must be a string or an exception, got {error!r}")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"service name must be a non-empty string, got {name!r}")
+        nonblank("service name", name)
         message = None if error is None else (error if isinstance(error, str) else repr(error))
         now = self._now()
         with self._lock:
@@ -604,6 +599,7 @@ def degradation_handler(
         manager: the manager to consult (default: :func:`get_degradation_manager` at call time).
     """
     needed = _tier("min_tier", min_tier)
+    boolean("raise_on_degraded", raise_on_degraded)
     if fallback_function is not None and not callable(fallback_function):
         raise TypeError(f"fallback_function must be callable, got {fallback_function!r}")
     if fallback_function is not None and raise_on_degraded:

@@ -64,6 +64,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from ._config import nonblank
 from .backends import open_storage
 from .clock import Clock, get_clock
 from .degradation import DegradationManager, DegradationTier, ServiceCategory
@@ -221,8 +222,7 @@ class ResilienceManager:
         queue: RequestQueue | None = None,
         storage: Any = None,
     ) -> None:
-        if not isinstance(team, str) or not team:
-            raise ValueError(f"team must be a non-empty string, got {team!r}")
+        nonblank("team", team)
         settings = _check_config(config)
         self.team = team
         self.config: Mapping[str, Any] = settings

@@ -51,8 +51,8 @@ from typing import Any, TypeVar, cast
 from .. import clock as _clock
 from .. import events as _events
 from .._callables import guarded_kind, refused_awaitable
-from .._config import number
-from ..clock import Clock
+from .._config import integer, number
+from ..clock import Clock, checked_clock
 from ..errors import RejectedError
 from ..machines.limit import AIMD, Gradient2, LimitAlgorithm
 from .bulkhead import Bulkhead
@@ -99,7 +99,7 @@ class AdaptiveConcurrency(Bulkhead):
         max_limit: int | None = None,
         max_wait: float = 0.0,
         drops: tuple[type[BaseException], ...] = (TimeoutError,),
-        name: str = "",
+        name: str | None = None,
         clock: Clock | None = None,
         **settings: Any,
     ) -> None:
@@ -110,7 +110,7 @@ class AdaptiveConcurrency(Bulkhead):
         ):
             raise TypeError(f"drops must be a tuple of exception types, got {drops!r}")
         self._drops = (*drops, RejectedError)
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._scale = 1.0
         self._started: contextvars.ContextVar[tuple[float, int] | None] = contextvars.ContextVar(
             "buttress_adaptive_start", default=None
@@ -172,10 +172,25 @@ class AdaptiveConcurrency(Bulkhead):
             )
 
     def set_limit(self, max_concurrent: int) -> None:
-        """Put the algorithm's limit at ``max_concurrent`` (clamped to its bounds); it adapts on
-        from there."""
-        limit = number("max_concurrent", max_concurrent, minimum=1)
-        self._adjust(lambda now: self._machine.set(now, limit), "set")
+        """Put the algorithm's limit at ``max_concurrent``; it adapts on from there.
+
+        ``max_concurrent`` is an integer from ``min_limit`` to ``max_limit``, as for
+        :meth:`Bulkhead.set_limit`. One outside those bounds is refused, not clamped: the bounds
+        are the envelope the limiter was built to stay in, so asking for 5000 of a limiter capped
+        at 1000 is a mistake (the wrong limiter, or a wrong number) that a quiet 1000 would hide.
+
+        Raises:
+            TypeError: ``max_concurrent`` is not an integer.
+            ValueError: it is outside ``min_limit`` .. ``max_limit``.
+        """
+        limit = integer("max_concurrent", max_concurrent, minimum=1)
+        machine = self._machine
+        if not machine.min_limit <= limit <= machine.max_limit:
+            raise ValueError(
+                f"max_concurrent must be from min_limit {machine.min_limit} to max_limit "
+                f"{machine.max_limit} of adaptive concurrency limit {self._name!r}, got {limit!r}"
+            )
+        self._adjust(lambda now: machine.set(now, limit), "set")
 
     def scale_down(self, factor: float) -> None:
         """Hold the limit at ``factor`` (0 < factor <= 1) of what the algorithm finds, until

@@ -36,7 +36,7 @@ from typing import Any, TypeVar, cast
 
 from .. import events as _events
 from .._callables import guarded_kind, refused_awaitable
-from .._config import integer, seconds
+from .._config import integer, nonblank, seconds
 from ..clock import get_clock
 from ..errors import BulkheadFull
 
@@ -76,7 +76,8 @@ class Bulkhead:
     Args:
         max_concurrent: calls allowed inside at once (>= 1).
         max_wait: seconds a call may wait for a slot (default 0: refuse at once).
-        name: name in events, logs and errors.
+        name: name in events, logs and errors (default: ``bulkhead-`` and a unique suffix);
+            a non-empty string.
 
     Raises:
         ValueError: a bad setting, naming it.
@@ -86,10 +87,12 @@ class Bulkhead:
     _policy = "bulkhead"
     _label = "bulkhead"
 
-    def __init__(self, max_concurrent: int = 10, max_wait: float = 0.0, *, name: str = "") -> None:
+    def __init__(
+        self, max_concurrent: int = 10, max_wait: float = 0.0, *, name: str | None = None
+    ) -> None:
         self._limit = integer("max_concurrent", max_concurrent, minimum=1)
         self.max_wait = seconds("max_wait", max_wait)
-        self._name = name or f"bulkhead-{id(self):x}"
+        self._name = f"bulkhead-{id(self):x}" if name is None else nonblank("name", name)
         self._lock = threading.Lock()
         self._active = 0
         self._waiters: deque[_Waiter] = deque()
@@ -301,6 +304,8 @@ class Bulkhead:
         self.release()
 
 
-def bulkhead(max_concurrent: int = 10, max_wait: float = 0.0, *, name: str = "") -> Bulkhead:
+def bulkhead(
+    max_concurrent: int = 10, max_wait: float = 0.0, *, name: str | None = None
+) -> Bulkhead:
     """Decorator: ``@bulkhead(max_concurrent=5)``; see :class:`Bulkhead`."""
     return Bulkhead(max_concurrent, max_wait, name=name)

@@ -53,9 +53,18 @@ from typing import Any, TypeVar, cast
 
 from .. import events as _events
 from .._callables import guarded_kind, refused_awaitable
-from .._config import env_float, env_int, integer, number, optional_seconds, seconds
+from .._config import (
+    env_float,
+    env_int,
+    integer,
+    nonblank,
+    number,
+    optional_nonblank,
+    optional_seconds,
+    seconds,
+)
 from ..backends import open_storage
-from ..clock import Clock, get_clock
+from ..clock import Clock, checked_clock, get_clock
 from ..errors import CircuitOpenError
 from ..machines.breaker import (
     Admission,
@@ -183,8 +192,7 @@ class CircuitBreakerConfig:
         recovery = seconds("timeout_duration", recovery)
         put("timeout_duration", recovery)
         put("recovery_timeout", recovery)
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise ValueError(f"name must be a non-empty string or None, got {self.name!r}")
+        optional_nonblank("name", self.name)
         for rate_field in ("failure_rate_threshold", "slow_call_rate_threshold"):
             value = getattr(self, rate_field)
             if value is not None:
@@ -526,6 +534,7 @@ class CircuitBreaker:
         clock: Clock | None = None,
         **options: Any,
     ) -> None:
+        clock = checked_clock(clock)
         if config is None:
             config = CircuitBreakerConfig(**options)
         elif options:
@@ -775,8 +784,7 @@ def get_circuit_breaker(name: str, **options: Any) -> CircuitBreaker:
 
     With no options, an existing breaker is returned whatever its configuration.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    nonblank("name", name)
     clock = options.pop("clock", None)
     if not options:
         with _REGISTRY_LOCK:

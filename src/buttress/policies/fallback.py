@@ -36,7 +36,7 @@ import functools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, cast, overload
 
@@ -54,8 +54,8 @@ from .._callables import (
     is_awaitable,
     resolved,
 )
-from .._config import callable_name, integer, seconds
-from ..clock import Clock, get_clock
+from .._config import callable_name, integer, optional_nonblank, seconds
+from ..clock import Clock, checked_clock, get_clock
 
 __all__ = ["Fallback", "FallbackStrategy", "fallback"]
 
@@ -177,7 +177,15 @@ class Fallback:
         name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        chain = [strategy] if isinstance(strategy, FallbackStrategy | str) else list(strategy)
+        if isinstance(strategy, FallbackStrategy | str):
+            chain: list[object] = [strategy]
+        elif isinstance(strategy, Iterable) and not isinstance(strategy, bytes | Mapping):
+            chain = list(strategy)
+        else:
+            raise TypeError(
+                "strategy must be a FallbackStrategy or a sequence of them tried in order, "
+                f"got {strategy!r}"
+            )
         if not chain:
             raise ValueError("strategy must name at least one FallbackStrategy")
         resolved: list[FallbackStrategy] = []
@@ -211,8 +219,8 @@ class Fallback:
         self.default_value = default_value
         self.fallback_function = fallback_function
         self.on = on
-        self.name = name
-        self._clock = clock
+        self.name = optional_nonblank("name", name)
+        self._clock = checked_clock(clock)
         self._key = key or _default_key
         self.cache: _Cache | None = None
         if FallbackStrategy.CACHED in self.strategies:

@@ -30,8 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._config import integer, number, optional_nonblank
 from ..clock import wall_time
 from ..errors import RateLimitExceeded
+from .ratelimit import _check_key
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -63,8 +65,10 @@ def parse_retry_after(
 
     Args:
         value: the header value.
-        now: the current Unix time for dates (default: the system clock's).
+        now: the current Unix time for dates (default: the system clock's); a finite number.
     """
+    if now is not None:
+        number("now", now)
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -173,7 +177,12 @@ def rate_limit_info(response: Any, *, now: float | None = None) -> RateLimitInfo
     """Read status and rate-limit headers of an ``httpx`` / ``aiohttp`` (or similar) response."""
     status = _status(response)
     headers = getattr(response, "headers", None) or {}
-    clock_now = wall_time() if now is None else now
+    if not callable(getattr(headers, "get", None)):
+        raise TypeError(
+            "response.headers must be a mapping of header names to values, got "
+            f"{type(headers).__name__} {headers!r}"
+        )
+    clock_now = wall_time() if now is None else number("now", now)
     retry_after = parse_retry_after(_header(headers, "Retry-After"), now=clock_now)
     limit = _int(_header(headers, "X-RateLimit-Limit"))
     remaining = _int(_header(headers, "X-RateLimit-Remaining"))
@@ -211,9 +220,26 @@ def raise_for_rate_limit(
     :class:`buttress.RateLimiter` limit), the limiter is told too: a refusal blocks ``key`` for
     ``retry_after``; a success whose remaining quota is at or below ``low_watermark`` lowers what
     ``key`` may still send until the reset.
+
+    Raises:
+        ValueError, TypeError: ``limiter`` without ``name`` (the limiter would not be told), a
+            ``limiter`` without ``block`` and ``set_remaining``, a ``low_watermark`` that is not an
+            integer >= 0, or a bad ``name``, ``key`` or ``now``; each naming the argument.
     """
+    if limiter is not None:
+        if name is None:
+            raise ValueError(
+                f"limiter= needs name=, the limit of {limiter!r} to tell about the response"
+            )
+        if not all(callable(getattr(limiter, m, None)) for m in ("block", "set_remaining")):
+            raise TypeError(
+                f"limiter must be a RateLimiter (with block() and set_remaining()), got {limiter!r}"
+            )
+    optional_nonblank("name", name)
+    _check_key(key)
+    integer("low_watermark", low_watermark, minimum=0)
     info = rate_limit_info(response, now=now)
-    tell = limiter is not None and name is not None
+    tell = limiter is not None
     if info.limited:
         wait = info.retry_after if info.retry_after is not None else info.reset_after
         if tell and wait is not None:

@@ -51,10 +51,10 @@ from typing import Any, Final, TypeVar, cast
 
 from .. import events as _events
 from .._callables import guarded_kind
-from .._config import integer, number, optional_seconds
+from .._config import boolean, integer, nonblank, number, optional_seconds
 from .._config import seconds as to_seconds
 from ..backends import open_storage
-from ..clock import Clock, get_clock
+from ..clock import Clock, checked_clock, get_clock
 from ..errors import RateLimitExceeded, UnknownRateLimit
 from ..machines.ratelimit import (
     EPSILON,
@@ -101,7 +101,10 @@ class RateLimitConfig:
             window algorithms ignore it.
         algorithm: a :class:`RateLimitAlgorithm` (default TOKEN_BUCKET).
         window_seconds: FIXED_WINDOW / SLIDING_WINDOW length; the limit per window is
-            ``requests_per_second * window_seconds`` (at least 1).
+            ``requests_per_second * window_seconds`` rounded down to whole requests (2.5 admits
+            2 per window: a window never admits more than the rate allows). A product below 1
+            would admit no request at all and is refused; lengthen the window instead
+            (0.1/s needs ``window_seconds >= 10``).
         max_wait: default longest wait for ``acquire`` (seconds; None: wait as long as needed).
     """
 
@@ -128,13 +131,36 @@ class RateLimitConfig:
             to_seconds("window_seconds", self.window_seconds, allow_zero=False),
         )
         object.__setattr__(self, "max_wait", optional_seconds("max_wait", self.max_wait))
+        _check_window(self, 1.0, "")
 
     def params(self) -> Params:
         """The numbers the algorithm works with."""
         rate = float(self.requests_per_second)
         burst = self.burst_size if self.burst_size is not None else max(1, math.floor(rate))
-        limit = max(1, math.floor(rate * self.window_seconds + EPSILON))
+        limit = math.floor(rate * self.window_seconds + EPSILON)
         return Params(self.algorithm, 1.0 / rate, burst, self.window_seconds, limit)
+
+
+def _check_window(config: RateLimitConfig, share: float, scaled: str) -> None:
+    """Refuse a window limit that admits no whole request per window (with ``share`` of it)."""
+    if config.algorithm not in (RateLimitAlgorithm.FIXED_WINDOW, RateLimitAlgorithm.SLIDING_WINDOW):
+        return
+    rate = float(config.requests_per_second) * share
+    per_window = rate * config.window_seconds
+    if per_window + EPSILON < 1:
+        raise ValueError(
+            f"requests_per_second * window_seconds{scaled} = {per_window:g} admits no whole "
+            f"request per window; use window_seconds >= {1 / rate:g}"
+        )
+
+
+def _check_key(key: object) -> str | None:
+    """``key`` when it is a rate-limit key: a ``str`` (each its own state; ``""`` too) or ``None``
+    (the limit's shared state). Other values are refused rather than turned into strings: ``5``
+    and ``"5"`` would be one key in a shared store and two in memory."""
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be a str or None (the limit's shared state), got {key!r}")
+    return key
 
 
 class _Limit:
@@ -205,6 +231,8 @@ class _Limit:
         self, key: str | None, now: float, cost: int, max_wait: float
     ) -> tuple[bool, float, Held | None]:
         """(admitted, wait or retry_after, what a waiter holds); call with the lock held."""
+        if key is not None and key.__class__ is not str:
+            _check_key(key)  # before any look-up: an unhashable key would fail there, unnamed
         if self.blocked:
             until = self.blocked.get(key)
             if until is not None:
@@ -238,7 +266,11 @@ class _Limit:
         with self.lock:
             if cost is _ONE and not self.blocked:
                 # Admitted at once, a waiting request is decided as a check is: by the step.
-                state = self.states.get(key)
+                try:
+                    state = self.states.get(key)
+                except TypeError:  # an unhashable key (checking every key would cost every call)
+                    _check_key(key)  # never a str, so this raises, naming it
+                    raise
                 if state is not None and not self.step(state, now):
                     return True, 0.0, _NOTHING
             admitted, wait, held = self.decide(key, now, cost, max_wait)
@@ -500,7 +532,7 @@ class RateLimiter:
         retry_interval: float = 1.0,
     ) -> None:
         self._limits: dict[str, _Limit] = {}
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._storage = storage
         self._fail_mode = check_fail_mode(fail_mode)
         self._local_share = number(
@@ -554,10 +586,12 @@ class RateLimiter:
 
     def configure(self, name: str, config: RateLimitConfig) -> None:
         """Set (or replace) the limit called ``name``; replacing forgets its keys' state."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        nonblank("name", name)
         if not isinstance(config, RateLimitConfig):
             raise TypeError(f"config must be a RateLimitConfig, got {config!r}")
+        if self._local_share < 1:
+            # During a store outage this process decides on that share of the limit alone.
+            _check_window(config, self._local_share, f" * local_share ({self._local_share:g})")
         self._limits[name] = _Limit(name, config)
 
     def config(self, name: str) -> RateLimitConfig:
@@ -586,19 +620,27 @@ class RateLimiter:
     # -- deciding --------------------------------------------------------------------------------
 
     def check_limit(self, name: str, key: str | None = None, cost: int = 1) -> None:
-        """Admit one request now, or raise :class:`RateLimitExceeded` with ``retry_after``."""
+        """Admit one request now, or raise :class:`RateLimitExceeded` with ``retry_after``.
+
+        ``key`` is a ``str`` (each key has its own state) or ``None`` (the name's shared state);
+        any other key is a ``TypeError``, as in every method that takes one.
+        """
         limit = self._limits.get(name)
         if limit is None:
             limit = self._limit(name)
         if self._shared_store is not None:
             shared = self._shared()
             if shared is not None:
-                self._stored(shared, limit, key, limit.check_cost(cost), 0.0)
+                self._stored(shared, limit, _check_key(key), limit.check_cost(cost), 0.0)
                 return
         now = (self._clock or get_clock()).now()
         if cost is _ONE:
             with limit.lock:
-                state = limit.states.get(key)
+                try:
+                    state = limit.states.get(key)
+                except TypeError:  # an unhashable key; any other is checked when first seen
+                    _check_key(key)  # never a str, so this raises, naming it
+                    raise
                 if state is not None and not limit.blocked:
                     if limit.token:
                         # GCRA for one unit, in place: the machine's one_step, inlined.
@@ -632,7 +674,7 @@ class RateLimiter:
             shared = self._shared()
             if shared is not None:
                 limit = self._limit(name)
-                await self._astored(shared, limit, key, limit.check_cost(cost), 0.0)
+                await self._astored(shared, limit, _check_key(key), limit.check_cost(cost), 0.0)
                 return
         self.check_limit(name, key, cost)
 
@@ -680,7 +722,7 @@ class RateLimiter:
         limit, cost, longest = self._waiting(name, cost, max_wait)
         shared = self._shared()
         if shared is not None:
-            return self._stored(shared, limit, key, cost, longest)
+            return self._stored(shared, limit, _check_key(key), cost, longest)
         return self._local(limit, key, cost, longest)
 
     async def _areserve(
@@ -689,7 +731,7 @@ class RateLimiter:
         limit, cost, longest = self._waiting(name, cost, max_wait)
         shared = self._shared()
         if shared is not None:
-            return await self._astored(shared, limit, key, cost, longest)
+            return await self._astored(shared, limit, _check_key(key), cost, longest)
         return self._local(limit, key, cost, longest)
 
     def _local(
@@ -722,7 +764,8 @@ class RateLimiter:
 
     # -- server hints and resets -----------------------------------------------------------------
 
-    def _begin(self, name: str) -> tuple[_Limit, Clock, float, _Shared | None]:
+    def _begin(self, name: str, key: object) -> tuple[_Limit, Clock, float, _Shared | None]:
+        _check_key(key)
         limit = self._limit(name)
         clock = self._clock or get_clock()
         return limit, clock, clock.now(), self._shared()
@@ -730,7 +773,7 @@ class RateLimiter:
     def block(self, name: str, key: str | None = None, *, seconds: float) -> None:
         """Refuse ``key`` of ``name`` for the next ``seconds`` (a server said "come back")."""
         duration = to_seconds("seconds", seconds)
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         if shared is not None:
             _ask(shared.guard, now, shared.store.block, name, key, duration, store_time(clock))
         limit.block(key, now + duration)
@@ -738,7 +781,7 @@ class RateLimiter:
     async def ablock(self, name: str, key: str | None = None, *, seconds: float) -> None:
         """Async twin of :meth:`block`."""
         duration = to_seconds("seconds", seconds)
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         if shared is not None:
             await _aask(
                 shared.guard, now, shared.store.ablock, name, key, duration, store_time(clock)
@@ -760,7 +803,7 @@ class RateLimiter:
         if not remaining:
             self.block(name, key, seconds=seconds)
             return
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         gone = limit.params.capacity - remaining
         if shared is not None and gone > 0:
             _ask(
@@ -779,7 +822,7 @@ class RateLimiter:
         if not remaining:
             await self.ablock(name, key, seconds=seconds)
             return
-        limit, clock, now, shared = self._begin(name)
+        limit, clock, now, shared = self._begin(name, key)
         gone = limit.params.capacity - remaining
         if shared is not None and gone > 0:
             await _aask(
@@ -792,14 +835,14 @@ class RateLimiter:
 
     def reset(self, name: str, key: str | None = None) -> None:
         """Forget the state (and any block) of ``key`` of ``name``."""
-        limit, _, now, shared = self._begin(name)
+        limit, _, now, shared = self._begin(name, key)
         if shared is not None:
             _ask(shared.guard, now, shared.store.reset, name, key)  # if not, the stored state stays
         limit.forget(key)
 
     async def areset(self, name: str, key: str | None = None) -> None:
         """Async twin of :meth:`reset`."""
-        limit, _, now, shared = self._begin(name)
+        limit, _, now, shared = self._begin(name, key)
         if shared is not None:
             await _aask(shared.guard, now, shared.store.areset, name, key)
         limit.forget(key)
@@ -859,7 +902,8 @@ class RateLimit:
     Args:
         name: the configured limit to apply.
         limiter: the limiter holding it (default: :func:`get_rate_limiter`, looked up per call).
-        key: a fixed key, or ``(*args, **kwargs) -> key`` computing it from the call.
+        key: a fixed key (a ``str``, or ``None``: the limit's shared state), or
+            ``(*args, **kwargs) -> key`` computing it from the call.
         wait: ``True`` to wait for a slot (``acquire``) instead of refusing (``check_limit``).
         max_wait: with ``wait``, the longest wait (default: the config's ``max_wait``).
     """
@@ -873,12 +917,12 @@ class RateLimit:
         wait: bool = False,
         max_wait: float | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
-        self.name = name
+        self.name = nonblank("name", name)
+        if limiter is not None and not isinstance(limiter, RateLimiter):
+            raise TypeError(f"limiter must be a RateLimiter, got {limiter!r}")
         self.limiter = limiter
-        self.key = key
-        self.wait = wait
+        self.key = key if callable(key) else _check_key(key)
+        self.wait = boolean("wait", wait)
         self.max_wait = optional_seconds("max_wait", max_wait)
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

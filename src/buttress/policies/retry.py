@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random as _random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,9 +52,17 @@ from .._callables import (
     guarded_kind,
     resolved,
 )
-from .._config import callable_name, env_float, env_int, integer, optional_seconds
+from .._config import (
+    callable_name,
+    env_float,
+    env_int,
+    integer,
+    optional_nonblank,
+    optional_seconds,
+    seconds,
+)
 from .._deadline import deadline_on
-from ..clock import Clock, get_clock, is_real
+from ..clock import Clock, checked_clock, get_clock, is_real
 from ..machines.backoff import (
     Backoff,
     ExponentialBackoff,
@@ -140,6 +149,38 @@ def _retry_after(exc: BaseException | None) -> float | None:
     return None
 
 
+def _delay(field: str, given: object, variable: str, default: float) -> tuple[float, str, bool]:
+    """A backoff delay in seconds, where it came from (for an error that must say which), and
+    whether anybody chose it (an argument or the environment) rather than the default."""
+    if given is not None:
+        return seconds(field, given), f"{field}={given!r}", True
+    raw = os.environ.get(variable, "").strip()
+    value = env_float(variable, default)
+    if raw:
+        return value, f"environment variable {variable}={raw!r}", True
+    return value, f"the default {field} {value!r} ({variable} unset)", False
+
+
+def _delays(base_delay: object, max_delay: object) -> tuple[float, float]:
+    """The schedule's ``(base_delay, max_delay)`` from the arguments, else the environment.
+
+    ``max_delay`` below ``base_delay`` is refused, naming where each came from, with one
+    exception: when no cap was given at all (neither ``max_delay=`` nor ``RETRY_MAX_DELAY``), an
+    explicit ``base_delay=`` above the default cap of 60 s is the cap too (``Retry(base_delay=120)``
+    waits 120 s before every retry), as a cap nobody chose should not refuse a base somebody did.
+    """
+    base, base_from, _ = _delay("base_delay", base_delay, "RETRY_BASE_DELAY", 1.0)
+    cap, cap_from, cap_chosen = _delay("max_delay", max_delay, "RETRY_MAX_DELAY", 60.0)
+    if cap >= base:
+        return base, cap
+    if base_delay is not None and not cap_chosen:
+        return base, base
+    raise ValueError(
+        f"max_delay must be >= base_delay (the longest wait cannot be shorter than the first), "
+        f"but {cap_from} is below {base_from}"
+    )
+
+
 class Retry:
     """A retry policy; use as a decorator, or with :meth:`call` / :meth:`acall`.
 
@@ -148,7 +189,9 @@ class Retry:
         max_retries: attempts after the first; give this or ``max_attempts``, not both.
         strategy: a :class:`RetryStrategy` or a :class:`Backoff` object (default exponential).
         base_delay: first wait in seconds (default ``RETRY_BASE_DELAY`` or 1.0).
-        max_delay: cap on the backoff wait (default ``RETRY_MAX_DELAY`` or 60.0).
+        max_delay: cap on the backoff wait (default ``RETRY_MAX_DELAY`` or 60.0); below
+            ``base_delay`` it is refused, wherever either came from. With no cap given at all,
+            an explicit ``base_delay`` above 60 is the cap too.
         jitter: ``True``/``"full"`` (default), ``"equal"``, or ``False``/``"none"``.
         retry_on: exception type(s) or predicate that are retried (default ``Exception``).
         fail_fast_on: exception type(s) never retried (checked first).
@@ -227,10 +270,7 @@ class Retry:
                     "strategy must be a RetryStrategy (EXPONENTIAL, LINEAR, CONSTANT, FIBONACCI) "
                     f"or a Backoff object, got {strategy!r}"
                 )
-            base = env_float("RETRY_BASE_DELAY", 1.0) if base_delay is None else base_delay
-            cap = env_float("RETRY_MAX_DELAY", 60.0) if max_delay is None else max_delay
-            if max_delay is None and isinstance(base, int | float) and cap < base:
-                cap = base  # an explicit base above the default cap raises the cap with it
+            base, cap = _delays(base_delay, max_delay)
             self._backoff = kind.backoff(base_delay=base, max_delay=cap)
 
         self._jitter = _jitter(jitter)
@@ -245,8 +285,8 @@ class Retry:
         if on_retry is not None and not callable(on_retry):
             raise TypeError(f"on_retry must be callable, got {on_retry!r}")
         self._on_retry = on_retry
-        self.name = name
-        self._clock = clock
+        self.name = optional_nonblank("name", name)
+        self._clock = checked_clock(clock)
         self._random = random or _random.random
 
     @property

@@ -69,9 +69,9 @@ from .._callables import (
     is_awaitable,
     resolved,
 )
-from .._config import callable_name, integer, seconds
+from .._config import callable_name, integer, optional_nonblank, seconds
 from .._deadline import DEADLINE, Deadline, within
-from ..clock import Clock, get_clock
+from ..clock import Clock, checked_clock, get_clock
 from ..errors import OperationTimeout
 
 __all__ = ["DEFAULT_TIMEOUTS", "OperationType", "Timeout", "abandoned_calls", "deadline", "timeout"]
@@ -272,8 +272,8 @@ class Timeout:
             self.seconds = seconds("timeout_seconds", timeout_seconds, allow_zero=False)
         else:
             raise ValueError("timeout needs timeout_seconds= or operation_type=")
-        self.name = name
-        self._clock = clock
+        self.name = optional_nonblank("name", name)
+        self._clock = checked_clock(clock)
         self.max_abandoned = integer("max_abandoned", max_abandoned, minimum=0)
 
     def __repr__(self) -> str:
@@ -451,7 +451,7 @@ class deadline:
 
     def __init__(self, seconds_: float, *, clock: Clock | None = None) -> None:
         self._seconds = seconds("seconds", seconds_)
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._tokens: list[contextvars.Token[Deadline | None]] = []
 
     def __enter__(self) -> float:

@@ -88,7 +88,7 @@ from .. import events as _events
 from .._callables import RepeatedWarnings
 from .._config import callable_name
 from .._deadline import deadline_on
-from ..clock import Clock, get_clock, is_real
+from ..clock import Clock, checked_clock, get_clock, is_real
 from ..degradation import DegradationManager, ServiceCategory
 from ..errors import AllTargetsCooling, CircuitOpenError, RequestQueued, StreamInterrupted
 from ..health.types import ResourceType
@@ -330,7 +330,7 @@ class ProtocolHost:
         self.team = team
         self.degradation = degradation
         self.queue = queue
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._lock = threading.Lock()
         self._protocols: dict[ResourceType, FallbackProtocol] = {}
         self._pools: dict[ResourceType, TargetPool] = {}

@@ -60,7 +60,7 @@ from typing import Any
 
 from ..backends import open_storage
 from ..backends.base import StorageError, StorageUnavailable, TargetStore
-from ..clock import Clock, get_clock
+from ..clock import Clock, checked_clock, get_clock
 from ..errors import AllTargetsCooling, CircuitOpenError, RateLimitExceeded
 from ..events import TargetStateChanged, emit, wanted
 from ..machines.targets import AUTH, NORMAL, PROBE, TargetMachine, TargetSettings
@@ -315,7 +315,7 @@ class TargetPool:
         self._first = slots[0]
         self._primary: str = pairs[0][0]  # registration order, whatever ``prefer`` sorts by
         self._slots = {slot.name: slot for slot in slots}
-        self._clock = clock
+        self._clock = checked_clock(clock)
         self._lock = threading.Lock()
         self._store: Any = None
         self._shared = False  # a shared pool's machines run on wall time, even after close()
