@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,24 @@ def test_every_bad_variable_is_named_at_once() -> None:
 def test_an_impossible_value_names_its_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: raw})
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "build"),
+    [
+        ("RETRY_MAX_ATTEMPTS", "zero", lambda: buttress.Retry()),
+        ("CIRCUIT_FAILURE_THRESHOLD", "-2", lambda: buttress.CircuitBreaker()),
+        ("BUTTRESS_ENV", "qa", lambda: buttress.Retry()),
+        ("RESILIENCE_CHECK_INTERVAL", "0", lambda: buttress.ResilienceManager("t")),
+        ("BUTTRESS_DEGRADATION_MIN_DWELL", "-3", lambda: buttress.DegradationManager()),
+    ],
+)
+def test_a_policy_built_from_a_bad_variable_raises_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str, build: Any
+) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ConfigError, match=f"bad configuration: environment variable {name} "):
+        build()
 
 
 def test_max_delay_below_base_delay_is_refused() -> None:

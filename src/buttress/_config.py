@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
 T = TypeVar("T")
 
 Seconds = float | int | timedelta
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names each variable or key at fault."""
+
+    def __init__(self, problems: Sequence[str] | str, *, source: str | None = None) -> None:
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        if len(self.problems) == 1:
+            message = f"bad configuration{where}: {self.problems[0]}"
+        else:
+            message = f"bad configuration{where}:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
 
 
 def seconds(
@@ -106,7 +120,7 @@ def env_check_interval(name: str, raw: str) -> float:
     try:
         return check_interval(f"environment variable {name}", value)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"environment variable {name} must be a number of seconds >= {MIN_CHECK_INTERVAL:g}, "
             f"got {raw!r}"
         ) from None
@@ -159,7 +173,7 @@ def environment(environ: Mapping[str, str] | None = None) -> str:
         return "production"
     resolved = ENV_ALIASES.get(raw.lower())
     if resolved is None:
-        raise ValueError(
+        raise ConfigError(
             f"environment variable BUTTRESS_ENV must be one of {', '.join(ENVIRONMENTS)}, "
             f"got {raw!r}"
         )
@@ -181,9 +195,9 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
     if math.isnan(value) or math.isinf(value) or value < minimum:
-        raise ValueError(
+        raise ConfigError(
             f"environment variable {name} must be a finite number >= {minimum}, got {raw!r}"
         )
     return value
@@ -197,9 +211,9 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
     if value < minimum:
-        raise ValueError(f"environment variable {name} must be >= {minimum}, got {raw!r}")
+        raise ConfigError(f"environment variable {name} must be >= {minimum}, got {raw!r}")
     return value
 
 

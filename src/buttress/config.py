@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _config
+from ._config import ConfigError
 from .health.manager import resource_type, threshold_levels
 from .health.types import ResourceType, redact
 from .policies.fallback import FallbackStrategy
@@ -63,20 +64,6 @@ __all__ = [
     "load_config",
     "load_settings",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names each variable or key at fault."""
-
-    def __init__(self, problems: Sequence[str], *, source: str | None = None) -> None:
-        self.problems = tuple(problems)
-        self.source = source
-        where = f" in {source}" if source else ""
-        if len(self.problems) == 1:
-            message = f"bad configuration{where}: {self.problems[0]}"
-        else:
-            message = f"bad configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems)
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +131,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         profile = _config.environment(env)
     except ValueError as exc:
-        problems.append(str(exc))
+        problems += _problems(exc)
         profile = "production"
     values: dict[str, Any] = {"environment": profile}
     for var in VARIABLES[1:]:
@@ -157,7 +144,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[key] = _parse(var, raw)
         except ValueError as exc:
-            problems.append(str(exc))
+            problems += _problems(exc)
     if values.get("retry_max_delay", 1.0) < values.get("retry_base_delay", 0.0):
         problems.append(
             f"RETRY_MAX_DELAY ({values['retry_max_delay']}) is below RETRY_BASE_DELAY "
@@ -166,6 +153,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if problems:
         raise ConfigError(problems, source="the environment")
     return Settings(**values)
+
+
+def _problems(exc: ValueError) -> list[str]:
+    """What ``exc`` says is wrong, without a :class:`ConfigError`'s own heading."""
+    return list(exc.problems) if isinstance(exc, ConfigError) else [str(exc)]
 
 
 def _parse(var: Variable, raw: str) -> object:
