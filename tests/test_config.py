@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,27 @@ def test_a_policy_built_from_a_bad_variable_raises_a_config_error_naming_it(
     monkeypatch.setenv(name, raw)
     with pytest.raises(ConfigError, match=f"bad configuration: environment variable {name} "):
         build()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ftp://x", "BUTTRESS_STORAGE_URL='ftp://x': unknown storage"),
+        ("redis://:pw@127.0.0.1:notaport/0", "BUTTRESS_STORAGE_URL: malformed Redis URL"),
+        ("memory://here", "BUTTRESS_STORAGE_URL='memory://here': a memory store takes no"),
+    ],
+)
+def test_a_malformed_storage_url_in_the_environment_is_named_before_first_use(
+    monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)) as caught:
+        load_settings({"BUTTRESS_STORAGE_URL": url})
+    assert ":pw@" not in str(caught.value)
+    monkeypatch.setenv("BUTTRESS_STORAGE_URL", url)  # and at first use, as the limiter reads it
+    limiter = buttress.RateLimiter()
+    limiter.configure("api", buttress.RateLimitConfig(requests_per_second=1.0))
+    with pytest.raises(ValueError, match=re.escape(says)):
+        limiter.check_limit("api")
 
 
 def test_max_delay_below_base_delay_is_refused() -> None:

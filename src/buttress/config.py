@@ -145,6 +145,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[key] = _parse(var, raw)
         except ValueError as exc:
             problems += _problems(exc)
+    if values.get("storage_url"):  # its form: a store is opened at first use, not here
+        problem = _storage_problem(values["storage_url"], "BUTTRESS_STORAGE_URL")
+        if problem:
+            problems.append(problem)
     if values.get("retry_max_delay", 1.0) < values.get("retry_base_delay", 0.0):
         problems.append(
             f"RETRY_MAX_DELAY ({values['retry_max_delay']}) is below RETRY_BASE_DELAY "
@@ -608,9 +612,10 @@ def check_config(source: Mapping[str, Any] | str | os.PathLike[str] | TeamConfig
     return config
 
 
-def _storage_problem(url: str) -> str | None:
+def _storage_problem(url: str, named: str = "storage") -> str | None:
     """What is wrong with the form of storage URL ``url`` (``None``: nothing), found without
-    opening the store: what :func:`buttress.backends.open_storage` refuses before it opens one."""
+    opening the store: what :func:`buttress.backends.open_storage` refuses before it opens one.
+    ``named``: what gave the URL (the key, or the environment variable)."""
     from .backends import _REDIS_SCHEMES, _sqlite_path, open_storage
     from .backends.redis_wire import parse_url
 
@@ -618,18 +623,20 @@ def _storage_problem(url: str) -> str | None:
     try:
         if scheme == "sqlite":
             if url.partition("://")[2].strip("/"):  # without a path: the default state file
-                path = _sqlite_path(url, f"storage={url!r}")
+                path = _sqlite_path(url, f"{named}={url!r}")
                 if path.is_dir():
-                    return f"storage={url!r}: {path} is a directory, not a state file"
+                    return f"{named}={url!r}: {path} is a directory, not a state file"
                 if not path.parent.is_dir():
-                    return f"storage={url!r}: the directory {path.parent} does not exist"
+                    return f"{named}={url!r}: the directory {path.parent} does not exist"
         elif scheme in _REDIS_SCHEMES:
             parse_url(url)
         else:
             open_storage(url)  # memory:// or an unknown scheme: opens nothing
     except (TypeError, ValueError) as exc:
         message = str(exc)
-        return redact(message if message.startswith("storage") else f"storage: {message}")
+        if message.startswith("storage="):  # open_storage's own naming
+            message = message.replace("storage=", f"{named}=", 1)
+        return redact(message if message.startswith(named) else f"{named}: {message}")
     return None
 
 

@@ -150,6 +150,11 @@ def open_storage(spec: object = None) -> Any:
     if scheme in _REDIS_SCHEMES:
         from .redis import RedisStore
 
+        if named == STORAGE_URL_ENV:  # say where the URL came from
+            try:
+                return RedisStore(spec)
+            except ValueError as exc:
+                raise ValueError(f"{STORAGE_URL_ENV}: {exc}") from None
         return RedisStore(spec)
     from .redis_wire import redact
 
