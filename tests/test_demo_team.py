@@ -181,6 +181,7 @@ def test_config_check_without_a_file_checks_the_environment(
     assert main(["config", "check"]) == 0
     out = capsys.readouterr().out
     assert _row(out, "CIRCUIT_FAILURE_THRESHOLD") == ["CIRCUIT_FAILURE_THRESHOLD", "5", "default"]
+    assert _row(out, "MCP_CONFIG") == ["MCP_CONFIG", "./mcp.json", "default"]
     assert "team file" not in out
 
 

@@ -76,8 +76,8 @@ class Variable:
     meaning: str
 
 
-#: The variables that configure the policies and the manager (production defaults shown; the
-#: MCP monitor reads MCP_CONFIG, the path of its server list, itself).
+#: The variables that configure the policies, the manager and its MCP monitors (production
+#: defaults shown).
 VARIABLES: tuple[Variable, ...] = (
     Variable("BUTTRESS_ENV", "environment", "production", "profile: development or production"),
     Variable(
@@ -101,6 +101,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "BUTTRESS_DEGRADATION_MIN_DWELL", "seconds", 30.0, "least time a degradation tier holds"
     ),
+    Variable("MCP_CONFIG", "text", "./mcp.json", "the MCP server list of MCP monitors"),
 )
 
 
@@ -118,6 +119,7 @@ class Settings:
     retry_base_delay: float
     retry_max_delay: float
     degradation_min_dwell: float
+    mcp_config: str
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
