@@ -674,6 +674,16 @@ def test_configuration_errors() -> None:
     assert RequestQueue(storage="memory://", retry_delay=3600).max_retry_delay == 3600
     with pytest.raises(ValueError, match="name must be a non-empty string, got ' '"):
         RequestQueue(" ", storage="memory://")
+    q = RequestQueue(storage="memory://")
+    for call in (q.process, q.items, q.dead_letters, q.replay):
+        with pytest.raises(ValueError, match="limit must be an integer >= 1, got 'x'"):
+            call("x")
+    with pytest.raises(ValueError, match="limit must be an integer >= 1, got 0"):
+        asyncio.run(q.aprocess(0))
+    with pytest.raises(TypeError, match="ids must be a list of item ids or None, got '12'"):
+        q.requeue_dead("12")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ids must be integers"):
+        q.purge_dead([1, "2"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="a queue is stored in"):
         RequestQueue(storage="ftp://x")
     with pytest.raises(TypeError, match="lacks put"):

@@ -59,7 +59,7 @@ import threading
 import traceback
 import uuid
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -369,6 +369,19 @@ def _count(name: str, value: object, *, allow_none: bool = False) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def _ids(ids: object) -> list[int] | None:
+    """Item ids as given to a dead-letter step: ``None`` (all) or a list of integers."""
+    if ids is None:
+        return None
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise TypeError(f"ids must be a list of item ids or None, got {ids!r}")
+    listed = list(ids)
+    for item_id in listed:
+        if isinstance(item_id, bool) or not isinstance(item_id, int):
+            raise TypeError(f"ids must be integers (item ids), got {item_id!r}")
+    return listed
 
 
 class _Heartbeat:
@@ -763,6 +776,7 @@ class RequestQueue:
 
         Returns when a claim finds nothing (items in flight elsewhere or backing off stay).
         """
+        _count("limit", limit, allow_none=True)
         delivered = 0
         with self._acks_flushed():
             while limit is None or delivered < limit:
@@ -788,6 +802,7 @@ class RequestQueue:
 
     async def aprocess(self, limit: int | None = None) -> int:
         """Async twin of :meth:`process`; async handlers run on the caller's loop."""
+        _count("limit", limit, allow_none=True)
         delivered = 0
         try:
             while limit is None or delivered < limit:
@@ -832,6 +847,7 @@ class RequestQueue:
 
     def replay(self, limit: int | None = None) -> int:
         """Handle what is queued now (backoff delays ended), at ``replay_rate`` per second."""
+        _count("limit", limit, allow_none=True)
         with self._replaying:
             self._store.replay(self.name, self._wall())
             if self.replay_rate is None:
@@ -936,16 +952,16 @@ class RequestQueue:
         return stats.depth, stats.dead
 
     def items(self, limit: int = 100) -> list[Item]:
-        return self._store.items(self.name, limit)
+        return self._store.items(self.name, int(_count("limit", limit) or 0))
 
     def dead_letters(self, limit: int = 100) -> list[Item]:
-        return self._store.items(self.name, limit, dead=True)
+        return self._store.items(self.name, int(_count("limit", limit) or 0), dead=True)
 
     def requeue_dead(self, ids: list[int] | None = None) -> int:
-        return self._store.requeue_dead(self.name, ids, self._wall())
+        return self._store.requeue_dead(self.name, _ids(ids), self._wall())
 
     def purge_dead(self, ids: list[int] | None = None) -> int:
-        return self._store.purge_dead(self.name, ids)
+        return self._store.purge_dead(self.name, _ids(ids))
 
     def is_done(self, key: str) -> bool:
         return self._store.is_done(self.name, key, self._wall())
