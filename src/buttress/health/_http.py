@@ -8,17 +8,36 @@ check's timeout expires; streams on the event loop can. So this speaks just enou
 transfer coding, or the end of the connection, with a bound on the size of each. Redirects are
 not followed (a health endpoint that redirects says so with its status) and no proxy is used (a
 check tests the direct path to the resource).
+
+For the JSON APIs, :func:`json_object` and :func:`member` turn an answer that is not the
+documented shape into :class:`Malformed` errors naming what is wrong (not JSON, cut short, a
+field of another type), and :func:`describe_body` gives an error answer's gist for a message
+(the ``message`` of JSON, the title of a proxy's HTML page).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import json
+import re
 import ssl as _ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MAX_BODY", "Response", "check_header", "request"]
+__all__ = [
+    "MAX_BODY",
+    "Malformed",
+    "Response",
+    "check_header",
+    "describe_body",
+    "json_object",
+    "json_type",
+    "member",
+    "request",
+]
 
 #: The largest response body read, in bytes.
 MAX_BODY = 4 * 2**20
@@ -111,7 +130,11 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, 
         if not line:
             raise ProtocolError("the connection closed before a response")
         parts = line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if (
+            len(parts) < 2
+            or not parts[0].startswith("HTTP/1.")
+            or not (parts[1].isascii() and parts[1].isdigit())
+        ):
             raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
         status, reason = int(parts[1]), parts[2] if len(parts) == 3 else ""
         headers: dict[str, str] = {}
@@ -145,10 +168,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], l
         size = 0
         while True:
             line = await _read_line(reader)
-            try:
-                length = int(line.split(";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ProtocolError(f"malformed chunk size: {line[:80]!r}") from None
+            length = _chunk_size(line)
             if length == 0:
                 while await _read_line(reader):  # trailers
                     pass
@@ -159,12 +179,10 @@ async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], l
             chunks.append(await reader.readexactly(length))
             await reader.readexactly(2)
     if "content-length" in headers:
-        try:
-            length = int(headers["content-length"])
-        except ValueError:
-            raise ProtocolError(
-                f"malformed Content-Length: {headers['content-length']!r}"
-            ) from None
+        raw = headers["content-length"].strip()
+        if not (raw.isascii() and raw.isdigit()):
+            raise ProtocolError(f"malformed Content-Length: {raw[:80]!r}")
+        length = int(raw)
         if length > limit:
             raise ProtocolError(f"response body of {length} bytes is over {limit}")
         return await reader.readexactly(length)
@@ -176,3 +194,129 @@ async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], l
     if len(body) > limit:
         raise ProtocolError(f"response body over {limit} bytes")
     return body
+
+
+def _chunk_size(line: str) -> int:
+    digits = line.split(";", 1)[0].strip()
+    # int(..., 16) would also take a sign, "0x" and underscores, none of which HTTP allows
+    if not digits or len(digits) > 16 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        if not line:
+            raise ProtocolError("the connection closed in the middle of the response")
+        raise ProtocolError(f"malformed chunk size: {line[:80]!r}")
+    return int(digits, 16)
+
+
+# -- reading JSON answers -----------------------------------------------------------------------
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+class Malformed(ValueError):
+    """A JSON answer that is not the documented shape (the message names what is wrong)."""
+
+
+def json_type(value: object) -> str:
+    """What ``value`` is, in JSON's words (for messages)."""
+    if value is None:
+        return "null"
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def json_object(response: Response) -> dict[str, Any]:
+    """The response body as a JSON object.
+
+    Raises:
+        Malformed: the body is empty, not JSON (an HTML error page from a proxy, say), JSON cut
+            short, or JSON that is not an object; the message says which.
+    """
+    body = response.body
+    kind = response.headers.get("content-type", "").split(";", 1)[0].strip()
+    if not body.strip():
+        raise Malformed("is empty")
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise Malformed("is JSON nested too deeply") from None
+    except ValueError as exc:
+        size = f"{len(body)} bytes" + (f" of {kind}" if kind else "")
+        if isinstance(exc, json.JSONDecodeError) and _cut_short(exc):
+            raise Malformed(f"is cut short ({size}; JSON ends early: {exc.msg})") from None
+        raise Malformed(f"is not JSON ({size}): {describe_body(response)}") from None
+    if not isinstance(value, dict):
+        raise Malformed(f"is {json_type(value)} where a JSON object was expected")
+    return value
+
+
+def _cut_short(exc: json.JSONDecodeError) -> bool:
+    # what a JSON document ended early looks like: the parser ran out of text, or a string in
+    # it never closed
+    started = exc.doc.lstrip()[:1] in ("{", "[")
+    return started and (
+        exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
+    )
+
+
+def member(
+    obj: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    path: str,
+    *,
+    required: bool = False,
+) -> Any:
+    """``obj[key]`` when it has type ``kind``; ``None`` when absent or null (unless ``required``).
+
+    Raises:
+        Malformed: the member is missing though ``required``, or has another type; the message
+            names it by ``path`` (``State.Health``).
+    """
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise Malformed(f"has no {path}")
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(dict.fromkeys(_JSON_TYPES.get(k, k.__name__) for k in kinds))
+        raise Malformed(f"has {path} as {json_type(value)}, where {expected} was expected")
+    return value
+
+
+def describe_body(response: Response, limit: int = 200) -> str:
+    """A short one-line account of a body for an error message (not redacted).
+
+    The ``message`` of a JSON error answer; the title of an HTML page (what a proxy or load
+    balancer sends: ``502 Bad Gateway``); otherwise the start of the text, whitespace collapsed.
+    """
+    body = response.body
+    text = ""
+    if body[:1] in (b"{", b"["):
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            value = None
+        message = value.get("message") if isinstance(value, dict) else None
+        if isinstance(message, str):
+            text = message
+    if not text:
+        head = body[:65536]
+        title = _TITLE.search(head)
+        if title is not None:
+            text = "HTML page: " + html.unescape(_TAG.sub(" ", title[1].decode("utf-8", "replace")))
+        elif head.lstrip()[:1] == b"<":
+            text = "HTML page: " + html.unescape(_TAG.sub(" ", head.decode("utf-8", "replace")))
+        else:
+            text = head[: limit * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text or response.reason or "(no body)"
