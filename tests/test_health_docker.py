@@ -7,14 +7,17 @@ import asyncio
 import copy
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from buttress.health.docker import ContainerNotRunning, DockerError, docker_check
-from buttress.health.types import ResourceStatus
+from buttress.health.manager import ResourceManager
+from buttress.health.types import ResourceStatus, ResourceType
 from local_servers import Server, serve
 
 # the shape of GET /containers/{id}/json (Engine API, ContainerInspectResponse), trimmed
@@ -243,3 +246,179 @@ def test_bad_socket_is_refused() -> None:
 def test_a_name_with_the_apis_leading_slash_is_accepted(daemon) -> None:
     _fake, server = daemon
     assert run(docker_check("/web", socket=server.unix_socket)).status is None
+
+
+# -- answers that are not the documented JSON ---------------------------------------------------
+
+
+def _with_state(**changes: Any) -> dict[str, Any]:
+    info = copy.deepcopy(RUNNING)
+    for key, value in changes.items():
+        if key in info["State"]:
+            info["State"][key] = value
+        else:
+            info[key] = value
+    return info
+
+
+BAD_GATEWAY = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.27.3</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (
+            (
+                200,
+                "<html><head><title>Sign in</title></head></html>",
+                {"Content-Type": "text/html"},
+            ),
+            r"is not JSON \(\d+ bytes of text/html\): HTML page: Sign in$",
+        ),
+        ((200, ""), "is empty$"),
+        ((200, [RUNNING]), "is a list where a JSON object was expected$"),
+        ((200, _with_state(Health="healthy")), "has State.Health as a string, where an object"),
+        ((200, _with_state(Health=[])), "has State.Health as a list, where an object"),
+        ((200, _with_state(Status=None)), "has no State.Status$"),
+        ((200, _with_state(Status={"running": True})), "has State.Status as an object, where a"),
+        ((200, _with_state(RestartCount="2")), "has RestartCount as a string, where a number"),
+        ((200, {"message": "ok"}), "has no State$"),
+    ],
+)
+def test_an_answer_that_is_not_the_documented_json_names_what_is_wrong(
+    socket_dir: str, answer: tuple[Any, ...], message: str
+) -> None:
+    path = os.path.join(socket_dir, "docker.sock")
+    routes = {"/containers/web/json": lambda r: answer}
+    with serve(routes, unix_socket=path), pytest.raises(DockerError, match=message) as caught:
+        run(docker_check("web", socket=path))
+    assert str(caught.value).startswith("Docker's answer for container 'web' ")
+    assert not isinstance(caught.value, ContainerNotRunning)
+
+
+def test_an_error_page_from_a_proxy_is_named_by_its_title(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "docker.sock")
+    routes = {"/_ping": lambda r: (502, BAD_GATEWAY, {"Content-Type": "text/html"})}
+    with serve(routes, unix_socket=path), pytest.raises(DockerError) as caught:
+        run(docker_check(socket=path))
+    assert str(caught.value) == "Docker /_ping answered 502: HTML page: 502 Bad Gateway"
+
+
+def test_a_ping_answered_200_by_something_else_is_not_healthy(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "docker.sock")
+    routes = {"/_ping": lambda r: (200, "<html><body>Welcome</body></html>")}
+    with serve(routes, unix_socket=path), pytest.raises(DockerError) as caught:
+        run(docker_check(socket=path))
+    assert str(caught.value) == "Docker /_ping answered 200 without 'OK': HTML page: Welcome"
+
+
+class RawDaemon:
+    """A unix socket answering every connection with the same bytes, then closing."""
+
+    def __init__(self, path: str, payload: bytes) -> None:
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen()
+        self.payload = payload
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(self.payload)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "message"),
+    [
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n{"State": {"Status": "run',
+            ConnectionError,
+            "the connection closed in the middle of the response",
+        ),
+        (
+            b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"State": {"Status": "run',
+            DockerError,
+            r"is cut short \(\d+ bytes; JSON ends early",
+        ),
+        (
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n{"State"',
+            ConnectionError,
+            "the connection closed in the middle of the response",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n{}",
+            ConnectionError,
+            "malformed Content-Length: '-1'",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n{}\r\n0\r\n\r\n",
+            ConnectionError,
+            "malformed chunk size: '-2'",
+        ),
+        (
+            "HTTP/1.1 \u00b200 OK\r\n\r\n".encode("latin-1"),
+            ConnectionError,
+            "not an HTTP/1.x status line",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n{",
+            ConnectionError,
+            "response body of 99999999999 bytes is over 4194304",
+        ),
+    ],
+)
+def test_a_cut_short_or_garbled_answer_is_a_clear_error(
+    socket_dir: str, payload: bytes, error: type[Exception], message: str
+) -> None:
+    path = os.path.join(socket_dir, "raw.sock")
+    daemon = RawDaemon(path, payload)
+    try:
+        with pytest.raises(error, match=message):
+            run(docker_check("web", socket=path))
+    finally:
+        daemon.close()
+
+
+def test_a_garbled_answer_makes_the_container_unavailable_and_checking_goes_on(
+    socket_dir: str, clock
+) -> None:
+    path = os.path.join(socket_dir, "docker.sock")
+    answers = [(200, _with_state(Health="healthy")), (200, copy.deepcopy(RUNNING))]
+    routes = {"/containers/web/json": lambda r: answers[0]}
+
+    async def scenario() -> list[tuple[ResourceStatus | None, str | None]]:
+        manager = ResourceManager("team", check_interval=10, clock=clock)
+        manager.register(
+            ResourceType.DOCKER, "web", docker_check("web", socket=path), success_threshold=1
+        )
+        seen = []
+        await manager.check_now()
+        seen.append((manager.status("docker", "web"), manager.state("docker", "web").last_error))
+        answers.pop(0)
+        await manager.check_now()
+        seen.append((manager.status("docker", "web"), manager.state("docker", "web").last_error))
+        return seen
+
+    with serve(routes, unix_socket=path):
+        (first, second) = asyncio.run(scenario())
+    assert first == (
+        ResourceStatus.UNAVAILABLE,
+        "DockerError: Docker's answer for container 'web' has State.Health as a string, "
+        "where an object was expected",
+    )
+    assert second == (ResourceStatus.HEALTHY, None)

@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 Without a container, ``docker_check()`` asks the daemon ``GET /_ping`` and expects ``OK``: the
-daemon is up and answering. With one (a name or ID), it asks ``GET /containers/{id}/json`` and
-reads ``State`` (``Status``, ``Health.Status``, ``ExitCode``, ``OOMKilled``) and
-``RestartCount``. The status follows what Docker itself says:
+daemon is up and answering (a 200 with another body is something else on the socket, an
+error). With one (a name or ID), it asks ``GET /containers/{id}/json`` and reads ``State``
+(``Status``, ``Health.Status``, ``ExitCode``, ``OOMKilled``) and ``RestartCount``. The
+status follows what Docker itself says:
 
 =====================================================  ========================================
 container                                              check
@@ -16,6 +17,8 @@ running, health ``unhealthy``                          ``CRITICAL`` (with the la
 ``paused`` or ``restarting``                           ``CRITICAL``: it exists but cannot serve
 ``created``, ``exited``, ``dead``, ``removing``        raises :class:`ContainerNotRunning`
 no such container, daemon error                        raises :class:`DockerError`
+an answer that is not the documented JSON              raises :class:`DockerError` naming what
+                                                       is wrong (not JSON, cut short, a field)
 =====================================================  ========================================
 
 A container that is not running raises rather than returning a status: like a stopped database
@@ -31,7 +34,6 @@ own API version, and the fields read here exist in every version since 1.24.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
@@ -121,6 +123,9 @@ class DockerCheck:
         response = await self._get("/_ping")
         if response.status != 200:
             raise DockerError(f"Docker /_ping answered {response.status}: {_message(response)}")
+        if response.body.strip() != b"OK":
+            # a 200 from something else on the socket (a proxy's page) is not the daemon
+            raise DockerError(f"Docker /_ping answered 200 without 'OK': {_message(response)}")
         detail: dict[str, object] = {}
         if "api-version" in response.headers:
             detail["api_version"] = response.headers["api-version"]
@@ -136,26 +141,26 @@ class DockerCheck:
                 f"{_message(response)}"
             )
         try:
-            info = json.loads(response.body)
-            state: dict[str, Any] = info["State"]
-            status = str(state["Status"])
-        except (ValueError, KeyError, TypeError):
+            info = _http.json_object(response)
+            state: dict[str, Any] = _http.member(info, "State", dict, "State", required=True)
+            status: str = _http.member(state, "Status", str, "State.Status", required=True)
+            health: dict[str, Any] = _http.member(state, "Health", dict, "State.Health") or {}
+            health_status = _http.member(health, "Status", str, "State.Health.Status")
+            restarts = _http.member(info, "RestartCount", int, "RestartCount")
+        except _http.Malformed as exc:
             raise DockerError(
-                f"Docker's answer for container {container!r} has no State.Status"
+                f"Docker's answer for container {container!r} {redact(str(exc))}"
             ) from None
-        restarts = info.get("RestartCount")
-        health: dict[str, Any] = state.get("Health") or {}
-        health_status = health.get("Status")
         detail: dict[str, object] = {
             "status": status,
             "health": health_status,
             "restart_count": restarts,
-            "exit_code": state.get("ExitCode"),
-            "oom_killed": state.get("OOMKilled"),
-            "started_at": state.get("StartedAt"),
+            "exit_code": _scalar(state.get("ExitCode"), int),
+            "oom_killed": _scalar(state.get("OOMKilled"), bool),
+            "started_at": _scalar(state.get("StartedAt"), str),
         }
         if health:
-            detail["failing_streak"] = health.get("FailingStreak")
+            detail["failing_streak"] = _scalar(health.get("FailingStreak"), int)
         if status not in ("running", "paused", "restarting"):
             raise ContainerNotRunning(_not_running(container, status, state))
 
@@ -171,7 +176,7 @@ class DockerCheck:
         elif health_status == "starting":
             level = ResourceStatus.DEGRADED
             notes.append("health check starting")
-        previous, self._restarts = self._restarts, restarts if isinstance(restarts, int) else None
+        previous, self._restarts = self._restarts, restarts
         if previous is not None and self._restarts is not None and self._restarts > previous:
             level = _worse(level, ResourceStatus.DEGRADED)
             notes.append(f"restarted {self._restarts - previous} time(s) since the previous check")
@@ -182,16 +187,23 @@ def _worse(a: ResourceStatus | None, b: ResourceStatus) -> ResourceStatus:
     return b if a is None or b.rank > a.rank else a
 
 
+def _scalar(value: object, kind: type) -> Any:
+    """A figure shown in the detail: kept when it has its documented type, else ``None``."""
+    if isinstance(value, bool) and kind is not bool:
+        return None
+    return value if isinstance(value, kind) else None
+
+
 def _not_running(container: str, status: str, state: dict[str, Any]) -> str:
-    message = f"container {container!r} is {status}"
+    message = f"container {container!r} is {redact(status)[:_OUTPUT_CHARS]}"
     if status in ("exited", "dead"):
-        message += f" (exit code {state.get('ExitCode')}"
-        if state.get("OOMKilled"):
+        message += f" (exit code {_scalar(state.get('ExitCode'), int)}"
+        if state.get("OOMKilled") is True:
             message += ", killed for lack of memory"
         message += ")"
-    error = state.get("Error")
+    error = _scalar(state.get("Error"), str)
     if error:
-        message += f": {redact(str(error))[:_OUTPUT_CHARS]}"
+        message += f": {redact(' '.join(error.split()))[:_OUTPUT_CHARS]}"
     return message
 
 
@@ -204,13 +216,4 @@ def _last_probe_output(health: dict[str, Any]) -> str:
 
 
 def _message(response: _http.Response) -> str:
-    try:
-        message = json.loads(response.body).get("message")
-    except (ValueError, AttributeError):
-        message = None
-    text = (
-        message
-        if isinstance(message, str)
-        else response.body[:_OUTPUT_CHARS].decode("utf-8", "replace")
-    )
-    return redact(text.strip()) or response.reason
+    return redact(_http.describe_body(response, _OUTPUT_CHARS))
