@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from buttress.health.kubernetes import KubernetesError, PodNotRunning, pod_check
-from buttress.health.types import ResourceStatus
+from buttress.health.manager import ResourceManager
+from buttress.health.types import ResourceStatus, ResourceType
+from buttress.testing import FakeClock
 from local_servers import Certificates, Request, Server, make_certificates, serve
 
 TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.c2VjcmV0LXRva2VuLWJvZHk.c2lnbmF0dXJl"
@@ -84,6 +86,7 @@ class Cluster:
     pod: dict[str, Any]
     account: Path  # the service account directory (token, ca.crt, namespace)
     forbidden: bool = False
+    answer: tuple[Any, ...] | None = None  # sent instead of the pod, when set
 
     def check(self, **kwargs: Any):
         return pod_check(
@@ -117,6 +120,8 @@ def cluster(tmp_path: Path, certificates: Certificates) -> Iterator[Cluster]:
             return 401, {"kind": "Status", "message": "Unauthorized", "code": 401}
         if state["cluster"].forbidden:
             return 403, FORBIDDEN
+        if state["cluster"].answer is not None:
+            return state["cluster"].answer
         return 200, state["cluster"].pod
 
     with serve({POD_PATH: get_pod}, tls=certificates.server_context()) as server:
@@ -252,6 +257,111 @@ def test_the_token_never_shows(cluster: Cluster) -> None:
         run(check)
     seen.append(str(refused.value))
     assert all(TOKEN not in text for text in seen)
+
+
+# -- answers that are not the documented JSON ---------------------------------------------------
+
+
+def _pod_with(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    pod = copy.deepcopy(POD)
+    change(pod)
+    return pod
+
+
+def _container(pod: dict[str, Any]) -> dict[str, Any]:
+    return pod["status"]["containerStatuses"][0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (
+            (
+                503,
+                "<!DOCTYPE html><html><head><title>503 Service Unavailable</title></head>"
+                "<body><h1>upstream connect error</h1></body></html>",
+                {"Content-Type": "text/html"},
+            ),
+            "the API server answered 503 for pod shop/web-7d4b9c6f5-x2x9z: "
+            "HTML page: 503 Service Unavailable",
+        ),
+        (
+            (
+                200,
+                "<html><head><title>Sign in</title></head></html>",
+                {"Content-Type": "text/html"},
+            ),
+            "is not JSON (48 bytes of text/html): HTML page: Sign in",
+        ),
+        ((200, '{"kind": "Pod", "status": {"phase": "Runn'), "is cut short (41 bytes;"),
+        ((200, [POD]), "is a list where a JSON object was expected"),
+        (
+            (200, _pod_with(lambda p: p["status"].update(phase=None))),
+            "has no status.phase",
+        ),
+        (
+            (200, _pod_with(lambda p: p["status"].update(phase=["Running"]))),
+            "has status.phase as a list, where a string was expected",
+        ),
+        (
+            (200, _pod_with(lambda p: p["status"].update(conditions={"Ready": "True"}))),
+            "has status.conditions as an object, where a list was expected",
+        ),
+        (
+            (200, _pod_with(lambda p: p["status"].update(containerStatuses=["web"]))),
+            "has status.containerStatuses[0] as a string, where an object was expected",
+        ),
+        (
+            (200, _pod_with(lambda p: _container(p).update(state="running"))),
+            "has status.containerStatuses[0].state as a string, where an object was expected",
+        ),
+        (
+            (200, _pod_with(lambda p: _container(p).update(lastState={"terminated": "OOM"}))),
+            "has status.containerStatuses[0].lastState.terminated as a string",
+        ),
+        (
+            (200, _pod_with(lambda p: _container(p).update(restartCount="3"))),
+            "has status.containerStatuses[0].restartCount as a string, where a number",
+        ),
+        (
+            (200, _pod_with(lambda p: p.update(metadata="web"))),
+            "has metadata as a string, where an object was expected",
+        ),
+    ],
+)
+def test_an_answer_that_is_not_the_documented_json_names_what_is_wrong(
+    cluster: Cluster, answer: tuple[Any, ...], message: str
+) -> None:
+    cluster.answer = answer
+    with pytest.raises(KubernetesError) as caught:
+        run(cluster.check())
+    assert message in str(caught.value)
+    assert not isinstance(caught.value, PodNotRunning)
+
+
+def test_a_garbled_answer_makes_the_pod_unavailable_and_checking_goes_on(
+    cluster: Cluster, clock: FakeClock
+) -> None:
+    cluster.answer = (200, _pod_with(lambda p: p["status"].update(containerStatuses=5)))
+
+    async def scenario() -> list[tuple[ResourceStatus | None, str | None]]:
+        manager = ResourceManager("team", check_interval=10, clock=clock)
+        manager.register(ResourceType.K8S_POD, "web", cluster.check(), success_threshold=1)
+        seen = []
+        for _ in range(2):
+            await manager.check_now()
+            state = manager.state("k8s_pod", "web")
+            seen.append((state.status, state.last_error))
+            cluster.answer = None
+        return seen
+
+    first, second = asyncio.run(scenario())
+    assert first == (
+        ResourceStatus.UNAVAILABLE,
+        "KubernetesError: the API server's answer for pod shop/web-7d4b9c6f5-x2x9z has "
+        "status.containerStatuses as a number, where a list was expected",
+    )
+    assert second == (ResourceStatus.HEALTHY, None)
 
 
 # -- the in-cluster environment ----------------------------------------------------------------

@@ -18,6 +18,8 @@ pull error or a bad container configuration
 ``Failed``, ``Succeeded`` (no longer serving), ``Unknown``  raises :class:`PodNotRunning`
 (its node is unreachable)
 token refused (401), not allowed (403), no such pod         raises :class:`KubernetesError`
+an answer that is not the documented JSON (an HTML page     raises :class:`KubernetesError`
+from a proxy, a body cut short, a field of another type)    naming what is wrong
 ==========================================================  ===================================
 
 A rising sum of the containers' ``restartCount`` since the previous check means a container
@@ -34,7 +36,6 @@ is a ``ValueError`` naming the variable or file, also at registration.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -155,14 +156,14 @@ class PodCheck:
         if response.status != 200:
             raise KubernetesError(self._refusal(response))
         try:
-            pod = json.loads(response.body)
-            status: dict[str, Any] = pod["status"]
-            phase = str(status["phase"])
-        except (ValueError, KeyError, TypeError):
+            pod = _http.json_object(response)
+            status: dict[str, Any] = _http.member(pod, "status", dict, "status", required=True)
+            phase: str = _http.member(status, "phase", str, "status.phase", required=True)
+            return self._reading(pod, status, phase)
+        except _http.Malformed as exc:
             raise KubernetesError(
-                f"the API server's answer for pod {self.namespace}/{self.pod} has no status.phase"
+                f"the API server's answer for pod {self.namespace}/{self.pod} {redact(str(exc))}"
             ) from None
-        return self._reading(pod, status, phase)
 
     def _refusal(self, response: _http.Response) -> str:
         message = _api_message(response)
@@ -180,45 +181,54 @@ class PodCheck:
 
     def _reading(self, pod: dict[str, Any], status: dict[str, Any], phase: str) -> Reading:
         if phase in ("Failed", "Succeeded", "Unknown"):
-            reason = status.get("reason") or status.get("message")
-            because = f": {redact(str(reason))[:_MESSAGE_CHARS]}" if reason else ""
+            reason = _text(status.get("reason")) or _text(status.get("message"))
+            because = f": {redact(reason)[:_MESSAGE_CHARS]}" if reason else ""
             raise PodNotRunning(f"pod {self.namespace}/{self.pod} is {phase}{because}")
-        conditions = {
-            c.get("type"): c for c in status.get("conditions") or () if isinstance(c, dict)
-        }
+        conditions: dict[str, dict[str, Any]] = {}
+        for index, condition in enumerate(_objects(status, "conditions", "status.conditions")):
+            kind = _http.member(condition, "type", str, f"status.conditions[{index}].type")
+            if kind is not None:
+                conditions[kind] = condition
         ready_condition = conditions.get("Ready") or {}
         ready = ready_condition.get("status") == "True"
         containers: dict[str, dict[str, object]] = {}
         restarts = 0
         broken: list[str] = []
         last_termination: list[str] = []
-        for container in status.get("containerStatuses") or ():
-            if not isinstance(container, dict):
-                continue
-            name = str(container.get("name"))
-            count = container.get("restartCount")
-            restarts += count if isinstance(count, int) else 0
-            state = container.get("state") or {}
-            state_name = next(iter(state), None) if isinstance(state, dict) else None
-            waiting = (state.get("waiting") or {}) if isinstance(state, dict) else {}
+        statuses = _objects(status, "containerStatuses", "status.containerStatuses")
+        for index, container in enumerate(statuses):
+            where = f"status.containerStatuses[{index}]"
+            name = _http.member(container, "name", str, f"{where}.name") or f"#{index}"
+            count = _http.member(container, "restartCount", int, f"{where}.restartCount")
+            restarts += count or 0
+            state = _http.member(container, "state", dict, f"{where}.state") or {}
+            state_name = next(iter(state), None)
+            waiting = _http.member(state, "waiting", dict, f"{where}.state.waiting") or {}
+            reason = _text(waiting.get("reason"))
             containers[name] = {
-                "ready": container.get("ready"),
+                "ready": container.get("ready") is True,
                 "restarts": count,
                 "state": state_name,
             }
-            if waiting.get("reason") in _BROKEN_WAITING:
-                broken.append(f"{name}: {waiting['reason']}")
-            terminated = (container.get("lastState") or {}).get("terminated") or {}
+            if reason in _BROKEN_WAITING:
+                broken.append(f"{name}: {reason}")
+            last = _http.member(container, "lastState", dict, f"{where}.lastState") or {}
+            terminated = (
+                _http.member(last, "terminated", dict, f"{where}.lastState.terminated") or {}
+            )
             if terminated:
+                code = terminated.get("exitCode")
                 last_termination.append(
-                    f"{name} {terminated.get('reason') or 'terminated'} "
-                    f"(exit code {terminated.get('exitCode')})"
+                    f"{name} {_text(terminated.get('reason')) or 'terminated'} "
+                    f"(exit code {code if isinstance(code, int) else None})"
                 )
+        spec = _http.member(pod, "spec", dict, "spec") or {}
+        metadata = _http.member(pod, "metadata", dict, "metadata") or {}
         detail: dict[str, object] = {
             "phase": phase,
             "ready": ready,
             "restarts": restarts,
-            "node": (pod.get("spec") or {}).get("nodeName"),
+            "node": _text(spec.get("nodeName")),
             "containers": containers,
         }
         level: ResourceStatus | None = None
@@ -231,9 +241,9 @@ class PodCheck:
             notes.append(f"pod {phase}")
         elif not ready:
             level = ResourceStatus.DEGRADED
-            why = ready_condition.get("reason") or ready_condition.get("message")
-            notes.append("not ready" + (f": {redact(str(why))[:_MESSAGE_CHARS]}" if why else ""))
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            why = _text(ready_condition.get("reason")) or _text(ready_condition.get("message"))
+            notes.append("not ready" + (f": {redact(why)[:_MESSAGE_CHARS]}" if why else ""))
+        if metadata.get("deletionTimestamp"):
             level = _worse(level, ResourceStatus.DEGRADED)
             notes.append("terminating")
         previous, self._restarts = self._restarts, restarts
@@ -244,6 +254,22 @@ class PodCheck:
                 note += " (last: " + ", ".join(last_termination) + ")"
             notes.append(note)
         return Reading(status=level, detail=detail, message="; ".join(notes) or None)
+
+
+def _objects(obj: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
+    """The list ``obj[key]`` of JSON objects (empty when absent), each checked."""
+    items: list[Any] = _http.member(obj, key, list, path) or []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _http.Malformed(
+                f"has {path}[{index}] as {_http.json_type(item)}, where an object was expected"
+            )
+    return items
+
+
+def _text(value: object) -> str | None:
+    """A text the API documents as a string, single-lined; ``None`` when it is anything else."""
+    return " ".join(value.split()) if isinstance(value, str) else None
 
 
 def _worse(a: ResourceStatus | None, b: ResourceStatus) -> ResourceStatus:
@@ -347,10 +373,4 @@ def _ca_context(path: str) -> ssl.SSLContext:
 
 
 def _api_message(response: _http.Response) -> str:
-    try:
-        message = json.loads(response.body).get("message")
-    except (ValueError, AttributeError):
-        message = None
-    if not isinstance(message, str):
-        message = response.body[:_MESSAGE_CHARS].decode("utf-8", "replace")
-    return redact(message.strip())[:_MESSAGE_CHARS] or response.reason
+    return redact(_http.describe_body(response, _MESSAGE_CHARS))
