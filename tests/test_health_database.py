@@ -453,6 +453,34 @@ def test_bad_targets_are_refused_at_construction(target: str, message: str) -> N
     no_password(caught.value)
 
 
+@pytest.mark.parametrize("char", ["@", "/", "?", "#"])
+def test_a_password_with_an_unencoded_url_character_is_refused_whole(char: str) -> None:
+    # libpq would cut such a password in two and take the rest for the host, port or database
+    half = len(PASSWORD) // 2
+    dsn = f"postgresql://app:{PASSWORD[:half]}{char}{PASSWORD[half:]}@db:5432/app"
+    with pytest.raises(ValueError, match="its password holds an unencoded") as caught:
+        database_check(dsn)
+    assert str(caught.value) == (
+        f"cannot parse the database DSN 'postgresql://app:***@db:5432/app': its password holds "
+        f"an unencoded {char!r}; percent-encode it (@ is %40, / is %2F, ? is %3F, # is %23)"
+    )
+    assert PASSWORD[:half] not in str(caught.value)
+    assert PASSWORD[half:] not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "target"),
+    [
+        ("postgresql://app:p%40ss@db/app", "postgresql://app:***@db/app"),
+        ("postgresql://db:5432/app?user=app@server", "postgresql://db:5432/app?user=app@server"),
+        ("postgresql://[::1]/app?user=app@server", "postgresql://[::1]/app?user=app@server"),
+        ("postgresql://app:pw@db1:5432,db2:5433/app", "postgresql://app:***@db1:5432,db2:5433/app"),
+    ],
+)
+def test_an_at_sign_elsewhere_than_the_password_is_accepted(dsn: str, target: str) -> None:
+    assert database_check(dsn).target == target
+
+
 def test_unknown_target_type_names_it() -> None:
     with pytest.raises(TypeError, match=r"got builtins\.int"):
         database_check(42)

@@ -46,7 +46,9 @@ Nothing is imported until a target needs it: a SQLAlchemy engine can only exist 
 was imported, so targets are recognised through ``sys.modules``. A DSN needs psycopg or asyncpg
 (``pip install 'buttress[postgres]'``). A DSN that cannot be parsed is a ``ValueError`` when the
 check is built, naming the DSN with its password hidden; the password never appears in
-``target``, messages or readings.
+``target``, messages or readings. So is a URL whose password holds an unencoded ``@``, ``/``,
+``?`` or ``#``: libpq would cut it there and take the rest for the host, port or database (and
+quote it in its errors).
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ class DatabaseCheck:
             if base == "sqlite":
                 return self._bind_sqlite(_sqlite_path(text, shown))
             if base in _POSTGRES_SCHEMES:
+                shown = _shown_url(text)
+                _check_userinfo(text, shown)
                 return self._bind_dsn("postgresql://" + text.split("://", 1)[1], shown)
             raise ValueError(
                 f"database URL scheme {scheme!r} is not supported (postgresql:// or sqlite:///): "
@@ -495,6 +499,59 @@ def _parse_dsn(dsn: str, shown: str) -> dict[str, str]:
             f"got {timeout!r}"
         )
     return params
+
+
+def _shown_url(url: str) -> str:
+    """``url`` with its password hidden, whole even when it holds an unencoded ``@``, ``/``,
+    ``?`` or ``#`` (which stop :func:`redact`, and every URL parser, early)."""
+    scheme, _, rest = url.partition("://")
+    authority, tail = _authority(rest)
+    if "@" in authority:
+        userinfo, _, hosts = authority.rpartition("@")
+        hosts += tail
+    elif _cut_password(authority, rest):
+        userinfo, _, hosts = rest.rpartition("@")
+    else:
+        return redact(url)
+    if ":" not in userinfo:
+        return redact(url)
+    return redact(f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hosts}")
+
+
+def _authority(rest: str) -> tuple[str, str]:
+    """What follows ``scheme://``, split where a URL parser ends the authority."""
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    return rest[:end], rest[end:]
+
+
+def _cut_password(authority: str, rest: str) -> bool:
+    """Whether the authority looks cut off inside a password (``user:pa/ss@host``): no ``@`` in
+    it, one later, and what would be the port is not a number."""
+    if "@" in authority or "@" not in rest or ":" not in authority or authority.endswith("]"):
+        return False
+    port = authority.rpartition(":")[2]
+    return not all(part.isdigit() for part in port.split(","))
+
+
+def _check_userinfo(url: str, shown: str) -> None:
+    """Refuse a URL whose password holds a character that must be percent-encoded.
+
+    libpq ends the password at the first ``@`` and the host part at the first ``/``, so such a
+    password would be cut in two: part of it taken for the host, the port or the database, and
+    quoted in the driver's errors.
+    """
+    rest = url.split("://", 1)[1]
+    authority, tail = _authority(rest)
+    if authority.count("@") > 1:
+        found = "'@'"
+    elif _cut_password(authority, rest):
+        found = repr(tail[0])
+    else:
+        return
+    raise ValueError(
+        f"cannot parse the database DSN {shown!r}: its password holds an unencoded {found}; "
+        "percent-encode it (@ is %40, / is %2F, ? is %3F, # is %23)"
+    )
 
 
 def _sqlite_path(url: str, shown: str) -> str:
