@@ -45,10 +45,11 @@ def test_quota_figures_report_what_they_saw() -> None:
     assert dict(reading.detail) == {"used": 855, "limit": 1000, "remaining": 145}
 
 
-def test_no_figure_is_healthy_without_usage() -> None:
+def test_no_figure_is_degraded_and_says_so() -> None:
     reading = quota_reading(None)
     assert reading.usage is None
-    assert reading.message
+    assert reading.status is ResourceStatus.DEGRADED
+    assert reading.message == "the quota function returned None: no figure of the quota"
 
 
 @pytest.mark.parametrize(
@@ -62,8 +63,15 @@ def test_no_figure_is_healthy_without_usage() -> None:
         ({"limit": 4}, TypeError, "remaining/limit"),
         (Figures(used=1), TypeError, "used/limit"),
         ("85%", TypeError, "percentage"),
-        (float("nan"), ValueError, "finite"),
-        (-3.0, ValueError, ">= 0"),
+        (float("nan"), ValueError, "the quota function returned nan; a usage percentage"),
+        (-3.0, ValueError, "the quota function returned -3.0; .* >= 0"),
+        pytest.param(
+            10**400, ValueError, "a usage percentage must be a finite number", id="huge-int"
+        ),
+        pytest.param(
+            (10**400, 10), ValueError, "quota used must be a finite number >= 0", id="huge-used"
+        ),
+        ({"remaining": 10, "limit": 4}, ValueError, "quota remaining 10 is over its limit 4"),
     ],
 )
 def test_bad_quota_figures_say_what_is_wrong(

@@ -8,7 +8,9 @@ Two ways to know how much of an API quota is spent:
   returns the figure: a usage percentage (``85.5``), a ``(used, limit)`` pair, or a small object
   or mapping with ``used`` and ``limit`` or ``remaining`` and ``limit`` (a
   :class:`buttress.http.RateLimitInfo` qualifies). A ``def`` runs in a worker thread, since it
-  usually calls the provider's API with a blocking client.
+  usually calls the provider's API with a blocking client. ``None`` (no figure) reads DEGRADED;
+  a figure that makes no sense (negative, NaN, a string, ``remaining`` over ``limit``) fails the
+  check with a message naming it.
 * **Listening.** A :class:`QuotaTracker` is handed every response the application receives from
   the API (``tracker.observe(response)``; httpx, aiohttp or anything with a status and headers)
   and keeps the latest quota figures per dimension, read from the dialects in use:
@@ -234,10 +236,19 @@ def quota_reading(value: object) -> Reading:
     if isinstance(value, Reading):
         return value
     if value is None:
-        return Reading(message="the quota function returned no figure")
+        # the check ran but cannot tell how much is spent: not an outage, not a clean bill
+        return Reading(
+            status=ResourceStatus.DEGRADED,
+            message="the quota function returned None: no figure of the quota",
+        )
     if isinstance(value, bool):
         raise TypeError("a quota function must return a percentage or figures, got a bool")
     if isinstance(value, int | float):
+        if not _finite_non_negative(value):
+            raise ValueError(
+                f"the quota function returned {value!r}; a usage percentage must be a finite "
+                "number >= 0"
+            )
         return Reading(usage=float(value))
     used: object = None
     remaining: object = None
@@ -257,8 +268,7 @@ def quota_reading(value: object) -> Reading:
         if figure is not None and (
             isinstance(figure, bool)
             or not isinstance(figure, int | float)
-            or not math.isfinite(figure)
-            or figure < 0
+            or not _finite_non_negative(figure)
         ):
             raise ValueError(f"quota {field} must be a finite number >= 0, got {figure!r}")
     if limit is None or (used is None and remaining is None):
@@ -269,6 +279,8 @@ def quota_reading(value: object) -> Reading:
     assert isinstance(limit, int | float)
     if limit <= 0:
         raise ValueError(f"quota limit must be > 0, got {limit!r}")
+    if isinstance(remaining, int | float) and remaining > limit:
+        raise ValueError(f"quota remaining {remaining!r} is over its limit {limit!r}")
     if used is None:
         assert isinstance(remaining, int | float)
         used = max(0.0, limit - remaining)
@@ -277,6 +289,14 @@ def quota_reading(value: object) -> Reading:
     if "remaining" not in detail:
         detail["remaining"] = max(0.0, limit - used)
     return Reading(usage=100.0 * used / limit, detail=detail)
+
+
+def _finite_non_negative(value: float) -> bool:
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return False
+    return math.isfinite(number) and number >= 0
 
 
 class _QuotaFunction:
