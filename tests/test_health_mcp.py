@@ -390,6 +390,11 @@ def test_a_server_missing_from_the_file_is_an_error_listing_the_others(
         ('{"mcpServers": {"s": {"command": "x", "url": "http://h/"}}}', r'both "command" and'),
         ('{"mcpServers": {"s": {"type": "sse", "url": "http://h/"}}}', r"uses the SSE transport"),
         ('{"mcpServers": {"s": {"type": "ws", "url": "http://h/"}}}', r"unknown \"type\" 'ws'"),
+        (
+            '{"mcpServers": {"s": {"type": ["http"], "url": "http://h/"}}}',
+            r'has a "type" that is list, not a string; expected "stdio" or "http"',
+        ),
+        ('{"mcpServers": ' * 100_000, r"is JSON nested too deeply"),
         ('{"mcpServers": {"s": {"type": "http", "command": "x"}}}', r'gives "command", not "url"'),
         ('{"mcpServers": {"s": {"command": "x", "args": "a b"}}}', r'"args" of .* list of str'),
         ('{"mcpServers": {"s": {"command": "x", "args": [1]}}}', r"\[0\] must be a string, got"),

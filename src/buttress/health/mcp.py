@@ -583,6 +583,8 @@ def _from_config(name: str, config: str | os.PathLike[str] | None) -> _Server:
             f"MCP configuration {where} is not valid JSON: {exc.msg} at line {exc.lineno} "
             f"column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise ValueError(f"MCP configuration {where} is JSON nested too deeply") from None
     servers = document.get("mcpServers") if isinstance(document, dict) else None
     if not isinstance(servers, dict):
         raise ValueError(
@@ -601,6 +603,11 @@ def _from_config(name: str, config: str | os.PathLike[str] | None) -> _Server:
     if not isinstance(entry, dict):
         raise ValueError(f"{what} must be an object, got {type(entry).__name__}")
     kind = entry.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise TypeError(
+            f'{what} has a "type" that is {type(kind).__name__}, not a string; expected '
+            '"stdio" or "http"'
+        )
     if kind is not None:
         if kind == "sse":
             raise ValueError(
