@@ -78,9 +78,9 @@ def test_v1_quota_of_minus_one_is_unlimited() -> None:
     assert cpus_from_quota(-1, 100000) is None
 
 
-@pytest.mark.parametrize("text", ["", "1 2 3", "abc 100000", "100000 0", "-5 100000"])
+@pytest.mark.parametrize("text", ["", "1 2 3", "abc 100000", "100000 0", "-5 100000", "0 100000"])
 def test_malformed_cpu_max_is_refused_with_the_text(text: str) -> None:
-    with pytest.raises(ValueError, match=r"expected|period"):
+    with pytest.raises(ValueError, match=r"expected|period|quota must be > 0"):
         parse_cpu_max(text)
 
 

@@ -238,6 +238,24 @@ def test_container_without_quota_counts_the_cpus_it_may_use(
     assert reading.detail["cpus"] == 4.0
 
 
+@pytest.mark.parametrize(
+    ("fixture", "file", "content", "message"),
+    [
+        ("v2-pod", LEAF.lstrip("/") + "/cpu.max", "0 100000\n", "cpu.max: quota must be > 0"),
+        ("v1-docker", "cpu,cpuacct/cpu.cfs_quota_us", "0\n", "cpu.cfs_quota_us: quota must be"),
+    ],
+)
+def test_a_zero_cpu_quota_is_an_error_naming_the_file(
+    tree, clock: FakeClock, four_cpus, fixture: str, file: str, content: str, message: str
+) -> None:
+    _, roots = tree(fixture)
+    check = cpu_check(scope="container", **roots)
+    (roots["cgroup_root"] / file).write_text(content)
+    clock.advance(1.0)
+    with pytest.raises(ValueError, match=message):
+        read(check)
+
+
 def test_usage_is_capped_at_100(tree, clock: FakeClock, four_cpus) -> None:
     _, roots = tree("v1-docker")
     check = cpu_check(scope="container", **roots)

@@ -219,6 +219,8 @@ def parse_cpu_max(text: str) -> tuple[int | None, int]:
     period = _non_negative_int(parts[1])
     if period == 0:
         raise ValueError(f"period must be > 0, got {text.strip()!r}")
+    if quota == 0:  # the kernel refuses a quota under 1 ms; none would leave no CPU at all
+        raise ValueError(f"quota must be > 0, got {text.strip()!r}")
     return quota, period
 
 
@@ -606,9 +608,12 @@ def _v2_cpus(files: _Files, path: str) -> float | None:
 
 
 def _v1_cpus(files: _Files, directory: str) -> float | None:
-    quota = files.parsed(os.path.join(directory, "cpu.cfs_quota_us"), _int_text)
+    path = os.path.join(directory, "cpu.cfs_quota_us")
+    quota = files.parsed(path, _int_text)
     if quota is None or quota < 0:
         return None
+    if quota == 0:  # the kernel refuses it (-1 is "no limit"); none would leave no CPU at all
+        raise ValueError(f"cannot parse {path}: quota must be > 0 or -1, got 0")
     period = files.parsed(os.path.join(directory, "cpu.cfs_period_us"), _non_negative_int_text)
     if not period:
         return None
