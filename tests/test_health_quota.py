@@ -45,10 +45,10 @@ def test_quota_figures_report_what_they_saw() -> None:
     assert dict(reading.detail) == {"used": 855, "limit": 1000, "remaining": 145}
 
 
-def test_no_figure_is_degraded_and_says_so() -> None:
+def test_no_figure_has_no_usage_to_judge_and_says_so() -> None:
     reading = quota_reading(None)
     assert reading.usage is None
-    assert reading.status is ResourceStatus.DEGRADED
+    assert reading.status is None  # not degraded: a team does not lose tiers for no figure
     assert reading.message == "the quota function returned None: no figure of the quota"
 
 

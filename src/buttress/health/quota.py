@@ -8,9 +8,9 @@ Two ways to know how much of an API quota is spent:
   returns the figure: a usage percentage (``85.5``), a ``(used, limit)`` pair, or a small object
   or mapping with ``used`` and ``limit`` or ``remaining`` and ``limit`` (a
   :class:`buttress.http.RateLimitInfo` qualifies). A ``def`` runs in a worker thread, since it
-  usually calls the provider's API with a blocking client. ``None`` (no figure) reads DEGRADED;
-  a figure that makes no sense (negative, NaN, a string, ``remaining`` over ``limit``) fails the
-  check with a message naming it.
+  usually calls the provider's API with a blocking client. ``None`` (no figure) has no usage to
+  judge and says so in its message; a figure that makes no sense (negative, NaN, a string,
+  ``remaining`` over ``limit``) fails the check with a message naming it.
 * **Listening.** A :class:`QuotaTracker` is handed every response the application receives from
   the API (``tracker.observe(response)``; httpx, aiohttp or anything with a status and headers)
   and keeps the latest quota figures per dimension, read from the dialects in use:
@@ -236,11 +236,9 @@ def quota_reading(value: object) -> Reading:
     if isinstance(value, Reading):
         return value
     if value is None:
-        # the check ran but cannot tell how much is spent: not an outage, not a clean bill
-        return Reading(
-            status=ResourceStatus.DEGRADED,
-            message="the quota function returned None: no figure of the quota",
-        )
+        # the function cannot tell how much is spent (no answer carried the figures yet, say):
+        # no usage to judge, so no degradation; the message says why there is no figure
+        return Reading(message="the quota function returned None: no figure of the quota")
     if isinstance(value, bool):
         raise TypeError("a quota function must return a percentage or figures, got a bool")
     if isinstance(value, int | float):
