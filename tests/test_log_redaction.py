@@ -47,3 +47,23 @@ def test_retry_breaker_and_fallback_log_lines_hide_secrets(
     assert "postgresql://app:***@127.0.0.1" in text  # the DSN is still there to read ...
     for secret in SECRETS:
         assert secret not in text  # ... but not its password, token or credentials
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://app:pw@db/x", "postgresql://app:***@db/x"),
+        ("postgresql://app:p@ss@db/x", "postgresql://app:***@db/x"),  # "@" unencoded
+        ("postgresql://app:pa/ss@db:5432/x", "postgresql://app:***@db:5432/x"),  # "/" too
+        ("postgresql://app:pw@db/x?user=a@b", "postgresql://app:***@db/x?user=a@b"),
+        (
+            'at "redis://:s3@h:6379/0" and redis://u:x@h',
+            'at "redis://:***@h:6379/0" and redis://u:***@h',
+        ),
+        ("https://api.example.com/users/@me", "https://api.example.com/users/@me"),
+    ],
+)
+def test_a_password_in_a_url_is_hidden_whole(text: str, shown: str) -> None:
+    from buttress._redact import redact
+
+    assert redact(text) == shown

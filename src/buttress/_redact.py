@@ -12,7 +12,13 @@ import re
 
 __all__ = ["redact"]
 
-_SECRET_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+# The password runs to the last "@" before the query, the fragment or the end of the URL: one
+# written without percent-encoding may hold "@" or "/" (libpq and most clients then misread the
+# host, but the text must not show it). An "@" in the path is taken as the password's end too,
+# hiding the host with it: more than needed, never less.
+_SECRET_IN_URL = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^\s'\"?#]*@"
+)
 _SECRET_PARAM = re.compile(
     r"(?i)\b(?P<key>password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
     r"(?P<sep>\s*[=:]\s*)(?P<value>\"[^\"]*\"|'[^']*'|(?:(?:bearer|basic|token)\s+)?[^\s&;,]+)"
