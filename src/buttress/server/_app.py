@@ -43,6 +43,11 @@ COOKIE = "buttress_token"
 _JSON = b"application/json"
 _HEALTH_JSON = b"application/health+json"
 _NO_STORE = (b"cache-control", b"no-store")
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    _NO_STORE,
+    (b"x-accel-buffering", b"no"),
+]
 
 
 async def _answer(
@@ -381,7 +386,20 @@ async def _stream(hub: Hub, heartbeat: float, scope: Scope, receive: Receive, se
     comment every ``heartbeat`` seconds; ends on disconnect or :func:`close_streams`."""
     loop = asyncio.get_running_loop()
     hub.bind(loop)
+    if scope["method"] == "HEAD":  # the headers only: a stream would never end
+        await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+        await send({"type": "http.response.body", "body": b""})
+        return
     client = hub.subscribe()
+    if client is None:
+        await _answer(
+            send,
+            503,
+            b'{"error":"too many event streams open: poll /state, or retry later"}',
+            _JSON,
+            [(b"retry-after", b"5")],
+        )
+        return
     gone = asyncio.Event()
 
     async def watch() -> None:
@@ -398,11 +416,7 @@ async def _stream(hub: Hub, heartbeat: float, scope: Scope, receive: Receive, se
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-store"),
-                    (b"x-accel-buffering", b"no"),
-                ],
+                "headers": _STREAM_HEADERS,
             }
         )
         first = await hub.state.get(hub.version)
@@ -416,15 +430,13 @@ async def _stream(hub: Hub, heartbeat: float, scope: Scope, receive: Receive, se
         last_sent = time.monotonic()
         while not gone.is_set() and not hub.closing:
             wait = heartbeat - (time.monotonic() - last_sent)
-            if wait > 0 and not client.buffer:
+            if wait > 0 and not client.buffer and client.state is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(client.wake.wait(), wait)
             client.wake.clear()
             if gone.is_set() or hub.closing:
                 break
-            frames = []
-            while client.buffer:
-                frames.append(client.buffer.popleft())
+            frames = client.take()
             if not frames:
                 if time.monotonic() - last_sent < heartbeat:
                     continue
