@@ -79,6 +79,52 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
+def _accept(scope: Scope) -> bytes:
+    """The ``Accept`` header; several are one list, as HTTP says."""
+    found = b""
+    for key, value in scope.get("headers", ()):
+        if key == b"accept":
+            found = found + b", " + bytes(value) if found else bytes(value)
+    return found
+
+
+def _media_ranges(accept: str) -> list[tuple[str, str, float]]:
+    """``(type, the range with its type lower-cased, q)`` for each media range of an ``Accept``
+    value; a ``q`` that is no number from 0 to 1 counts as 0 (not acceptable)."""
+    ranges = []
+    for item in accept.split(","):
+        kind, _, params = item.partition(";")
+        kind = kind.strip().lower()
+        if not kind:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # nan too
+                    q = 0.0
+        ranges.append((kind, f"{kind};{params}" if params else kind, q))
+    return ranges
+
+
+def _wants_ietf(accept: bytes) -> bool:
+    """Whether ``application/health+json`` is acceptable and preferred at least as much as
+    ``application/json`` (named, or by ``application/*`` or ``*/*``)."""
+    ietf, json, wildcard = 0.0, None, 0.0
+    for kind, _, q in _media_ranges(accept.decode("latin-1")):
+        if kind == "application/health+json":
+            ietf = max(ietf, q)
+        elif kind == "application/json":
+            json = q if json is None else max(json, q)
+        elif kind in ("application/*", "*/*"):
+            wildcard = max(wildcard, q)
+    return ietf > 0.0 and ietf >= (wildcard if json is None else json)
+
+
 def _route_path(scope: Scope) -> str:
     path: str = scope.get("path", "")
     root: str = scope.get("root_path", "")
@@ -181,7 +227,13 @@ class _Metrics:
         if entry is None:
             from prometheus_client.exposition import choose_encoder
 
-            encoder, content_type = choose_encoder(accept.decode("latin-1"))
+            # Ranges refused with q=0 are left out; a range the client library cannot read
+            # (version=abc) gets the default text format, as no Accept at all would.
+            wanted = ",".join(r for _, r, q in _media_ranges(accept.decode("latin-1")) if q > 0)
+            try:
+                encoder, content_type = choose_encoder(wanted)
+            except (TypeError, ValueError):
+                encoder, content_type = choose_encoder("")
 
             def render() -> bytes:
                 text: bytes = encoder(self._registry())
@@ -193,7 +245,7 @@ class _Metrics:
         return entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cached, content_type = self._for(_header(scope, b"accept"))
+        cached, content_type = self._for(_accept(scope))
         body = cached.fresh(0)
         if body is None:
             body = await cached.get(0)
@@ -288,6 +340,16 @@ def build_app(
             enable_prometheus(registry, namespace)
             prometheus = _Metrics(registry, namespace, metrics_max_age, hidden)
 
+    negotiated: dict[bytes, bool] = {}
+
+    def _wants(accept: bytes) -> bool:
+        wants = negotiated.get(accept)
+        if wants is None:
+            if len(negotiated) > 16:  # odd Accept headers: keep the table small
+                negotiated.clear()
+            wants = negotiated[accept] = _wants_ietf(accept)
+        return wants
+
     async def live(scope: Scope, receive: Receive, send: Send) -> None:
         await _answer(send, 200, b'{"status":"pass"}', _HEALTH_JSON)
 
@@ -303,7 +365,8 @@ def build_app(
             payload = await cached.get(version)
         seed, ietf, overall = payload
         status = 503 if overall == "unhealthy" else 200
-        if b"application/health+json" in _header(scope, b"accept"):
+        accept = _accept(scope)
+        if accept and _wants(accept):
             await _answer(send, status, ietf, _HEALTH_JSON)
         else:
             await _answer(send, status, seed, _JSON)
