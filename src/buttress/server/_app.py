@@ -152,6 +152,10 @@ class _Auth:
         if self._allowed(scope):
             await self.app(scope, receive, send)
             return
+        problem = self._ambiguous(scope)
+        if problem:
+            await _answer(send, 400, b'{"error":"' + problem + b'"}', _JSON)
+            return
         if _route_path(scope) == "/" and self._login(scope):
             # The dashboard in a browser: a token given once in the URL becomes a cookie, and
             # the URL that carried it is left at once.
@@ -174,7 +178,12 @@ class _Auth:
         )
 
     def _allowed(self, scope: Scope) -> bool:
-        auth = _header(scope, b"authorization")
+        auth = b""
+        for key, value in scope.get("headers", ()):
+            if key == b"authorization":
+                if auth:
+                    return False  # which one counts? (400 from _ambiguous)
+                auth = bytes(value) or b" "
         if auth[:7].lower() == b"bearer ":
             return hmac.compare_digest(auth[7:].strip(), self.token)
         cookies = _header(scope, b"cookie")
@@ -185,12 +194,24 @@ class _Auth:
                     return hmac.compare_digest(value, self.cookie.encode())
         return False
 
-    def _login(self, scope: Scope) -> bool:
+    @staticmethod
+    def _tokens(scope: Scope) -> list[str]:
         query = scope.get("query_string", b"")
         if not query:
-            return False
-        given = parse_qs(query.decode("latin-1")).get("token", [""])[0]
-        return hmac.compare_digest(given.encode(), self.token)
+            return []
+        return parse_qs(query.decode("latin-1"), keep_blank_values=True).get("token", [])
+
+    def _ambiguous(self, scope: Scope) -> bytes:
+        """What makes a request's credentials ambiguous (``b""``: nothing)."""
+        if sum(1 for key, _ in scope.get("headers", ()) if key == b"authorization") > 1:
+            return b"bad request: more than one Authorization header"
+        if _route_path(scope) == "/" and len(self._tokens(scope)) > 1:
+            return b"bad request: more than one token parameter"
+        return b""
+
+    def _login(self, scope: Scope) -> bool:
+        tokens = self._tokens(scope)
+        return len(tokens) == 1 and hmac.compare_digest(tokens[0].encode(), self.token)
 
 
 class _Metrics:
