@@ -22,7 +22,8 @@ team, to run on its own (``buttress serve``) or to mount in an application
                    circuits, rate limits, resources, queue, protocol steps).
 ``/events``        server-sent events: ``state`` (the ``/state`` JSON) on every change, at
                    most one per ``state_interval``; one frame per buttress event, named by
-                   its class (``event: CircuitStateChanged``); a heartbeat comment.
+                   its class (``event: CircuitStateChanged``); a heartbeat comment. At most
+                   100 streams at once (one more: 503 with ``Retry-After``).
 ``/``              the dashboard page (package data, no external assets).
 =================  ======================================================================
 
@@ -35,6 +36,8 @@ a slow client or a scrape never holds up a policy decision.
 
 ``token=`` requires ``Authorization: Bearer <token>`` on everything but ``/live``; a browser opens
 the dashboard once at ``/?token=<token>``, which sets an HttpOnly cookie and redirects to ``/``.
+Two ``Authorization`` headers, or two ``token`` parameters, are a 400: which one counts would be
+a guess.
 Credentials never reach an output: DSN passwords, ``password=``/``token=``/``api_key=`` values,
 bearer credentials, API-key shaped tokens, the app's token and any string given in ``secrets=``
 are replaced by ``***`` in every response.

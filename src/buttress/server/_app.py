@@ -43,6 +43,11 @@ COOKIE = "buttress_token"
 _JSON = b"application/json"
 _HEALTH_JSON = b"application/health+json"
 _NO_STORE = (b"cache-control", b"no-store")
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    _NO_STORE,
+    (b"x-accel-buffering", b"no"),
+]
 
 
 async def _answer(
@@ -74,6 +79,52 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
+def _accept(scope: Scope) -> bytes:
+    """The ``Accept`` header; several are one list, as HTTP says."""
+    found = b""
+    for key, value in scope.get("headers", ()):
+        if key == b"accept":
+            found = found + b", " + bytes(value) if found else bytes(value)
+    return found
+
+
+def _media_ranges(accept: str) -> list[tuple[str, str, float]]:
+    """``(type, the range with its type lower-cased, q)`` for each media range of an ``Accept``
+    value; a ``q`` that is no number from 0 to 1 counts as 0 (not acceptable)."""
+    ranges = []
+    for item in accept.split(","):
+        kind, _, params = item.partition(";")
+        kind = kind.strip().lower()
+        if not kind:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # nan too
+                    q = 0.0
+        ranges.append((kind, f"{kind};{params}" if params else kind, q))
+    return ranges
+
+
+def _wants_ietf(accept: bytes) -> bool:
+    """Whether ``application/health+json`` is acceptable and preferred at least as much as
+    ``application/json`` (named, or by ``application/*`` or ``*/*``)."""
+    ietf, json, wildcard = 0.0, None, 0.0
+    for kind, _, q in _media_ranges(accept.decode("latin-1")):
+        if kind == "application/health+json":
+            ietf = max(ietf, q)
+        elif kind == "application/json":
+            json = q if json is None else max(json, q)
+        elif kind in ("application/*", "*/*"):
+            wildcard = max(wildcard, q)
+    return ietf > 0.0 and ietf >= (wildcard if json is None else json)
+
+
 def _route_path(scope: Scope) -> str:
     path: str = scope.get("path", "")
     root: str = scope.get("root_path", "")
@@ -101,6 +152,10 @@ class _Auth:
         if self._allowed(scope):
             await self.app(scope, receive, send)
             return
+        problem = self._ambiguous(scope)
+        if problem:
+            await _answer(send, 400, b'{"error":"' + problem + b'"}', _JSON)
+            return
         if _route_path(scope) == "/" and self._login(scope):
             # The dashboard in a browser: a token given once in the URL becomes a cookie, and
             # the URL that carried it is left at once.
@@ -123,7 +178,12 @@ class _Auth:
         )
 
     def _allowed(self, scope: Scope) -> bool:
-        auth = _header(scope, b"authorization")
+        auth = b""
+        for key, value in scope.get("headers", ()):
+            if key == b"authorization":
+                if auth:
+                    return False  # which one counts? (400 from _ambiguous)
+                auth = bytes(value) or b" "
         if auth[:7].lower() == b"bearer ":
             return hmac.compare_digest(auth[7:].strip(), self.token)
         cookies = _header(scope, b"cookie")
@@ -134,12 +194,24 @@ class _Auth:
                     return hmac.compare_digest(value, self.cookie.encode())
         return False
 
-    def _login(self, scope: Scope) -> bool:
+    @staticmethod
+    def _tokens(scope: Scope) -> list[str]:
         query = scope.get("query_string", b"")
         if not query:
-            return False
-        given = parse_qs(query.decode("latin-1")).get("token", [""])[0]
-        return hmac.compare_digest(given.encode(), self.token)
+            return []
+        return parse_qs(query.decode("latin-1"), keep_blank_values=True).get("token", [])
+
+    def _ambiguous(self, scope: Scope) -> bytes:
+        """What makes a request's credentials ambiguous (``b""``: nothing)."""
+        if sum(1 for key, _ in scope.get("headers", ()) if key == b"authorization") > 1:
+            return b"bad request: more than one Authorization header"
+        if _route_path(scope) == "/" and len(self._tokens(scope)) > 1:
+            return b"bad request: more than one token parameter"
+        return b""
+
+    def _login(self, scope: Scope) -> bool:
+        tokens = self._tokens(scope)
+        return len(tokens) == 1 and hmac.compare_digest(tokens[0].encode(), self.token)
 
 
 class _Metrics:
@@ -176,7 +248,13 @@ class _Metrics:
         if entry is None:
             from prometheus_client.exposition import choose_encoder
 
-            encoder, content_type = choose_encoder(accept.decode("latin-1"))
+            # Ranges refused with q=0 are left out; a range the client library cannot read
+            # (version=abc) gets the default text format, as no Accept at all would.
+            wanted = ",".join(r for _, r, q in _media_ranges(accept.decode("latin-1")) if q > 0)
+            try:
+                encoder, content_type = choose_encoder(wanted)
+            except (TypeError, ValueError):
+                encoder, content_type = choose_encoder("")
 
             def render() -> bytes:
                 text: bytes = encoder(self._registry())
@@ -188,7 +266,7 @@ class _Metrics:
         return entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cached, content_type = self._for(_header(scope, b"accept"))
+        cached, content_type = self._for(_accept(scope))
         body = cached.fresh(0)
         if body is None:
             body = await cached.get(0)
@@ -283,6 +361,16 @@ def build_app(
             enable_prometheus(registry, namespace)
             prometheus = _Metrics(registry, namespace, metrics_max_age, hidden)
 
+    negotiated: dict[bytes, bool] = {}
+
+    def _wants(accept: bytes) -> bool:
+        wants = negotiated.get(accept)
+        if wants is None:
+            if len(negotiated) > 16:  # odd Accept headers: keep the table small
+                negotiated.clear()
+            wants = negotiated[accept] = _wants_ietf(accept)
+        return wants
+
     async def live(scope: Scope, receive: Receive, send: Send) -> None:
         await _answer(send, 200, b'{"status":"pass"}', _HEALTH_JSON)
 
@@ -298,7 +386,8 @@ def build_app(
             payload = await cached.get(version)
         seed, ietf, overall = payload
         status = 503 if overall == "unhealthy" else 200
-        if b"application/health+json" in _header(scope, b"accept"):
+        accept = _accept(scope)
+        if accept and _wants(accept):
             await _answer(send, status, ietf, _HEALTH_JSON)
         else:
             await _answer(send, status, seed, _JSON)
@@ -381,7 +470,20 @@ async def _stream(hub: Hub, heartbeat: float, scope: Scope, receive: Receive, se
     comment every ``heartbeat`` seconds; ends on disconnect or :func:`close_streams`."""
     loop = asyncio.get_running_loop()
     hub.bind(loop)
+    if scope["method"] == "HEAD":  # the headers only: a stream would never end
+        await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+        await send({"type": "http.response.body", "body": b""})
+        return
     client = hub.subscribe()
+    if client is None:
+        await _answer(
+            send,
+            503,
+            b'{"error":"too many event streams open: poll /state, or retry later"}',
+            _JSON,
+            [(b"retry-after", b"5")],
+        )
+        return
     gone = asyncio.Event()
 
     async def watch() -> None:
@@ -398,11 +500,7 @@ async def _stream(hub: Hub, heartbeat: float, scope: Scope, receive: Receive, se
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-store"),
-                    (b"x-accel-buffering", b"no"),
-                ],
+                "headers": _STREAM_HEADERS,
             }
         )
         first = await hub.state.get(hub.version)
@@ -416,15 +514,13 @@ async def _stream(hub: Hub, heartbeat: float, scope: Scope, receive: Receive, se
         last_sent = time.monotonic()
         while not gone.is_set() and not hub.closing:
             wait = heartbeat - (time.monotonic() - last_sent)
-            if wait > 0 and not client.buffer:
+            if wait > 0 and not client.buffer and client.state is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(client.wake.wait(), wait)
             client.wake.clear()
             if gone.is_set() or hub.closing:
                 break
-            frames = []
-            while client.buffer:
-                frames.append(client.buffer.popleft())
+            frames = client.take()
             if not frames:
                 if time.monotonic() - last_sent < heartbeat:
                     continue

@@ -63,6 +63,9 @@ _KEYLIKE = re.compile(r"\b(sk|pk|rk|xox[abprs]|ghp|gho|glpat)[-_][A-Za-z0-9_-]{8
 #: ``state`` event carries the whole picture anyway).
 OUTBOX = 4096
 CLIENT_BUFFER = 512
+#: Event streams open at once at most; one more is refused with 503 (the dashboard then polls
+#: ``/state``), so clients that connect and never read hold a bounded amount of memory.
+MAX_STREAMS = 100
 #: Per-call events (retries, rejections, time-outs, fallbacks) streamed per second at most; the
 #: rest are counted (``events_dropped`` in ``/state``) so that an outage's storm of rejections
 #: costs the loop a bounded amount.
@@ -197,12 +200,14 @@ class Cached:
 
 
 class Client:
-    """One stream client: a bounded buffer of SSE frames and a wake-up."""
+    """One stream client: a bounded buffer of event frames, the newest ``state`` frame not yet
+    sent (a newer one replaces it: it is the whole picture) and a wake-up."""
 
-    __slots__ = ("buffer", "dropped", "wake")
+    __slots__ = ("buffer", "dropped", "state", "wake")
 
     def __init__(self) -> None:
         self.buffer: collections.deque[bytes] = collections.deque(maxlen=CLIENT_BUFFER)
+        self.state: bytes | None = None
         self.wake = asyncio.Event()
         self.dropped = 0
 
@@ -211,6 +216,19 @@ class Client:
             self.dropped += 1
         self.buffer.append(frame)
         self.wake.set()
+
+    def put_state(self, frame: bytes) -> None:
+        self.state = frame
+        self.wake.set()
+
+    def take(self) -> list[bytes]:
+        """The frames to send now, oldest first, the pending ``state`` frame last."""
+        frames = list(self.buffer)
+        self.buffer.clear()
+        if self.state is not None:
+            frames.append(self.state)
+            self.state = None
+        return frames
 
 
 def _frame(event: str, data: bytes) -> bytes:
@@ -399,7 +417,10 @@ class Hub:
         data["wall"] = wall
         return dumps(_scrub_data(data, self.secrets))
 
-    def subscribe(self) -> Client:
+    def subscribe(self) -> Client | None:
+        """A new stream client, or ``None`` when :data:`MAX_STREAMS` are open."""
+        if len(self.clients) >= MAX_STREAMS:
+            return None
         client = Client()
         self.clients.add(client)
         if self._pusher is None or self._pusher.done():
@@ -427,7 +448,7 @@ class Hub:
                     last = core
                     frame = _frame("state", body)
                     for client in tuple(self.clients):
-                        client.put(frame)
+                        client.put_state(frame)
             await asyncio.sleep(self.state_interval)
 
     # -- renderings (worker threads) -------------------------------------------------------------

@@ -200,6 +200,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Characters of one string (a request's path and query) a log line keeps: a client chooses its
+#: length, and the longer it is the longer the line and its scrubbing take.
+LOGGED_CHARS = 512
+_CUTS = "/?&;"
+
+
+def _logged(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` scrubbed, cut to :data:`LOGGED_CHARS` at a ``/``, ``?``, ``&`` or ``;`` (so no
+    part of a value is kept without its name)."""
+    if len(text) <= LOGGED_CHARS:
+        return scrub(text, secrets)
+    for secret in secrets:  # before the cut, which could leave a secret's head
+        text = text.replace(secret, "***")
+    head = text[:LOGGED_CHARS]
+    head = head[: max(head.rfind(c) for c in _CUTS) + 1]
+    return f"{scrub(head, secrets)}... ({len(text) - len(head)} more characters)"
+
+
 class _ScrubAccess(logging.Filter):
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
@@ -208,11 +226,11 @@ class _ScrubAccess(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             record.args = tuple(
-                scrub(a, self.secrets) if isinstance(a, str) else a
+                _logged(a, self.secrets) if isinstance(a, str) else a
                 for a in (record.args if isinstance(record.args, tuple) else (record.args,))
             )
         if isinstance(record.msg, str):
-            record.msg = scrub(record.msg, self.secrets)
+            record.msg = _logged(record.msg, self.secrets)
         return True
 
 
@@ -246,18 +264,22 @@ async def serve_app(
         timeout_graceful_shutdown=5,
     )
     server = Server(config)
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(_ScrubAccess(secrets))
     tasks: list[asyncio.Task[Any]] = []
     if manager is not None and not manager.running:
         await manager.start()
     if background is not None:
         tasks.append(asyncio.get_running_loop().create_task(background()))
+    scrubbing = _ScrubAccess(secrets)
+    loggers = [logging.getLogger(name) for name in ("uvicorn.access", "uvicorn.error")]
+    for logger in loggers:
+        logger.addFilter(scrubbing)
     if started is not None:
         started(server)
     try:
         await server.serve(sockets=[sock])
     finally:
+        for logger in loggers:  # one filter per server: another server has its own secrets
+            logger.removeFilter(scrubbing)
         for task in tasks:
             task.cancel()
         for task in tasks:
