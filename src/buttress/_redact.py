@@ -16,8 +16,11 @@ __all__ = ["redact"]
 # written without percent-encoding may hold "@" or "/" (libpq and most clients then misread the
 # host, but the text must not show it). An "@" in the path is taken as the password's end too,
 # hiding the host with it: more than needed, never less.
+# (The lookbehind starts a scheme only where a run of scheme characters starts: without it a
+# long run of letters was tried from each of its characters, quadratic in its length.)
 _SECRET_IN_URL = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^\s'\"?#]*@"
+    r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):"
+    r"[^\s'\"?#]*@"
 )
 _SECRET_PARAM = re.compile(
     r"(?i)\b(?P<key>password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
