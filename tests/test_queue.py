@@ -787,6 +787,7 @@ def test_a_stored_request_that_does_not_decode_goes_to_the_dead_letters_alone(
         "[1, 2]": "not an object with an 'args' list and a 'kwargs' object: [1, 2]",
         "null": "not an object with an 'args' list and a 'kwargs' object: None",
         '{"args": "abc", "kwargs": {}}': "an 'args' list and a 'kwargs' object: {'args': 'abc',",
+        "[" * 100_000 + "]" * 100_000: "its arguments are JSON nested too deeply to read",
     }
     ids = [q.put("charge", [f"o-{i}"]).id for i in range(len(tampered) + 2)]
     with sqlite3.connect(path) as conn:  # written over, as by a bad migration or by hand

@@ -1007,7 +1007,7 @@ class _Delivery:
         try:
             body = _DECODE(item.args)  # fresh lists and dicts: the handler may keep them
             args, kwargs = body.get("args", []), body.get("kwargs", {})
-        except (TypeError, ValueError, AttributeError):
+        except (TypeError, ValueError, AttributeError, RecursionError):
             args = kwargs = None
         if type(args) is not list or type(kwargs) is not dict or item.malformed is not None:
             # a stored record this code cannot have written: nothing runs, and the item goes to
@@ -1051,6 +1051,8 @@ def _refuse(queue: str, item: Item) -> Callable[..., Any]:
     if problem is None:
         try:
             body = json.loads(item.args)
+        except RecursionError:
+            problem = "its arguments are JSON nested too deeply to read"
         except (TypeError, ValueError):
             problem = f"its arguments are not JSON: {_shown(item.args)}"
         else:
