@@ -672,8 +672,10 @@ def test_configuration_errors() -> None:
         RequestQueue(storage="memory://", retry_delay=10, max_retry_delay=1)
     assert RequestQueue(storage="memory://").max_retry_delay == 300
     assert RequestQueue(storage="memory://", retry_delay=3600).max_retry_delay == 3600
-    with pytest.raises(ValueError, match="name must be a non-empty string, got ' '"):
+    with pytest.raises(ValueError, match="name must be a non-empty string, not only whitespace"):
         RequestQueue(" ", storage="memory://")
+    with pytest.raises(TypeError, match="name must be a non-empty string, got 5"):
+        RequestQueue(5, storage="memory://")  # type: ignore[arg-type]
     q = RequestQueue(storage="memory://")
     for call in (q.process, q.items, q.dead_letters, q.replay):
         with pytest.raises(ValueError, match="limit must be an integer >= 1, got 'x'"):

@@ -64,6 +64,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+from .._config import nonblank
 from ..clock import Clock, get_clock
 from ..errors import RejectedError, StorageError, StorageUnavailable
 from ..events import (
@@ -476,9 +477,7 @@ class RequestQueue:
         replay_rate: float | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
-        self.name = name
+        self.name = nonblank("name", name)
         self.max_depth = _count("max_depth", max_depth, allow_none=True)
         self.visibility_timeout = float(_positive("visibility_timeout", visibility_timeout) or 0)
         self.max_attempts = int(_count("max_attempts", max_attempts) or 0)
