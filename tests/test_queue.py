@@ -973,6 +973,26 @@ def test_a_full_queue_counts_exactly_when_ids_are_spread(tmp_path: Path) -> None
         assert q.stats().depth == 3
 
 
+def test_a_queue_that_never_empties_keeps_its_depth_bound(tmp_path: Path) -> None:
+    # the ids climb past max_depth while the queue is never empty: each put is judged by the
+    # span of the ids still queued, then by the exact count, never by the largest id alone
+    log: list[tuple[str, Any, int]] = []
+    with RequestQueue(storage=f"sqlite:///{tmp_path / 'q.db'}", max_depth=3, batch=1) as q:
+        with_log(q, log)
+        q.put("work", [0])
+        for i in range(1, 8):
+            q.put("work", [i])
+            assert q.process(limit=1) == 1  # the oldest goes, one stays behind
+        assert q.stats().depth == 1
+        q.put("work", [8])
+        q.put("work", [9])
+        with pytest.raises(QueueFull):
+            q.put("work", [10])
+        assert q.stats().depth == 3
+        assert q.process() == 3
+        assert [x for _, x, _ in log] == list(range(10))
+
+
 def test_shares_the_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from buttress.backends import open_storage
 

@@ -199,8 +199,11 @@ _LAST = (1 << RANGE_BITS) - 1  # the last id of a range, counted from its start
 # ?9 and ?10 are the queued half's first and last rowids, ?11 the depth bound. The new id is one
 # past the largest in the half (a half used up gives its last id again). A put past the depth
 # bound gives the largest id itself. Either is taken, so INSERT OR IGNORE skips the row, as it
-# does for a taken key (queued or done). The span of the half's ids bounds the depth from above
-# in one more probe of the rowid; the exact count runs only when that bound reaches the limit.
+# does for a taken key (queued or done). The ids are above the half's start, so while the
+# largest is less than max_depth past it the depth is below the bound with no further probe
+# (SQLite evaluates a subquery only where its OR reaches it). Past that, the span of the half's
+# ids bounds the depth from above in one more probe of the rowid; the exact count runs only when
+# that bound reaches the limit.
 # The largest id is read once, in a FROM subquery. (A VALUES row rather than INSERT ... SELECT:
 # a SELECT that reads the table it fills is first copied to a temporary table, every put.)
 _HALF = "id BETWEEN ?9 AND ?10"
@@ -209,9 +212,9 @@ _INSERT = (
     "expires, visible) VALUES "
 )
 _PUT = (
-    f"{_INSERT}((SELECT CASE WHEN top IS NULL THEN ?9 + 1 WHEN top - (SELECT MIN(id) FROM "
-    f"buttress_queue WHERE {_HALF}) < ?11 - 1 OR (SELECT COUNT(*) FROM buttress_queue WHERE "
-    f"{_HALF} AND +queue = ?1) < ?11 THEN min(top + 1, ?10) "
+    f"{_INSERT}((SELECT CASE WHEN top IS NULL THEN ?9 + 1 WHEN top - ?9 < ?11 OR top - (SELECT "
+    f"MIN(id) FROM buttress_queue WHERE {_HALF}) < ?11 - 1 OR (SELECT COUNT(*) FROM "
+    f"buttress_queue WHERE {_HALF} AND +queue = ?1) < ?11 THEN min(top + 1, ?10) "
     f"ELSE top END FROM (SELECT MAX(id) AS top FROM buttress_queue WHERE {_HALF})), "
     "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
@@ -431,7 +434,8 @@ class SQLiteQueueStore:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-        local.conn, local.pid = conn, os.getpid()
+        # a put reuses one cursor of its thread's connection instead of making one per put
+        local.conn, local.cursor, local.pid = conn, conn.cursor(), os.getpid()
         with self._lock:
             self._all.append(conn)
         return conn
@@ -517,18 +521,19 @@ class SQLiteQueueStore:
             sql, params = _PUT, (queue, *row, start, start + _QUEUED_LAST, max_depth)
         try:
             local = self._local  # (the lookup of _conn, inlined)
-            conn = getattr(local, "conn", None)
-            if conn is None or local.pid != _PID[0] or self._closed:
-                conn = self._conn()  # (opening one may fail as a step does)
+            cursor = getattr(local, "cursor", None)
+            if cursor is None or local.pid != _PID[0] or self._closed:
+                self._conn()  # (opening one may fail as a step does)
+                cursor = local.cursor
             for _ in range(2):
-                cursor = conn.execute(sql, params)
+                cursor.execute(sql, params)
                 if cursor.rowcount:
                     self._commits += 1
                     if self._commits >= CHECKPOINT_EVERY:
                         self._commits = 0
                         self.checkpointer.poke()
-                    return cursor.lastrowid - start, True  # type: ignore[operator]
-                found = conn.execute(
+                    return cursor.lastrowid - start, True
+                found = cursor.execute(
                     "SELECT id, done_until FROM buttress_queue WHERE queue = ? AND key = ?",
                     (queue, row[0]),
                 ).fetchone()
@@ -539,7 +544,7 @@ class SQLiteQueueStore:
                 if found[1] > now:
                     return 0, False  # done
                 # done, but remembered past its time (not swept yet): forget it, queue again
-                conn.execute(
+                cursor.execute(
                     "DELETE FROM buttress_queue WHERE id = ? AND done_until <= ?",
                     (found[0], now),
                 )
