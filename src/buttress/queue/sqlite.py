@@ -31,8 +31,9 @@ What each step writes. A put is one statement (one implicit transaction) that wr
 the row and its key's entry in the unique ``(queue, key)`` index, the least an idempotent queue
 can write (the bare-INSERT floor writes the row and the AUTOINCREMENT counter). So the depth is
 not counted by triggers: each queue numbers its items in a range of rowids of its own (see
-``RANGE_BITS``), and the span of ids in the range (``MAX(id) - MIN(id) + 1``, two probes of the
-rowid) bounds the queue's depth from above; only a queue whose span reaches ``max_depth`` counts
+``RANGE_BITS``): the largest id's distance from the range's start (one probe of the rowid)
+bounds the queue's depth from above, and past ``max_depth`` so does the span of ids in the range
+(``MAX(id) - MIN(id) + 1``, one more probe); only a queue whose span reaches ``max_depth`` counts
 its rows exactly. An item's id is one past the largest in its range: an id freed by an item
 handled may be given again, so steps that could meet a reused id check the owner (renew, fail)
 or go by key (acknowledgement). A claim walks its queue's range in id order, so the items of
@@ -509,8 +510,8 @@ class SQLiteQueueStore:
         # One statement, so one implicit transaction that writes two pages (the row, its key's
         # index entry), as few as a bare INSERT with a unique key can. The item is added only
         # when its key is not in the unique index (neither queued nor done) and the queue is
-        # below its depth (see _PUT): two probes of the rowid, the exact count only near the
-        # limit.
+        # below its depth (see _PUT): one or two probes of the rowid, the exact count only near
+        # the limit.
         start = self._starts.get(queue)
         if start is None:  # (the lookup of _start, inlined: a put is the hot path)
             start = self._start(queue)
