@@ -6,14 +6,15 @@ the process dying; a power loss may take the last commits. ``full`` fsyncs every
 what persist-queue and huey use unless told otherwise).
 
 The floors do the least a durable queue can: enqueue is one ``INSERT`` committed per item;
-consume is, per item, one transaction that selects the oldest row and deletes it. They come
-written two ways:
+consume is, per item, a select of the oldest row and its delete, committed. They come written
+two ways:
 
 * "floor: INSERT, commit()" is how that is written in Python: the item encoded with
   ``json.dumps``, the ``INSERT`` run on a connection with the ``sqlite3`` module's default
   transaction handling (it opens the transaction), ``commit()`` after each item; the consumer
-  decodes what it took. Against it persist-queue and huey measure the ratios their own authors'
-  kind of floor gives them (enqueue 0.85x and 0.58x, consume 0.22x and 0.26x on this machine).
+  decodes what it took. The targets are stated against it; persist-queue and huey measure
+  against it the ratios they were first measured at (enqueue about 0.8x and 0.55x, consume
+  about 0.2x and 0.25x).
 * "bare floor" is the least SQLite itself can do: each statement its own transaction on an
   autocommit connection, a payload written by an f-string. It shows what is left of the
   storage when Python does nothing else.
