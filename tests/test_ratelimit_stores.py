@@ -153,3 +153,27 @@ def test_a_closed_limiter_refuses_calls_and_closes_once(
     with pytest.raises(RuntimeError, match="closed"):
         limiter.acquire("api")
     assert not limiter.degraded
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "sqlite"])
+def test_a_block_past_ten_years_is_refused_alike_on_every_storage(
+    shared: bool, tmp_path: Path
+) -> None:
+    # a stored state reaches ten years ahead at most; the memory limiter took any wait before,
+    # so the same call worked or raised by where the state lived
+    store = SQLiteStore(tmp_path / "state.db") if shared else None
+    limiter = RateLimiter(storage=store, clock=FakeClock())
+    limiter.configure("api", RateLimitConfig(requests_per_second=1, burst_size=1))
+    too_far = 315_360_000.0 * 2
+    with pytest.raises(ValueError, match=r"seconds must be at most 3\.1536e\+08 s"):
+        limiter.block("api", "k", seconds=too_far)
+    with pytest.raises(ValueError, match=r"reset_after must be at most"):
+        limiter.set_remaining("api", "k", remaining=0, reset_after=too_far)
+    with pytest.raises(ValueError, match=r"seconds must be at most"):
+        asyncio.run(limiter.ablock("api", "k", seconds=too_far))
+    limiter.check_limit("api", "k")  # nothing was blocked by the refused calls
+    limiter.block("api", "k", seconds=315_360_000.0)  # ten years is the farthest
+    with pytest.raises(RateLimitExceeded):
+        limiter.check_limit("api", "k")
+    if store is not None:
+        store.close()

@@ -58,6 +58,7 @@ from ..clock import Clock, checked_clock, get_clock
 from ..errors import RateLimitExceeded, UnknownRateLimit
 from ..machines.ratelimit import (
     EPSILON,
+    FAR_AHEAD,
     Held,
     Params,
     RateLimitAlgorithm,
@@ -772,7 +773,7 @@ class RateLimiter:
 
     def block(self, name: str, key: str | None = None, *, seconds: float) -> None:
         """Refuse ``key`` of ``name`` for the next ``seconds`` (a server said "come back")."""
-        duration = to_seconds("seconds", seconds)
+        duration = _ahead("seconds", seconds)
         limit, clock, now, shared = self._begin(name, key)
         if shared is not None:
             _ask(shared.guard, now, shared.store.block, name, key, duration, store_time(clock))
@@ -780,7 +781,7 @@ class RateLimiter:
 
     async def ablock(self, name: str, key: str | None = None, *, seconds: float) -> None:
         """Async twin of :meth:`block`."""
-        duration = to_seconds("seconds", seconds)
+        duration = _ahead("seconds", seconds)
         limit, clock, now, shared = self._begin(name, key)
         if shared is not None:
             await _aask(
@@ -883,7 +884,16 @@ class RateLimiter:
 
 def _reset_after(remaining: object, reset_after: object) -> float:
     integer("remaining", remaining, minimum=0)
-    return to_seconds("reset_after", reset_after)
+    return _ahead("reset_after", reset_after)
+
+
+def _ahead(field: str, value: object) -> float:
+    """Seconds a key is refused for, checked alike whatever the storage: no further ahead than
+    a stored state may reach (ten years, :data:`~buttress.machines.ratelimit.FAR_AHEAD`)."""
+    duration = to_seconds(field, value)
+    if duration > FAR_AHEAD:
+        raise ValueError(f"{field} must be at most {FAR_AHEAD:g} s (ten years), got {value!r}")
+    return duration
 
 
 _UNRESOLVED = object()
