@@ -189,6 +189,39 @@ def test_request_queues_publish_their_backlog_and_counts(tmp_path: Path) -> None
     assert value("queue_requests_total", outcome="handled") == 7
 
 
+def test_a_scrape_reads_each_queue_backlog_once(tmp_path: Path) -> None:
+    # the depth and the dead letters come from one backlog() per queue and scrape (on SQLite a
+    # read walks the queue's range; it ran twice per scrape before)
+    from buttress.queue.sqlite import SQLiteQueueStore
+
+    reads: list[str] = []
+
+    class Counted(SQLiteQueueStore):
+        def backlog(self, queue: str, now: float) -> tuple[int, int]:
+            reads.append(queue)
+            return super().backlog(queue, now)
+
+    registry = CollectorRegistry()
+    enable_prometheus(registry, namespace="once").disable()
+    store = Counted(tmp_path / "q.db")
+    name = f"once-{next(_n)}"
+    q = RequestQueue(name, storage=store, max_attempts=1)
+    try:
+        q.handler(_fail)
+        q.put("_fail", [])
+        q.put("_fail", [], key="second")
+        q.process(limit=1)  # one to the dead letters, one still queued
+        text = generate_latest(registry).decode()
+        assert reads == [name]
+        assert f'once_queue_depth{{name="{name}"}} 1.0' in text
+        assert f'once_queue_dead_letters{{name="{name}"}} 1.0' in text
+        generate_latest(registry)
+        assert reads == [name, name]  # each scrape reads afresh
+    finally:
+        q.close()
+        store.close()
+
+
 def test_a_queue_whose_store_fails_does_not_hide_the_others(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

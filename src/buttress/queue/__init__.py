@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import threading
+import time
 import traceback
 import uuid
 import weakref
@@ -156,9 +157,25 @@ def _unlist(token: int) -> None:
                 _FOLDED[name, outcome] = _FOLDED.get((name, outcome), 0) + count
 
 
+# A scrape reads the depth and the dead letters one after the other, in one thread, and one
+# backlog() of a queue answers both: the first of the two to be read reads every queue's backlog
+# and leaves the other part here, under its thread, for the second, which takes it if it is
+# fresh. So each scrape reads a backlog once, its two figures come from one read, and scrapes in
+# other threads neither take nor leave each other's.
+_LEFT: dict[tuple[int, int], tuple[float, list[tuple[Hashable, float]]]] = {}
+_LEFT_FOR = 1.0  # seconds a part left for the other reading stays usable
+_LEFT_LOCK = threading.Lock()
+
+
 def _backlog_readings(part: int) -> list[tuple[Hashable, float]]:
     """The depth (``part`` 0) or the dead letters (1) of each open queue, by name."""
-    out: list[tuple[Hashable, float]] = []
+    thread = threading.get_ident()
+    with _LEFT_LOCK:
+        left = _LEFT.pop((thread, part), None)
+    now = time.monotonic()
+    if left is not None and now - left[0] < _LEFT_FOR:
+        return left[1]
+    parts: tuple[list[tuple[Hashable, float]], list[tuple[Hashable, float]]] = ([], [])
     read: set[str] = set()
     for queue in list(_LIVE):
         if queue.name in read:
@@ -169,8 +186,13 @@ def _backlog_readings(part: int) -> list[tuple[Hashable, float]]:
         except Exception as exc:  # one store down does not hide the other queues
             _log.warning("reading the backlog of queue %r failed: %s", queue.name, exc)
             continue
-        out.append((queue.name, float(backlog[part])))
-    return out
+        parts[0].append((queue.name, float(backlog[0])))
+        parts[1].append((queue.name, float(backlog[1])))
+    with _LEFT_LOCK:
+        for key in [k for k, (at, _) in _LEFT.items() if now - at >= _LEFT_FOR]:
+            del _LEFT[key]  # left by a thread that never read the other part
+        _LEFT[thread, 1 - part] = (time.monotonic(), parts[1 - part])
+    return parts[part]
 
 
 def _count_readings() -> list[tuple[Hashable, float]]:
