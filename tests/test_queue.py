@@ -89,6 +89,12 @@ def test_refuses_unknown_handler_and_non_json(make: MakeQueue) -> None:
         q.put("work", [object()])
     with pytest.raises(TypeError, match="must be JSON"):
         q.put("work", [float("nan")])
+    circular: list[Any] = [1]
+    circular.append(circular)
+    with pytest.raises(TypeError, match="must be JSON: they are circular or nested too deeply"):
+        q.put("work", circular)
+    with pytest.raises(TypeError, match="must be JSON: they are circular or nested too deeply"):
+        q.put("work", [circular], {"a": 1})
     with pytest.raises(ValueError, match="key must be a non-empty string"):
         q.put("work", [1], key="")
     # JSON would turn these keys into strings: the handler would get another dict
@@ -133,6 +139,18 @@ def test_derived_keys_stay_what_stored_requests_were_queued_under() -> None:
     # keys, no spaces, UTF-8): queues and done keys on disk hold keys made this way
     assert idempotency_key("work", "é", 1.5, b=None, a=[1, 2]) == "a965f6038c564349d724d064583b20b0"
     assert idempotency_key("work") == "4fd0ad438fd226c5a93d68ec4c682af3"
+    # put derives the same keys, whichever way its arguments come (a list of them is encoded on
+    # a path of its own)
+    with RequestQueue("keys", storage="memory://") as q:
+        q.handler("work")(print)
+        args: list[Any] = ["é", 1.5, {"b": None, "a": [1, 2]}, "{not a dict}"]
+        key = idempotency_key("work", *args)
+        assert key == "4197e8f2f53e3b04decaaaadd34ebba4"
+        assert q.put("work", args).key == key
+        assert q.put("work", tuple(args), {}, key=None).key == key
+        assert q.put("work", [], {"a": 1}).key == idempotency_key("work", a=1)
+        assert q.put("work").key == "4fd0ad438fd226c5a93d68ec4c682af3"
+        assert q.put("work", []).key == "4fd0ad438fd226c5a93d68ec4c682af3"
 
 
 def test_handles_in_order_and_passes_the_key(make: MakeQueue) -> None:

@@ -620,7 +620,17 @@ class RequestQueue:
             kwargs = _NO_KWARGS
         elif not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-        body = _canonical(handler, args, kwargs)
+        if _ENCODE_C is not None and not kwargs and type(args) is list:
+            try:  # (the common case of _canonical, inlined: a put is the hot path)
+                encoded = "".join(_ENCODE_C(args, 0))
+            except (TypeError, ValueError, RecursionError):
+                body = _canonical(handler, args, kwargs)  # raises, naming what is wrong
+            else:
+                if "{" in encoded:
+                    _canonical(handler, args, kwargs)  # checks the dict keys
+                body = f'{{"args":{encoded},"kwargs":{{}}}}'
+        else:
+            body = _canonical(handler, args, kwargs)
         if key is None:
             key = _sha256(f"{handler}\0{body}".encode()).hexdigest()[:32]
         elif not isinstance(key, str) or not key:
@@ -653,7 +663,13 @@ class RequestQueue:
             QueueFull: the queue holds ``max_depth`` requests.
             StorageUnavailable: the store did not answer (nothing was queued).
         """
-        return self._put(self._row(handler, args, kwargs, key, resource, ttl, delay))
+        row = self._row(handler, args, kwargs, key, resource, ttl, delay)
+        if self._put_row is None:
+            return self._put(row)
+        item_id, added = self._put_row(self.name, row, self.max_depth, row[4])  # (_put, inlined)
+        if item_id < 0:
+            raise self._full(handler)
+        return _queued(QueuedRequest, (item_id, row[0], added))
 
     def _put(self, row: Row) -> QueuedRequest:
         if self._put_row is not None:
