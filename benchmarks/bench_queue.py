@@ -25,8 +25,9 @@ its rowid-numbered variant writes the pages a buttress put writes (the row and i
 entry: AUTOINCREMENT adds a third, its counter). "its store's put alone" times buttress's
 storage layer without the request's checks, JSON and key, built before the clock starts (its
 consume is the queue's, as above). Rates are items per second, the best of the rounds; each
-round runs every queue once, and ratios are the median over the rounds of the ratio to a floor
-of the same round (compare ratios: the machine is shared and its disk's speed drifts).
+round runs every queue once, in an order shuffled per round, and ratios are the median over the
+rounds of the ratio to a floor of the same round (compare ratios: the machine is shared and its
+disk's speed drifts).
 
 Durability is the same for all: a put is committed when it returns. A buttress consumer commits
 the acknowledgements of a batch with its next claim (one commit per batch, not per item): a crash
@@ -34,7 +35,7 @@ re-runs the requests handled since (at least once, under their idempotency keys)
 floors, which delete before they handle, would lose one.
 
     PYTHONPATH=src python benchmarks/bench_queue.py [--items 2000] [--synchronous normal|full]
-        [--repeat 9] [--redis-port PORT]   (a redis-server of your own on 127.0.0.1; it is flushed)
+        [--repeat 25] [--redis-port PORT]   (a redis-server of your own on 127.0.0.1; it is flushed)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import sqlite3
 import statistics
 import tempfile
@@ -269,7 +271,10 @@ def redis_table(port: int, n: int, repeat: int) -> None:
         "buttress RequestQueue, redis://": lambda c, k: redis_queue(c, k, url),
         "buttress RequestQueue, redis-py": redis_queue,
     }
-    rounds = [{name: runner(client, n) for name, runner in runners.items()} for _ in range(repeat)]
+    rounds = []
+    for r in range(repeat):
+        got = {name: runners[name](client, n) for name in shuffled(list(runners), r)}
+        rounds.append({name: got[name] for name in runners})
     client.flushdb()
     client.close()
     report(f"{n} items, Redis on 127.0.0.1:{port}", rounds, [floor_name], n)
@@ -305,6 +310,15 @@ def report(title: str, rounds: list[dict[str, Timings | None]], bases: list[str]
         print(f"  x {chr(ord('A') + k)}: the ratio to {base.strip()!r}")
 
 
+def shuffled(names: list[str], r: int) -> list[str]:
+    """The order of round ``r``: ``names`` shuffled with the round's number as the seed. A
+    queue's time depends on what ran just before it (whose writes the kernel may still be
+    flushing): in one fixed order, rotated or not, each queue always follows the same other."""
+    order = names[:]
+    random.Random(r).shuffle(order)
+    return order
+
+
 def run_round(
     runners: dict[str, Callable[[Path, int, str], Timings | None]],
     r: int,
@@ -312,12 +326,9 @@ def run_round(
     n: int,
     sync: str,
 ) -> dict[str, Timings | None]:
-    """Round ``r``: every queue once, starting at the ``r``-th in turn (so that none always runs
-    right after the same other, whose writes the kernel may still be flushing)."""
+    """Round ``r``: every queue once, in the round's own order (:func:`shuffled`)."""
     names = list(runners)
-    turn = r % len(names)
-    got = {name: runners[name](path(names.index(name)), n, sync) for name in names[turn:]}
-    got.update({name: runners[name](path(names.index(name)), n, sync) for name in names[:turn]})
+    got = {name: runners[name](path(names.index(name)), n, sync) for name in shuffled(names, r)}
     return {name: got[name] for name in names}
 
 
@@ -325,7 +336,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--synchronous", choices=["off", "normal", "full"], default="normal")
-    parser.add_argument("--repeat", type=int, default=9, help="rounds (each runs every queue)")
+    parser.add_argument("--repeat", type=int, default=25, help="rounds (each runs every queue)")
     parser.add_argument("--redis-port", type=int, default=0, help="also run on this Redis")
     opts = parser.parse_args()
     n, sync = opts.items, opts.synchronous
