@@ -830,6 +830,39 @@ def test_a_stored_request_that_does_not_decode_goes_to_the_dead_letters_alone(
     q.close()
 
 
+def test_a_stored_row_with_a_field_of_another_type_goes_to_the_dead_letters(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # text where a count or a time goes: a count made every claim of the queue raise TypeError,
+    # and a text `visible` was never claimed (counted as delayed for ever)
+    path = tmp_path / "q.db"
+    q = RequestQueue("orders", storage=f"sqlite:///{path}", clock=clock)
+    ran: list[str] = []
+    q.handler("charge")(ran.append)
+    tampered = {
+        "attempts = 'abc'": "its stored field 'attempts' is 'abc', not integer",
+        "visible = 'soon'": "its stored field 'visible' is 'soon', not integer or real",
+        "enqueued = x'00ff'": "its stored field 'enqueued' is b'\\x00\\xff', not integer or real",
+        "expires = 'never'": "its stored field 'expires' is 'never', not NULL or integer or real",
+        "owner = 7": "",  # a TEXT column turns a number into text: nothing wrong to see
+        "last_error_at = 'late'": "its stored field 'last_error_at' is 'late', not NULL",
+    }
+    keys = [q.put("charge", [f"o-{i}"]).key for i in range(len(tampered) + 1)]
+    with sqlite3.connect(path) as conn:  # written over, as by a bad migration or by hand
+        for key, change in zip(keys, tampered, strict=False):
+            conn.execute(f"UPDATE buttress_queue SET {change} WHERE key = ?", (key,))
+    assert q.process() == len(keys)
+    assert ran == ["o-4", f"o-{len(keys) - 1}"]  # the sound rows ran
+    stats = q.stats()
+    assert (stats.depth, stats.in_flight, stats.dead) == (0, 0, len(tampered) - 1)
+    errors = [item.last_error or "" for item in q.dead_letters()]
+    for error, expected in zip(errors, [e for e in tampered.values() if e], strict=True):
+        assert error.startswith("buttress.errors.StorageError: queue 'orders' item #")
+        assert expected in error
+    assert all(item.attempts == 1 for item in q.dead_letters())  # not round the retries
+    q.close()
+
+
 def test_queue_schema_versions(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     SQLiteQueueStore(path).close()

@@ -108,6 +108,51 @@ _COLUMNS = (
     "id, key, handler, args, resource, enqueued, expires, attempts, visible, owner, "
     "first_error, first_error_at, last_error, last_error_at"
 )
+# The types buttress writes in a queued row's fields (the NOT NULL ones never NULL), as Python
+# reads them. A row another program wrote may hold text where a time or a count goes: such a row
+# is claimed like any other (a text ``visible`` too, which ``visible <= now`` never matches) and
+# goes to the dead letters, naming its field, instead of failing every claim of its queue. (The
+# claim checks the types in Python: the same test in the claim's SQL cost 2.9 µs per row.)
+_NONE = type(None)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "handler": (str,),
+    "args": (str,),
+    "resource": (_NONE, str),
+    "enqueued": (int, float),
+    "expires": (_NONE, int, float),
+    "attempts": (int,),
+    "visible": (int, float),
+    "owner": (_NONE, str),
+    "first_error": (_NONE, str),
+    "first_error_at": (_NONE, int, float),
+    "last_error": (_NONE, str),
+    "last_error_at": (_NONE, int, float),
+}
+_NUMBER = frozenset((int, float))
+_NUMBER_OR_NONE = frozenset((int, float, _NONE))
+_TEXT_OR_NONE = frozenset((str, _NONE))
+
+
+def _unsound(row: Any) -> bool:
+    """Whether a claimed row (``_COLUMNS``) holds a field of another type than buttress writes."""
+    return (
+        type(row[7]) is not int
+        or type(row[8]) not in _NUMBER
+        or type(row[5]) not in _NUMBER
+        or type(row[1]) is not str
+        or type(row[2]) is not str
+        or type(row[3]) is not str
+        or type(row[4]) not in _TEXT_OR_NONE
+        or type(row[6]) not in _NUMBER_OR_NONE
+        or type(row[9]) not in _TEXT_OR_NONE
+        or type(row[10]) not in _TEXT_OR_NONE
+        or type(row[11]) not in _NUMBER_OR_NONE
+        or type(row[12]) not in _TEXT_OR_NONE
+        or type(row[13]) not in _NUMBER_OR_NONE
+    )
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buttress_queue (
     id INTEGER PRIMARY KEY,
@@ -601,14 +646,19 @@ class SQLiteQueueStore:
         # (a queued item's key is never done: both are one row, one key in the unique index)
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM buttress_queue q WHERE id BETWEEN ? AND ? AND +queue = ? "
-            "AND visible <= ? AND (resource IS NULL OR id = (SELECT MIN(id) FROM buttress_queue "
-            "h WHERE h.queue = q.queue AND h.resource = q.resource AND h.resource IS NOT NULL)) "
-            "ORDER BY id LIMIT ?",
+            "AND (visible <= ? OR typeof(visible) = 'text' OR typeof(visible) = 'blob') AND "
+            "(resource IS NULL OR id = (SELECT MIN(id) FROM buttress_queue h WHERE h.queue = "
+            "q.queue AND h.resource = q.resource AND h.resource IS NOT NULL)) ORDER BY id LIMIT ?",
             (start, start + _QUEUED_LAST, queue, now, limit),
         ).fetchall()
         for row in rows:
             item = _item(row)
-            if item.owner is not None and item.attempts >= max_attempts:
+            if _unsound(row):  # a field of another type than buttress writes (see _TYPES)
+                item.malformed = _flaw(item)
+                item.attempts = item.attempts + 1 if type(item.attempts) is int else 1
+                item.owner, item.visible = owner, now + lease
+                out.items.append(item)  # delivered to run nothing: to the dead letters
+            elif item.owner is not None and item.attempts >= max_attempts:
                 # a delivery that failed by its worker's death, with no attempt left
                 settle_failure(item, item.owner, LEASE_RAN_OUT, now, None)
                 _bury(conn, item, now)
@@ -962,6 +1012,19 @@ def _item(row: Any, dead: bool = False, start: int = 0) -> Item:
     if dead:
         item.died = row[14]
     return item
+
+
+def _flaw(item: Item) -> str:
+    """What is wrong with the fields of a claimed row that :func:`_unsound` found."""
+    names = {_NONE: "NULL", str: "text", int: "integer", float: "real", bytes: "a blob"}
+    for name, kinds in _TYPES.items():
+        value = getattr(item, name)
+        if type(value) not in kinds:
+            shown = repr(value)
+            shown = shown if len(shown) <= 100 else f"{shown[:100]}..."
+            wanted = " or ".join(dict.fromkeys(names[k] for k in kinds))
+            return f"its stored field {name!r} is {shown}, not {wanted}"
+    return "its stored fields are not of the types buttress writes"
 
 
 def _count(conn: sqlite3.Connection, queue: str, name: str, n: int) -> None:
