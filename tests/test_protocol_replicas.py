@@ -536,3 +536,37 @@ def test_a_write_whose_primary_cools_down_is_queued_after_its_backoff_not_the_co
     # one backoff (1 s) and one more look as long: not the primary's 30 s cooldown
     assert clock.now() - began <= 2.0
     assert [target for kind, target in db.calls if kind == "write"] == ["primary"]
+
+
+def test_writes_while_the_primary_cools_down_are_queued_after_a_backoff_not_the_cooldown(
+    mode: str, clock: FakeClock
+) -> None:
+    # The primary failed a read and cools for 30 s: the writes that follow are queued (or
+    # refused) after the retry's backoff, not held until the cooldown ends.
+    manager, db = _manager(clock, f"cooling-{mode}", cooldown=30.0)
+    manager.set_protocol(
+        DB,
+        [
+            FallbackAction(S.RETRY, attempts=3, base_delay=1.0, jitter=False),
+            FallbackAction(S.SWITCH_PROVIDER),
+            FallbackAction(S.QUEUE_REQUEST),
+            FallbackAction(S.CIRCUIT_BREAK),
+        ],
+    )
+    read, write = _calls(manager, db, mode)
+    db.down.add("primary")
+    assert read("select") == "replica1:select"
+    for n in range(2):
+        began = clock.now()
+        with pytest.raises(RequestQueued):
+            write(f"insert {n}")
+        assert clock.now() - began <= 2.0
+    assert [target for kind, target in db.calls if kind == "write"] == []
+    # Without a queue the write fails as fast, saying when the primary can be tried again.
+    manager.set_protocol(DB, [FallbackAction(S.RETRY, attempts=1, base_delay=1.0, jitter=False)])
+    began = clock.now()
+    with pytest.raises(buttress.AllTargetsCooling) as refused:
+        write("insert 2")
+    assert clock.now() - began <= 2.0
+    assert "primary" in str(refused.value)
+    assert "replica1" not in str(refused.value)

@@ -48,12 +48,13 @@ over by a switch while another target is left.
 
 **Writes.** A call marked ``write=True`` goes to the pool's first registered target (the
 primary, :attr:`TargetPool.primary`, whatever order the pool prefers for reads) only:
-SWITCH_PROVIDER is skipped for it, so a write is never sent to a replica; it waits for the
-primary within its deadline (not when the primary's monitor says it is down), or is queued by a
-QUEUE_REQUEST step, or fails with the primary's error. It is never answered from a cache (that
-would report a write that did not happen), and its CIRCUIT_BREAK step is skipped: the primary's
-cooldown already fails later writes fast, and the resource's breaker would refuse the reads the
-replicas still serve.
+SWITCH_PROVIDER is skipped for it, so a write is never sent to a replica; while the primary
+cools down (or its monitor says it is down) the write does not wait out the cooldown: a RETRY
+step waits for the primary no longer than its backoff, then a QUEUE_REQUEST step queues it, or
+it fails with the primary's error or :class:`~buttress.AllTargetsCooling`. It is never
+answered from a cache (that would report a write that did not happen), and its CIRCUIT_BREAK
+step is skipped: the primary's cooldown already fails later writes fast, and the resource's
+breaker would refuse the reads the replicas still serve.
 
 **Replays.** A queued call's handler runs the call under the protocol again (a write on the
 primary, with its target as the first run had it). A replay that fails is not queued anew: the
@@ -1141,11 +1142,15 @@ class _Run:
                     if choice is None and bad:
                         choice = pool.choose()
                 if choice is None:
-                    choice = yield from self._wait_for_target(self.only, _FIRST_WAIT)
+                    # A write does not sit out its primary's cooldown: the protocol takes it at
+                    # once (a RETRY waits for the primary no longer than its backoff, then a
+                    # queue or a clear error), as later writes fail fast while it cools.
+                    first_wait = 0.0 if self.only is not None else _FIRST_WAIT
+                    choice = yield from self._wait_for_target(self.only, first_wait)
             if choice is _MISSING:
                 assert pool is not None
                 if self.error is None:
-                    self.error = pool.exhausted_error()
+                    self.error = pool.exhausted_error(only=self.only)
                 host.step(self, "CALL", None, "skipped", self.error)
             else:
                 ok, value, took = yield self.command(choice)
@@ -1270,7 +1275,7 @@ class _Run:
             wait = None if ready is None else max(0.0, ready - self.clock.now())
             if wait is None or self.waited + wait > max_wait or not self.fits(wait):
                 if self.only is None or self.error is None:
-                    self.error = pool.exhausted_error(exclude=exclude)
+                    self.error = pool.exhausted_error(exclude=exclude, only=self.only)
                 # else a write keeps its primary's own error: the replicas were never a choice
                 return _MISSING
             self.waited += wait

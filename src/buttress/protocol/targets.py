@@ -633,14 +633,19 @@ class TargetPool:
                 best = ready if best is None else min(best, ready)
         return None if best is None else best - now + clock_now
 
-    def exhausted_error(self, exclude: Collection[str] = ()) -> AllTargetsCooling:
-        """The error for a call that found no target: each target, its reason, its expiry."""
+    def exhausted_error(
+        self, exclude: Collection[str] = (), *, only: str | None = None
+    ) -> AllTargetsCooling:
+        """The error for a call that found no target: each target, its reason, its expiry
+        (``only``: that target alone, the one a write may go to)."""
         now, clock_now = self._times()
         rows: list[tuple[str, str, float]] = []
         parts: list[str] = []
         earliest: float | None = None
         with self._lock:
             for slot in self._order:
+                if only is not None and slot.name != only:
+                    continue
                 machine = slot.machine
                 if machine.healthy or (exclude and slot.name in exclude and now >= machine.until):
                     reason, ready = "already tried by this call", now
