@@ -387,14 +387,16 @@ def _add_serve_parser(commands: Any) -> None:
         help="serve the health, readiness, metrics and dashboard endpoints",
         description=(
             "Serve a team's operator endpoints (/health, /live, /ready, /metrics, /state,"
-            " /events and the dashboard at /) with uvicorn, for a team described in a JSON or"
-            " TOML file, or for a demo team that changes on its own. The bearer token, if any,"
-            " comes from the environment (BUTTRESS_SERVER_TOKEN, or the variable --token-env"
-            " or the file's token_env names), never from the command line."
+            " /events and the dashboard at /) with uvicorn, for a team described in a TOML,"
+            " JSON or YAML file, or for a demo team that changes on its own. The bearer token,"
+            " if any, comes from the environment (BUTTRESS_SERVER_TOKEN, or the variable"
+            " --token-env or the file's token_env names), never from the command line."
         ),
     )
     source = serve.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", metavar="FILE", help="a .json or .toml team configuration")
+    source.add_argument(
+        "--config", metavar="FILE", help="a .toml, .json or .yaml team configuration"
+    )
     source.add_argument("--demo", action="store_true", help="serve a demo team")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
