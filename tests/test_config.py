@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -212,6 +213,28 @@ def test_json_and_yaml_files_say_the_same(tmp_path: Path) -> None:
     )
 
 
+def test_a_team_file_sets_the_full_stacks_timeouts(tmp_path: Path) -> None:
+    # The dict's ``timeouts`` key, in a file: seconds per resource type for with_resilience.
+    path = tmp_path / "team.toml"
+    path.write_text('team = "t"\n[timeouts]\napi_quota = 5\ndatabase = 2.5\n')
+    config = load_config(path)
+    assert config.manager["timeouts"] == {ResourceType.API_QUOTA: 5.0, ResourceType.DATABASE: 2.5}
+    assert check_config(path) == config
+    manager = build_manager(path)
+    with buttress.testing.FakeClock() as clock:
+
+        async def slow() -> str:
+            await clock.asleep(10.0)
+            return "late"
+
+        with pytest.raises(buttress.OperationTimeout):
+            asyncio.run(manager.with_resilience(slow, ResourceType.API_QUOTA))
+        assert clock.now() == pytest.approx(5.0)
+    assert load_config({"timeouts": {ResourceType.NETWORK: 1}}).manager["timeouts"] == {
+        ResourceType.NETWORK: 1.0
+    }
+
+
 @pytest.mark.parametrize(
     ("data", "named"),
     [
@@ -239,6 +262,11 @@ def test_json_and_yaml_files_say_the_same(tmp_path: Path) -> None:
         ({"circuits": "openai"}, "circuits"),
         ({"environment": "staging"}, "environment"),
         ({"team": ""}, "team"),
+        ({"timeouts": 5}, "timeouts must map"),
+        ({"timeouts": {"disk": 5}}, "timeouts key 'disk'"),
+        ({"timeouts": {"api_quota": 0}}, "timeouts.api_quota"),
+        ({"timeouts": {"api_quota": "5"}}, "timeouts.api_quota"),
+        ({"timeouts": {"api_quota": True}}, "timeouts.api_quota"),
     ],
 )
 def test_a_bad_key_is_named(data: dict[str, object], named: str) -> None:

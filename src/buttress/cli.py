@@ -514,6 +514,8 @@ def _config_check(args: argparse.Namespace) -> int:
                 if k not in ("fallback_strategies", "thresholds")
             }
             for key, value in settings_keys.items():
+                if key == "timeouts":
+                    value = ", ".join(f"{t.value} {s:g}s" for t, s in value.items())
                 print(f"  {key:<14} {value}")
             print(f"  monitors       {len(team.monitors)}")
             for spec in team.monitors:

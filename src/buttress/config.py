@@ -201,6 +201,7 @@ _TEAM_KEYS = frozenset(
         "circuits",
         "thresholds",
         "fallback_strategies",
+        "timeouts",
         "token_env",
         *_SECONDS_KEYS,
         *_COUNT_KEYS,
@@ -334,6 +335,10 @@ def _team(data: object, problems: list[str]) -> TeamConfig | None:
         strategies = _strategies(data["fallback_strategies"], problems)
         if strategies is not None:
             manager["fallback_strategies"] = strategies
+    if "timeouts" in data:
+        timeouts = _timeouts(data["timeouts"], problems)
+        if timeouts is not None:
+            manager["timeouts"] = timeouts
     team = _text(data, "team", problems)
     storage = _text(data, "storage", problems)
     token_env = _text(data, "token_env", problems)
@@ -403,6 +408,24 @@ def _thresholds(value: object, problems: list[str]) -> dict[ResourceType, dict[s
             continue
         if rtype is not None:
             out[rtype] = checked
+    return out
+
+
+def _timeouts(value: object, problems: list[str]) -> dict[ResourceType, float] | None:
+    """Seconds per resource type for the full stack (``with_resilience``)."""
+    if not isinstance(value, Mapping):
+        problems.append(f"timeouts must map resource types to seconds, got {_kind(value)}")
+        return None
+    out: dict[ResourceType, float] = {}
+    for key, seconds in value.items():
+        rtype = _rtype(key, f"timeouts key {key!r}", problems)
+        where = f"timeouts.{getattr(rtype, 'value', key)}"
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            problems.append(f"{where} must be a number of seconds > 0, got {_kind(seconds)}")
+        elif not (math.isfinite(seconds) and seconds > 0):
+            problems.append(f"{where} must be a number of seconds > 0, got {seconds!r}")
+        elif rtype is not None:
+            out[rtype] = float(seconds)
     return out
 
 
