@@ -866,6 +866,26 @@ async def test_check_now_waits_within_each_timeout(clock: FakeClock) -> None:
     assert states["network:hangs"].last_error == "timeout after 0.01s"
 
 
+@aio
+async def test_check_now_called_again_checks_a_timed_out_check_again(clock: FakeClock) -> None:
+    # A script calling check_now in a row: the hung check was cancelled, so each call runs it
+    # once more, and its failures add up to UNAVAILABLE as the scheduler's would.
+    started = 0
+
+    async def hangs() -> None:
+        nonlocal started
+        started += 1
+        await asyncio.Event().wait()
+
+    manager = ResourceManager("test", check_interval=10)
+    manager.register(ResourceType.NETWORK, "hangs", hangs, timeout=0.01, fail_threshold=3)
+    for _ in range(3):
+        states = await manager.check_now()
+    assert started == 3
+    assert states["network:hangs"].consecutive_failures == 3
+    assert states["network:hangs"].status is U
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [

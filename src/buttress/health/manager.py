@@ -241,6 +241,10 @@ class ResourceState:
 StatusCallback = Callable[[ResourceState, "ResourceStatus | None"], None]
 
 
+#: Turns of the event loop check_now gives a cancelled check to end before it runs it again.
+_ENDING_TURNS = 3
+
+
 class _Run:
     """One execution of a check."""
 
@@ -805,6 +809,19 @@ class ResourceManager:
         if self.running and self._loop is not loop:
             raise RuntimeError("check_now() must run on the event loop the manager runs on")
         clock = self._clock or get_clock()
+        # A check an earlier call timed out was cancelled, not awaited: give it a few turns of
+        # the loop to end, so that this call runs it again (one that ignores its cancellation
+        # stays alive, and this call waits for no new run of it).
+        for _ in range(_ENDING_TURNS):
+            ending = [
+                run.task
+                for run in (monitor._run for monitor in self.monitors())
+                if run is not None and run.abandoned and run.task is not None
+                if not run.task.done()
+            ]
+            if not ending:
+                break
+            await asyncio.sleep(0)
         runs: list[tuple[Monitor, _Run]] = []
         for monitor in self.monitors():
             run = monitor._run
