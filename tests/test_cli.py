@@ -43,3 +43,27 @@ def test_help_is_plain_text(argv: list[str], capsys: pytest.CaptureFixture[str])
     assert "demo" in out
     for markup in ("``", ":class:", ":func:", ":meth:", "`"):
         assert markup not in out, f"reStructuredText {markup!r} in {' '.join(argv)}"
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly() -> None:
+    # `buttress config check | head -1`: the rest of the output met a closed pipe, and the
+    # command died with a BrokenPipeError traceback on stderr and status 1
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "buttress.cli", "config", "check"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import sys
 from collections import Counter
@@ -260,6 +261,21 @@ def _positive(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` names; its exit status. A reader that stops reading the output
+    (``buttress config check | head``) ends it quietly, as other command-line tools do."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # what is still buffered would raise again as the interpreter flushes it at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, as a shell reports a command its pipe's reader left
+    return status
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     # Help is plain text for a terminal: the module docstring's reStructuredText is for readers
     # of the source.
     parser = argparse.ArgumentParser(
