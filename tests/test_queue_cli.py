@@ -195,3 +195,27 @@ def test_usage_errors_exit_2_naming_the_argument(
     out, err = capsys.readouterr()
     assert out == ""
     assert says in err
+
+
+def test_an_id_held_by_several_queues_needs_the_queue_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # item ids count within each queue: `show 1` printed the first queue's #1 without a word
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    for name in ("mail", "sms"):
+        with RequestQueue(name, storage=url) as q:
+            q.handler("send")(print)
+            q.put("send", [name])
+    assert main(["queue", "--storage", url, "show", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "buttress queue: item #1 is in several queues (mail, sms): name one with --queue\n"
+    )
+    assert main(["queue", "--storage", url, "--queue", "sms", "show", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["args"] == {"args": ["sms"], "kwargs": {}}
+    with RequestQueue("sms", storage=url) as q:  # one more in sms only: its id is its own
+        q.handler("send")(print)
+        q.put("send", ["again"])
+    assert main(["queue", "--storage", url, "show", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["queue"] == "sms"

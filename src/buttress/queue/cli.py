@@ -190,19 +190,34 @@ def _act(store: QueueStore, args: argparse.Namespace) -> int:
         names = [args.queue]
     now = wall_time()
     if args.action == "show":
-        for name in names:
-            item = store.get(name, args.id, dead=args.dead)
-            if item is not None:
-                wrong = _unreadable(item)
-                record = item.as_dict()
-                if "args" not in wrong:
-                    record["args"] = json.loads(item.args)
-                if wrong:
-                    record["unreadable"] = wrong
-                print(json.dumps({"queue": name, **record}, indent=2, default=_stored))
-                return 0
-        print(f"no {'dead letter' if args.dead else 'item'} #{args.id}")
-        return 1
+        found = [(name, item) for name in names if (item := store.get(name, args.id, args.dead))]
+        kind = "dead letter" if args.dead else "item"
+        if len(found) > 1:  # ids count within a queue: the id alone does not say which
+            held = ", ".join(name for name, _ in found)
+            return _error(
+                f"{kind} #{args.id} is in several queues ({held}): name one with --queue", 2
+            )
+        if not found:
+            print(f"no {kind} #{args.id}")
+            return 1
+        name, item = found[0]
+        wrong = _unreadable(item)
+        record = item.as_dict()
+        if "args" not in wrong:
+            record["args"] = json.loads(item.args)
+        if wrong:
+            record["unreadable"] = wrong
+        print(json.dumps({"queue": name, **record}, indent=2, default=_stored))
+        return 0
+    if args.action == "dead" and args.verb in ("requeue", "purge") and args.ids and len(names) > 1:
+        holding = [n for n in names if any(store.get(n, i, dead=True) for i in args.ids)]
+        if len(holding) > 1:  # the same ids in several queues: which were meant?
+            return _error(
+                f"dead letters {', '.join(f'#{i}' for i in args.ids)} are in several queues "
+                f"({', '.join(holding)}): name one with --queue",
+                2,
+            )
+        names = holding or names
     if not names:
         print("no queues")
         return 0
