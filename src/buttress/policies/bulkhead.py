@@ -5,7 +5,9 @@ Theory of operation
 At most ``max_concurrent`` calls are inside at once, counted across threads and asyncio tasks
 alike (one bulkhead may guard both). A call over the limit waits up to ``max_wait`` seconds, first
 come first served; a slot freed by a finishing call is handed directly to the oldest waiter, so a
-newcomer can never overtake someone already waiting. Past ``max_wait`` the call is refused with
+newcomer can never overtake someone already waiting. A waiter that gives up (its task cancelled,
+a ``KeyboardInterrupt`` in its thread) leaves the queue, and a slot handed to it meanwhile goes to
+the next. Past ``max_wait`` the call is refused with
 :class:`buttress.BulkheadFull` (``retry_after`` is ``None``: how long a slot takes to free up is
 not known).
 
@@ -194,8 +196,13 @@ class Bulkhead:
                 waiter = None
         if waiter is None:
             raise self._reject()
-        if event.wait(self.max_wait) or self._abandon(waiter):
-            return
+        try:
+            if event.wait(self.max_wait) or self._abandon(waiter):
+                return
+        except BaseException:  # interrupted while waiting: leave the queue, as a cancelled task
+            if self._abandon(waiter):
+                self.release()
+            raise
         raise self._reject()
 
     async def aacquire(self) -> None:
