@@ -21,9 +21,11 @@ from buttress import (
     CircuitState,
     RateLimitConfig,
     RateLimiter,
+    events,
     rate_limit,
 )
 from buttress.policies.adaptive import AdaptiveConcurrency
+from buttress.testing import FakeClock
 
 
 def _breaker() -> CircuitBreaker:
@@ -106,3 +108,29 @@ async def _acall_fails(breaker: CircuitBreaker) -> bool:
     with pytest.raises(ConnectionError):
         await breaker.acall(lambda: _fails())  # acall awaits it under the breaker: it counts
     return breaker.state is CircuitState.OPEN
+
+
+def test_a_refused_coroutine_does_not_settle_a_probe(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(
+        name=f"gate-{uuid.uuid4().hex[:8]}", fail_max=1, recovery_timeout=10, clock=clock
+    )
+    breaker.open()
+    clock.advance(10)
+    guarded = breaker(lambda: _fails())
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        guarded()
+    assert breaker.state is CircuitState.HALF_OPEN  # the probe was neither a success nor a failure
+    assert asyncio.run(_acall_fails(breaker))  # and its slot was given back to the next probe
+
+
+def test_a_refused_coroutine_is_no_completed_call_for_hooks() -> None:
+    breaker = _breaker()
+    seen: list[events.Event] = []
+    hook = events.add_hook(seen.append)
+    try:
+        with pytest.raises(TypeError, match="returned an awaitable"):
+            breaker(lambda: _fails())()
+    finally:
+        events.remove_hook(hook)
+    assert [e for e in seen if isinstance(e, events.CallCompleted)] == []
+    assert breaker.state is CircuitState.CLOSED

@@ -322,7 +322,9 @@ class _Core:
 
     # -- the general path (the fast one is in CircuitBreaker's entry points) --------------------
 
-    def run(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Any], args: Any, kwargs: Any, gated: bool = False) -> Any:
+        """The general sync path; ``gated``: an awaitable returned is refused, and not counted
+        (its work has not run)."""
         began = (self.clock or get_clock()).now()  # admit(), inlined for the refusals of outages
         wait = self.open_gate.reopens_at - began
         admission = self.state.admit(began) if wait <= 0 else wait
@@ -333,6 +335,9 @@ class _Core:
         except BaseException as error:
             self.finish(admission, began, error)
             raise
+        if gated and hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
+            self.state.settle(admission, self.now(), None, False)  # no verdict: a probe is freed
+            raise refused_awaitable("circuit breaker", fn, result)
         self.finish(admission, began, None)
         return result
 
@@ -696,20 +701,16 @@ class CircuitBreaker:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ticket = core.gate.closed_generation
             if ticket < 0 or _HOOKS:
-                result = core.run(fn, args, kwargs)
-            else:
-                try:
-                    result = fn(*args, **kwargs)
-                except Exception as error:
-                    core.failed(ticket, error)
-                    raise
-                if hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
-                    raise refused_awaitable("circuit breaker", fn, result)
-                if core.gate.failures:
-                    core.local.succeeded(ticket)
-                return result
-            if hasattr(result, "__await__"):
+                return core.run(fn, args, kwargs, True)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as error:
+                core.failed(ticket, error)
+                raise
+            if hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
                 raise refused_awaitable("circuit breaker", fn, result)
+            if core.gate.failures:
+                core.local.succeeded(ticket)
             return result
 
         return cast(F, wrapper)
