@@ -134,3 +134,23 @@ def test_a_refused_coroutine_is_no_completed_call_for_hooks() -> None:
         events.remove_hook(hook)
     assert [e for e in seen if isinstance(e, events.CallCompleted)] == []
     assert breaker.state is CircuitState.CLOSED
+
+
+def _five() -> int:
+    return 5
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_acall_of_a_plain_function_returns_its_value_as_call_does(
+    policy: Any, hooked: bool
+) -> None:
+    hook = events.add_hook(lambda event: None) if hooked else None
+    try:
+        assert policy.call(_five) == 5
+        assert asyncio.run(policy.acall(_five)) == 5  # not a TypeError from awaiting an int
+        assert asyncio.run(policy.acall(_five)) == 5
+    finally:
+        if hook is not None:
+            events.remove_hook(hook)
+    if isinstance(policy, CircuitBreaker):
+        assert policy.state is CircuitState.CLOSED  # nor a failure counted against the dependency

@@ -50,7 +50,7 @@ from typing import Any, TypeVar, cast
 
 from .. import clock as _clock
 from .. import events as _events
-from .._callables import guarded_kind, refused_awaitable
+from .._callables import guarded_kind, refused_awaitable, resolved
 from .._config import integer, number
 from ..clock import Clock, checked_clock
 from ..errors import RejectedError
@@ -310,11 +310,12 @@ class AdaptiveConcurrency(Bulkhead):
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` inside the limit, measured."""
+        """Await what ``fn(*args, **kwargs)`` returns (a plain value as it is), inside the limit,
+        measured."""
         await self.aacquire()
         start, inflight = self._begin()
         try:
-            result = await fn(*args, **kwargs)
+            result: T = await resolved(fn(*args, **kwargs))
         except BaseException as exc:
             self._end(start, inflight, exc)
             raise

@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
-from .._callables import guarded_kind, refused_awaitable
+from .._callables import guarded_kind, refused_awaitable, resolved
 from .._config import integer, nonblank, seconds
 from ..clock import get_clock
 from ..errors import BulkheadFull
@@ -279,10 +279,11 @@ class Bulkhead:
             self.release()
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` inside the bulkhead."""
+        """Await what ``fn(*args, **kwargs)`` returns inside the bulkhead (a plain value as
+        it is)."""
         await self.aacquire()
         try:
-            return await fn(*args, **kwargs)
+            return cast(T, await resolved(fn(*args, **kwargs)))
         finally:
             self.release()
 

@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
-from .._callables import guarded_kind, refused_awaitable
+from .._callables import guarded_kind, refused_awaitable, resolved
 from .._config import (
     env_float,
     env_int,
@@ -364,7 +364,9 @@ class _Core:
         ticket: tuple[Admission, float],
     ) -> Any:
         try:
-            result = await fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if hasattr(result, "__await__"):  # acall of a plain function: its value as it is
+                result = await result
         except BaseException as error:
             await self.afinish(*ticket, error)
             raise
@@ -732,14 +734,15 @@ class CircuitBreaker:
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` through the breaker."""
+        """Await what ``fn(*args, **kwargs)`` returns through the breaker (a plain value as
+        it is)."""
         core = self._core
         ticket = core.gate.closed_generation
         if ticket < 0 or _HOOKS:
             outcome: T = await core.arun(fn, args, kwargs)
             return outcome
         try:
-            result = await fn(*args, **kwargs)
+            result: T = await resolved(fn(*args, **kwargs))
         except Exception as error:
             core.failed(ticket, error)
             raise
