@@ -154,3 +154,25 @@ def test_acall_of_a_plain_function_returns_its_value_as_call_does(
             events.remove_hook(hook)
     if isinstance(policy, CircuitBreaker):
         assert policy.state is CircuitState.CLOSED  # nor a failure counted against the dependency
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+@pytest.mark.parametrize("name", ["breaker", "bulkhead", "adaptive"])
+def test_call_of_a_plain_callable_returning_a_coroutine_is_refused_as_decorating_it_is(
+    name: str, hooked: bool
+) -> None:
+    policy = POLICIES[name]()
+    hook = events.add_hook(lambda event: None) if hooked else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the coroutine is closed: no "never awaited" warning
+            for _ in range(3):
+                with pytest.raises(TypeError, match="returned an awaitable"):
+                    policy.call(lambda: _fails())
+    finally:
+        if hook is not None:
+            events.remove_hook(hook)
+    if isinstance(policy, CircuitBreaker):
+        assert policy.state is CircuitState.CLOSED
+    else:
+        assert policy.active == 0

@@ -298,7 +298,11 @@ class AdaptiveConcurrency(Bulkhead):
         return cast(F, wrapper)
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` inside the limit, measured."""
+        """Call the sync ``fn(*args, **kwargs)`` inside the limit, measured.
+
+        Raises:
+            TypeError: ``fn`` returned an awaitable (use :meth:`acall`).
+        """
         self.acquire()
         start, inflight = self._begin()
         try:
@@ -307,6 +311,8 @@ class AdaptiveConcurrency(Bulkhead):
             self._end(start, inflight, exc)
             raise
         self._done(start, inflight)
+        if hasattr(result, "__await__"):  # its work would run outside the limit
+            raise refused_awaitable(self._label, fn, result)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:

@@ -271,12 +271,19 @@ class Bulkhead:
         return cast(F, wrapper)
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` inside the bulkhead."""
+        """Call the sync ``fn(*args, **kwargs)`` inside the bulkhead.
+
+        Raises:
+            TypeError: ``fn`` returned an awaitable (use :meth:`acall`).
+        """
         self.acquire()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
             self.release()
+        if hasattr(result, "__await__"):  # its work would run after the slot is released
+            raise refused_awaitable(self._label, fn, result)
+        return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await what ``fn(*args, **kwargs)`` returns inside the bulkhead (a plain value as

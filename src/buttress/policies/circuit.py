@@ -718,17 +718,23 @@ class CircuitBreaker:
         return cast(F, wrapper)
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` through the breaker."""
+        """Call the sync ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises:
+            TypeError: ``fn`` returned an awaitable (not counted; use :meth:`acall`).
+        """
         core = self._core
         ticket = core.gate.closed_generation
         if ticket < 0 or _HOOKS:
-            outcome: T = core.run(fn, args, kwargs)
+            outcome: T = core.run(fn, args, kwargs, True)
             return outcome
         try:
             result = fn(*args, **kwargs)
         except Exception as error:
             core.failed(ticket, error)
             raise
+        if hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
+            raise refused_awaitable("circuit breaker", fn, result)
         if core.gate.failures:
             core.local.succeeded(ticket)
         return result
