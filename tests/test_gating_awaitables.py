@@ -24,6 +24,7 @@ from buttress import (
     events,
     rate_limit,
 )
+from buttress.machines.limit import AIMD, LimitChange
 from buttress.policies.adaptive import AdaptiveConcurrency
 from buttress.testing import FakeClock
 
@@ -176,3 +177,33 @@ def test_call_of_a_plain_callable_returning_a_coroutine_is_refused_as_decorating
         assert policy.state is CircuitState.CLOSED
     else:
         assert policy.active == 0
+
+
+class _Recording(AIMD):
+    """AIMD that counts the samples it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(initial_limit=5)
+        self.samples = 0
+
+    def sample(
+        self, now: float, rtt: float, inflight: int, dropped: bool = False
+    ) -> LimitChange | None:
+        self.samples += 1
+        return super().sample(now, rtt, inflight, dropped)
+
+
+def test_a_refused_coroutine_is_no_measurement_of_an_adaptive_limit() -> None:
+    algorithm = _Recording()
+    limit = AdaptiveConcurrency(algorithm)
+    decorated = limit(lambda: _fails())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match="returned an awaitable"):
+            decorated()
+        with pytest.raises(TypeError, match="returned an awaitable"):
+            limit.call(lambda: _fails())
+    assert algorithm.samples == 0  # no round trip was measured: the work never ran
+    assert limit.active == 0
+    assert limit.call(_five) == 5
+    assert algorithm.samples == 1

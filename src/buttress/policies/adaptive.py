@@ -279,7 +279,7 @@ class AdaptiveConcurrency(Bulkhead):
 
             return cast(F, async_wrapper)
 
-        label = self._label
+        label, release = self._label, super().release
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -290,9 +290,10 @@ class AdaptiveConcurrency(Bulkhead):
             except BaseException as exc:
                 end(start, inflight, exc)
                 raise
-            done(start, inflight)
-            if hasattr(result, "__await__"):  # its work would run outside the limit
+            if hasattr(result, "__await__"):  # its work would run outside the limit, unmeasured
+                release()
                 raise refused_awaitable(label, fn, result)
+            done(start, inflight)
             return result
 
         return cast(F, wrapper)
@@ -310,9 +311,10 @@ class AdaptiveConcurrency(Bulkhead):
         except BaseException as exc:
             self._end(start, inflight, exc)
             raise
-        self._done(start, inflight)
-        if hasattr(result, "__await__"):  # its work would run outside the limit
+        if hasattr(result, "__await__"):  # its work would run outside the limit, unmeasured
+            super().release()
             raise refused_awaitable(self._label, fn, result)
+        self._done(start, inflight)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
