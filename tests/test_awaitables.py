@@ -143,6 +143,25 @@ def test_sync_call_of_a_lambda_returns_a_guarded_awaitable() -> None:
     assert flaky.calls == 2
 
 
+@pytest.mark.parametrize("decorated", [False, True])
+def test_an_awaitable_from_a_retried_sync_attempt_is_awaited_under_the_retry(
+    decorated: bool,
+) -> None:
+    flaky = Flaky(1)  # once started, its first run fails too
+    connected: list[bool] = []
+
+    def fetch() -> Awaitable[str]:
+        if not connected:  # the first attempt fails before any coroutine is made
+            connected.append(True)
+            raise ConnectionError("not connected")
+        return flaky()
+
+    policy = Retry(max_attempts=3, base_delay=0)
+    pending = policy(fetch)() if decorated else policy.call(fetch)
+    assert guarded(pending) == "ok"  # the second attempt's coroutine failed and was retried
+    assert flaky.calls == 2
+
+
 def test_a_late_awaitable_from_a_sync_timeout_gets_what_is_left() -> None:
     fake = FakeClock()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 from typing import Any
 
 import pytest
 
 from buttress import Bulkhead, BulkheadFull, RejectedError, events
+from buttress.policies.adaptive import AdaptiveConcurrency
 from buttress.testing import FakeClock
 from conftest import make
 
@@ -120,6 +122,61 @@ def test_wait_times_out() -> None:
     asyncio.run(main())
     assert bulkhead.waiting == 0
     bulkhead.release()
+
+
+def _interrupted_while_waiting(bulkhead: Bulkhead) -> None:
+    """Take a slot in this thread, and be interrupted (``KeyboardInterrupt``) while waiting."""
+    main = threading.get_ident()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def poke() -> None:
+        for _ in range(10_000):
+            if bulkhead.waiting:
+                break
+            threading.Event().wait(0.001)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    poker = threading.Thread(target=poke)
+    poker.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bulkhead.acquire()
+    finally:
+        poker.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+
+
+async def _cancelled_while_waiting(bulkhead: Bulkhead) -> None:
+    waiter = asyncio.create_task(bulkhead.aacquire())
+    for _ in range(100):
+        if bulkhead.waiting:
+            break
+        await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+@pytest.mark.parametrize("kind", ["bulkhead", "adaptive"])
+def test_a_waiter_interrupted_or_cancelled_gives_its_place_up(mode: str, kind: str) -> None:
+    bulkhead = (
+        Bulkhead(max_concurrent=1, max_wait=60)
+        if kind == "bulkhead"
+        else AdaptiveConcurrency(initial_limit=1, max_wait=60)
+    )
+    bulkhead.acquire()
+    if mode == "sync":
+        _interrupted_while_waiting(bulkhead)
+    else:
+        asyncio.run(_cancelled_while_waiting(bulkhead))
+    assert bulkhead.waiting == 0
+    bulkhead.release()  # the slot is not handed to the waiter that left
+    assert bulkhead.active == 0
+    bulkhead.call(lambda: None)  # and the next call is admitted at once
 
 
 def test_limit_changes_at_run_time() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 
@@ -166,6 +167,48 @@ def test_sync_timeout_raises_promptly_and_abandons_the_work() -> None:
     assert abandoned_calls() == before + 1  # still running in its worker
     release.set()
     assert finished.wait(2.0)
+    for _ in range(200):  # the done-callback runs right after the worker finishes
+        if abandoned_calls() == before:
+            break
+        threading.Event().wait(0.01)
+    assert abandoned_calls() == before
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+def test_a_sync_caller_interrupted_while_waiting_abandons_the_work() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+    main = threading.get_ident()
+
+    @timeout(timeout_seconds=30)
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        finished.set()
+        return "late"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def poke() -> None:
+        if started.wait(10):
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    before = abandoned_calls()
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    poker = threading.Thread(target=poke)
+    poker.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            slow()
+    finally:
+        poker.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+    # As a timed-out call: counted while it runs on in its worker (a task would be cancelled).
+    assert abandoned_calls() == before + 1
+    release.set()
+    assert finished.wait(10)
     for _ in range(200):  # the done-callback runs right after the worker finishes
         if abandoned_calls() == before:
             break

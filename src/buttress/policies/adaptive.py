@@ -50,7 +50,7 @@ from typing import Any, TypeVar, cast
 
 from .. import clock as _clock
 from .. import events as _events
-from .._callables import guarded_kind, refused_awaitable
+from .._callables import guarded_kind, refused_awaitable, resolved
 from .._config import integer, number
 from ..clock import Clock, checked_clock
 from ..errors import RejectedError
@@ -279,7 +279,7 @@ class AdaptiveConcurrency(Bulkhead):
 
             return cast(F, async_wrapper)
 
-        label = self._label
+        label, release = self._label, super().release
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -290,15 +290,20 @@ class AdaptiveConcurrency(Bulkhead):
             except BaseException as exc:
                 end(start, inflight, exc)
                 raise
-            done(start, inflight)
-            if hasattr(result, "__await__"):  # its work would run outside the limit
+            if hasattr(result, "__await__"):  # its work would run outside the limit, unmeasured
+                release()
                 raise refused_awaitable(label, fn, result)
+            done(start, inflight)
             return result
 
         return cast(F, wrapper)
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` inside the limit, measured."""
+        """Call the sync ``fn(*args, **kwargs)`` inside the limit, measured.
+
+        Raises:
+            TypeError: ``fn`` returned an awaitable (use :meth:`acall`).
+        """
         self.acquire()
         start, inflight = self._begin()
         try:
@@ -306,15 +311,19 @@ class AdaptiveConcurrency(Bulkhead):
         except BaseException as exc:
             self._end(start, inflight, exc)
             raise
+        if hasattr(result, "__await__"):  # its work would run outside the limit, unmeasured
+            super().release()
+            raise refused_awaitable(self._label, fn, result)
         self._done(start, inflight)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` inside the limit, measured."""
+        """Await what ``fn(*args, **kwargs)`` returns (a plain value as it is), inside the limit,
+        measured."""
         await self.aacquire()
         start, inflight = self._begin()
         try:
-            result = await fn(*args, **kwargs)
+            result: T = await resolved(fn(*args, **kwargs))
         except BaseException as exc:
             self._end(start, inflight, exc)
             raise

@@ -5,7 +5,9 @@ Theory of operation
 At most ``max_concurrent`` calls are inside at once, counted across threads and asyncio tasks
 alike (one bulkhead may guard both). A call over the limit waits up to ``max_wait`` seconds, first
 come first served; a slot freed by a finishing call is handed directly to the oldest waiter, so a
-newcomer can never overtake someone already waiting. Past ``max_wait`` the call is refused with
+newcomer can never overtake someone already waiting. A waiter that gives up (its task cancelled,
+a ``KeyboardInterrupt`` in its thread) leaves the queue, and a slot handed to it meanwhile goes to
+the next. Past ``max_wait`` the call is refused with
 :class:`buttress.BulkheadFull` (``retry_after`` is ``None``: how long a slot takes to free up is
 not known).
 
@@ -35,7 +37,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
-from .._callables import guarded_kind, refused_awaitable
+from .._callables import guarded_kind, refused_awaitable, resolved
 from .._config import integer, nonblank, seconds
 from ..clock import get_clock
 from ..errors import BulkheadFull
@@ -194,8 +196,13 @@ class Bulkhead:
                 waiter = None
         if waiter is None:
             raise self._reject()
-        if event.wait(self.max_wait) or self._abandon(waiter):
-            return
+        try:
+            if event.wait(self.max_wait) or self._abandon(waiter):
+                return
+        except BaseException:  # interrupted while waiting: leave the queue, as a cancelled task
+            if self._abandon(waiter):
+                self.release()
+            raise
         raise self._reject()
 
     async def aacquire(self) -> None:
@@ -264,18 +271,26 @@ class Bulkhead:
         return cast(F, wrapper)
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` inside the bulkhead."""
+        """Call the sync ``fn(*args, **kwargs)`` inside the bulkhead.
+
+        Raises:
+            TypeError: ``fn`` returned an awaitable (use :meth:`acall`).
+        """
         self.acquire()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
             self.release()
+        if hasattr(result, "__await__"):  # its work would run after the slot is released
+            raise refused_awaitable(self._label, fn, result)
+        return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` inside the bulkhead."""
+        """Await what ``fn(*args, **kwargs)`` returns inside the bulkhead (a plain value as
+        it is)."""
         await self.aacquire()
         try:
-            return await fn(*args, **kwargs)
+            return cast(T, await resolved(fn(*args, **kwargs)))
         finally:
             self.release()
 

@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .. import events as _events
-from .._callables import guarded_kind, refused_awaitable
+from .._callables import guarded_kind, refused_awaitable, resolved
 from .._config import (
     env_float,
     env_int,
@@ -322,7 +322,9 @@ class _Core:
 
     # -- the general path (the fast one is in CircuitBreaker's entry points) --------------------
 
-    def run(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Any], args: Any, kwargs: Any, gated: bool = False) -> Any:
+        """The general sync path; ``gated``: an awaitable returned is refused, and not counted
+        (its work has not run)."""
         began = (self.clock or get_clock()).now()  # admit(), inlined for the refusals of outages
         wait = self.open_gate.reopens_at - began
         admission = self.state.admit(began) if wait <= 0 else wait
@@ -333,6 +335,9 @@ class _Core:
         except BaseException as error:
             self.finish(admission, began, error)
             raise
+        if gated and hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
+            self.state.settle(admission, self.now(), None, False)  # no verdict: a probe is freed
+            raise refused_awaitable("circuit breaker", fn, result)
         self.finish(admission, began, None)
         return result
 
@@ -359,7 +364,9 @@ class _Core:
         ticket: tuple[Admission, float],
     ) -> Any:
         try:
-            result = await fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if hasattr(result, "__await__"):  # acall of a plain function: its value as it is
+                result = await result
         except BaseException as error:
             await self.afinish(*ticket, error)
             raise
@@ -696,49 +703,52 @@ class CircuitBreaker:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ticket = core.gate.closed_generation
             if ticket < 0 or _HOOKS:
-                result = core.run(fn, args, kwargs)
-            else:
-                try:
-                    result = fn(*args, **kwargs)
-                except Exception as error:
-                    core.failed(ticket, error)
-                    raise
-                if hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
-                    raise refused_awaitable("circuit breaker", fn, result)
-                if core.gate.failures:
-                    core.local.succeeded(ticket)
-                return result
-            if hasattr(result, "__await__"):
+                return core.run(fn, args, kwargs, True)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as error:
+                core.failed(ticket, error)
+                raise
+            if hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
                 raise refused_awaitable("circuit breaker", fn, result)
+            if core.gate.failures:
+                core.local.succeeded(ticket)
             return result
 
         return cast(F, wrapper)
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Call the sync ``fn(*args, **kwargs)`` through the breaker."""
+        """Call the sync ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises:
+            TypeError: ``fn`` returned an awaitable (not counted; use :meth:`acall`).
+        """
         core = self._core
         ticket = core.gate.closed_generation
         if ticket < 0 or _HOOKS:
-            outcome: T = core.run(fn, args, kwargs)
+            outcome: T = core.run(fn, args, kwargs, True)
             return outcome
         try:
             result = fn(*args, **kwargs)
         except Exception as error:
             core.failed(ticket, error)
             raise
+        if hasattr(result, "__await__"):  # _callables.is_awaitable, inlined
+            raise refused_awaitable("circuit breaker", fn, result)
         if core.gate.failures:
             core.local.succeeded(ticket)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` through the breaker."""
+        """Await what ``fn(*args, **kwargs)`` returns through the breaker (a plain value as
+        it is)."""
         core = self._core
         ticket = core.gate.closed_generation
         if ticket < 0 or _HOOKS:
             outcome: T = await core.arun(fn, args, kwargs)
             return outcome
         try:
-            result = await fn(*args, **kwargs)
+            result: T = await resolved(fn(*args, **kwargs))
         except Exception as error:
             core.failed(ticket, error)
             raise

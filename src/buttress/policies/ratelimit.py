@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
 from .. import events as _events
-from .._callables import guarded_kind
+from .._callables import guarded_kind, resolved
 from .._config import boolean, integer, nonblank, number, optional_seconds
 from .._config import seconds as to_seconds
 from ..backends import open_storage
@@ -994,9 +994,9 @@ class RateLimit:
         return fn(*args, **kwargs)
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await the async ``fn(*args, **kwargs)`` once admitted."""
+        """Await what ``fn(*args, **kwargs)`` returns (a plain value as it is), once admitted."""
         await self._aadmit(args, kwargs)
-        return await fn(*args, **kwargs)
+        return cast(T, await resolved(fn(*args, **kwargs)))
 
 
 #: Decorator spelling of :class:`RateLimit`: ``@rate_limit("erp_api")`` (one signature, not two

@@ -370,7 +370,18 @@ class Retry:
                 result, exc = fn(*args, **kwargs), None
             except Exception as error:
                 result, exc = None, error
+            else:
+                if hasattr(result, "__await__"):  # from here on an async call, as in call()
+                    return self._awaiting(attempts, result)
         return attempts.outcome(exc, result)
+
+    async def _awaiting(self, attempts: _Attempts, pending: Any) -> Any:
+        """Await a retried attempt's awaitable, then go on as an async call."""
+        try:
+            result, exc = await pending, None
+        except Exception as error:
+            result, exc = None, error
+        return await self._arecover(attempts, exc, result)
 
     async def _arecover(
         self, attempts: _Attempts, exc: BaseException | None, result: object

@@ -23,7 +23,8 @@ real (:attr:`buttress.Clock.real`; any :class:`buttress.SystemClock` is):
 * ``def``, real clock: Python cannot kill a thread. The call runs in a worker thread (with
   a copy of the caller's context, so the deadline is visible there); at the deadline the caller
   gets ``OperationTimeout`` and the work is *abandoned*: it runs on to completion in its worker,
-  and its result or exception is discarded (logged at DEBUG). :func:`abandoned_calls` counts the
+  and its result or exception is discarded (logged at DEBUG). A caller interrupted while it waits
+  (``KeyboardInterrupt``) abandons the work the same way. :func:`abandoned_calls` counts the
   abandoned calls still running. Past ``max_abandoned`` of them, new calls are refused at once
   with ``OperationTimeout`` rather than piling up more threads on a dependency that hangs. Code
   that can stop early should check :func:`buttress.remaining` between steps.
@@ -313,31 +314,40 @@ class Timeout:
 
     def _run(self, fn: Fn, args: Args, kwargs: Kwargs) -> Any:
         entry, budget = self._enter(fn)
-        token = DEADLINE.set(entry)
-        try:
-            if entry[2]:
-                future = self._submit(fn, args, kwargs, budget)
-            else:
+        if not entry[2]:
+            token = DEADLINE.set(entry)
+            try:
                 try:
                     result = fn(*args, **kwargs)
                 except OperationTimeout:
                     self._overran(fn, entry, budget, True)
                     raise
                 self._overran(fn, entry, budget, False)
-        finally:
-            DEADLINE.reset(token)
-        if entry[2]:
+            finally:
+                DEADLINE.reset(token)
+        else:
+            # The worker's context has the deadline; nothing stands between submitting and
+            # waiting, so an interruption while the work runs always finds it abandoned below.
+            future = self._submit(fn, args, kwargs, entry, budget)
             try:
                 result = future.result(timeout=budget)
             except FutureTimeout:
                 if not future.cancel():  # it started: it runs on, abandoned
                     _WORKERS.abandon(future, self.name or callable_name(fn))
                 raise self._expired(fn, entry, budget) from None
+            except BaseException:
+                # The caller was interrupted while waiting (KeyboardInterrupt): where a task would
+                # be cancelled, the work runs on, abandoned and counted as a timed-out call is.
+                if not future.done() and not future.cancel():
+                    _WORKERS.abandon(future, self.name or callable_name(fn))
+                raise
         if is_awaitable(result):  # a plain function's awaitable: awaited within the deadline
             return self._awaited(fn, (), {}, entry, budget, result)
         return result
 
-    def _submit(self, fn: Fn, args: Args, kwargs: Kwargs, budget: float) -> Future[Any]:
+    def _submit(
+        self, fn: Fn, args: Args, kwargs: Kwargs, entry: Deadline, budget: float
+    ) -> Future[Any]:
         if _WORKERS.abandoned >= self.max_abandoned:
             name = self.name or callable_name(fn)
             raise OperationTimeout(
@@ -347,6 +357,7 @@ class Timeout:
                 name=name,
             )
         context = contextvars.copy_context()
+        context.run(DEADLINE.set, entry)
         return _WORKERS.submit(functools.partial(context.run, fn, *args, **kwargs))
 
     async def _awaited(
