@@ -251,3 +251,25 @@ def test_without_the_server_extra_the_commands_say_so_once(command: list[str]) -
     assert "Traceback" not in done.stderr
     assert done.stderr.count("pip install 'buttress[server]'") == 1
     assert "Starlette" in done.stderr
+
+
+def test_serve_names_every_problem_of_a_file_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what serving alone needs (a team name, api_quota monitors registered in code, the token's
+    # variable set) was reported one problem per run
+    monkeypatch.delenv("BUTTRESS_TEST_UNSET_VARIABLE", raising=False)
+    config = tmp_path / "team.json"
+    quota = {"type": "api_quota", "name": "openai"}
+    content = {"monitors": [quota, quota | {"name": "anthropic"}]}
+    config.write_text(json.dumps(content | {"token_env": "BUTTRESS_TEST_UNSET_VARIABLE"}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    text = str(caught.value)
+    for problem in (
+        "monitors[0].type: api_quota monitors need a function",
+        "monitors[1].type: api_quota monitors need a function",
+        "'team' must be a non-empty string",
+        "'token_env' names BUTTRESS_TEST_UNSET_VARIABLE, which is not set in the environment",
+    ):
+        assert problem in text

@@ -71,21 +71,22 @@ def load_config(path: str | os.PathLike[str]) -> tuple[ResilienceManager, str | 
     """
     config = _config.load_config(path)
     where = config.source or str(path)
-    for index, spec in enumerate(config.monitors):
-        if spec.type is ResourceType.API_QUOTA:
-            # served alone, no application feeds a tracker: it would read healthy for ever
-            raise ConfigError(
-                [f"monitors[{index}].type: api_quota monitors need a function (register in code)"],
-                source=where,
-            )
+    problems = [  # what serving alone needs beyond a valid file, all of it at once
+        f"monitors[{index}].type: api_quota monitors need a function (register in code)"
+        # served alone, no application feeds a tracker: it would read healthy for ever
+        for index, spec in enumerate(config.monitors)
+        if spec.type is ResourceType.API_QUOTA
+    ]
     if config.team is None:
-        raise ConfigError(["'team' must be a non-empty string"], source=where)
+        problems.append("'team' must be a non-empty string")
     token: str | None = None
     if config.token_env is not None:
         token = os.environ.get(config.token_env)
         if token is None or not token.strip():
             said = "is not set in the environment" if token is None else "is set but empty"
-            raise ConfigError([f"'token_env' names {config.token_env}, which {said}"], source=where)
+            problems.append(f"'token_env' names {config.token_env}, which {said}")
+    if problems:
+        raise ConfigError(problems, source=where)
     return _config.build_manager(config), token
 
 
