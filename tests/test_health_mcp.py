@@ -390,6 +390,20 @@ def test_a_server_missing_from_the_file_is_an_error_listing_the_others(
         ('{"mcpServers": {"s": {"command": "x", "url": "http://h/"}}}', r'both "command" and'),
         ('{"mcpServers": {"s": {"type": "sse", "url": "http://h/"}}}', r"uses the SSE transport"),
         ('{"mcpServers": {"s": {"type": "ws", "url": "http://h/"}}}', r"unknown \"type\" 'ws'"),
+        # some clients' files name the transport "transport": read as "type" is
+        (
+            '{"mcpServers": {"s": {"transport": "sse", "url": "http://h/"}}}',
+            r'uses the SSE transport \("transport": "sse"\)',
+        ),
+        ('{"mcpServers": {"s": {"transport": "ws", "url": "h"}}}', r"unknown \"transport\" 'ws'"),
+        (
+            '{"mcpServers": {"s": {"transport": "stdio", "url": "http://h/"}}}',
+            r'says "transport": "stdio" but gives "url"',
+        ),
+        (
+            '{"mcpServers": {"s": {"type": "http", "transport": "sse", "url": "http://h/"}}}',
+            r'says "type": \'http\' and "transport": \'sse\'; give one',
+        ),
         (
             '{"mcpServers": {"s": {"type": ["http"], "url": "http://h/"}}}',
             r'has a "type" that is list, not a string; expected "stdio" or "http"',
@@ -460,3 +474,17 @@ def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "httpx2", None)
     with pytest.raises(ImportError, match=r"pip install 'buttress\[mcp\]'"):
         mcp_check("s", command="x")
+
+
+def test_the_transport_may_be_named_transport(tmp_path: Path) -> None:
+    from buttress.health.mcp import _from_config
+
+    config = tmp_path / "mcp.json"
+    config.write_text(
+        '{"mcpServers": {"h": {"transport": "streamable-http", "url": "http://127.0.0.1:9/mcp"},'
+        ' "s": {"transport": "stdio", "command": "server"},'
+        ' "both": {"type": "http", "transport": "http", "url": "http://127.0.0.1:9/mcp"}}}'
+    )
+    assert _from_config("h", config).url == "http://127.0.0.1:9/mcp"
+    assert _from_config("s", config).command == "server"
+    assert _from_config("both", config).url == "http://127.0.0.1:9/mcp"

@@ -45,8 +45,9 @@ carries the SDK's own message types to the SDK's session.
 
 **Configuration.** ``mcp_check("supabase")`` with only a name reads, at construction, the
 conventional MCP client configuration file: ``{"mcpServers": {"supabase": {"command": ...,
-"args": [...], "env": {...}}}}`` or ``{"url": ..., "headers": {...}}`` (``"type"`` may say
-``"stdio"`` or ``"http"``; SSE servers are refused). The file is ``config=``, else the one
+"args": [...], "env": {...}}}}`` or ``{"url": ..., "headers": {...}}`` (``"type"``, or
+``"transport"`` as some clients name it, may say ``"stdio"`` or ``"http"``; SSE servers are
+refused). The file is ``config=``, else the one
 ``MCP_CONFIG`` names, else ``./mcp.json``. Every problem (no file, not JSON, no such server, an
 entry with neither ``command`` nor ``url``) is a ``ValueError`` (``TypeError`` for a value of the
 wrong type) at construction naming the file,
@@ -602,20 +603,30 @@ def _from_config(name: str, config: str | os.PathLike[str] | None) -> _Server:
     what = f"MCP server {name!r} in {where}"
     if not isinstance(entry, dict):
         raise ValueError(f"{what} must be an object, got {type(entry).__name__}")
-    kind = entry.get("type")
+    # the transport is "type" in most clients' files, "transport" in some: either is read
+    said = [key for key in ("type", "transport") if entry.get(key) is not None]
+    if len(said) == 2 and entry["type"] != entry["transport"]:
+        raise ValueError(
+            f'{what} says "type": {entry["type"]!r} and "transport": {entry["transport"]!r}; '
+            "give one"
+        )
+    field = said[0] if said else "type"
+    kind = entry.get(field)
     if kind is not None and not isinstance(kind, str):
         raise TypeError(
-            f'{what} has a "type" that is {type(kind).__name__}, not a string; expected '
+            f'{what} has a "{field}" that is {type(kind).__name__}, not a string; expected '
             '"stdio" or "http"'
         )
     if kind is not None:
         if kind == "sse":
             raise ValueError(
-                f'{what} uses the SSE transport ("type": "sse"); this monitor speaks stdio and '
-                "streamable HTTP"
+                f'{what} uses the SSE transport ("{field}": "sse"); this monitor speaks stdio '
+                "and streamable HTTP"
             )
         if kind != "stdio" and kind not in _HTTP_TYPES:
-            raise ValueError(f'{what} has an unknown "type" {kind!r}; expected "stdio" or "http"')
+            raise ValueError(
+                f'{what} has an unknown "{field}" {kind!r}; expected "stdio" or "http"'
+            )
     command, url = entry.get("command"), entry.get("url")
     if command is None and url is None:
         raise ValueError(f'{what} has neither "command" (stdio) nor "url" (streamable HTTP)')
@@ -623,7 +634,7 @@ def _from_config(name: str, config: str | os.PathLike[str] | None) -> _Server:
         raise ValueError(f'{what} has both "command" and "url"; give one')
     if command is not None:
         if kind in _HTTP_TYPES:
-            raise ValueError(f'{what} says "type": {kind!r} but gives "command", not "url"')
+            raise ValueError(f'{what} says "{field}": {kind!r} but gives "command", not "url"')
         if "headers" in entry:
             raise ValueError(f'{what}: "headers" goes with "url", not with "command"')
         return _Server(
@@ -632,7 +643,7 @@ def _from_config(name: str, config: str | os.PathLike[str] | None) -> _Server:
             env=_string_map(entry.get("env"), f'"env" of {what}'),
         )
     if kind == "stdio":
-        raise ValueError(f'{what} says "type": "stdio" but gives "url", not "command"')
+        raise ValueError(f'{what} says "{field}": "stdio" but gives "url", not "command"')
     return _Server(
         url=_url(url, f'"url" of {what}'),
         headers=_string_map(entry.get("headers"), f'"headers" of {what}'),
