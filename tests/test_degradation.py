@@ -161,6 +161,41 @@ def test_partial_recovery_steps_down_after_the_dwell(clock: FakeClock) -> None:
     assert m.get_current_tier() is T1
 
 
+def test_each_better_tier_waits_out_its_own_dwell(clock: FakeClock) -> None:
+    m = manager(clock, dwell=30.0)
+    m.update_health("orders_db", healthy=False)
+    m.update_health("factor_api", healthy=False)
+    assert m.get_current_tier() is T4
+    m.update_health("orders_db", healthy=True)  # T3 called for from t=0
+    clock.advance(20.0)
+    m.update_health("factor_api", healthy=True)  # T1 called for from t=20
+    clock.advance(10.0)
+    assert m.get_current_tier() is T3  # T3 or better held 30 s, T1 only 10 s
+    assert m.snapshot()["improving_since"] is not None
+    clock.advance(19.0)
+    assert m.get_current_tier() is T3
+    clock.advance(1.0)
+    assert m.get_current_tier() is T1
+
+
+def test_a_dependency_flapping_late_in_a_recovery_does_not_flap_the_tier(
+    clock: FakeClock,
+) -> None:
+    m = manager(clock, dwell=10.0)
+    changes: list[tuple[DegradationTier, DegradationTier]] = []
+    m.on_tier_change(lambda old, new, reason: changes.append((old, new)))
+    m.update_health("database", healthy=False)
+    m.update_health("llm_api", healthy=False)
+    m.update_health("database", healthy=True)  # the target is T2 from t=0
+    for _ in range(5):  # the LLM is healthy for 1 s before each read, never 10 s
+        clock.advance(9.0)
+        m.update_health("llm_api", healthy=True)
+        clock.advance(1.0)
+        m.get_current_tier()
+        m.update_health("llm_api", healthy=False)
+    assert changes == [(T1, T4), (T4, T2)]
+
+
 def test_getting_worse_during_a_pending_improvement_cancels_it(clock: FakeClock) -> None:
     m = manager(clock, dwell=5.0)
     m.update_health("factor_api", healthy=False)
