@@ -355,10 +355,13 @@ class ResilienceManager:
         return monitor
 
     def unregister(self, rtype: ResourceType | str, name: str) -> bool:
-        """Stop watching a resource (its health no longer counts for the tier)."""
+        """Stop watching a resource (its health no longer counts for the tier, and its name is no
+        longer skipped as a known bad target)."""
+        rtype = resource_type(rtype)
         removed = self.resources.unregister(rtype, name)
         if removed:
-            self.degradation.remove_service(f"{resource_type(rtype).value}:{name}")
+            self.degradation.remove_service(f"{rtype.value}:{name}")
+            self._feed_protocols(None, None)
         return removed
 
     def register_api_quota_monitor(
