@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -337,6 +338,27 @@ def test_handler_fallback_function_and_raise(mode: str, clock: FakeClock) -> Non
         run(strict())
     assert isinstance(info.value, RejectedError)
     assert info.value.retry_after is None
+
+
+def test_handler_on_an_async_callable_object_awaits_alike_in_every_tier(clock: FakeClock) -> None:
+    class Model:
+        async def __call__(self, prompt: str) -> str:
+            return f"live {prompt}"
+
+    m = manager(clock, dwell=0.0)
+    guarded = degradation_handler(min_tier=T1, fallback_value="off", manager=m)(Model())
+
+    async def call(fn: Any, *args: Any) -> Any:
+        return await fn(*args)  # the caller awaits it, whatever the tier
+
+    assert asyncio.run(call(guarded, "a")) == "live a"
+    m.force_tier(T3)
+    assert asyncio.run(call(guarded, "b")) == "off"
+    computed = degradation_handler(min_tier=T1, fallback_function=str.upper, manager=m)(Model())
+    assert asyncio.run(call(computed, "c")) == "C"
+    strict = degradation_handler(min_tier=T1, raise_on_degraded=True, manager=m)(Model())
+    with pytest.raises(ServiceDegraded):
+        asyncio.run(call(strict, "d"))
 
 
 def test_handler_sees_an_improvement_once_its_dwell_passed(clock: FakeClock) -> None:

@@ -64,6 +64,7 @@ from enum import Enum, IntEnum
 from typing import Any, TypeVar, cast
 
 from . import events as _events
+from ._callables import is_async
 from ._config import boolean, env_float, nonblank, number, optional_seconds
 from .clock import Clock, checked_clock, get_clock
 from .errors import ServiceDegraded
@@ -651,7 +652,7 @@ def degradation_handler(
                 name=current.name,
             )
 
-        if inspect.iscoroutinefunction(fn):
+        if is_async(fn):  # async callable objects too: awaitable in every tier
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
