@@ -391,6 +391,8 @@ def test_per_team_configuration() -> None:
             r"thresholds\[memory\]\.degraded must be <= 100",
         ),
         ({"check_interval": 1e-9}, ValueError, "check_interval must be at least 0.01"),
+        ({"timeouts": {"api_quota": float("inf")}}, ValueError, r"timeouts\[api_quota\]"),
+        ({"timeouts": {"database": float("nan")}}, ValueError, r"timeouts\[database\]"),
         ("fast", TypeError, "config"),
     ],
 )

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -175,8 +176,14 @@ def _timeouts(value: object) -> dict[ResourceType, float]:
     out: dict[ResourceType, float] = {}
     for key, seconds in value.items():
         rtype = resource_type(key)
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-            raise ValueError(f"timeouts[{rtype.value}] must be seconds > 0, got {seconds!r}")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds < math.inf
+        ):
+            raise ValueError(
+                f"timeouts[{rtype.value}] must be a finite number of seconds > 0, got {seconds!r}"
+            )
         out[rtype] = float(seconds)
     return out
 
