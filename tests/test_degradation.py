@@ -417,6 +417,19 @@ def test_bad_inputs_are_named(clock: FakeClock, monkeypatch: pytest.MonkeyPatch)
     assert DegradationManager().min_dwell == 2.5
 
 
+def test_set_rule_names_its_own_arguments(clock: FakeClock) -> None:
+    m = manager(clock)
+    with pytest.raises(TypeError, match=r"set_rule: category must be a ServiceCategory.*\[1\]"):
+        m.set_rule([1], T2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"set_rule: category must be a ServiceCategory.*'llm'"):
+        m.set_rule("llm", T2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="set_rule: category must be LLM, EXTERNAL_API or DATA"):
+        m.set_rule(ServiceCategory.CUSTOM, T2)
+    with pytest.raises(ValueError, match=r"set_rule: tier must be a DegradationTier.*'TIER_3'"):
+        m.set_rule(ServiceCategory.LLM, "TIER_3")  # type: ignore[arg-type]
+    assert m.rules == dict(DEFAULT_RULES)
+
+
 def test_concurrent_reports_end_in_the_tier_the_last_reports_call_for(clock: FakeClock) -> None:
     m = manager(clock, dwell=0.0)
     changes: list[tuple[DegradationTier, DegradationTier]] = []

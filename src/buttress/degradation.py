@@ -362,7 +362,14 @@ class DegradationManager:
 
     def set_rule(self, category: ServiceCategory, tier: DegradationTier) -> None:
         """Make an unhealthy service of ``category`` force ``tier`` from now on."""
-        ((category, tier),) = _check_rules({category: tier}).items()
+        if not isinstance(category, ServiceCategory):
+            raise TypeError(f"set_rule: category must be a ServiceCategory, got {category!r}")
+        if category is ServiceCategory.CUSTOM:
+            raise ValueError(
+                "set_rule: category must be LLM, EXTERNAL_API or DATABASE (CUSTOM services "
+                "carry their own unhealthy_tier)"
+            )
+        tier = _tier("set_rule: tier", tier)
         with self._lock:
             self._rules[category] = tier
             for service in self._services.values():
