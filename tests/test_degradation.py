@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -161,6 +162,41 @@ def test_partial_recovery_steps_down_after_the_dwell(clock: FakeClock) -> None:
     assert m.get_current_tier() is T1
 
 
+def test_each_better_tier_waits_out_its_own_dwell(clock: FakeClock) -> None:
+    m = manager(clock, dwell=30.0)
+    m.update_health("orders_db", healthy=False)
+    m.update_health("factor_api", healthy=False)
+    assert m.get_current_tier() is T4
+    m.update_health("orders_db", healthy=True)  # T3 called for from t=0
+    clock.advance(20.0)
+    m.update_health("factor_api", healthy=True)  # T1 called for from t=20
+    clock.advance(10.0)
+    assert m.get_current_tier() is T3  # T3 or better held 30 s, T1 only 10 s
+    assert m.snapshot()["improving_since"] is not None
+    clock.advance(19.0)
+    assert m.get_current_tier() is T3
+    clock.advance(1.0)
+    assert m.get_current_tier() is T1
+
+
+def test_a_dependency_flapping_late_in_a_recovery_does_not_flap_the_tier(
+    clock: FakeClock,
+) -> None:
+    m = manager(clock, dwell=10.0)
+    changes: list[tuple[DegradationTier, DegradationTier]] = []
+    m.on_tier_change(lambda old, new, reason: changes.append((old, new)))
+    m.update_health("database", healthy=False)
+    m.update_health("llm_api", healthy=False)
+    m.update_health("database", healthy=True)  # the target is T2 from t=0
+    for _ in range(5):  # the LLM is healthy for 1 s before each read, never 10 s
+        clock.advance(9.0)
+        m.update_health("llm_api", healthy=True)
+        clock.advance(1.0)
+        m.get_current_tier()
+        m.update_health("llm_api", healthy=False)
+    assert changes == [(T1, T4), (T4, T2)]
+
+
 def test_getting_worse_during_a_pending_improvement_cancels_it(clock: FakeClock) -> None:
     m = manager(clock, dwell=5.0)
     m.update_health("factor_api", healthy=False)
@@ -304,6 +340,27 @@ def test_handler_fallback_function_and_raise(mode: str, clock: FakeClock) -> Non
     assert info.value.retry_after is None
 
 
+def test_handler_on_an_async_callable_object_awaits_alike_in_every_tier(clock: FakeClock) -> None:
+    class Model:
+        async def __call__(self, prompt: str) -> str:
+            return f"live {prompt}"
+
+    m = manager(clock, dwell=0.0)
+    guarded = degradation_handler(min_tier=T1, fallback_value="off", manager=m)(Model())
+
+    async def call(fn: Any, *args: Any) -> Any:
+        return await fn(*args)  # the caller awaits it, whatever the tier
+
+    assert asyncio.run(call(guarded, "a")) == "live a"
+    m.force_tier(T3)
+    assert asyncio.run(call(guarded, "b")) == "off"
+    computed = degradation_handler(min_tier=T1, fallback_function=str.upper, manager=m)(Model())
+    assert asyncio.run(call(computed, "c")) == "C"
+    strict = degradation_handler(min_tier=T1, raise_on_degraded=True, manager=m)(Model())
+    with pytest.raises(ServiceDegraded):
+        asyncio.run(call(strict, "d"))
+
+
 def test_handler_sees_an_improvement_once_its_dwell_passed(clock: FakeClock) -> None:
     m = manager(clock, dwell=3.0)
     guarded = degradation_handler(min_tier=T1, fallback_value="off", manager=m)(lambda: "on")
@@ -358,6 +415,19 @@ def test_bad_inputs_are_named(clock: FakeClock, monkeypatch: pytest.MonkeyPatch)
         DegradationManager()
     monkeypatch.setenv("BUTTRESS_DEGRADATION_MIN_DWELL", "2.5")
     assert DegradationManager().min_dwell == 2.5
+
+
+def test_set_rule_names_its_own_arguments(clock: FakeClock) -> None:
+    m = manager(clock)
+    with pytest.raises(TypeError, match=r"set_rule: category must be a ServiceCategory.*\[1\]"):
+        m.set_rule([1], T2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"set_rule: category must be a ServiceCategory.*'llm'"):
+        m.set_rule("llm", T2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="set_rule: category must be LLM, EXTERNAL_API or DATA"):
+        m.set_rule(ServiceCategory.CUSTOM, T2)
+    with pytest.raises(ValueError, match=r"set_rule: tier must be a DegradationTier.*'TIER_3'"):
+        m.set_rule(ServiceCategory.LLM, "TIER_3")  # type: ignore[arg-type]
+    assert m.rules == dict(DEFAULT_RULES)
 
 
 def test_concurrent_reports_end_in_the_tier_the_last_reports_call_for(clock: FakeClock) -> None:

@@ -20,6 +20,7 @@ from buttress import (
     ResourceStatus,
     ResourceType,
     ServiceCategory,
+    current_target,
 )
 from buttress.health import QuotaTracker
 from buttress.testing import FakeClock
@@ -227,6 +228,22 @@ async def test_unregistering_removes_the_service_from_the_tier(clock: FakeClock)
     assert not rm.unregister("database", "db")
 
 
+@aio
+async def test_an_unregistered_resource_is_no_longer_skipped_as_a_target(clock: FakeClock) -> None:
+    rm = ResilienceManager("team", check_interval=10)
+    rm.register_monitor("api_quota", "openai", lambda: False)
+    rm.register_targets("api_quota", ["openai", "anthropic"])
+    await rm.resources.check_now()
+
+    async def call() -> str | None:
+        return current_target()
+
+    assert await rm.with_resilience(call, "api_quota") == "anthropic"  # openai known bad
+    assert rm.unregister("api_quota", "openai")
+    assert await rm.with_resilience(call, "api_quota") == "openai"
+    assert rm.call_with_resilience(current_target, "api_quota") == "openai"
+
+
 # -- overall health --------------------------------------------------------------------------------
 
 
@@ -374,6 +391,8 @@ def test_per_team_configuration() -> None:
             r"thresholds\[memory\]\.degraded must be <= 100",
         ),
         ({"check_interval": 1e-9}, ValueError, "check_interval must be at least 0.01"),
+        ({"timeouts": {"api_quota": float("inf")}}, ValueError, r"timeouts\[api_quota\]"),
+        ({"timeouts": {"database": float("nan")}}, ValueError, r"timeouts\[database\]"),
         ("fast", TypeError, "config"),
     ],
 )

@@ -17,9 +17,11 @@ unhealthy category     tier
 The *target* tier is the worst tier any unhealthy service forces (``TIER_1_FULL`` when all are
 healthy). The *current* tier follows the target with hysteresis: a worse target takes effect at
 once; a better one only after it has held for ``min_dwell`` seconds without interruption, so a
-dependency that flaps between healthy and unhealthy does not flap the whole service. Time is the
-manager's clock (the process default unless one is given), so tests drive the dwell with
-:class:`buttress.testing.FakeClock`.
+dependency that flaps between healthy and unhealthy does not flap the whole service. Each better
+tier waits out its own dwell: when a database recovers and, 20 seconds later, an external API
+too, the tier steps from 4 to 3 when the database's dwell has passed and to 1 when the API's
+has. Time is the manager's clock (the process default unless one is given), so tests drive the
+dwell with :class:`buttress.testing.FakeClock`.
 
 A service's category comes from :meth:`DegradationManager.register_service`, or, for a service
 first seen in ``update_health``, from its name (:func:`category_for`), read as people write names:
@@ -62,6 +64,7 @@ from enum import Enum, IntEnum
 from typing import Any, TypeVar, cast
 
 from . import events as _events
+from ._callables import is_async
 from ._config import boolean, env_float, nonblank, number, optional_seconds
 from .clock import Clock, checked_clock, get_clock
 from .errors import ServiceDegraded
@@ -236,6 +239,9 @@ class DegradationManager:
         # The hot path reads these two without the lock.
         self._tier = DegradationTier.TIER_1_FULL
         self._improving_since: float | None = None  # set while the target is better than _tier
+        # For each tier better than _tier: since when the target has been that tier or better,
+        # without interruption (each better tier waits out its own dwell).
+        self._better_since: dict[DegradationTier, float] = {}
         self._changed_at: float | None = None
         _MANAGERS[name] = weakref.ref(self)
 
@@ -356,7 +362,14 @@ class DegradationManager:
 
     def set_rule(self, category: ServiceCategory, tier: DegradationTier) -> None:
         """Make an unhealthy service of ``category`` force ``tier`` from now on."""
-        ((category, tier),) = _check_rules({category: tier}).items()
+        if not isinstance(category, ServiceCategory):
+            raise TypeError(f"set_rule: category must be a ServiceCategory, got {category!r}")
+        if category is ServiceCategory.CUSTOM:
+            raise ValueError(
+                "set_rule: category must be LLM, EXTERNAL_API or DATABASE (CUSTOM services "
+                "carry their own unhealthy_tier)"
+            )
+        tier = _tier("set_rule: tier", tier)
         with self._lock:
             self._rules[category] = tier
             for service in self._services.values():
@@ -373,6 +386,7 @@ class DegradationManager:
         with self._lock:
             self._forced = forced
             self._improving_since = None
+            self._better_since.clear()
             reason = "forced" if forced is not None else "force lifted"
             self._set_tier(self._target() if forced is None else forced, reason, self._now())
 
@@ -400,6 +414,7 @@ class DegradationManager:
             self._services.clear()
             self._forced = None
             self._improving_since = None
+            self._better_since.clear()
             self._set_tier(DegradationTier.TIER_1_FULL, "reset", self._now())
 
     # -- reading the tier -----------------------------------------------------------------------
@@ -475,18 +490,29 @@ class DegradationManager:
             return self._tier
         target = self._target()
         current = self._tier
-        if target > current:
+        since = self._better_since
+        if target >= current:
+            since.clear()
             self._improving_since = None
-            self._set_tier(target, reason, self._now() if now is None else now)
-        elif target == current:
-            self._improving_since = None
-        else:
-            now = self._now() if now is None else now
-            if self._improving_since is None:
-                self._improving_since = now
-            if now - self._improving_since >= self.min_dwell:
-                self._improving_since = None
-                self._set_tier(target, reason, now)
+            if target > current:
+                self._set_tier(target, reason, self._now() if now is None else now)
+            return self._tier
+        now = self._now() if now is None else now
+        for tier in DegradationTier:
+            if tier < target:
+                since.pop(tier, None)  # the target is worse than this tier again
+            elif tier < current:
+                since.setdefault(tier, now)
+        # The best tier the target has been at or better than for the whole dwell.
+        new = next(
+            (t for t in sorted(since) if now - since[t] >= self.min_dwell),
+            current,
+        )
+        if new != current:
+            for tier in [t for t in since if t >= new]:
+                del since[tier]
+            self._set_tier(new, reason, now)
+        self._improving_since = min(since.values(), default=None)
         return self._tier
 
     def _set_tier(self, new: DegradationTier, reason: str, now: float) -> None:
@@ -633,7 +659,7 @@ def degradation_handler(
                 name=current.name,
             )
 
-        if inspect.iscoroutinefunction(fn):
+        if is_async(fn):  # async callable objects too: awaitable in every tier
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -175,8 +176,14 @@ def _timeouts(value: object) -> dict[ResourceType, float]:
     out: dict[ResourceType, float] = {}
     for key, seconds in value.items():
         rtype = resource_type(key)
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-            raise ValueError(f"timeouts[{rtype.value}] must be seconds > 0, got {seconds!r}")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds < math.inf
+        ):
+            raise ValueError(
+                f"timeouts[{rtype.value}] must be a finite number of seconds > 0, got {seconds!r}"
+            )
         out[rtype] = float(seconds)
     return out
 
@@ -355,10 +362,13 @@ class ResilienceManager:
         return monitor
 
     def unregister(self, rtype: ResourceType | str, name: str) -> bool:
-        """Stop watching a resource (its health no longer counts for the tier)."""
+        """Stop watching a resource (its health no longer counts for the tier, and its name is no
+        longer skipped as a known bad target)."""
+        rtype = resource_type(rtype)
         removed = self.resources.unregister(rtype, name)
         if removed:
-            self.degradation.remove_service(f"{resource_type(rtype).value}:{name}")
+            self.degradation.remove_service(f"{rtype.value}:{name}")
+            self._feed_protocols(None, None)
         return removed
 
     def register_api_quota_monitor(
