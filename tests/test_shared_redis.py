@@ -320,6 +320,43 @@ def test_a_paused_redis_does_not_hold_callers_past_their_deadline(fault_server: 
         os.kill(fault_server.process.pid, signal.SIGCONT)
 
 
+def test_one_caller_tries_a_paused_redis_again_per_retry_interval(fault_server: _Server) -> None:
+    clock = FakeClock(wall_start=T0)
+    limiter = RateLimiter(storage=_url(fault_server.port), retry_interval=1.0, clock=clock)
+    limiter.configure("api", RateLimitConfig(requests_per_second=1000, burst_size=1000))
+    limiter.check_limit("api")
+    assert fault_server.process is not None
+    os.kill(fault_server.process.pid, signal.SIGSTOP)
+    try:
+        with contextlib.suppress(RateLimitExceeded):
+            limiter.check_limit("api")  # waits the socket timeout: the outage begins
+        assert limiter.degraded
+        clock.advance(1.5)  # a retry is due
+        callers = 8
+        ready = threading.Barrier(callers)
+        waited: list[float] = []
+
+        def call() -> None:
+            ready.wait(5)
+            began = time.monotonic()
+            with contextlib.suppress(RateLimitExceeded):
+                limiter.check_limit("api")
+            waited.append(time.monotonic() - began)
+
+        threads = [threading.Thread(target=call) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(waited) == callers
+        # one caller waits on the paused server; the rest decide locally at once
+        assert sum(1 for w in waited if w >= 0.4) == 1
+        assert sorted(waited)[-2] < 0.2
+    finally:
+        os.kill(fault_server.process.pid, signal.SIGCONT)
+    limiter.close()
+
+
 # --- async callers: one pipelined connection per event loop -------------------------------------
 
 
