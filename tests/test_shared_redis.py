@@ -676,6 +676,34 @@ def test_stores_of_one_url_share_connections_until_the_last_close(fault_server: 
 # --- unix sockets, and clients given as storage --------------------------------------------------
 
 
+def test_async_callers_connecting_to_a_paused_redis_wait_one_timeout(
+    fault_server: _Server,
+) -> None:
+    # database 1: a new connection's first exchange (SELECT) waits on the paused server too
+    limiter = RateLimiter(storage=f"redis://127.0.0.1:{fault_server.port}/1")
+    limiter.configure("api", RateLimitConfig(requests_per_second=1000, burst_size=1000))
+    assert fault_server.process is not None
+    os.kill(fault_server.process.pid, signal.SIGSTOP)  # before this loop has any connection
+
+    async def one() -> float:
+        began = time.monotonic()
+        with contextlib.suppress(RateLimitExceeded):
+            await limiter.acheck_limit("api")
+        return time.monotonic() - began
+
+    async def main() -> list[float]:
+        return await asyncio.gather(*(one() for _ in range(10)))
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        os.kill(fault_server.process.pid, signal.SIGCONT)
+    assert limiter.degraded
+    # the callers share one connection attempt: none waits out the others' timeouts too
+    assert max(waited) < 1.0
+    limiter.close()
+
+
 def test_a_unix_socket_serves_sync_and_async_callers(redis_port: int, tmp_path: Any) -> None:
     from redis_server import start
 
