@@ -320,6 +320,43 @@ def test_a_paused_redis_does_not_hold_callers_past_their_deadline(fault_server: 
         os.kill(fault_server.process.pid, signal.SIGCONT)
 
 
+def test_one_caller_tries_a_paused_redis_again_per_retry_interval(fault_server: _Server) -> None:
+    clock = FakeClock(wall_start=T0)
+    limiter = RateLimiter(storage=_url(fault_server.port), retry_interval=1.0, clock=clock)
+    limiter.configure("api", RateLimitConfig(requests_per_second=1000, burst_size=1000))
+    limiter.check_limit("api")
+    assert fault_server.process is not None
+    os.kill(fault_server.process.pid, signal.SIGSTOP)
+    try:
+        with contextlib.suppress(RateLimitExceeded):
+            limiter.check_limit("api")  # waits the socket timeout: the outage begins
+        assert limiter.degraded
+        clock.advance(1.5)  # a retry is due
+        callers = 8
+        ready = threading.Barrier(callers)
+        waited: list[float] = []
+
+        def call() -> None:
+            ready.wait(5)
+            began = time.monotonic()
+            with contextlib.suppress(RateLimitExceeded):
+                limiter.check_limit("api")
+            waited.append(time.monotonic() - began)
+
+        threads = [threading.Thread(target=call) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(waited) == callers
+        # one caller waits on the paused server; the rest decide locally at once
+        assert sum(1 for w in waited if w >= 0.4) == 1
+        assert sorted(waited)[-2] < 0.2
+    finally:
+        os.kill(fault_server.process.pid, signal.SIGCONT)
+    limiter.close()
+
+
 # --- async callers: one pipelined connection per event loop -------------------------------------
 
 
@@ -637,6 +674,34 @@ def test_stores_of_one_url_share_connections_until_the_last_close(fault_server: 
 
 
 # --- unix sockets, and clients given as storage --------------------------------------------------
+
+
+def test_async_callers_connecting_to_a_paused_redis_wait_one_timeout(
+    fault_server: _Server,
+) -> None:
+    # database 1: a new connection's first exchange (SELECT) waits on the paused server too
+    limiter = RateLimiter(storage=f"redis://127.0.0.1:{fault_server.port}/1")
+    limiter.configure("api", RateLimitConfig(requests_per_second=1000, burst_size=1000))
+    assert fault_server.process is not None
+    os.kill(fault_server.process.pid, signal.SIGSTOP)  # before this loop has any connection
+
+    async def one() -> float:
+        began = time.monotonic()
+        with contextlib.suppress(RateLimitExceeded):
+            await limiter.acheck_limit("api")
+        return time.monotonic() - began
+
+    async def main() -> list[float]:
+        return await asyncio.gather(*(one() for _ in range(10)))
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        os.kill(fault_server.process.pid, signal.SIGCONT)
+    assert limiter.degraded
+    # the callers share one connection attempt: none waits out the others' timeouts too
+    assert max(waited) < 1.0
+    limiter.close()
 
 
 def test_a_unix_socket_serves_sync_and_async_callers(redis_port: int, tmp_path: Any) -> None:

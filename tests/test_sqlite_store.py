@@ -548,3 +548,30 @@ def test_a_thread_that_ends_releases_its_connection(tmp_path: Path) -> None:
     assert _open_files(tmp_path) == []  # while the store itself stays open
     assert not store.reserve("api", "k", BUCKET, 2, 0.0, T0)[0]  # (the thread's write landed)
     store.close()
+
+
+def test_a_file_replaced_under_the_process_is_the_one_used(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    clock = FakeClock()
+    limiter = RateLimiter(storage=f"sqlite:///{path}", clock=clock)
+    limiter.configure("api", RateLimitConfig(requests_per_second=1, burst_size=1))
+    limiter.check_limit("api")
+    for suffix in ("", "-wal", "-shm"):  # an operator removes the file, or restores another
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{path}{suffix}")
+    limiter.check_limit("api", key="k")  # k spends its one request here ...
+    with pytest.raises(RateLimitExceeded):
+        limiter.check_limit("api", key="k")
+    # ... in the file at the path now, which every other process opens
+    conn = sqlite3.connect(path)
+    try:
+        keys = [row[0] for row in conn.execute("SELECT key FROM buttress_state")]
+    finally:
+        conn.close()
+    assert keys == [json.dumps("k")]
+    other = RateLimiter(storage=f"sqlite:///{path}", clock=clock)
+    other.configure("api", RateLimitConfig(requests_per_second=1, burst_size=1))
+    with pytest.raises(RateLimitExceeded):
+        other.check_limit("api", key="k")
+    other.close()
+    limiter.close()

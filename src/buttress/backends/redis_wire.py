@@ -794,14 +794,15 @@ class _AsyncLink(asyncio.Protocol):
 
 
 class _LoopLinks(dict[Node, _AsyncLink]):
-    """An event loop's connections, and the lock that makes them one at a time."""
+    """An event loop's connections, and the connection attempt under way to each node (its
+    callers share it: one attempt, its outcome theirs, so none waits out another's timeout)."""
 
     __slots__ = ("connecting", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self.loop = loop
-        self.connecting = asyncio.Lock()
+        self.connecting: dict[Node, asyncio.Task[_AsyncLink]] = {}
 
     def close(self) -> None:
         """Close from any thread (the connections' loop may run elsewhere, or not at all)."""
@@ -935,28 +936,36 @@ class Wire:
             return self._loops.setdefault(loop, _LoopLinks(loop))
 
     async def _aconnect(self, node: Node, links: _LoopLinks) -> _AsyncLink:
-        async with links.connecting:
-            link = links.get(node)
-            if link is not None and link.transport is not None:
-                return link  # another caller connected meanwhile
-            loop = asyncio.get_running_loop()
-            target = self.target
-            async with asyncio.timeout(target.connect_timeout):
-                if node.port == 0:
-                    _, link = await loop.create_unix_connection(_AsyncLink, node.host)
-                else:
-                    _, link = await loop.create_connection(
-                        _AsyncLink, node.host, node.port, ssl=self._tls
-                    )
-            hello, count = (b"", 0) if node.sentinel else self._hello
-            try:
-                if count:
-                    _check_hello(await link.exchange(hello, count, target.socket_timeout))
-            except BaseException:
-                link.close()
-                raise
-            links[node] = link
-            return link
+        """This loop's connection to ``node``: the attempt under way, else a new one. Callers
+        arriving during an attempt share its outcome (a connection, or the fault) rather than
+        each try after the other, which would hold the last one for every attempt's timeout."""
+        attempt = links.connecting.get(node)
+        if attempt is None:
+            attempt = asyncio.get_running_loop().create_task(self._open(node, links))
+            links.connecting[node] = attempt
+            attempt.add_done_callback(lambda done: _attempted(links, node, done))
+        # shielded: a caller cancelled while waiting leaves the attempt to the others
+        return await asyncio.shield(attempt)
+
+    async def _open(self, node: Node, links: _LoopLinks) -> _AsyncLink:
+        loop = asyncio.get_running_loop()
+        target = self.target
+        async with asyncio.timeout(target.connect_timeout):
+            if node.port == 0:
+                _, link = await loop.create_unix_connection(_AsyncLink, node.host)
+            else:
+                _, link = await loop.create_connection(
+                    _AsyncLink, node.host, node.port, ssl=self._tls
+                )
+        hello, count = (b"", 0) if node.sentinel else self._hello
+        try:
+            if count:
+                _check_hello(await link.exchange(hello, count, target.socket_timeout))
+        except BaseException:
+            link.close()
+            raise
+        links[node] = link
+        return link
 
     # -- sharing ---------------------------------------------------------------------------------
 
@@ -988,6 +997,14 @@ class Wire:
             links.close()
         for loop_links in loops:
             loop_links.close()
+
+
+def _attempted(links: _LoopLinks, node: Node, attempt: asyncio.Task[_AsyncLink]) -> None:
+    """A connection attempt ended: the next caller after it starts a new one."""
+    if links.connecting.get(node) is attempt:
+        del links.connecting[node]
+    if not attempt.cancelled():
+        attempt.exception()  # (its callers were told; nobody else need be)
 
 
 def _check_hello(reply: Any) -> None:

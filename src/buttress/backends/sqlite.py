@@ -92,13 +92,23 @@ def _key(key: str | None) -> str:
 _INHERITED: list[sqlite3.Connection] = []  # a fork's child keeps the parent's, never used
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device and inode), or ``None`` when there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 class _ThreadConnection:
     """A thread's connection to one file; it closes when the thread ends."""
 
-    __slots__ = ("__weakref__", "conn", "pid")
+    __slots__ = ("__weakref__", "conn", "file", "pid")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, file: tuple[int, int] | None) -> None:
         self.conn = conn
+        self.file = file  # the file it opened (see _identity)
         self.pid = os.getpid()
 
     def close(
@@ -126,6 +136,7 @@ class _Database:
         self._local = threading.local()
         self._threads: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self.checked = _identity(path)  # the file the stores checked (they check at opening)
 
     def connect(self) -> sqlite3.Connection:
         # check_same_thread=False only so that the last close may close every thread's; each
@@ -136,12 +147,22 @@ class _Database:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return conn
 
-    def conn(self) -> sqlite3.Connection:
+    def conn(self, check: Callable[[], None]) -> sqlite3.Connection:
+        """This thread's connection to the file at the path now. A file replaced or removed
+        since the connection opened it (the connection would go on using the old one, which
+        no other process sees) is opened anew, after ``check`` vets (or creates) it."""
         mine: _ThreadConnection | None = getattr(self._local, "conn", None)
-        if mine is None or mine.pid != os.getpid():
-            mine = self._local.conn = _ThreadConnection(self.connect())
-            with self._lock:
-                self._threads.add(mine)
+        file = _identity(self.path)
+        if mine is not None and mine.pid == os.getpid():
+            if mine.file == file:
+                return mine.conn
+            mine.close()
+        if file is None or file != self.checked:
+            check()  # StorageError for a file that is not ours, left untouched
+            file = self.checked = _identity(self.path)
+        mine = self._local.conn = _ThreadConnection(self.connect(), file)
+        with self._lock:
+            self._threads.add(mine)
         return mine.conn
 
     def release(self) -> None:
@@ -206,7 +227,7 @@ class SQLiteStore(AsyncFromSync):
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise StorageError(f"{self.url}: the store was closed")
-        return self._db.conn()
+        return self._db.conn(self._check_and_create)
 
     def close(self) -> None:
         """Done with the store: the last store of the file closes its connections (idempotent)."""

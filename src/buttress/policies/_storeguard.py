@@ -3,8 +3,9 @@
 A policy with ``storage=`` asks its store for every decision. When the store cannot answer (Redis
 down or slow, a database locked too long), :class:`StoreGuard` marks the policy *degraded*: it
 logs one WARNING for the outage (not one per call), the policy decides on local state (or fails
-open or closed, as configured), and the store is tried again every ``retry_interval`` seconds;
-the first answer ends the outage with one INFO line. The caller never sees the store's exception.
+open or closed, as configured), and the store is tried again every ``retry_interval`` seconds,
+by one caller (the others decide without it meanwhile); the first answer ends the outage with one
+INFO line. The caller never sees the store's exception.
 
 A call whose deadline (:func:`buttress.remaining`) is shorter than the store's own timeout decides
 locally at once rather than risk waiting on the store past its deadline.
@@ -69,15 +70,29 @@ class StoreGuard:
         self._lock = threading.Lock()
 
     def should_try(self, now: float) -> bool:
-        """Whether to ask the store now (healthy, or degraded and due for another try)."""
+        """Whether to ask the store now (healthy, or degraded and due for another try).
+
+        During an outage one caller a ``retry_interval`` asks: the first one due claims the try
+        (the next is due a ``retry_interval`` later), and the others decide without the store
+        rather than each wait on it.
+        """
         if self.degraded and now < self.next_try:
             return False
         timeout = self.store.timeout
-        if timeout is None:
+        if timeout is not None:
+            # the store's I/O takes real time: only a deadline on the real scale can cut it short
+            at = deadline_on(SYSTEM_CLOCK, True)
+            if at is not None and at - monotonic_time() < timeout:
+                return False
+        if not self.degraded:
             return True
-        # the store's I/O takes real time: only a deadline on the real scale can cut it short
-        at = deadline_on(SYSTEM_CLOCK, True)
-        return at is None or at - monotonic_time() >= timeout
+        with self._lock:
+            if not self.degraded:
+                return True
+            if now < self.next_try:
+                return False  # another caller claimed this try
+            self.next_try = now + self.retry_interval
+            return True
 
     def failed(self, error: BaseException, now: float) -> None:
         """The store did not answer: start (or continue) an outage."""
