@@ -663,13 +663,7 @@ class RequestQueue:
             QueueFull: the queue holds ``max_depth`` requests.
             StorageUnavailable: the store did not answer (nothing was queued).
         """
-        row = self._row(handler, args, kwargs, key, resource, ttl, delay)
-        if self._put_row is None:
-            return self._put(row)
-        item_id, added = self._put_row(self.name, row, self.max_depth, row[4])  # (_put, inlined)
-        if item_id < 0:
-            raise self._full(handler)
-        return _queued(QueuedRequest, (item_id, row[0], added))
+        return self._put(self._row(handler, args, kwargs, key, resource, ttl, delay))
 
     def _put(self, row: Row) -> QueuedRequest:
         if self._put_row is not None:
