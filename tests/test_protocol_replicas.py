@@ -514,11 +514,8 @@ def test_a_retry_does_not_sleep_out_the_lease_of_another_calls_probe(clock: Fake
     assert clock.now() - began < pool.settings.probe_timeout / 2
 
 
-def test_a_write_whose_primary_cools_down_is_queued_after_its_backoff_not_the_cooldown(
-    mode: str, clock: FakeClock
-) -> None:
-    # The README's protocol: retry -> switch -> queue -> break, a primary that cools for 30 s.
-    manager, db = _manager(clock, f"cool-{mode}", cooldown=30.0)
+def _readme_protocol(manager: ResilienceManager) -> None:
+    """The README's database protocol: retry (3, 1 s apart) -> switch -> queue -> break."""
     manager.set_protocol(
         DB,
         [
@@ -528,6 +525,14 @@ def test_a_write_whose_primary_cools_down_is_queued_after_its_backoff_not_the_co
             FallbackAction(S.CIRCUIT_BREAK),
         ],
     )
+
+
+def test_a_write_whose_primary_cools_down_is_queued_after_its_backoff_not_the_cooldown(
+    mode: str, clock: FakeClock
+) -> None:
+    # The README's protocol: retry -> switch -> queue -> break, a primary that cools for 30 s.
+    manager, db = _manager(clock, f"cool-{mode}", cooldown=30.0)
+    _readme_protocol(manager)
     _, write = _calls(manager, db, mode)
     db.down.add("primary")
     began = clock.now()
@@ -544,15 +549,7 @@ def test_writes_while_the_primary_cools_down_are_queued_after_a_backoff_not_the_
     # The primary failed a read and cools for 30 s: the writes that follow are queued (or
     # refused) after the retry's backoff, not held until the cooldown ends.
     manager, db = _manager(clock, f"cooling-{mode}", cooldown=30.0)
-    manager.set_protocol(
-        DB,
-        [
-            FallbackAction(S.RETRY, attempts=3, base_delay=1.0, jitter=False),
-            FallbackAction(S.SWITCH_PROVIDER),
-            FallbackAction(S.QUEUE_REQUEST),
-            FallbackAction(S.CIRCUIT_BREAK),
-        ],
-    )
+    _readme_protocol(manager)
     read, write = _calls(manager, db, mode)
     db.down.add("primary")
     assert read("select") == "replica1:select"

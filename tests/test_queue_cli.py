@@ -149,14 +149,20 @@ def test_items_changed_in_the_file_are_listed_marked_and_shown_as_stored(
     assert stored == ("not json",)
 
 
-def test_a_queue_the_storage_does_not_hold_is_named_with_those_it_holds(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _two_queues(tmp_path: Path) -> str:
+    """A file holding queues "mail" and "sms", one request each (its queue's name)."""
     url = f"sqlite:///{tmp_path / 'q.db'}"
     for name in ("mail", "sms"):
         with RequestQueue(name, storage=url) as q:
             q.handler("send")(print)
-            q.put("send", ["x"])
+            q.put("send", [name])
+    return url
+
+
+def test_a_queue_the_storage_does_not_hold_is_named_with_those_it_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = _two_queues(tmp_path)
     for action in (["list"], ["show", "1"], ["replay"], ["dead", "purge"]):
         assert main(["queue", "--storage", url, "--queue", "nope", *action]) == 1
         out, err = capsys.readouterr()
@@ -201,11 +207,7 @@ def test_an_id_held_by_several_queues_needs_the_queue_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # item ids count within each queue: `show 1` printed the first queue's #1 without a word
-    url = f"sqlite:///{tmp_path / 'q.db'}"
-    for name in ("mail", "sms"):
-        with RequestQueue(name, storage=url) as q:
-            q.handler("send")(print)
-            q.put("send", [name])
+    url = _two_queues(tmp_path)
     assert main(["queue", "--storage", url, "show", "1"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
